@@ -1,0 +1,116 @@
+//! `/metrics`: OpenMetrics text encoded by `prometheus-client` from the engine's own atomics,
+//! read at scrape time (a collector), so the hot path never touches a metrics library.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tiny_http::{Header, Response};
+
+use super::ApiContext;
+use crate::engine::DropReason;
+
+#[derive(Debug)]
+struct EngineCollector(Arc<ApiContext>);
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let e = &self.0.engine;
+        let t = e.totals();
+        let r = Ordering::Relaxed;
+        counter(&mut enc, "heartsink_packets_received", "Datagrams received from the heartbeat sockets.", t.received)?;
+        counter(&mut enc, "heartsink_heartbeats_accepted", "Heartbeats verified, parsed and applied.", t.accepted)?;
+        counter(
+            &mut enc,
+            "heartsink_kernel_drops",
+            "Datagrams the kernel dropped on the sockets (SO_RXQ_OVFL).",
+            t.kernel_drops,
+        )?;
+        counter(&mut enc, "heartsink_agent_restarts", "Agent restarts recognised by the sequence window.", t.restarts)?;
+        {
+            let c = ConstCounter::new(0u64);
+            let mut m =
+                enc.encode_descriptor("heartsink_drops", "Packets dropped, by reason.", None, c.metric_type())?;
+            for d in DropReason::ALL {
+                let labels = [("reason", d.label())];
+                ConstCounter::new(t.drop_count(d)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let c = ConstCounter::new(0u64);
+            let mut m = enc.encode_descriptor(
+                "heartsink_worker_packets",
+                "Packets processed, by worker.",
+                None,
+                c.metric_type(),
+            )?;
+            for (i, w) in e.workers.iter().enumerate() {
+                let id = i.to_string();
+                let labels = [("worker", id.as_str())];
+                ConstCounter::new(w.packets.load(r)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let (fill, cap) = e.ring_fill();
+            let g = ConstGauge::new(0.0f64);
+            let mut m = enc.encode_descriptor(
+                "heartsink_ring_fill_ratio",
+                "Fill of each worker's ring (0..1).",
+                None,
+                g.metric_type(),
+            )?;
+            for (i, f) in fill.iter().enumerate() {
+                let id = i.to_string();
+                let labels = [("worker", id.as_str())];
+                ConstGauge::new(*f as f64 / cap as f64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        gauge(&mut enc, "heartsink_amphorae", "Amphorae known.", e.amphora_count() as f64)?;
+        gauge(
+            &mut enc,
+            "heartsink_rcvbuf_bytes",
+            "Effective SO_RCVBUF of the heartbeat socket.",
+            e.rcvbuf.effective as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "heartsink_keyring_generation",
+            "Keyring reloads since start.",
+            self.0.keys.load().generation as f64,
+        )?;
+        Ok(())
+    }
+}
+
+/// The registry with the engine's collector.
+pub fn registry(ctx: Arc<ApiContext>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(EngineCollector(ctx)));
+    r
+}
+
+/// Encodes the registry.
+pub fn render(registry: &Registry) -> Response<std::io::Cursor<Vec<u8>>> {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return super::error(500, "metrics encoding failed");
+    }
+    Response::from_data(text.into_bytes()).with_header(
+        Header::from_bytes("Content-Type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .unwrap_or_else(|_| unreachable!()),
+    )
+}

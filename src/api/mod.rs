@@ -1,0 +1,282 @@
+//! The admin HTTP API (JSON) and Prometheus metrics, served by `tiny_http` on one thread, off
+//! the hot path. Every answer is built from the engine's counters and a short lock of one state
+//! shard; nothing here can stall a worker for longer than copying one amphora.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | `200 {"status":"ok"}`, or `503` when the control thread missed its ticks |
+//! | `GET /v1/amphorae?limit=&marker=` | ids in order with last seen and operating status; `next_marker` when more |
+//! | `GET /v1/amphorae/{id}` | the whole health and stats model of one amphora; `404` if unknown |
+//! | `GET /v1/stats` | received, accepted, dropped by reason, kernel drops, receive buffer, per-worker rates, ring fill |
+//! | `GET /metrics` | the same counters as OpenMetrics text |
+
+mod metrics;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::json;
+use tiny_http::{Header, Method, Request, Response, Server};
+
+use crate::engine::{DropReason, Shared};
+use crate::proto::octavia::Uuid;
+use crate::state::{AmphoraState, OperatingStatus};
+
+/// Largest `limit` of a list request.
+pub const MAX_LIMIT: usize = 1000;
+/// `limit` when none is given.
+pub const DEFAULT_LIMIT: usize = 100;
+/// `/healthz` fails when the control thread's last tick is older than this.
+pub const TICK_STALE: Duration = Duration::from_secs(5);
+
+/// What the API reads besides the engine.
+#[derive(Debug)]
+pub struct ApiContext {
+    /// The engine's shared state.
+    pub engine: Arc<Shared>,
+    /// Current keyring fingerprints and generation, updated on reload.
+    pub keys: arc_swap::ArcSwap<KeysInfo>,
+}
+
+/// The keyring as the API shows it (fingerprints, never keys).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KeysInfo {
+    /// Reload generation.
+    pub generation: u64,
+    /// Key fingerprints in the order they are tried.
+    pub fingerprints: Vec<String>,
+    /// True when running on the `insecure` default key.
+    pub insecure_default: bool,
+}
+
+/// The running admin server.
+pub struct AdminServer {
+    server: Arc<Server>,
+    local: SocketAddr,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for AdminServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminServer").field("local", &self.local).finish()
+    }
+}
+
+impl AdminServer {
+    /// Binds `addr` and serves on a new thread.
+    pub fn start(addr: SocketAddr, ctx: Arc<ApiContext>) -> io::Result<AdminServer> {
+        let server = Arc::new(Server::http(addr).map_err(io::Error::other)?);
+        let local =
+            server.server_addr().to_ip().ok_or_else(|| io::Error::other("admin server is not on an IP address"))?;
+        let s = server.clone();
+        let handle = std::thread::Builder::new().name("admin".into()).spawn(move || {
+            let registry = metrics::registry(ctx.clone());
+            for req in s.incoming_requests() {
+                let resp = route(&ctx, &registry, &req);
+                if let Err(e) = req.respond(resp) {
+                    tracing::debug!(error = %e, "admin response not sent");
+                }
+            }
+        })?;
+        Ok(AdminServer { server, local, handle: Some(handle) })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Stops serving.
+    pub fn stop(mut self) {
+        self.server.unblock();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+type Resp = Response<io::Cursor<Vec<u8>>>;
+
+fn json_response(status: u16, body: &impl Serialize) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    Response::from_data(bytes)
+        .with_status_code(status)
+        .with_header(Header::from_bytes("Content-Type", "application/json").unwrap_or_else(|_| unreachable!()))
+}
+
+fn error(status: u16, message: &str) -> Resp {
+    json_response(status, &json!({ "error": message, "status": status }))
+}
+
+fn route(ctx: &ApiContext, registry: &prometheus_client::registry::Registry, req: &Request) -> Resp {
+    let url = req.url();
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let get = *req.method() == Method::Get;
+    match segments.as_slice() {
+        ["healthz"] if get => healthz(ctx),
+        ["v1", "amphorae"] if get => list_amphorae(ctx, query),
+        ["v1", "amphorae", id] if get => show_amphora(ctx, id),
+        ["v1", "stats"] if get => json_response(200, &stats(ctx)),
+        ["metrics"] if get => metrics::render(registry),
+        ["healthz"] | ["v1", "amphorae"] | ["v1", "amphorae", _] | ["v1", "stats"] | ["metrics"] => {
+            error(405, "method not allowed")
+        }
+        _ => error(404, "no such resource"),
+    }
+}
+
+fn healthz(ctx: &ApiContext) -> Resp {
+    let now = crate::engine::Clock::now_ns(&*ctx.engine.pipeline.clock);
+    let last = ctx.engine.last_tick_ns.load(Ordering::Relaxed);
+    let age = Duration::from_nanos(now.saturating_sub(last));
+    if age > TICK_STALE {
+        json_response(
+            503,
+            &json!({"status": "unhealthy", "reason": "control thread missed its ticks", "last_tick_age_s": age.as_secs_f64()}),
+        )
+    } else {
+        json_response(200, &json!({"status": "ok"}))
+    }
+}
+
+fn rfc3339(ns: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
+}
+
+#[derive(Serialize)]
+struct ListItem {
+    id: Uuid,
+    last_seen: String,
+    operating_status: OperatingStatus,
+}
+
+fn list_amphorae(ctx: &ApiContext, query: &str) -> Resp {
+    let mut limit = DEFAULT_LIMIT;
+    let mut marker = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
+                _ => return error(400, &format!("limit must be an integer in 1..={MAX_LIMIT}")),
+            },
+            "marker" => match Uuid::try_parse(&v) {
+                Ok(u) => marker = Some(u),
+                Err(_) => return error(400, "marker must be an amphora id"),
+            },
+            _ => return error(400, &format!("unknown query parameter {k:?}")),
+        }
+    }
+    let shards = &ctx.engine.pipeline.shards;
+    let ids = ctx.engine.list(marker, limit + 1);
+    let more = ids.len() > limit;
+    let items: Vec<ListItem> = ids
+        .iter()
+        .take(limit)
+        .filter_map(|id| {
+            shards.with(id, |s| ListItem {
+                id: *id,
+                last_seen: rfc3339(s.last_seen_ns),
+                operating_status: s.operating_status,
+            })
+        })
+        .collect();
+    let next = if more { items.last().map(|i| i.id) } else { None };
+    json_response(200, &json!({ "amphorae": items, "next_marker": next }))
+}
+
+#[derive(Serialize)]
+struct AmphoraView<'a> {
+    id: Uuid,
+    first_seen: String,
+    last_seen: String,
+    last_seen_age_s: f64,
+    #[serde(flatten)]
+    state: &'a AmphoraState,
+}
+
+fn show_amphora(ctx: &ApiContext, id: &str) -> Resp {
+    let Ok(uuid) = Uuid::try_parse(id) else {
+        return error(404, &format!("no amphora {id:?} (not a UUID)"));
+    };
+    match ctx.engine.pipeline.shards.get(&uuid) {
+        Some(state) => {
+            let now = crate::engine::Clock::now_ns(&*ctx.engine.pipeline.clock);
+            json_response(
+                200,
+                &AmphoraView {
+                    id: uuid,
+                    first_seen: rfc3339(state.first_seen_ns),
+                    last_seen: rfc3339(state.last_seen_ns),
+                    last_seen_age_s: now.saturating_sub(state.last_seen_ns) as f64 / 1e9,
+                    state: &state,
+                },
+            )
+        }
+        None => error(404, &format!("no amphora {uuid}")),
+    }
+}
+
+/// The `/v1/stats` document.
+pub fn stats(ctx: &ApiContext) -> serde_json::Value {
+    let e = &ctx.engine;
+    let t = e.totals();
+    let r = Ordering::Relaxed;
+    let rates = e.rates.load();
+    let (fill, cap) = e.ring_fill();
+    let dropped: serde_json::Map<String, serde_json::Value> =
+        DropReason::ALL.iter().map(|d| (d.label().to_owned(), json!(t.drop_count(*d)))).collect();
+    let workers: Vec<_> = e
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let samples = w.latency_samples.load(r);
+            json!({
+                "worker": i,
+                "packets": w.packets.load(r),
+                "accepted": w.accepted.load(r),
+                "batches": w.batches.load(r),
+                "rate_pps": rates.worker_pps.get(i).copied().unwrap_or(0.0),
+                "accepted_pps": rates.worker_accepted_pps.get(i).copied().unwrap_or(0.0),
+                "ring_len": fill.get(i).copied().unwrap_or(0),
+                "ring_capacity": cap,
+                "latency_mean_us": if samples > 0 { w.latency_us_sum.load(r) as f64 / samples as f64 } else { 0.0 },
+            })
+        })
+        .collect();
+    let rx: Vec<_> =
+        e.rx.iter()
+            .enumerate()
+            .map(|(i, x)| {
+                json!({
+                    "rx": i,
+                    "packets": x.packets.load(r),
+                    "bytes": x.bytes.load(r),
+                    "recv_calls": x.recv_calls.load(r),
+                    "kernel_drops": x.kernel_drops.load(r),
+                    "rate_pps": rates.rx_pps.get(i).copied().unwrap_or(0.0),
+                })
+            })
+            .collect();
+    json!({
+        "received": t.received,
+        "accepted": t.accepted,
+        "dropped_total": t.dropped(),
+        "dropped": dropped,
+        "kernel_drops": t.kernel_drops,
+        "restarts": t.restarts,
+        "amphorae": e.amphora_count(),
+        "status_changes": e.status_changes.load(r),
+        "rcvbuf": e.rcvbuf,
+        "workers": workers,
+        "rx": rx,
+        "keys": &**ctx.keys.load(),
+        "uptime_s": e.started.elapsed().as_secs_f64(),
+    })
+}

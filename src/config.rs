@@ -1,0 +1,334 @@
+//! Configuration: a TOML file (`--config`), overridden by command-line flags, validated once.
+//!
+//! Every key is optional; unknown keys are rejected with the key's name. The embedded default
+//! (no file at all) listens on `127.0.0.1:5555/udp` and `127.0.0.1:9555/tcp` with the key
+//! `insecure`. A full example with the defaults is in the README.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::{EngineConfig, Settings};
+use crate::proto::inflate::Backend;
+use crate::proto::keyring::{Keyring, INSECURE_DEFAULT_KEY};
+
+/// Why a configuration cannot be used.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read(PathBuf, std::io::Error),
+    /// The file is not valid TOML for this schema (unknown key, wrong type); the message names
+    /// the key and line.
+    Parse(PathBuf, Box<toml::de::Error>),
+    /// A value is out of range; the message says which and why.
+    Invalid(String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            ConfigError::Parse(p, e) => write!(f, "invalid configuration in {}: {e}", p.display()),
+            ConfigError::Invalid(m) => write!(f, "invalid configuration: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[heartbeat]`: the UDP ingest.
+    pub heartbeat: HeartbeatConfig,
+    /// `[admin]`: the HTTP API.
+    pub admin: AdminConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+}
+
+/// `[heartbeat]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// UDP listen address.
+    pub addr: SocketAddr,
+    /// Accepted keys (each used as its UTF-8 bytes), tried in order.
+    pub keys: Vec<String>,
+    /// Files with one key per line (re-read on SIGHUP).
+    pub key_files: Vec<PathBuf>,
+    /// `SO_RCVBUF` to ask for, bytes.
+    pub rcvbuf: usize,
+    /// Largest datagram, bytes (≤ 65536).
+    pub max_datagram: usize,
+    /// Cap on inflated JSON, bytes.
+    pub max_inflated: usize,
+    /// Receive threads.
+    pub rx_threads: usize,
+    /// Worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Batches per worker ring.
+    pub ring_batches: usize,
+    /// Datagrams per batch.
+    pub batch_packets: usize,
+    /// Datagrams per `recvmmsg`.
+    pub recv_batch: usize,
+    /// State shards.
+    pub shards: usize,
+    /// Inflate back-end: `libdeflate` or `zlib-rs`.
+    pub inflate: Backend,
+    /// Sequence window restart gap, milliseconds.
+    pub restart_gap_ms: u64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> HeartbeatConfig {
+        let e = EngineConfig::default();
+        HeartbeatConfig {
+            addr: e.heartbeat_addr,
+            keys: Vec::new(),
+            key_files: Vec::new(),
+            rcvbuf: e.rcvbuf,
+            max_datagram: e.max_datagram,
+            max_inflated: e.settings.max_inflated,
+            rx_threads: e.rx_threads,
+            workers: 0,
+            ring_batches: e.ring_batches,
+            batch_packets: e.batch_packets,
+            recv_batch: e.recv_batch,
+            shards: e.shards,
+            inflate: e.inflate,
+            restart_gap_ms: e.settings.restart_gap_ns / 1_000_000,
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// HTTP listen address.
+    pub addr: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> AdminConfig {
+        AdminConfig { addr: SocketAddr::from(([127, 0, 0, 1], 9555)) }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `heartsink=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// Command-line overrides (see `heartsink serve --help`).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--heartbeat-addr`.
+    pub heartbeat_addr: Option<SocketAddr>,
+    /// `--admin-addr`.
+    pub admin_addr: Option<SocketAddr>,
+    /// `--key`, repeatable.
+    pub keys: Vec<String>,
+    /// `--key-file`, repeatable.
+    pub key_files: Vec<PathBuf>,
+    /// `--workers`.
+    pub workers: Option<usize>,
+    /// `--rx-threads`.
+    pub rx_threads: Option<usize>,
+    /// `--rcvbuf`.
+    pub rcvbuf: Option<usize>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Reads `path` (or the embedded default when `None`) and applies `o`.
+    pub fn load(path: Option<&Path>, o: &Overrides) -> Result<Config, ConfigError> {
+        let mut c = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read(p.to_owned(), e))?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse(p.to_owned(), Box::new(e)))?
+            }
+            None => Config::default(),
+        };
+        if let Some(a) = o.heartbeat_addr {
+            c.heartbeat.addr = a;
+        }
+        if let Some(a) = o.admin_addr {
+            c.admin.addr = a;
+        }
+        if !o.keys.is_empty() || !o.key_files.is_empty() {
+            c.heartbeat.keys = o.keys.clone();
+            c.heartbeat.key_files = o.key_files.clone();
+        }
+        if let Some(w) = o.workers {
+            c.heartbeat.workers = w;
+        }
+        if let Some(n) = o.rx_threads {
+            c.heartbeat.rx_threads = n;
+        }
+        if let Some(n) = o.rcvbuf {
+            c.heartbeat.rcvbuf = n;
+        }
+        if let Some(f) = o.log_format {
+            c.log.format = f;
+        }
+        if let Some(l) = &o.log_level {
+            c.log.level = l.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let h = &self.heartbeat;
+        let check = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(ConfigError::Invalid(msg.to_owned())) };
+        check((64..=65536).contains(&h.max_datagram), "heartbeat.max_datagram must be in 64..=65536")?;
+        check((1024..=(64 << 20)).contains(&h.max_inflated), "heartbeat.max_inflated must be in 1 KiB..=64 MiB")?;
+        check((1..=64).contains(&h.rx_threads), "heartbeat.rx_threads must be in 1..=64")?;
+        check(h.workers <= 1024, "heartbeat.workers must be at most 1024 (0 = one per core)")?;
+        check((1..=65536).contains(&h.ring_batches), "heartbeat.ring_batches must be in 1..=65536")?;
+        check((1..=4096).contains(&h.batch_packets), "heartbeat.batch_packets must be in 1..=4096")?;
+        check((1..=1024).contains(&h.recv_batch), "heartbeat.recv_batch must be in 1..=1024")?;
+        check((1..=65536).contains(&h.shards), "heartbeat.shards must be in 1..=65536")?;
+        check(h.rcvbuf <= (1 << 30), "heartbeat.rcvbuf must be at most 1 GiB")?;
+        Ok(())
+    }
+
+    /// The keys: configured strings, then each key file's lines. No key configured at all gives
+    /// the `insecure` default (the caller warns); a key file without keys is an error.
+    pub fn keys(&self) -> Result<(Vec<String>, bool), ConfigError> {
+        let mut keys = self.heartbeat.keys.clone();
+        for f in &self.heartbeat.key_files {
+            let text = std::fs::read_to_string(f).map_err(|e| ConfigError::Read(f.clone(), e))?;
+            let before = keys.len();
+            keys.extend(
+                text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l)).filter(|l| !l.is_empty()).map(str::to_owned),
+            );
+            if keys.len() == before {
+                return Err(ConfigError::Invalid(format!("key file {} has no keys", f.display())));
+            }
+        }
+        if keys.is_empty() {
+            return Ok((vec![INSECURE_DEFAULT_KEY.to_owned()], true));
+        }
+        Ok((keys, false))
+    }
+
+    /// The reloadable settings.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            max_inflated: self.heartbeat.max_inflated,
+            restart_gap_ns: self.heartbeat.restart_gap_ms.saturating_mul(1_000_000),
+        }
+    }
+
+    /// The engine configuration with `keyring`.
+    pub fn engine(&self, keyring: Keyring) -> EngineConfig {
+        let h = &self.heartbeat;
+        let d = EngineConfig::default();
+        EngineConfig {
+            heartbeat_addr: h.addr,
+            rx_threads: h.rx_threads,
+            workers: if h.workers == 0 { d.workers } else { h.workers },
+            rcvbuf: h.rcvbuf,
+            max_datagram: h.max_datagram,
+            recv_batch: h.recv_batch,
+            ring_batches: h.ring_batches,
+            batch_packets: h.batch_packets,
+            batch_bytes: d.batch_bytes.max(h.max_datagram),
+            shards: h.shards,
+            inflate: h.inflate,
+            settings: self.settings(),
+            keyring,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), text).expect("write");
+        f
+    }
+
+    #[test]
+    fn empty_and_missing_files() {
+        let c = Config::load(None, &Overrides::default()).expect("default");
+        assert_eq!(c.heartbeat.addr.to_string(), "127.0.0.1:5555");
+        assert_eq!(c.admin.addr.to_string(), "127.0.0.1:9555");
+        assert_eq!(c.keys().expect("keys"), (vec!["insecure".to_owned()], true));
+        let f = write("");
+        assert_eq!(Config::load(Some(f.path()), &Overrides::default()).expect("empty file"), c);
+        assert!(matches!(
+            Config::load(Some(Path::new("/nonexistent")), &Overrides::default()),
+            Err(ConfigError::Read(..))
+        ));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let f = write("[heartbeat]\nadress = \"127.0.0.1:1\"\n");
+        let e = Config::load(Some(f.path()), &Overrides::default()).expect_err("unknown key");
+        assert!(e.to_string().contains("adress"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let f = write("[heartbeat]\naddr = \"127.0.0.1:1\"\nkeys = [\"a\"]\nworkers = 3\n");
+        let o = Overrides { keys: vec!["b".into()], workers: Some(1), ..Overrides::default() };
+        let c = Config::load(Some(f.path()), &o).expect("loads");
+        assert_eq!(c.heartbeat.addr.port(), 1);
+        assert_eq!(c.heartbeat.workers, 1);
+        assert_eq!(c.keys().expect("keys").0, vec!["b".to_owned()]);
+    }
+
+    #[test]
+    fn key_files_one_key_per_line() {
+        let k = write("first\r\n\nsecond key\n");
+        let o = Overrides { key_files: vec![k.path().to_owned()], keys: vec!["cli".into()], ..Overrides::default() };
+        let c = Config::load(None, &o).expect("loads");
+        assert_eq!(c.keys().expect("keys"), (vec!["cli".into(), "first".into(), "second key".into()], false));
+        let empty = write("\n");
+        let o = Overrides { key_files: vec![empty.path().to_owned()], ..Overrides::default() };
+        assert!(Config::load(None, &o).expect("loads").keys().is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        let f = write("[heartbeat]\nmax_datagram = 70000\n");
+        assert!(matches!(Config::load(Some(f.path()), &Overrides::default()), Err(ConfigError::Invalid(_))));
+    }
+}

@@ -1,0 +1,103 @@
+//! The hand-off between rx threads and workers: fixed-size batches of datagrams, recycled
+//! through a free list so that steady traffic allocates nothing.
+//!
+//! Each worker has one bounded ring (a crossbeam channel of boxed batches; the box moves, the
+//! bytes do not). An rx thread copies each datagram into the pending batch of the worker its
+//! source hashes to (≈20 ns for a 352-byte heartbeat, against ≈9 µs of work behind it) and
+//! pushes the batch when full or when its receive burst ends. Workers return batches to the
+//! shared free list. When a ring is full the rx thread drops the batch's datagrams as
+//! `ring_full` and recycles it: the workers are behind, and the kernel buffer is the only
+//! other place to queue.
+
+use std::net::SocketAddr;
+
+/// A batch of datagrams bound for one worker.
+#[derive(Debug)]
+pub struct Batch {
+    data: Vec<u8>,
+    entries: Vec<Entry>,
+    max_entries: usize,
+    /// When the first datagram was received, ns since the Unix epoch.
+    pub recv_ns: u64,
+}
+
+/// Where one datagram lies in a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    start: u32,
+    len: u32,
+    /// The sender (replies, e.g. confd answers, go back to it).
+    pub src: Option<SocketAddr>,
+}
+
+impl Batch {
+    /// A batch of up to `max_entries` datagrams and `data_bytes` bytes.
+    pub fn new(max_entries: usize, data_bytes: usize) -> Batch {
+        Batch {
+            data: Vec::with_capacity(data_bytes),
+            entries: Vec::with_capacity(max_entries),
+            max_entries,
+            recv_ns: 0,
+        }
+    }
+
+    /// Appends a datagram; false when it does not fit (push the batch and take another).
+    pub fn push(&mut self, bytes: &[u8], src: Option<SocketAddr>, recv_ns: u64) -> bool {
+        if self.entries.len() == self.max_entries || self.data.len() + bytes.len() > self.data.capacity() {
+            return false;
+        }
+        if self.entries.is_empty() {
+            self.recv_ns = recv_ns;
+        }
+        let start = self.data.len() as u32;
+        self.data.extend_from_slice(bytes);
+        self.entries.push(Entry { start, len: bytes.len() as u32, src });
+        true
+    }
+
+    /// Number of datagrams.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Empties the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.entries.clear();
+    }
+
+    /// The datagrams.
+    pub fn packets(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.entries.iter().map(|e| &self.data[e.start as usize..(e.start + e.len) as usize])
+    }
+
+    /// The datagrams with their entries.
+    pub fn entries(&self) -> impl Iterator<Item = (&Entry, &[u8])> + '_ {
+        self.entries.iter().map(|e| (e, &self.data[e.start as usize..(e.start + e.len) as usize]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_limits_and_reuse() {
+        let mut b = Batch::new(2, 10);
+        assert!(b.push(b"abcd", None, 7));
+        assert!(!b.push(b"0123456789", None, 8), "over the byte capacity");
+        assert!(b.push(b"ef", None, 9));
+        assert!(!b.push(b"g", None, 9), "over the entry capacity");
+        assert_eq!(b.recv_ns, 7);
+        assert_eq!(b.packets().collect::<Vec<_>>(), vec![&b"abcd"[..], &b"ef"[..]]);
+        let cap = b.data.capacity();
+        b.clear();
+        assert!(b.is_empty());
+        assert_eq!(b.data.capacity(), cap);
+    }
+}

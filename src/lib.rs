@@ -1,0 +1,10 @@
+//! heartsink: a heartbeat sink. See the README for what it does and how to run it.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod io;
+pub mod proto;
+pub mod serve;
+pub mod state;

@@ -1,0 +1,182 @@
+//! Inflating the zlib stream of a verified envelope into a capped, reused buffer.
+//!
+//! Octavia has no cap (a zip bomb inflates until memory runs out); heartsink caps the inflated
+//! size (`max_inflated`, default 1 MiB: the largest real heartbeat, 1004 members, is 51,943 B).
+//! Like Python's `zlib.decompress`, the stream must have a zlib header and a correct Adler-32,
+//! and bytes after the end of the stream are ignored.
+//!
+//! Two back-ends, chosen by measurement (`benches/stages.rs`): libdeflate (whole-buffer,
+//! fastest) and zlib-rs through `flate2` (streaming). Both reuse one decompressor per worker;
+//! creating one per packet costs several microseconds.
+
+use super::envelope::Verified;
+
+/// Default cap on the inflated JSON size.
+pub const DEFAULT_MAX_INFLATED: usize = 1 << 20;
+
+/// Why a verified payload did not inflate. Each variant is one drop reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InflateError {
+    /// Not a complete zlib stream: raw deflate or gzip framing, a truncated stream, corrupt
+    /// data or a bad Adler-32. The sender is broken (the tag verified, so it is not forged).
+    Corrupt,
+    /// The stream inflates to more than the configured cap (`max_inflated`). Raise the cap if a
+    /// real sender has that many members; otherwise it is a zip bomb.
+    TooLarge,
+}
+
+/// The inflate implementation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// libdeflate: decompresses a whole buffer at once; the fastest measured.
+    #[default]
+    Libdeflate,
+    /// zlib-rs through flate2's streaming API.
+    ZlibRs,
+}
+
+enum Engine {
+    Libdeflate(libdeflater::Decompressor),
+    ZlibRs(flate2::Decompress),
+}
+
+/// A reusable decompressor with its capped output buffer.
+pub struct Inflater {
+    engine: Engine,
+    out: Vec<u8>,
+    max: usize,
+}
+
+impl std::fmt::Debug for Inflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inflater").field("max", &self.max).finish()
+    }
+}
+
+impl Inflater {
+    /// A decompressor whose output is capped at `max` bytes.
+    pub fn new(backend: Backend, max: usize) -> Inflater {
+        let engine = match backend {
+            Backend::Libdeflate => Engine::Libdeflate(libdeflater::Decompressor::new()),
+            Backend::ZlibRs => Engine::ZlibRs(flate2::Decompress::new(true)),
+        };
+        Inflater { engine, out: vec![0; max], max }
+    }
+
+    /// The cap in bytes.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Changes the cap (on reload); reallocates only when it grows.
+    pub fn set_max(&mut self, max: usize) {
+        if max > self.out.len() {
+            self.out.resize(max, 0);
+        }
+        self.max = max;
+    }
+
+    /// Inflates the payload of `env`; the result borrows the internal buffer.
+    pub fn inflate(&mut self, env: &Verified<'_>) -> Result<&[u8], InflateError> {
+        self.inflate_bytes(env.payload())
+    }
+
+    /// Inflates raw zlib bytes. Prefer [`Inflater::inflate`], which only takes verified input;
+    /// this entry point exists for benches and fuzzing.
+    pub fn inflate_bytes(&mut self, zlib: &[u8]) -> Result<&[u8], InflateError> {
+        let out = &mut self.out[..self.max];
+        let n = match &mut self.engine {
+            Engine::Libdeflate(d) => match d.zlib_decompress(zlib, out) {
+                Ok(n) => n,
+                Err(libdeflater::DecompressionError::InsufficientSpace) => return Err(InflateError::TooLarge),
+                Err(libdeflater::DecompressionError::BadData) => return Err(InflateError::Corrupt),
+            },
+            Engine::ZlibRs(d) => {
+                d.reset(true);
+                match d.decompress(zlib, out, flate2::FlushDecompress::Finish) {
+                    Ok(flate2::Status::StreamEnd) => d.total_out() as usize,
+                    // Output full before the end of the stream: over the cap.
+                    Ok(_) if d.total_out() as usize == out.len() => return Err(InflateError::TooLarge),
+                    // Input ended before the end of the stream.
+                    Ok(_) => return Err(InflateError::Corrupt),
+                    Err(_) => return Err(InflateError::Corrupt),
+                }
+            }
+        };
+        Ok(&self.out[..n])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::envelope::compress;
+
+    fn both(max: usize) -> [Inflater; 2] {
+        [Inflater::new(Backend::Libdeflate, max), Inflater::new(Backend::ZlibRs, max)]
+    }
+
+    #[test]
+    fn round_trip_any_level() {
+        let json = br#"{"id": "x", "listeners": {}}"#;
+        for level in 0..=9 {
+            use std::io::Write;
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(level));
+            e.write_all(json).expect("vec");
+            let z = e.finish().expect("vec");
+            for mut inf in both(1024) {
+                assert_eq!(inf.inflate_bytes(&z).expect("inflates"), json);
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_ignored() {
+        let mut z = compress(b"{}");
+        z.extend_from_slice(b"garbage after the stream");
+        for mut inf in both(1024) {
+            assert_eq!(inf.inflate_bytes(&z).expect("inflates"), b"{}");
+        }
+    }
+
+    #[test]
+    fn truncated_bad_checksum_raw_and_gzip_are_corrupt() {
+        let json = b"{\"a\": 1}";
+        let z = compress(json);
+        let mut bad_adler = z.clone();
+        let n = bad_adler.len();
+        bad_adler[n - 1] ^= 1;
+        let raw = &z[2..z.len() - 4];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, json).expect("vec");
+        let gz = gz.finish().expect("vec");
+        for mut inf in both(1024) {
+            assert_eq!(inf.inflate_bytes(&z[..z.len() - 3]), Err(InflateError::Corrupt));
+            assert_eq!(inf.inflate_bytes(&bad_adler), Err(InflateError::Corrupt));
+            assert_eq!(inf.inflate_bytes(raw), Err(InflateError::Corrupt));
+            assert_eq!(inf.inflate_bytes(&gz), Err(InflateError::Corrupt));
+            assert_eq!(inf.inflate_bytes(b""), Err(InflateError::Corrupt));
+        }
+    }
+
+    #[test]
+    fn the_cap_is_exact() {
+        let json = vec![b' '; 1000];
+        let z = compress(&json);
+        for mut inf in both(1000) {
+            assert_eq!(inf.inflate_bytes(&z).expect("fits exactly").len(), 1000);
+            inf.set_max(999);
+            assert_eq!(inf.inflate_bytes(&z), Err(InflateError::TooLarge));
+        }
+    }
+
+    #[test]
+    fn zip_bomb_is_too_large() {
+        let z = compress(&vec![0u8; 50 << 20]);
+        for mut inf in both(DEFAULT_MAX_INFLATED) {
+            assert_eq!(inf.inflate_bytes(&z), Err(InflateError::TooLarge));
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! The health model: what heartsink knows of each amphora, and Octavia's rules for turning a
+//! heartbeat into operating statuses.
+//!
+//! heartsink has no Octavia database: the set of listeners, pools and members of an amphora is
+//! everything it has ever reported (until the amphora is forgotten). With that as "the DB",
+//! the rules are Octavia 19.0.0's `UpdateHealthDb` (reference §3.3):
+//!
+//! | entity | reported as | operating status | roll-up |
+//! |---|---|---|---|
+//! | listener | `OPEN` / `FULL` / other | `ONLINE` / `DEGRADED` / unchanged | `FULL`: LB `ONLINE → DEGRADED` |
+//! | listener | absent | `OFFLINE` (Octavia: disabled listeners are not reported) | |
+//! | pool | `UP` / `DOWN` / other | `ONLINE` / `ERROR` / unchanged | `DOWN`: LB `ERROR` |
+//! | pool | absent | `OFFLINE` | |
+//! | member | `UP…` / `DOWN…` | `ONLINE` / `ERROR` | `DOWN…` in an `UP` pool: pool `DEGRADED`, LB `ONLINE → DEGRADED` |
+//! | member | `DRAIN` / `MAINT` / `no check` | `DRAINING` / `OFFLINE` / `NO_MONITOR` | |
+//! | member | `RESTARTING`, other | unchanged | |
+//! | member | absent | `OFFLINE`, unless `NO_MONITOR` | |
+//!
+//! A new entity starts `OFFLINE`. Listeners are processed before pools, so a pool `DOWN` wins
+//! over a degradation. The load balancer's rolled-up status is the amphora's operating status.
+//!
+//! Statistics apply to every accepted heartbeat: with `ver` ≥ 3 `tx`, `rx`, `totconns` and
+//! `ereq` accumulate (saturating) and `conns` replaces; otherwise every counter replaces.
+
+use serde::Serialize;
+
+use crate::proto::octavia::{Heartbeat, ListenerStatus, MemberStatus, PoolStatus, Stats, Uuid};
+use crate::proto::seqwin::{SeqError, SeqOutcome, SeqWindow};
+
+/// Octavia's operating statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub enum OperatingStatus {
+    /// `ONLINE`.
+    Online,
+    /// `DEGRADED`.
+    Degraded,
+    /// `ERROR`.
+    Error,
+    /// `OFFLINE`.
+    #[default]
+    Offline,
+    /// `DRAINING`.
+    Draining,
+    /// `NO_MONITOR`.
+    NoMonitor,
+}
+
+impl OperatingStatus {
+    /// Octavia's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatingStatus::Online => "ONLINE",
+            OperatingStatus::Degraded => "DEGRADED",
+            OperatingStatus::Error => "ERROR",
+            OperatingStatus::Offline => "OFFLINE",
+            OperatingStatus::Draining => "DRAINING",
+            OperatingStatus::NoMonitor => "NO_MONITOR",
+        }
+    }
+}
+
+macro_rules! serialize_as_str {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    )*};
+}
+serialize_as_str!(OperatingStatus, ListenerStatus, PoolStatus, MemberStatus);
+
+/// A listener as last reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerState {
+    /// Listener id.
+    pub id: Uuid,
+    /// Status in the latest heartbeat that carried it.
+    pub status: ListenerStatus,
+    /// Operating status after Octavia's rules.
+    pub operating_status: OperatingStatus,
+    /// Whether the latest heartbeat carried it.
+    pub reported: bool,
+    /// Counters: running totals (ver ≥ 3) or the latest absolute values.
+    pub stats: Stats,
+}
+
+/// A member of a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemberState {
+    /// Member id.
+    pub id: Uuid,
+    /// Status in the latest heartbeat that carried it.
+    pub status: MemberStatus,
+    /// Operating status after Octavia's rules.
+    pub operating_status: OperatingStatus,
+    /// Whether the latest heartbeat carried it.
+    pub reported: bool,
+}
+
+/// A pool with its members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PoolState {
+    /// Pool id.
+    pub id: Uuid,
+    /// Status in the latest heartbeat that carried it.
+    pub status: PoolStatus,
+    /// Operating status after Octavia's rules.
+    pub operating_status: OperatingStatus,
+    /// Whether the latest heartbeat carried it.
+    pub reported: bool,
+    /// Members, sorted by id.
+    pub members: Vec<MemberState>,
+}
+
+/// Everything known of one amphora.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AmphoraState {
+    /// Receiver wall-clock time of the first accepted heartbeat, ns since the Unix epoch.
+    pub first_seen_ns: u64,
+    /// Receiver wall-clock time of the latest accepted heartbeat, ns since the Unix epoch.
+    pub last_seen_ns: u64,
+    /// Sequence window (the highest accepted `seq` is public through it).
+    #[serde(skip)]
+    pub window: SeqWindow,
+    /// `seq` of the latest accepted heartbeat.
+    pub seq: Option<u64>,
+    /// `ver` of the latest accepted heartbeat.
+    pub ver: Option<u64>,
+    /// Accepted heartbeats.
+    pub heartbeats: u64,
+    /// Agent restarts recognised by the sequence window.
+    pub restarts: u32,
+    /// The load balancer's rolled-up operating status.
+    pub operating_status: OperatingStatus,
+    /// Listeners, sorted by id.
+    pub listeners: Vec<ListenerState>,
+    /// Pools, sorted by id.
+    pub pools: Vec<PoolState>,
+}
+
+/// What applying a heartbeat did, for the change log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The sequence window's verdict.
+    pub seq: Option<SeqOutcome>,
+    /// The operating status before (None for a new amphora) and after.
+    pub status_change: Option<(Option<OperatingStatus>, OperatingStatus)>,
+}
+
+/// Finds `id` in a vector sorted by id, inserting `make()` in order if absent.
+fn upsert<T>(v: &mut Vec<T>, id: Uuid, key: impl Fn(&T) -> Uuid, make: impl FnOnce() -> T) -> &mut T {
+    let i = match v.binary_search_by_key(&id, key) {
+        Ok(i) => i,
+        Err(i) => {
+            v.insert(i, make());
+            i
+        }
+    };
+    &mut v[i]
+}
+
+impl AmphoraState {
+    /// A state for an amphora never seen before.
+    pub fn new(now_ns: u64) -> AmphoraState {
+        AmphoraState {
+            first_seen_ns: now_ns,
+            last_seen_ns: now_ns,
+            window: SeqWindow::default(),
+            seq: None,
+            ver: None,
+            heartbeats: 0,
+            restarts: 0,
+            operating_status: OperatingStatus::Offline,
+            listeners: Vec::new(),
+            pools: Vec::new(),
+        }
+    }
+
+    /// Applies an accepted heartbeat received at `now_ns`. The sequence window runs first; a
+    /// refused `seq` changes nothing.
+    pub fn apply(&mut self, hb: &Heartbeat, now_ns: u64, restart_gap_ns: u64) -> Result<Applied, SeqError> {
+        let before = (self.heartbeats > 0).then_some(self.operating_status);
+        let seq = match hb.seq {
+            Some(seq) => {
+                let since = now_ns.saturating_sub(self.last_seen_ns);
+                let outcome = self.window.check(seq, since, restart_gap_ns)?;
+                if outcome == SeqOutcome::Restarted {
+                    self.restarts = self.restarts.saturating_add(1);
+                }
+                Some(outcome)
+            }
+            None => None,
+        };
+        self.last_seen_ns = self.last_seen_ns.max(now_ns);
+        self.seq = hb.seq;
+        self.ver = hb.ver;
+        self.heartbeats += 1;
+
+        let mut lb = OperatingStatus::Online;
+        self.apply_listeners(hb, &mut lb);
+        self.apply_pools(hb, &mut lb);
+        self.operating_status = lb;
+        let status_change = (before != Some(lb)).then_some((before, lb));
+        Ok(Applied { seq, status_change })
+    }
+
+    fn apply_listeners(&mut self, hb: &Heartbeat, lb: &mut OperatingStatus) {
+        for l in &mut self.listeners {
+            l.reported = false;
+        }
+        let deltas = hb.stats_are_deltas();
+        for r in hb.listeners() {
+            let l = upsert(
+                &mut self.listeners,
+                r.id,
+                |l| l.id,
+                || ListenerState {
+                    id: r.id,
+                    status: r.status,
+                    operating_status: OperatingStatus::Offline,
+                    reported: true,
+                    stats: Stats::default(),
+                },
+            );
+            l.reported = true;
+            l.status = r.status;
+            match r.status {
+                ListenerStatus::Open => l.operating_status = OperatingStatus::Online,
+                ListenerStatus::Full => {
+                    l.operating_status = OperatingStatus::Degraded;
+                    if *lb == OperatingStatus::Online {
+                        *lb = OperatingStatus::Degraded;
+                    }
+                }
+                ListenerStatus::Stop | ListenerStatus::Down | ListenerStatus::Other => {}
+            }
+            if let Some(s) = r.stats {
+                if deltas {
+                    let t = &mut l.stats;
+                    t.tx = t.tx.saturating_add(s.tx);
+                    t.rx = t.rx.saturating_add(s.rx);
+                    t.totconns = t.totconns.saturating_add(s.totconns);
+                    t.ereq = t.ereq.saturating_add(s.ereq);
+                    t.conns = s.conns;
+                } else {
+                    l.stats = s;
+                }
+            }
+        }
+        for l in &mut self.listeners {
+            if !l.reported {
+                l.operating_status = OperatingStatus::Offline;
+            }
+        }
+    }
+
+    fn apply_pools(&mut self, hb: &Heartbeat, lb: &mut OperatingStatus) {
+        for p in &mut self.pools {
+            p.reported = false;
+        }
+        for r in hb.status_pools() {
+            let p = upsert(
+                &mut self.pools,
+                r.id,
+                |p| p.id,
+                || PoolState {
+                    id: r.id,
+                    status: r.status,
+                    operating_status: OperatingStatus::Offline,
+                    reported: true,
+                    members: Vec::new(),
+                },
+            );
+            p.reported = true;
+            p.status = r.status;
+            let mut pool_status = match r.status {
+                PoolStatus::Up => Some(OperatingStatus::Online),
+                PoolStatus::Down => {
+                    *lb = OperatingStatus::Error;
+                    Some(OperatingStatus::Error)
+                }
+                PoolStatus::Other => None,
+            };
+            for m in &mut p.members {
+                m.reported = false;
+            }
+            for mr in hb.members(r) {
+                let m = upsert(
+                    &mut p.members,
+                    mr.id,
+                    |m| m.id,
+                    || MemberState {
+                        id: mr.id,
+                        status: mr.status,
+                        operating_status: OperatingStatus::Offline,
+                        reported: true,
+                    },
+                );
+                m.reported = true;
+                m.status = mr.status;
+                let new = match mr.status {
+                    MemberStatus::Up => Some(OperatingStatus::Online),
+                    MemberStatus::Down => {
+                        if pool_status == Some(OperatingStatus::Online) {
+                            pool_status = Some(OperatingStatus::Degraded);
+                            if *lb == OperatingStatus::Online {
+                                *lb = OperatingStatus::Degraded;
+                            }
+                        }
+                        Some(OperatingStatus::Error)
+                    }
+                    MemberStatus::Drain => Some(OperatingStatus::Draining),
+                    MemberStatus::Maint => Some(OperatingStatus::Offline),
+                    MemberStatus::NoCheck => Some(OperatingStatus::NoMonitor),
+                    MemberStatus::Restarting | MemberStatus::Other => None,
+                };
+                if let Some(s) = new {
+                    m.operating_status = s;
+                }
+            }
+            for m in &mut p.members {
+                if !m.reported && m.operating_status != OperatingStatus::NoMonitor {
+                    m.operating_status = OperatingStatus::Offline;
+                }
+            }
+            if let Some(s) = pool_status {
+                p.operating_status = s;
+            }
+        }
+        for p in &mut self.pools {
+            if !p.reported {
+                p.operating_status = OperatingStatus::Offline;
+            }
+        }
+    }
+
+    /// Number of members over all pools.
+    pub fn member_count(&self) -> usize {
+        self.pools.iter().map(|p| p.members.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "79c8c292-6b94-45b5-b498-82321e35049e";
+    const L1: &str = "82b9bfbc-91ba-4257-9abe-22cad37b17c6";
+    const L2: &str = "92b9bfbc-91ba-4257-9abe-22cad37b17c6";
+    const P1: &str = "515c6123-6c88-4537-bcf3-bd58da60fb1c";
+    const P2: &str = "615c6123-6c88-4537-bcf3-bd58da60fb1c";
+    const M1: &str = "88718c96-6f3d-48f7-b4b1-b64633be40f5";
+    const M2: &str = "5b08acc2-13a5-4f07-9a1b-195060c40eb7";
+    const GAP: u64 = 5_000_000_000;
+
+    fn hb(s: &str) -> Heartbeat {
+        let mut h = Heartbeat::default();
+        h.parse(s.as_bytes()).expect("test message parses");
+        h
+    }
+
+    fn v3(seq: u64, lstatus: &str, pstatus: &str, m1: &str, m2: &str, tx: u64) -> Heartbeat {
+        hb(&format!(
+            r#"{{"id": "{A}", "seq": {seq}, "ver": 3,
+                "listeners": {{"{L1}": {{"status": "{lstatus}", "stats": {{"tx": {tx}, "rx": 1, "conns": {seq}, "totconns": 2, "ereq": 0}}}}}},
+                "pools": {{"{P1}:{L1}": {{"status": "{pstatus}", "members": {{"{M1}": "{m1}", "{M2}": "{m2}"}}}}}}}}"#
+        ))
+    }
+
+    fn pool(s: &AmphoraState) -> &PoolState {
+        &s.pools[0]
+    }
+
+    fn member<'s>(s: &'s AmphoraState, id: &str) -> &'s MemberState {
+        pool(s).members.iter().find(|m| m.id.to_string() == id).expect("member")
+    }
+
+    #[test]
+    fn all_up_is_online_and_deltas_accumulate() {
+        let mut s = AmphoraState::new(0);
+        let a = s.apply(&v3(0, "OPEN", "UP", "UP", "no check", 10), 1, GAP).expect("applies");
+        assert_eq!(a.status_change, Some((None, OperatingStatus::Online)));
+        s.apply(&v3(1, "OPEN", "UP", "UP", "no check", 5), 2, GAP).expect("applies");
+        assert_eq!(s.operating_status, OperatingStatus::Online);
+        let l = &s.listeners[0];
+        assert_eq!((l.stats.tx, l.stats.totconns, l.stats.conns), (15, 4, 1));
+        assert_eq!(member(&s, M2).operating_status, OperatingStatus::NoMonitor);
+        assert_eq!(s.last_seen_ns, 2);
+        assert_eq!(s.heartbeats, 2);
+    }
+
+    #[test]
+    fn absolute_counters_replace() {
+        let mut s = AmphoraState::new(0);
+        let msg = |tx: u64| {
+            hb(&format!(
+                r#"{{"id": "{A}", "ver": 2, "listeners": {{"{L1}": {{"status": "OPEN", "stats": {{"tx": {tx}, "rx": 1, "conns": 1, "totconns": 2, "ereq": 0}}}}}}, "pools": {{}}}}"#
+            ))
+        };
+        s.apply(&msg(10), 1, GAP).expect("applies");
+        s.apply(&msg(7), 2, GAP).expect("applies");
+        assert_eq!(s.listeners[0].stats.tx, 7);
+    }
+
+    #[test]
+    fn member_down_degrades_an_up_pool_and_the_lb() {
+        let mut s = AmphoraState::new(0);
+        s.apply(&v3(0, "OPEN", "UP", "DOWN 1/2", "UP", 0), 1, GAP).expect("applies");
+        assert_eq!(member(&s, M1).operating_status, OperatingStatus::Error);
+        assert_eq!(pool(&s).operating_status, OperatingStatus::Degraded);
+        assert_eq!(s.operating_status, OperatingStatus::Degraded);
+    }
+
+    #[test]
+    fn pool_down_is_error_and_wins_over_full() {
+        let mut s = AmphoraState::new(0);
+        s.apply(&v3(0, "FULL", "DOWN", "DOWN", "UP", 0), 1, GAP).expect("applies");
+        assert_eq!(s.listeners[0].operating_status, OperatingStatus::Degraded);
+        assert_eq!(pool(&s).operating_status, OperatingStatus::Error);
+        assert_eq!(s.operating_status, OperatingStatus::Error);
+    }
+
+    #[test]
+    fn full_listener_degrades() {
+        let mut s = AmphoraState::new(0);
+        s.apply(&v3(0, "FULL", "UP", "UP", "UP", 0), 1, GAP).expect("applies");
+        assert_eq!(s.operating_status, OperatingStatus::Degraded);
+    }
+
+    #[test]
+    fn unknown_statuses_leave_values_unchanged() {
+        let mut s = AmphoraState::new(0);
+        s.apply(&v3(0, "OPEN", "UP", "UP", "DRAIN", 0), 1, GAP).expect("applies");
+        s.apply(&v3(1, "STOP", "WEIRD", "RESTARTING", "NOLB", 0), 2, GAP).expect("applies");
+        assert_eq!(s.listeners[0].operating_status, OperatingStatus::Online);
+        assert_eq!(pool(&s).operating_status, OperatingStatus::Online);
+        assert_eq!(member(&s, M1).operating_status, OperatingStatus::Online);
+        assert_eq!(member(&s, M2).operating_status, OperatingStatus::Draining);
+        // A member DOWN in a pool of unknown status does not degrade it.
+        s.apply(&v3(2, "OPEN", "WEIRD", "DOWN", "MAINT", 0), 3, GAP).expect("applies");
+        assert_eq!(pool(&s).operating_status, OperatingStatus::Online);
+        assert_eq!(s.operating_status, OperatingStatus::Online);
+        assert_eq!(member(&s, M2).operating_status, OperatingStatus::Offline);
+    }
+
+    #[test]
+    fn absent_entities_go_offline_but_no_monitor_stays() {
+        let mut s = AmphoraState::new(0);
+        s.apply(&v3(0, "OPEN", "UP", "UP", "no check", 0), 1, GAP).expect("applies");
+        let other = hb(&format!(
+            r#"{{"id": "{A}", "seq": 1, "ver": 3, "listeners": {{"{L2}": {{"status": "OPEN"}}}},
+                "pools": {{"{P2}": {{"status": "UP", "members": {{}}}}, "{P1}": {{"status": "UP", "members": {{}}}}}}}}"#
+        ));
+        s.apply(&other, 2, GAP).expect("applies");
+        let l1 = s.listeners.iter().find(|l| l.id.to_string() == L1).expect("l1");
+        assert!(!l1.reported);
+        assert_eq!(l1.operating_status, OperatingStatus::Offline);
+        assert_eq!(member(&s, M1).operating_status, OperatingStatus::Offline);
+        assert_eq!(member(&s, M2).operating_status, OperatingStatus::NoMonitor);
+        let only = hb(&format!(r#"{{"id": "{A}", "seq": 2, "ver": 3, "listeners": {{}}, "pools": {{}}}}"#));
+        s.apply(&only, 3, GAP).expect("applies");
+        assert!(s.pools.iter().all(|p| p.operating_status == OperatingStatus::Offline && !p.reported));
+        assert_eq!(s.operating_status, OperatingStatus::Online);
+    }
+
+    #[test]
+    fn replay_changes_nothing() {
+        let mut s = AmphoraState::new(0);
+        s.apply(&v3(4, "OPEN", "UP", "UP", "UP", 10), 1, GAP).expect("applies");
+        let before = s.clone();
+        assert_eq!(s.apply(&v3(4, "OPEN", "UP", "UP", "UP", 10), 2, GAP), Err(SeqError::Replay));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn restart_is_counted() {
+        let mut s = AmphoraState::new(0);
+        s.apply(&v3(900, "OPEN", "UP", "UP", "UP", 1), 1, GAP).expect("applies");
+        let a = s.apply(&v3(0, "OPEN", "UP", "UP", "UP", 1), 1 + GAP, GAP).expect("restart");
+        assert_eq!(a.seq, Some(SeqOutcome::Restarted));
+        assert_eq!(s.restarts, 1);
+        assert_eq!(s.listeners[0].stats.tx, 2);
+    }
+}
