@@ -1,0 +1,186 @@
+//! Helpers for the loopback tests: start the real binary on ephemeral ports, talk to it over
+//! UDP and HTTP, stop it. Every wait is bounded; a daemon is killed when its handle drops.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use heartsink::proto::envelope::{wrap, TagForm};
+use heartsink::proto::keyring::Key;
+use serde_json::Value;
+
+/// A running `heartsink serve`.
+pub struct Daemon {
+    pub child: Child,
+    pub heartbeat: SocketAddr,
+    pub admin: SocketAddr,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Starts `heartsink serve` on ephemeral loopback ports with extra `args`.
+    pub fn start(args: &[&str]) -> Daemon {
+        let mut all = vec!["serve", "--heartbeat-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Daemon::start_raw(&all)
+    }
+
+    /// Starts the binary with exactly `args`.
+    pub fn start_raw(args: &[&str]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_heartsink"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn heartsink");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let err_pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read the listening line");
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("listening line {line:?}: {e}; stderr: {:?}", stderr.lock().unwrap()));
+        assert_eq!(v["event"], "listening");
+        // Nothing else may appear on stdout; drain it in the background to notice if it does.
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            while out.read_line(&mut rest).map(|n| n > 0).unwrap_or(false) {
+                assert!(rest.is_empty(), "unexpected stdout: {rest}");
+            }
+        });
+        Daemon {
+            child,
+            heartbeat: v["heartbeat"].as_str().unwrap().parse().unwrap(),
+            admin: v["admin"].as_str().unwrap().parse().unwrap(),
+            stderr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// GET returning (status, JSON body).
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        match ureq::get(&self.url(path)).timeout(Duration::from_secs(5)).call() {
+            Ok(r) => (r.status(), r.into_json().expect("JSON body")),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().expect("JSON error body")),
+            Err(e) => panic!("GET {path}: {e}"),
+        }
+    }
+
+    /// GET returning the body as text.
+    pub fn get_text(&self, path: &str) -> String {
+        ureq::get(&self.url(path)).timeout(Duration::from_secs(5)).call().expect("GET").into_string().expect("text")
+    }
+
+    pub fn stats(&self) -> Value {
+        let (code, v) = self.get("/v1/stats");
+        assert_eq!(code, 200);
+        v
+    }
+
+    /// Waits until `/v1/stats` satisfies `f` (bounded by 10 s), returning the last stats.
+    pub fn wait_stats(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.stats();
+            if f(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; stats: {s}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `received` counts `n` datagrams and every one of them is accounted for
+    /// (accepted or dropped).
+    pub fn wait_processed(&self, n: u64) -> Value {
+        self.wait_stats(&format!("{n} datagrams processed"), |s| {
+            s["received"].as_u64() == Some(n)
+                && s["accepted"].as_u64().unwrap() + s["dropped_total"].as_u64().unwrap() == n
+        })
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill");
+    }
+
+    /// Waits for the process to exit (bounded), returning its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("daemon did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a stderr line contains `needle` (bounded by 10 s).
+    pub fn wait_stderr(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.stderr_text().contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle:?} on stderr: {}", self.stderr_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A UUID string made from a number (valid for `Uuid::try_parse`).
+pub fn uuid(kind: u16, n: u64) -> String {
+    format!("{kind:08x}-0000-4000-8000-{n:012x}")
+}
+
+/// A ver-3 heartbeat with one listener, one pool and three members.
+pub fn heartbeat_json(amphora: u64, seq: u64, tx: u64) -> String {
+    let (a, l, p) = (uuid(1, amphora), uuid(2, amphora), uuid(3, amphora));
+    let (m1, m2, m3) = (uuid(4, amphora * 3), uuid(4, amphora * 3 + 1), uuid(4, amphora * 3 + 2));
+    format!(
+        r#"{{"id": "{a}", "seq": {seq}, "listeners": {{"{l}": {{"status": "OPEN", "stats": {{"tx": {tx}, "rx": 2, "conns": 3, "totconns": 4, "ereq": 0}}}}}}, "pools": {{"{p}:{l}": {{"status": "UP", "members": {{"{m1}": "UP", "{m2}": "UP", "{m3}": "no check"}}}}}}, "ver": 3}}"#
+    )
+}
+
+/// A signed envelope of [`heartbeat_json`].
+pub fn heartbeat(amphora: u64, seq: u64, tx: u64, key: &str) -> Vec<u8> {
+    wrap(heartbeat_json(amphora, seq, tx).as_bytes(), &Key::new(key.as_bytes()), TagForm::Hex)
+}
+
+/// A client socket on loopback.
+pub fn client() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").expect("bind client")
+}
+
+/// Test data shipped with the project.
+pub fn data(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/data/octavia/{name}", env!("CARGO_MANIFEST_DIR"))).expect("test data")
+}

@@ -1,0 +1,281 @@
+//! Loopback tests of the real `heartsink serve` binary: UDP in, HTTP out.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, data, heartbeat, heartbeat_json, uuid, Daemon};
+use heartsink::proto::envelope::{compress, push_tag, wrap, TagForm};
+use heartsink::proto::keyring::Key;
+
+fn signed(payload: &[u8], key: &str) -> Vec<u8> {
+    let mut v = payload.to_vec();
+    push_tag(&mut v, 0, &Key::new(key.as_bytes()), TagForm::Hex);
+    v
+}
+
+#[test]
+fn every_drop_reason_is_counted_and_good_traffic_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("heartsink.toml");
+    std::fs::write(&cfg, "[heartbeat]\nmax_datagram = 2048\nmax_inflated = 4096\n").unwrap();
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap(), "--key", "insecure", "--key", "s3cr3t-ключ"]);
+    let s = client();
+    let mut sent = 0u64;
+    let mut send = |bytes: &[u8]| {
+        s.send_to(bytes, d.heartbeat).unwrap();
+        sent += 1;
+    };
+    // Real Octavia packets: accepted (the large one is over max_datagram here: truncated).
+    send(&data("v3_small_hex.bin"));
+    send(&data("v2_hex.bin"));
+    send(&data("v0_legacy_binary_digest.bin"));
+    send(&data("v3_large_hex_utf8key.bin"));
+    send(&data("neg_v3_bad_hmac.bin"));
+    // One of each malformed kind.
+    send(b"short");
+    send(&[7u8; 100]);
+    send(&signed(b"not a zlib stream", "insecure"));
+    send(&signed(&compress(&vec![b' '; 8192]), "insecure"));
+    send(&signed(&compress(b"{\"id\": \"\xff\"}"), "insecure"));
+    send(&signed(&compress(b"{\"id\": "), "insecure"));
+    send(&signed(&compress(b"[1, 2]"), "insecure"));
+    let fresh = heartbeat(1, 100, 5, "insecure");
+    send(&fresh);
+    send(&fresh);
+    send(&heartbeat(1, 10, 5, "insecure"));
+    send(&heartbeat(2, 0, 5, "wrong key"));
+    let stats = d.wait_processed(sent);
+    let dropped = &stats["dropped"];
+    for (reason, n) in [
+        ("truncated", 1),
+        ("no_key_matched", 2),
+        ("too_short", 1),
+        ("bad_tag", 1),
+        ("inflate_error", 1),
+        ("too_large", 1),
+        ("not_utf8", 1),
+        ("not_json", 1),
+        ("bad_schema", 1),
+        ("replay", 1),
+        ("stale", 1),
+        ("ring_full", 0),
+    ] {
+        assert_eq!(dropped[reason], n, "{reason}: {stats}");
+    }
+    assert_eq!(stats["accepted"], 4, "{stats}");
+    assert_eq!(stats["dropped_total"], 12);
+    let metrics = d.get_text("/metrics");
+    assert!(metrics.contains("heartsink_drops_total{reason=\"replay\"} 1"), "{metrics}");
+    assert!(metrics.contains("heartsink_heartbeats_accepted_total 4"), "{metrics}");
+    assert!(metrics.contains("heartsink_packets_received_total 16"), "{metrics}");
+    assert!(metrics.contains("heartsink_rcvbuf_bytes "), "{metrics}");
+    assert!(metrics.trim_end().ends_with("# EOF"));
+}
+
+#[test]
+fn admin_api_lists_shows_and_paginates() {
+    let d = Daemon::start(&["--key", "insecure"]);
+    let s = client();
+    s.send_to(&data("v3_small_hex.bin"), d.heartbeat).unwrap();
+    s.send_to(&data("v0_legacy_binary_digest.bin"), d.heartbeat).unwrap();
+    for a in 0..5 {
+        s.send_to(&heartbeat(a, 0, 10, "insecure"), d.heartbeat).unwrap();
+    }
+    d.wait_stats("7 amphorae listed", |s| s["amphorae"] == 7);
+
+    let (code, small) = d.get("/v1/amphorae/79c8c292-6b94-45b5-b498-82321e35049e");
+    assert_eq!(code, 200);
+    assert_eq!(small["operating_status"], "ONLINE");
+    assert_eq!(small["seq"], 1);
+    assert_eq!(small["ver"], 3);
+    let l = &small["listeners"][0];
+    assert_eq!(l["id"], "82b9bfbc-91ba-4257-9abe-22cad37b17c6");
+    assert_eq!(l["operating_status"], "ONLINE");
+    assert_eq!(l["stats"]["tx"], 1308642);
+    assert_eq!(l["stats"]["totconns"], 2000);
+    let p = &small["pools"][0];
+    assert_eq!(p["id"], "515c6123-6c88-4537-bcf3-bd58da60fb1c");
+    let no_check = p["members"].as_array().unwrap().iter().find(|m| m["id"] == "4a894db7-e48f-42b9-aa5d-670af9a3638e");
+    assert_eq!(no_check.unwrap()["operating_status"], "NO_MONITOR");
+    assert!(small["last_seen"].as_str().unwrap().ends_with('Z'));
+
+    // Legacy message: pool DOWN nested in the listener → LB ERROR.
+    let (code, legacy) = d.get("/v1/amphorae/e257274d-cd2f-4abe-b500-948d6abdf8f8");
+    assert_eq!(code, 200);
+    assert_eq!(legacy["operating_status"], "ERROR");
+    assert_eq!(legacy["pools"][0]["operating_status"], "ERROR");
+
+    // Pagination: 7 ids in 3 pages of at most 3, in order, no repeats.
+    let mut seen = Vec::new();
+    let mut marker: Option<String> = None;
+    for _ in 0..4 {
+        let path = match &marker {
+            Some(m) => format!("/v1/amphorae?limit=3&marker={m}"),
+            None => "/v1/amphorae?limit=3".to_owned(),
+        };
+        let (code, page) = d.get(&path);
+        assert_eq!(code, 200);
+        for a in page["amphorae"].as_array().unwrap() {
+            assert!(a["last_seen"].is_string() && a["operating_status"].is_string());
+            seen.push(a["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_marker"].as_str() {
+            Some(m) => marker = Some(m.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 7);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, seen);
+
+    let (code, body) = d.get(&format!("/v1/amphorae/{}", uuid(9, 9)));
+    assert_eq!(code, 404);
+    assert!(body["error"].as_str().unwrap().contains("no amphora"));
+    assert_eq!(d.get("/v1/amphorae/not-a-uuid").0, 404);
+    assert_eq!(d.get("/v1/amphorae?limit=0").0, 400);
+    assert_eq!(d.get("/v1/amphorae?limit=1001").0, 400);
+    assert_eq!(d.get("/v1/amphorae?bogus=1").0, 400);
+    assert_eq!(d.get("/v1/nothing").0, 404);
+    let (code, h) = d.get("/healthz");
+    assert_eq!((code, h["status"].as_str()), (200, Some("ok")));
+    let stats = d.stats();
+    assert!(stats["rcvbuf"]["effective"].as_u64().unwrap() > 0);
+    assert!(stats["workers"].as_array().unwrap().iter().all(|w| w["ring_capacity"].as_u64() > Some(0)));
+}
+
+#[test]
+fn ver3_deltas_accumulate_and_replays_do_not_double_count() {
+    let d = Daemon::start(&["--key", "k"]);
+    let s = client();
+    for seq in 0..10 {
+        s.send_to(&heartbeat(42, seq, 100, "k"), d.heartbeat).unwrap();
+        // Every packet twice: the copy is a replay.
+        s.send_to(&heartbeat(42, seq, 100, "k"), d.heartbeat).unwrap();
+    }
+    let stats = d.wait_processed(20);
+    assert_eq!(stats["accepted"], 10);
+    assert_eq!(stats["dropped"]["replay"], 10);
+    let (_, a) = d.get(&format!("/v1/amphorae/{}", uuid(1, 42)));
+    assert_eq!(a["listeners"][0]["stats"]["tx"], 1000);
+    assert_eq!(a["listeners"][0]["stats"]["conns"], 3);
+    assert_eq!(a["heartbeats"], 10);
+}
+
+#[test]
+fn sighup_rotates_keys_without_losing_a_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "old\n").unwrap();
+    let d = Daemon::start(&["--key-file", keys.to_str().unwrap()]);
+    let target = d.heartbeat;
+    // A sender that never stops during the rotation; it switches key only once the daemon has
+    // loaded the keyring that accepts both.
+    let (switch_tx, switch_rx) = std::sync::mpsc::channel::<()>();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let sender = std::thread::spawn(move || {
+        let s = client();
+        let mut key = "old";
+        let mut seq = 0u64;
+        while stop_rx.try_recv().is_err() && seq < 100_000 {
+            if switch_rx.try_recv().is_ok() {
+                key = "new";
+            }
+            s.send_to(&heartbeat(seq % 50, seq / 50, 1, key), target).unwrap();
+            seq += 1;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        seq
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&keys, "old\nnew\n").unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_stats("keyring generation 1", |s| {
+        s["keys"]["generation"] == 1 && s["keys"]["fingerprints"].as_array().unwrap().len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    switch_tx.send(()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&keys, "new\n").unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_stats("keyring generation 2", |s| s["keys"]["generation"] == 2);
+    std::thread::sleep(Duration::from_millis(300));
+    stop_tx.send(()).unwrap();
+    let sent = sender.join().unwrap();
+    assert!(sent > 500, "the sender ran through both reloads ({sent} sent)");
+    let stats = d.wait_processed(sent);
+    assert_eq!(stats["accepted"], sent, "{stats}");
+    assert_eq!(stats["dropped_total"], 0, "{stats}");
+    // The old key is gone now.
+    client().send_to(&heartbeat(999, 0, 1, "old"), target).unwrap();
+    let stats = d.wait_processed(sent + 1);
+    assert_eq!(stats["dropped"]["no_key_matched"], 1);
+    assert!(d.stderr_text().contains("reloaded"));
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[heartbeat]\nkeys = [\"a\"]\n").unwrap();
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
+    std::fs::write(&cfg, "[heartbeat]\nkeys = 7\n").unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_stderr("reload failed");
+    client().send_to(&heartbeat(1, 0, 1, "a"), d.heartbeat).unwrap();
+    assert_eq!(d.wait_processed(1)["accepted"], 1);
+    assert_eq!(d.stats()["keys"]["generation"], 0);
+}
+
+#[test]
+fn graceful_stop_applies_everything_received() {
+    let mut d = Daemon::start(&["--key", "k", "--log-format", "json"]);
+    let s = client();
+    let n = 3000u64;
+    for i in 0..n {
+        s.send_to(&heartbeat(i % 300, i / 300, 1, "k"), d.heartbeat).unwrap();
+    }
+    // No waiting: the datagrams are in the socket buffer or the rings when SIGTERM arrives.
+    d.signal(libc::SIGTERM);
+    let st = d.wait_exit(Duration::from_secs(15));
+    assert!(st.success(), "exit status {st:?}");
+    // stderr is read by a thread; give it the last lines.
+    d.wait_stderr("\"message\":\"stopped\"");
+    let text = d.stderr_text();
+    let line = text.lines().find(|l| l.contains("\"message\":\"stopped\"")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["fields"]["received"], n, "{line}");
+    assert_eq!(v["fields"]["accepted"], n, "{line}");
+    assert_eq!(v["fields"]["dropped"], 0, "{line}");
+}
+
+#[test]
+fn bad_configuration_exits_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[heartbeat]\nadress = \"x\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_heartsink"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("adress"));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn defaults_without_any_configuration() {
+    // The embedded default: fixed ports, the insecure key, a warning.
+    let d = Daemon::start_raw(&["serve"]);
+    assert_eq!(d.heartbeat.to_string(), "127.0.0.1:5555");
+    assert_eq!(d.admin.to_string(), "127.0.0.1:9555");
+    d.wait_stderr("insecure default key");
+    let json = heartbeat_json(5, 0, 1);
+    client().send_to(&wrap(json.as_bytes(), &Key::new(b"insecure"), TagForm::Hex), d.heartbeat).unwrap();
+    let stats = d.wait_processed(1);
+    assert_eq!(stats["accepted"], 1);
+    assert_eq!(stats["keys"]["insecure_default"], true);
+}
