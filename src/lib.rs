@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod io;
+pub mod load;
 pub mod proto;
 pub mod serve;
 pub mod state;

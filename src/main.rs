@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use heartsink::config::{LogFormat, Overrides};
+use heartsink::load::{Faults, LoadConfig, Shape};
 use heartsink::serve::{self, ServeArgs};
 
 /// heartsink: a heartbeat sink for HMAC-signed UDP heartbeats (OpenStack Octavia wire format).
@@ -21,6 +22,126 @@ struct Cli {
 enum Command {
     /// Run the daemon: receive heartbeats, keep health and stats, serve the admin API.
     Serve(ServeCli),
+    /// Simulate a fleet of amphorae sending signed ver-3 heartbeats (bounded by --duration or --count).
+    Load(LoadCli),
+}
+
+#[derive(clap::Args, Debug)]
+struct LoadCli {
+    /// Where to send heartbeats.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:5555")]
+    target: SocketAddr,
+    /// Heartbeat key.
+    #[arg(long, default_value = "insecure")]
+    key: String,
+    /// Simulated amphorae (distinct ids, spread over up to 256 source ports per thread).
+    #[arg(long, default_value_t = 1000)]
+    amphorae: u64,
+    /// Listeners per amphora.
+    #[arg(long, default_value_t = 1)]
+    listeners: u32,
+    /// Pools per amphora.
+    #[arg(long, default_value_t = 1)]
+    pools: u32,
+    /// Members per pool.
+    #[arg(long, default_value_t = 3)]
+    members: u32,
+    /// Heartbeats per second over all threads, or `max`.
+    #[arg(long, default_value = "max")]
+    rate: String,
+    /// Stop after this many seconds (default 10 when --count is not given).
+    #[arg(long, value_name = "S")]
+    duration: Option<f64>,
+    /// Stop after this many packets.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Sender threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Percent of packets with a malformed (non-hex) tag.
+    #[arg(long, default_value_t = 0.0)]
+    bad_tag_pct: f64,
+    /// Percent of packets of random bytes.
+    #[arg(long, default_value_t = 0.0)]
+    garbage_pct: f64,
+    /// Percent of packets that repeat the previous good packet.
+    #[arg(long, default_value_t = 0.0)]
+    replay_pct: f64,
+    /// Percent of signed packets that inflate to 2 MiB (past any sane cap).
+    #[arg(long, default_value_t = 0.0)]
+    oversize_pct: f64,
+    /// Percent of packets signed with a wrong key.
+    #[arg(long, default_value_t = 0.0)]
+    wrong_key_pct: f64,
+    /// First sequence number of every amphora.
+    #[arg(long, default_value_t = 0)]
+    first_seq: u64,
+    /// Seed of the ids and random choices (same seed, same ids).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the final report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Allow a target that is not a loopback address.
+    #[arg(long)]
+    allow_remote: bool,
+}
+
+fn load(l: LoadCli) -> ExitCode {
+    let rate = match l.rate.as_str() {
+        "max" => None,
+        r => match r.parse::<f64>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                eprintln!("heartsink load: --rate takes a number or `max`");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let duration = match (l.duration, l.count) {
+        (Some(d), _) if d.is_finite() && d > 0.0 => Some(std::time::Duration::from_secs_f64(d)),
+        (Some(_), _) => {
+            eprintln!("heartsink load: --duration must be positive");
+            return ExitCode::from(2);
+        }
+        (None, Some(_)) => None,
+        (None, None) => Some(std::time::Duration::from_secs(10)),
+    };
+    let cfg = LoadConfig {
+        target: l.target,
+        key: l.key,
+        amphorae: l.amphorae,
+        shape: Shape { listeners: l.listeners, pools: l.pools, members: l.members },
+        rate,
+        duration,
+        count: l.count,
+        threads: l.threads,
+        faults: Faults {
+            bad_tag: l.bad_tag_pct,
+            garbage: l.garbage_pct,
+            replay: l.replay_pct,
+            oversize: l.oversize_pct,
+            wrong_key: l.wrong_key_pct,
+        },
+        allow_remote: l.allow_remote,
+        seed: l.seed,
+        first_seq: l.first_seq,
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    match heartsink::load::run(&cfg, &stop, true) {
+        Ok(r) => {
+            if l.json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                eprintln!("load: sent {} in {:.2} s ({:.0}/s), {} errors", r.total, r.duration_s, r.rate, r.errors);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("heartsink load: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -83,5 +204,6 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Load(l) => load(l),
     }
 }

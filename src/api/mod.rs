@@ -8,6 +8,7 @@
 //! | `GET /v1/amphorae?limit=&marker=` | ids in order with last seen and operating status; `next_marker` when more |
 //! | `GET /v1/amphorae/{id}` | the whole health and stats model of one amphora; `404` if unknown |
 //! | `GET /v1/stats` | received, accepted, dropped by reason, kernel drops, receive buffer, per-worker rates, ring fill |
+//! | `GET /v1/latency` | raw counts of the send-to-applied latency histogram (for interval differences) |
 //! | `GET /metrics` | the same counters as OpenMetrics text |
 
 mod metrics;
@@ -23,7 +24,7 @@ use serde::Serialize;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::engine::{DropReason, Shared};
+use crate::engine::{histogram, DropReason, Shared};
 use crate::proto::octavia::Uuid;
 use crate::state::{AmphoraState, OperatingStatus};
 
@@ -123,10 +124,14 @@ fn route(ctx: &ApiContext, registry: &prometheus_client::registry::Registry, req
         ["v1", "amphorae"] if get => list_amphorae(ctx, query),
         ["v1", "amphorae", id] if get => show_amphora(ctx, id),
         ["v1", "stats"] if get => json_response(200, &stats(ctx)),
+        ["v1", "latency"] if get => json_response(200, &json!({ "counts": ctx.engine.latency_counts() })),
         ["metrics"] if get => metrics::render(registry),
-        ["healthz"] | ["v1", "amphorae"] | ["v1", "amphorae", _] | ["v1", "stats"] | ["metrics"] => {
-            error(405, "method not allowed")
-        }
+        ["healthz"]
+        | ["v1", "amphorae"]
+        | ["v1", "amphorae", _]
+        | ["v1", "stats"]
+        | ["v1", "latency"]
+        | ["metrics"] => error(405, "method not allowed"),
         _ => error(404, "no such resource"),
     }
 }
@@ -236,7 +241,6 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            let samples = w.latency_samples.load(r);
             json!({
                 "worker": i,
                 "packets": w.packets.load(r),
@@ -246,7 +250,6 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
                 "accepted_pps": rates.worker_accepted_pps.get(i).copied().unwrap_or(0.0),
                 "ring_len": fill.get(i).copied().unwrap_or(0),
                 "ring_capacity": cap,
-                "latency_mean_us": if samples > 0 { w.latency_us_sum.load(r) as f64 / samples as f64 } else { 0.0 },
             })
         })
         .collect();
@@ -264,6 +267,8 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
                 })
             })
             .collect();
+    let lat = e.latency_counts();
+    let q = |x: f64| histogram::quantile(&lat, x).map(|ns| ns as f64 / 1000.0);
     json!({
         "received": t.received,
         "accepted": t.accepted,
@@ -278,5 +283,6 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
         "rx": rx,
         "keys": &**ctx.keys.load(),
         "uptime_s": e.started.elapsed().as_secs_f64(),
+        "latency_us": {"count": lat.iter().sum::<u64>(), "p50": q(0.5), "p99": q(0.99), "p999": q(0.999)},
     })
 }

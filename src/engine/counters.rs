@@ -163,10 +163,8 @@ pub struct WorkerCounters {
     pub restarts: AtomicU64,
     /// Amphorae seen for the first time.
     pub new_senders: AtomicU64,
-    /// Sum and count of send-to-applied latency (µs) of heartbeats carrying `hs_sent_ns`.
-    pub latency_us_sum: AtomicU64,
-    /// See `latency_us_sum`.
-    pub latency_samples: AtomicU64,
+    /// Send-to-applied latency (ns) of heartbeats carrying the load generator's `hs_sent_ns`.
+    pub latency: super::histogram::Histogram,
 }
 
 impl WorkerCounters {

@@ -15,6 +15,7 @@
 
 pub mod clock;
 pub mod counters;
+pub mod histogram;
 pub mod pipeline;
 pub mod ring;
 pub mod shards;
@@ -196,6 +197,15 @@ impl Shared {
             t.kernel_drops += x.kernel_drops.load(r);
         }
         t
+    }
+
+    /// The latency histogram summed over workers (see [`histogram`]).
+    pub fn latency_counts(&self) -> Vec<u64> {
+        let mut c = vec![0; histogram::BUCKETS];
+        for w in &self.workers {
+            w.latency.add_to(&mut c);
+        }
+        c
     }
 
     /// Batches waiting in each worker's ring, and the ring capacity.
@@ -403,11 +413,16 @@ impl RxThread {
     fn run(mut self) {
         let mut events = mio::Events::with_capacity(8);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(500))) {
+            // A batch held for a busy worker waits at most HOLD.
+            let timeout = if self.router.holding() { HOLD } else { Duration::from_millis(500) };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(error = %e, "rx poll failed");
                     break;
                 }
+            }
+            if events.is_empty() {
+                self.router.push_all();
             }
             // Drain the socket (edge-triggered readiness), also once more when stopping.
             self.drain();
@@ -446,7 +461,7 @@ impl RxThread {
                     ring_full += 1;
                 }
             }
-            self.router.push_all();
+            self.router.push_idle();
             let c = &self.router.counters;
             counters::bump(&c.packets, n as u64);
             counters::bump(&c.bytes, bytes);
@@ -460,7 +475,26 @@ impl RxThread {
     }
 }
 
+/// How long the rx thread may hold a partly filled batch for a busy worker.
+const HOLD: Duration = Duration::from_micros(200);
+
 impl Router {
+    /// Whether any worker has a non-empty pending batch.
+    fn holding(&self) -> bool {
+        self.pending.iter().any(|p| p.as_ref().is_some_and(|b| !b.is_empty()))
+    }
+
+    /// Pushes the pending batches of workers whose ring is empty (they are waiting for work).
+    /// A busy worker's batch keeps filling until it is full or `HOLD` passes, so a ring's
+    /// capacity counts full batches, not one batch per `recvmmsg` call.
+    fn push_idle(&mut self) {
+        for w in 0..self.pending.len() {
+            if self.rings[w].is_empty() {
+                self.push_pending(w);
+            }
+        }
+    }
+
     fn push_all(&mut self) {
         for w in 0..self.pending.len() {
             self.push_pending(w);

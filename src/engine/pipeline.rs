@@ -77,6 +77,7 @@ pub struct Pipeline {
     inflater: Inflater,
     parsed: Vec<Heartbeat>,
     order: Vec<(usize, usize)>,
+    sent_ns: Vec<u64>,
     changes: Vec<Change>,
 }
 
@@ -111,6 +112,7 @@ impl Pipeline {
             inflater: Inflater::new(backend, max),
             parsed: Vec::new(),
             order: Vec::new(),
+            sent_ns: Vec::new(),
             changes: Vec::new(),
         }
     }
@@ -144,8 +146,7 @@ impl Pipeline {
         }
         // Group by shard, keeping arrival order within a shard (so within a sender).
         self.order.sort_unstable();
-        let mut latency_sum = 0u64;
-        let mut latency_n = 0u64;
+        self.sent_ns.clear();
         let mut i = 0;
         while i < self.order.len() {
             let shard_index = self.order[i].0;
@@ -172,20 +173,19 @@ impl Pipeline {
                             self.changes.push(Change::Status { id: hb.id, from, to });
                         }
                         if let Some(sent) = hb.sent_ns {
-                            latency_sum = latency_sum.wrapping_add(sent);
-                            latency_n += 1;
+                            self.sent_ns.push(sent);
                         }
                     }
                     Err(e) => tally.drop(e.into()),
                 }
             }
         }
-        if latency_n > 0 {
-            // Σ(now - sent) = n·now - Σsent, with one clock read per batch.
+        if !self.sent_ns.is_empty() {
+            // One clock read per batch: the batch's heartbeats are applied when it ends.
             let now = self.shared.clock.now_ns();
-            let total_ns = now.wrapping_mul(latency_n).wrapping_sub(latency_sum);
-            super::counters::bump(&self.counters.latency_us_sum, total_ns / 1000);
-            super::counters::bump(&self.counters.latency_samples, latency_n);
+            for sent in &self.sent_ns {
+                self.counters.latency.record(now.saturating_sub(*sent));
+            }
         }
         self.counters.publish(&tally);
         if !self.changes.is_empty() {

@@ -275,6 +275,19 @@ impl SendBatch {
         self.len == self.bufs.len()
     }
 
+    /// Copies queued datagram `i` into `into`.
+    pub fn copy_out(&self, i: usize, into: &mut Vec<u8>) {
+        into.clear();
+        if let Some(b) = self.bufs.get(i) {
+            into.extend_from_slice(b);
+        }
+    }
+
+    /// Drops everything queued.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
     /// Queues a datagram: `fill` writes its bytes into a cleared, reused buffer.
     pub fn push(&mut self, to: &SocketAddr, fill: impl FnOnce(&mut Vec<u8>)) -> bool {
         if self.is_full() {

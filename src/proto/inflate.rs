@@ -1,7 +1,8 @@
 //! Inflating the zlib stream of a verified envelope into a capped, reused buffer.
 //!
 //! Octavia has no cap (a zip bomb inflates until memory runs out); heartsink caps the inflated
-//! size (`max_inflated`, default 1 MiB: the largest real heartbeat, 1004 members, is 51,943 B).
+//! size (`max_inflated`, default 256 KiB: the largest real heartbeat seen, 1004 members, is
+//! 51,943 B; a signed zip bomb then costs at most the time to write 256 KiB).
 //! Like Python's `zlib.decompress`, the stream must have a zlib header and a correct Adler-32,
 //! and bytes after the end of the stream are ignored.
 //!
@@ -13,7 +14,7 @@
 use super::envelope::Verified;
 
 /// Default cap on the inflated JSON size.
-pub const DEFAULT_MAX_INFLATED: usize = 1 << 20;
+pub const DEFAULT_MAX_INFLATED: usize = 256 << 10;
 
 /// Why a verified payload did not inflate. Each variant is one drop reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
