@@ -2,6 +2,8 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod bench;
+pub mod confd;
 pub mod config;
 pub mod engine;
 pub mod io;

@@ -24,6 +24,33 @@ enum Command {
     Serve(ServeCli),
     /// Simulate a fleet of amphorae sending signed ver-3 heartbeats (bounded by --duration or --count).
     Load(LoadCli),
+    /// Measure end to end against Octavia's own receive path, in one run (see the README).
+    Bench(BenchCli),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchCli {
+    /// Directory for bench.json, bench.svg and the logs.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 4.0)]
+    seconds: f64,
+    /// Simulated amphorae.
+    #[arg(long, default_value_t = 1000)]
+    amphorae: u64,
+    /// Skip the Octavia measurements.
+    #[arg(long)]
+    skip_octavia: bool,
+    /// Scale mode: memory per tracked amphora and control tick cost with N senders.
+    #[arg(long, value_name = "N")]
+    senders: Option<u64>,
+    /// Only run the in-process pipeline on N heartbeats (for the instruction-count gate).
+    #[arg(long, value_name = "N")]
+    pipeline_only: Option<u64>,
+    /// Offered-load steps, as fractions of the saturated rate.
+    #[arg(long, value_delimiter = ',', default_value = "0.05,0.2,0.5,0.8,1.0")]
+    steps: Vec<f64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,6 +106,9 @@ struct LoadCli {
     /// Seed of the ids and random choices (same seed, same ids).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Build every packet before sending (needs --count); packets then carry no send time.
+    #[arg(long)]
+    prebuilt: bool,
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -126,6 +156,7 @@ fn load(l: LoadCli) -> ExitCode {
         allow_remote: l.allow_remote,
         seed: l.seed,
         first_seq: l.first_seq,
+        prebuilt: l.prebuilt,
     };
     let stop = std::sync::atomic::AtomicBool::new(false);
     match heartsink::load::run(&cfg, &stop, true) {
@@ -205,5 +236,23 @@ fn main() -> ExitCode {
             }
         }
         Command::Load(l) => load(l),
+        Command::Bench(b) => {
+            let args = heartsink::bench::BenchArgs {
+                out: b.out,
+                seconds: b.seconds,
+                amphorae: b.amphorae,
+                skip_octavia: b.skip_octavia,
+                senders: b.senders,
+                pipeline_only: b.pipeline_only,
+                steps: b.steps,
+            };
+            match heartsink::bench::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("heartsink bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

@@ -62,7 +62,16 @@ fn generator_report_matches_the_daemon_counters() {
     // Garbage is too short or has no valid tag; a malformed tag is a bad tag.
     assert_eq!(dropped("bad_tag") + dropped("too_short"), n("bad_tag") + n("garbage"));
     assert_eq!(s["amphorae"], 50);
-    assert!(s["latency_us"]["count"].as_u64().unwrap() == n("good"), "every good heartbeat carries its send time");
+    assert_eq!(
+        s["latency_us"]["send_to_applied"]["count"].as_u64().unwrap(),
+        n("good"),
+        "every good heartbeat carries its send time"
+    );
+    assert_eq!(
+        s["latency_us"]["receive_to_applied"]["count"].as_u64().unwrap(),
+        n("good"),
+        "kernel receive timestamps"
+    );
     // The shape arrives as configured.
     let (_, list) = d.get("/v1/amphorae?limit=1");
     let id = list["amphorae"][0]["id"].as_str().unwrap();

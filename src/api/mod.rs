@@ -124,7 +124,13 @@ fn route(ctx: &ApiContext, registry: &prometheus_client::registry::Registry, req
         ["v1", "amphorae"] if get => list_amphorae(ctx, query),
         ["v1", "amphorae", id] if get => show_amphora(ctx, id),
         ["v1", "stats"] if get => json_response(200, &stats(ctx)),
-        ["v1", "latency"] if get => json_response(200, &json!({ "counts": ctx.engine.latency_counts() })),
+        ["v1", "latency"] if get => json_response(
+            200,
+            &json!({
+                "receive_to_applied": ctx.engine.rx_latency_counts(),
+                "send_to_applied": ctx.engine.latency_counts(),
+            }),
+        ),
         ["metrics"] if get => metrics::render(registry),
         ["healthz"]
         | ["v1", "amphorae"]
@@ -267,8 +273,10 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
                 })
             })
             .collect();
-    let lat = e.latency_counts();
-    let q = |x: f64| histogram::quantile(&lat, x).map(|ns| ns as f64 / 1000.0);
+    let summary = |c: &[u64]| {
+        let q = |x: f64| histogram::quantile(c, x).map(|ns| ns as f64 / 1000.0);
+        json!({"count": c.iter().sum::<u64>(), "p50": q(0.5), "p99": q(0.99), "p999": q(0.999)})
+    };
     json!({
         "received": t.received,
         "accepted": t.accepted,
@@ -278,11 +286,15 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
         "restarts": t.restarts,
         "amphorae": e.amphora_count(),
         "status_changes": e.status_changes.load(r),
+        "control": {"tick_us_last": e.tick_ns_last.load(r) as f64 / 1000.0, "tick_us_max": e.tick_ns_max.load(r) as f64 / 1000.0},
         "rcvbuf": e.rcvbuf,
         "workers": workers,
         "rx": rx,
         "keys": &**ctx.keys.load(),
         "uptime_s": e.started.elapsed().as_secs_f64(),
-        "latency_us": {"count": lat.iter().sum::<u64>(), "p50": q(0.5), "p99": q(0.99), "p999": q(0.999)},
+        "latency_us": {
+            "receive_to_applied": summary(&e.rx_latency_counts()),
+            "send_to_applied": summary(&e.latency_counts()),
+        },
     })
 }

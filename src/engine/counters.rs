@@ -165,6 +165,10 @@ pub struct WorkerCounters {
     pub new_senders: AtomicU64,
     /// Send-to-applied latency (ns) of heartbeats carrying the load generator's `hs_sent_ns`.
     pub latency: super::histogram::Histogram,
+    /// Receive-to-applied latency (ns): the kernel's receive timestamp to the end of the batch
+    /// that applied the heartbeat. On loopback the kernel stamps a datagram inside the sender's
+    /// `sendmmsg`, so this is send-to-applied there.
+    pub rx_latency: super::histogram::Histogram,
 }
 
 impl WorkerCounters {

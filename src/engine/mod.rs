@@ -142,6 +142,10 @@ pub struct Shared {
     pub last_tick_ns: AtomicU64,
     /// Amphora status transitions seen by the control thread.
     pub status_changes: AtomicU64,
+    /// Work time of the control thread's latest tick, ns.
+    pub tick_ns_last: AtomicU64,
+    /// Longest control tick since start, ns.
+    pub tick_ns_max: AtomicU64,
     stopping: AtomicBool,
 }
 
@@ -199,11 +203,22 @@ impl Shared {
         t
     }
 
-    /// The latency histogram summed over workers (see [`histogram`]).
+    /// The send-to-applied latency histogram (heartbeats carrying `hs_sent_ns`), summed over
+    /// workers (see [`histogram`]).
     pub fn latency_counts(&self) -> Vec<u64> {
         let mut c = vec![0; histogram::BUCKETS];
         for w in &self.workers {
             w.latency.add_to(&mut c);
+        }
+        c
+    }
+
+    /// The receive-to-applied latency histogram (kernel receive timestamp to applied), summed
+    /// over workers.
+    pub fn rx_latency_counts(&self) -> Vec<u64> {
+        let mut c = vec![0; histogram::BUCKETS];
+        for w in &self.workers {
+            w.rx_latency.add_to(&mut c);
         }
         c
     }
@@ -301,6 +316,8 @@ impl Engine {
             started: Instant::now(),
             last_tick_ns: AtomicU64::new(clock.now_ns()),
             status_changes: AtomicU64::new(0),
+            tick_ns_last: AtomicU64::new(0),
+            tick_ns_max: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         });
 
@@ -315,7 +332,7 @@ impl Engine {
             let free = free.clone();
             workers.push(std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || {
                 while let Ok(mut batch) = ring.recv() {
-                    p.process(batch.packets(), batch.recv_ns);
+                    p.process_timed(batch.timed(), batch.recv_ns);
                     batch.clear();
                     let _ = free.push(batch);
                 }
@@ -451,13 +468,14 @@ impl RxThread {
             let mut ring_full = 0u64;
             for i in 0..n {
                 let (data, src, trunc) = self.recv.get(i);
+                let rx_ns = self.recv.rx_ns(i);
                 bytes += data.len() as u64;
                 if trunc {
                     truncated += 1;
                     continue;
                 }
                 let w = src.map_or(0, |s| FxBuildHasher.hash_one(s) as usize % workers);
-                if !self.router.place(w, data, src, now) {
+                if !self.router.place(w, data, src, now, rx_ns) {
                     ring_full += 1;
                 }
             }
@@ -502,7 +520,7 @@ impl Router {
     }
 
     /// Copies a datagram into worker `w`'s pending batch; false if it had to be dropped.
-    fn place(&mut self, w: usize, data: &[u8], src: Option<SocketAddr>, now: u64) -> bool {
+    fn place(&mut self, w: usize, data: &[u8], src: Option<SocketAddr>, now: u64, rx_ns: u64) -> bool {
         for _ in 0..2 {
             if self.pending[w].is_none() {
                 match self.free.pop() {
@@ -511,7 +529,7 @@ impl Router {
                 }
             }
             if let Some(b) = self.pending[w].as_mut() {
-                if b.push(data, src, now) {
+                if b.push(data, src, now, rx_ns) {
                     return true;
                 }
                 if b.is_empty() {
@@ -563,6 +581,7 @@ fn control_loop(shared: &Shared, changes: &Receiver<Vec<Change>>, clock: &dyn Cl
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        let tick_start = Instant::now();
         if let Some(first) = first {
             apply_changes(shared, std::iter::once(first).chain(changes.try_iter()));
         }
@@ -598,6 +617,9 @@ fn control_loop(shared: &Shared, changes: &Receiver<Vec<Change>>, clock: &dyn Cl
             prev_totals = t;
             last_summary = Instant::now();
         }
+        let spent = tick_start.elapsed().as_nanos() as u64;
+        shared.tick_ns_last.store(spent, r);
+        shared.tick_ns_max.fetch_max(spent, r);
     }
     // Workers are gone: apply what they sent last.
     apply_changes(shared, changes.try_iter());

@@ -78,6 +78,8 @@ pub struct Pipeline {
     parsed: Vec<Heartbeat>,
     order: Vec<(usize, usize)>,
     sent_ns: Vec<u64>,
+    rx_ns: Vec<u64>,
+    applied_rx_ns: Vec<u64>,
     changes: Vec<Change>,
 }
 
@@ -113,6 +115,8 @@ impl Pipeline {
             parsed: Vec::new(),
             order: Vec::new(),
             sent_ns: Vec::new(),
+            rx_ns: Vec::new(),
+            applied_rx_ns: Vec::new(),
             changes: Vec::new(),
         }
     }
@@ -124,6 +128,16 @@ impl Pipeline {
 
     /// Processes one batch of datagrams received at `recv_ns` (wall clock, ns since the epoch).
     pub fn process<'p>(&mut self, packets: impl IntoIterator<Item = &'p [u8]>, recv_ns: u64) -> BatchTally {
+        self.process_timed(packets.into_iter().map(|p| (p, 0)), recv_ns)
+    }
+
+    /// As [`Pipeline::process`], with each datagram's kernel receive time (0 = unknown), for the
+    /// receive-to-applied latency histogram.
+    pub fn process_timed<'p>(
+        &mut self,
+        packets: impl IntoIterator<Item = (&'p [u8], u64)>,
+        recv_ns: u64,
+    ) -> BatchTally {
         let mut tally = BatchTally::default();
         let keys = self.shared.keyring.load();
         let settings = self.shared.settings.load();
@@ -132,7 +146,8 @@ impl Pipeline {
         }
         let shards = &*self.shared.shards;
         self.order.clear();
-        for packet in packets {
+        self.rx_ns.clear();
+        for (packet, rx_ns) in packets {
             tally.packets += 1;
             let n = self.order.len();
             if n == self.parsed.len() {
@@ -140,13 +155,17 @@ impl Pipeline {
             }
             let hb = &mut self.parsed[n];
             match decode(&mut self.inflater, &keys, packet, hb) {
-                Ok(()) => self.order.push((shards.index(&hb.id), n)),
+                Ok(()) => {
+                    self.order.push((shards.index(&hb.id), n));
+                    self.rx_ns.push(rx_ns);
+                }
                 Err(r) => tally.drop(r),
             }
         }
         // Group by shard, keeping arrival order within a shard (so within a sender).
         self.order.sort_unstable();
         self.sent_ns.clear();
+        self.applied_rx_ns.clear();
         let mut i = 0;
         while i < self.order.len() {
             let shard_index = self.order[i].0;
@@ -175,16 +194,22 @@ impl Pipeline {
                         if let Some(sent) = hb.sent_ns {
                             self.sent_ns.push(sent);
                         }
+                        if self.rx_ns[n] != 0 {
+                            self.applied_rx_ns.push(self.rx_ns[n]);
+                        }
                     }
                     Err(e) => tally.drop(e.into()),
                 }
             }
         }
-        if !self.sent_ns.is_empty() {
+        if !self.sent_ns.is_empty() || !self.applied_rx_ns.is_empty() {
             // One clock read per batch: the batch's heartbeats are applied when it ends.
             let now = self.shared.clock.now_ns();
             for sent in &self.sent_ns {
                 self.counters.latency.record(now.saturating_sub(*sent));
+            }
+            for rx in &self.applied_rx_ns {
+                self.counters.rx_latency.record(now.saturating_sub(*rx));
             }
         }
         self.counters.publish(&tally);

@@ -27,6 +27,8 @@ pub struct Batch {
 pub struct Entry {
     start: u32,
     len: u32,
+    /// Kernel receive time, ns since the epoch (0 = unknown).
+    pub rx_ns: u64,
     /// The sender (replies, e.g. confd answers, go back to it).
     pub src: Option<SocketAddr>,
 }
@@ -43,7 +45,7 @@ impl Batch {
     }
 
     /// Appends a datagram; false when it does not fit (push the batch and take another).
-    pub fn push(&mut self, bytes: &[u8], src: Option<SocketAddr>, recv_ns: u64) -> bool {
+    pub fn push(&mut self, bytes: &[u8], src: Option<SocketAddr>, recv_ns: u64, rx_ns: u64) -> bool {
         if self.entries.len() == self.max_entries || self.data.len() + bytes.len() > self.data.capacity() {
             return false;
         }
@@ -52,7 +54,7 @@ impl Batch {
         }
         let start = self.data.len() as u32;
         self.data.extend_from_slice(bytes);
-        self.entries.push(Entry { start, len: bytes.len() as u32, src });
+        self.entries.push(Entry { start, len: bytes.len() as u32, src, rx_ns });
         true
     }
 
@@ -77,6 +79,11 @@ impl Batch {
         self.entries.iter().map(|e| &self.data[e.start as usize..(e.start + e.len) as usize])
     }
 
+    /// The datagrams with their kernel receive times.
+    pub fn timed(&self) -> impl Iterator<Item = (&[u8], u64)> + '_ {
+        self.entries.iter().map(|e| (&self.data[e.start as usize..(e.start + e.len) as usize], e.rx_ns))
+    }
+
     /// The datagrams with their entries.
     pub fn entries(&self) -> impl Iterator<Item = (&Entry, &[u8])> + '_ {
         self.entries.iter().map(|e| (e, &self.data[e.start as usize..(e.start + e.len) as usize]))
@@ -90,10 +97,11 @@ mod tests {
     #[test]
     fn batch_limits_and_reuse() {
         let mut b = Batch::new(2, 10);
-        assert!(b.push(b"abcd", None, 7));
-        assert!(!b.push(b"0123456789", None, 8), "over the byte capacity");
-        assert!(b.push(b"ef", None, 9));
-        assert!(!b.push(b"g", None, 9), "over the entry capacity");
+        assert!(b.push(b"abcd", None, 7, 1));
+        assert!(!b.push(b"0123456789", None, 8, 1), "over the byte capacity");
+        assert!(b.push(b"ef", None, 9, 2));
+        assert!(!b.push(b"g", None, 9, 3), "over the entry capacity");
+        assert_eq!(b.timed().map(|(_, t)| t).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(b.recv_ns, 7);
         assert_eq!(b.packets().collect::<Vec<_>>(), vec![&b"abcd"[..], &b"ef"[..]]);
         let cap = b.data.capacity();

@@ -57,6 +57,8 @@ pub fn bind_udp(addr: SocketAddr, rcvbuf: usize, reuse_port: bool) -> io::Result
         }
     }
     let rxq_ovfl = setsockopt_int(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1).is_ok();
+    // Kernel receive timestamps (CLOCK_REALTIME) for receive-to-applied latency.
+    let _ = setsockopt_int(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     let rcvbuf_effective = socket.recv_buffer_size()?;
@@ -107,6 +109,7 @@ pub struct RecvBatch {
     data: Vec<u8>,
     lens: Vec<usize>,
     truncated: Vec<bool>,
+    rx_ns: Vec<u64>,
     addrs: Vec<libc::sockaddr_storage>,
     cmsgs: Vec<[u64; CMSG_BUF / 8]>,
     iovecs: Vec<libc::iovec>,
@@ -135,6 +138,7 @@ impl RecvBatch {
             data: vec![0; capacity * slot],
             lens: vec![0; capacity],
             truncated: vec![false; capacity],
+            rx_ns: vec![0; capacity],
             // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for which all-zero
             // bytes are a valid value.
             addrs: vec![unsafe { zeroed() }; capacity],
@@ -187,6 +191,7 @@ impl RecvBatch {
             let h = &self.hdrs[i];
             self.lens[i] = (h.msg_len as usize).min(self.slot);
             self.truncated[i] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.rx_ns[i] = 0;
             // SAFETY: the control buffer was filled by the kernel up to msg_controllen; the
             // CMSG_* macros walk it within those bounds.
             unsafe {
@@ -194,6 +199,10 @@ impl RecvBatch {
                 while !c.is_null() {
                     if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_RXQ_OVFL {
                         self.kernel_drops = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<u32>()));
+                    } else if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                        let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                        self.rx_ns[i] =
+                            (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64);
                     }
                     c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
                 }
@@ -216,6 +225,11 @@ impl RecvBatch {
     pub fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>, bool) {
         let start = i * self.slot;
         (&self.data[start..start + self.lens[i]], sockaddr_to_std(&self.addrs[i]), self.truncated[i])
+    }
+
+    /// The kernel's receive time of datagram `i` (ns since the epoch), or 0 when unknown.
+    pub fn rx_ns(&self, i: usize) -> u64 {
+        self.rx_ns[i]
     }
 
     /// The kernel's cumulative count of datagrams dropped on this socket, as last reported.

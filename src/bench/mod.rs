@@ -1,0 +1,509 @@
+//! `heartsink bench`: the end-to-end comparison, measured side by side in one run on this
+//! machine.
+//!
+//! 1. **in-process bound**: the worker pipeline fed from memory on one thread;
+//! 2. **heartsink end to end**: `serve` (a child process) fed by the load generator over
+//!    loopback at the maximum rate: accepted heartbeats/s, kernel drops, and latency
+//!    percentiles. The generator pre-builds its packets (real level-9 envelopes) so that
+//!    sending costs only `sendmmsg` on this small machine; latency is then the daemon's
+//!    receive-to-applied histogram, from kernel receive timestamps, which on loopback are taken
+//!    inside the sender's `sendmmsg`: send-to-applied;
+//! 3. **Octavia 19.0.0's receive path** on the same kind of packets from the same generator
+//!    (built at send time, carrying `hs_sent_ns` for the script's latency):
+//!    `UDPStatusGetter.check()` with no-op update workers, and the bare `dorecv()`
+//!    (`tests/interop/octavia_bench.py`, in the virtualenv `scripts/setup-octavia.sh` makes);
+//! 4. the ratios, and a sweep of offered load (accepted rate and p99 latency per step, for
+//!    heartsink and Octavia's `check()`) drawn as an SVG chart.
+//!
+//! `--senders N` instead measures scale: memory per tracked amphora (RSS ÷ amphorae) and the
+//! control thread's tick cost with N tracked senders. `--pipeline-only N` runs just the
+//! in-process pipeline on N heartbeats (the function `in_process_run`), for the instruction
+//! count gate in `scripts/instructions.sh`.
+
+mod chart;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::engine::{histogram, Pipeline, PipelineShared, Settings, Shards, SystemClock, WorkerCounters};
+use crate::load::{Builder, LoadConfig, Shape};
+use crate::proto::inflate::Backend;
+use crate::proto::keyring::Keyring;
+
+type Error = Box<dyn std::error::Error>;
+
+const KEY: &str = "heartsink-bench";
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchArgs {
+    /// Where the JSON and the chart go.
+    pub out: PathBuf,
+    /// Seconds per measurement.
+    pub seconds: f64,
+    /// Simulated amphorae.
+    pub amphorae: u64,
+    /// Skip the Octavia measurements.
+    pub skip_octavia: bool,
+    /// Scale mode: this many senders.
+    pub senders: Option<u64>,
+    /// Just the in-process pipeline on this many heartbeats.
+    pub pipeline_only: Option<u64>,
+    /// Offered-load steps as fractions of heartsink's saturated rate.
+    pub steps: Vec<f64>,
+}
+
+/// The repository (for the Octavia scripts).
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Pre-builds `rounds` heartbeats for each of `amphorae` amphorae (round-major).
+pub fn build_packets(amphorae: u64, rounds: u64) -> Vec<Vec<u8>> {
+    let mut b = Builder::new(7, Shape::default(), KEY);
+    let mut out = Vec::with_capacity((amphorae * rounds) as usize);
+    for r in 0..rounds {
+        for a in 0..amphorae {
+            let mut p = Vec::with_capacity(400);
+            b.heartbeat(&mut p, a, r, None, false);
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A single-threaded pipeline like a worker's.
+pub fn pipeline() -> Pipeline {
+    let shared = PipelineShared {
+        keyring: Arc::new(ArcSwap::from_pointee(Keyring::from_strs(&[KEY], 0))),
+        settings: Arc::new(ArcSwap::from_pointee(Settings::default())),
+        shards: Arc::new(Shards::new(64)),
+        clock: Arc::new(SystemClock),
+    };
+    Pipeline::new(shared, Backend::default(), Arc::new(WorkerCounters::default()), None)
+}
+
+/// Runs `packets` through `p` in batches of 64; returns heartbeats applied. Not inlined, so a
+/// profiler (callgrind's `--toggle-collect`) can count exactly this.
+#[inline(never)]
+pub fn in_process_run(p: &mut Pipeline, packets: &[Vec<u8>]) -> u64 {
+    let now = crate::engine::Clock::now_ns(&SystemClock);
+    let mut accepted = 0;
+    for (i, chunk) in packets.chunks(64).enumerate() {
+        accepted += p.process(chunk.iter().map(|x| &x[..]), now + i as u64).accepted;
+        p.take_changes();
+    }
+    accepted
+}
+
+/// The in-process bound: heartbeats/s through one pipeline on one thread.
+pub fn in_process_bound(amphorae: u64, rounds: u64) -> (f64, u64) {
+    let packets = build_packets(amphorae, rounds + 1);
+    let mut p = pipeline();
+    let (warm, timed) = packets.split_at(amphorae as usize);
+    in_process_run(&mut p, warm);
+    let t = Instant::now();
+    let accepted = in_process_run(&mut p, timed);
+    (accepted as f64 / t.elapsed().as_secs_f64(), accepted)
+}
+
+/// A `heartsink serve` child process.
+struct Serve {
+    child: Child,
+    heartbeat: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_serve(log: &Path, extra: &[&str]) -> Result<Serve, Error> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--heartbeat-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--key", KEY])
+        .args(["--rcvbuf", "33554432", "--log-level", "warn"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+    let v: Value = serde_json::from_str(&line)?;
+    let addr = |k: &str| -> Result<SocketAddr, Error> { Ok(v[k].as_str().ok_or("listening line")?.parse()?) };
+    Ok(Serve { heartbeat: addr("heartbeat")?, admin: addr("admin")?, child })
+}
+
+fn get(admin: SocketAddr, path: &str) -> Result<Value, Error> {
+    Ok(ureq::get(&format!("http://{admin}{path}")).timeout(Duration::from_secs(10)).call()?.into_json()?)
+}
+
+fn u(v: &Value, path: &[&str]) -> u64 {
+    path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(0)
+}
+
+/// One measured step of heartsink end to end.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Step {
+    /// Offered rate (None = max).
+    pub offered: Option<f64>,
+    /// Rate the generator achieved.
+    pub sent_rate: f64,
+    /// Packets sent.
+    pub sent: u64,
+    /// Heartbeats applied.
+    pub accepted: u64,
+    /// Applied per second, from the first send to the last apply.
+    pub accepted_rate: f64,
+    /// Kernel drops during the step.
+    pub kernel_drops: u64,
+    /// Ring-full drops during the step.
+    pub ring_full: u64,
+    /// Send-to-applied latency percentiles, µs.
+    pub p50_us: Option<f64>,
+    /// p99.
+    pub p99_us: Option<f64>,
+    /// p99.9.
+    pub p999_us: Option<f64>,
+}
+
+fn latency(admin: SocketAddr) -> Result<Vec<u64>, Error> {
+    let v = get(admin, "/v1/latency")?;
+    Ok(v["receive_to_applied"].as_array().ok_or("latency counts")?.iter().map(|c| c.as_u64().unwrap_or(0)).collect())
+}
+
+/// Packets a pre-built heartsink run needs: the offered rate (or 250 k/s for max) × seconds.
+fn prebuilt(mut cfg: LoadConfig, seconds: f64) -> LoadConfig {
+    let rate = cfg.rate.unwrap_or(250_000.0);
+    cfg.count = Some((rate * seconds) as u64);
+    cfg.duration = Some(Duration::from_secs_f64(seconds * 3.0));
+    cfg.prebuilt = true;
+    cfg
+}
+
+fn measure_heartsink(s: &Serve, mut cfg: LoadConfig, run: u64) -> Result<Step, Error> {
+    cfg.target = s.heartbeat;
+    cfg.first_seq = run * 1_000_000_000;
+    let before = get(s.admin, "/v1/stats")?;
+    let lat0 = latency(s.admin)?;
+    let t0 = Instant::now();
+    let report = crate::load::run(&cfg, &AtomicBool::new(false), false)?;
+    let t0 = t0 + Duration::from_secs_f64(report.build_s);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last_received = u64::MAX;
+    let after = loop {
+        let s2 = get(s.admin, "/v1/stats")?;
+        let received = u(&s2, &["received"]);
+        let processed = u(&s2, &["accepted"]) + u(&s2, &["dropped_total"]);
+        if (received == processed && received == last_received) || Instant::now() > deadline {
+            break s2;
+        }
+        last_received = received;
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = t0.elapsed().as_secs_f64();
+    let lat1 = latency(s.admin)?;
+    let diff: Vec<u64> = lat1.iter().zip(&lat0).map(|(a, b)| a.saturating_sub(*b)).collect();
+    let q = |x: f64| histogram::quantile(&diff, x).map(|ns| ns as f64 / 1000.0);
+    let d = |path: &[&str]| u(&after, path).saturating_sub(u(&before, path));
+    let accepted = d(&["accepted"]);
+    Ok(Step {
+        offered: cfg.rate,
+        sent_rate: report.rate,
+        sent: report.total,
+        accepted,
+        accepted_rate: accepted as f64 / elapsed,
+        kernel_drops: d(&["kernel_drops"]),
+        ring_full: d(&["dropped", "ring_full"]),
+        p50_us: q(0.5),
+        p99_us: q(0.99),
+        p999_us: q(0.999),
+    })
+}
+
+/// Octavia's result for one run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OctaviaStep {
+    /// `check` or `dorecv`.
+    pub mode: String,
+    /// Offered rate (None = max).
+    pub offered: Option<f64>,
+    /// Heartbeats processed.
+    pub processed: u64,
+    /// Processed per second.
+    pub rate: f64,
+    /// Latency p99, µs (send to processed).
+    pub p99_us: Option<f64>,
+    /// Latency p50, µs.
+    pub p50_us: Option<f64>,
+}
+
+fn octavia_python() -> Result<PathBuf, Error> {
+    let out = Command::new(repo().join("scripts/setup-octavia.sh")).stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        return Err("scripts/setup-octavia.sh failed".into());
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()).join("bin/python"))
+}
+
+fn measure_octavia(
+    python: &Path,
+    log: &Path,
+    mode: &str,
+    mut cfg: LoadConfig,
+    seconds: f64,
+) -> Result<OctaviaStep, Error> {
+    let mut child = Command::new(python)
+        .arg(repo().join("tests/interop/octavia_bench.py"))
+        .args([mode, "--key", KEY, "--seconds", &format!("{seconds}"), "--idle-exit", "1.5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    let first: Value = serde_json::from_str(&lines.next().ok_or("octavia_bench.py printed nothing")??)?;
+    let port = first["port"].as_u64().ok_or("no port")? as u16;
+    cfg.target = SocketAddr::from(([127, 0, 0, 1], port));
+    cfg.duration = Some(Duration::from_secs_f64(seconds + 0.5));
+    crate::load::run(&cfg, &AtomicBool::new(false), false)?;
+    // The script ends `--idle-exit` after the last packet.
+    let result = lines.find_map(|l| {
+        let v: Value = serde_json::from_str(&l.ok()?).ok()?;
+        (v["event"] == "result").then_some(v)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let r = result.ok_or("octavia_bench.py gave no result")?;
+    Ok(OctaviaStep {
+        mode: mode.into(),
+        offered: cfg.rate,
+        processed: r["processed"].as_u64().unwrap_or(0),
+        rate: r["rate"].as_f64().unwrap_or(0.0),
+        p99_us: r["latency_us"]["p99"].as_f64(),
+        p50_us: r["latency_us"]["p50"].as_f64(),
+    })
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    json!({"cpu": cpu, "cores": std::thread::available_parallelism().map_or(0, |n| n.get()), "date": date})
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:.0}"))
+}
+
+/// Runs the bench.
+pub fn run(args: &BenchArgs) -> Result<(), Error> {
+    std::fs::create_dir_all(&args.out)?;
+    if let Some(n) = args.pipeline_only {
+        let amphorae = 1000.min(n.max(1));
+        let packets = build_packets(amphorae, n.div_ceil(amphorae) + 1);
+        let mut p = pipeline();
+        let (warm, rest) = packets.split_at(amphorae as usize);
+        in_process_run(&mut p, warm);
+        let accepted = in_process_run(&mut p, &rest[..n as usize]);
+        println!("{}", json!({"heartbeats": n, "accepted": accepted}));
+        return Ok(());
+    }
+    if let Some(n) = args.senders {
+        return scale(args, n);
+    }
+    let load = LoadConfig {
+        amphorae: args.amphorae,
+        rate: None,
+        duration: Some(Duration::from_secs_f64(args.seconds)),
+        key: KEY.into(),
+        ..LoadConfig::default()
+    };
+
+    eprintln!("bench: in-process bound …");
+    let (bound, _) = in_process_bound(args.amphorae, 100);
+    eprintln!("bench: heartsink end to end at max rate …");
+    let serve = start_serve(&args.out.join("serve.log"), &[])?;
+    let e2e = measure_heartsink(&serve, prebuilt(load.clone(), args.seconds), 1)?;
+    let saturated = e2e.accepted_rate;
+    let mut steps = Vec::new();
+    for (i, f) in args.steps.iter().enumerate() {
+        let rate = (saturated * f).max(100.0);
+        eprintln!("bench: heartsink at {rate:.0}/s …");
+        let mut cfg = load.clone();
+        cfg.rate = Some(rate);
+        steps.push(measure_heartsink(&serve, prebuilt(cfg, args.seconds.min(3.0)), 2 + i as u64)?);
+    }
+    drop(serve);
+
+    let mut octavia = Vec::new();
+    let mut octavia_steps = Vec::new();
+    if !args.skip_octavia {
+        let python = octavia_python()?;
+        for mode in ["check", "dorecv"] {
+            eprintln!("bench: Octavia {mode}() at max rate …");
+            octavia.push(measure_octavia(
+                &python,
+                &args.out.join(format!("octavia-{mode}.log")),
+                mode,
+                load.clone(),
+                args.seconds,
+            )?);
+        }
+        for s in &steps {
+            eprintln!("bench: Octavia check() at {:.0}/s …", s.offered.unwrap_or(0.0));
+            let mut cfg = load.clone();
+            cfg.rate = s.offered;
+            octavia_steps.push(measure_octavia(
+                &python,
+                &args.out.join("octavia-step.log"),
+                "check",
+                cfg,
+                args.seconds.min(3.0),
+            )?);
+        }
+    }
+    let check = octavia.iter().find(|o| o.mode == "check").map(|o| o.rate);
+    let dorecv = octavia.iter().find(|o| o.mode == "dorecv").map(|o| o.rate);
+    let at80 = steps.iter().zip(&args.steps).find(|(_, f)| (**f - 0.8).abs() < 1e-9).map(|(s, _)| s.clone());
+    let ratios = json!({
+        "e2e_over_in_process": e2e.accepted_rate / bound,
+        "heartsink_over_octavia_check": check.map(|c| e2e.accepted_rate / c),
+        "heartsink_over_octavia_dorecv": dorecv.map(|d| e2e.accepted_rate / d),
+    });
+    let doc = json!({
+        "machine": machine(),
+        "in_process_bound": bound,
+        "heartsink_e2e": e2e,
+        "heartsink_steps": steps,
+        "at_80_percent": at80,
+        "octavia": octavia,
+        "octavia_check_steps": octavia_steps,
+        "ratios": ratios,
+    });
+    std::fs::write(args.out.join("bench.json"), serde_json::to_vec_pretty(&doc)?)?;
+    chart::draw(&args.out.join("bench.svg"), &steps, &octavia_steps)?;
+
+    println!("| measurement | heartbeats/s | p50 µs | p99 µs | p99.9 µs | kernel drops |");
+    println!("|---|---|---|---|---|---|");
+    println!("| in-process bound (1 thread) | {bound:.0} | | | | |");
+    println!(
+        "| heartsink end to end, max rate | {:.0} | {} | {} | {} | {} |",
+        e2e.accepted_rate,
+        fmt_opt(e2e.p50_us),
+        fmt_opt(e2e.p99_us),
+        fmt_opt(e2e.p999_us),
+        e2e.kernel_drops
+    );
+    for s in &steps {
+        println!(
+            "| heartsink at {:.0}/s offered | {:.0} | {} | {} | {} | {} |",
+            s.offered.unwrap_or(0.0),
+            s.accepted_rate,
+            fmt_opt(s.p50_us),
+            fmt_opt(s.p99_us),
+            fmt_opt(s.p999_us),
+            s.kernel_drops
+        );
+    }
+    for o in &octavia {
+        println!(
+            "| Octavia {}(), max rate | {:.0} | {} | {} | | |",
+            o.mode,
+            o.rate,
+            fmt_opt(o.p50_us),
+            fmt_opt(o.p99_us)
+        );
+    }
+    for o in &octavia_steps {
+        println!(
+            "| Octavia check() at {:.0}/s offered | {:.0} | {} | {} | | |",
+            o.offered.unwrap_or(0.0),
+            o.rate,
+            fmt_opt(o.p50_us),
+            fmt_opt(o.p99_us)
+        );
+    }
+    println!();
+    println!("ratios: {ratios}");
+    println!("wrote {} and {}", args.out.join("bench.json").display(), args.out.join("bench.svg").display());
+    Ok(())
+}
+
+fn scale(args: &BenchArgs, n: u64) -> Result<(), Error> {
+    let serve = start_serve(&args.out.join("serve-scale.log"), &[])?;
+    let pid = serve.child.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let rss0 = rss_kib(pid);
+    let t0 = Instant::now();
+    let mut pass = 0;
+    let stats = loop {
+        let cfg = LoadConfig {
+            target: serve.heartbeat,
+            key: KEY.into(),
+            amphorae: n,
+            rate: Some(150_000.0),
+            duration: None,
+            count: Some(n),
+            first_seq: pass,
+            ..LoadConfig::default()
+        };
+        eprintln!("bench: scale pass {pass}: one heartbeat from each of {n} senders …");
+        crate::load::run(&cfg, &AtomicBool::new(false), true)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let s = get(serve.admin, "/v1/stats")?;
+        pass += 1;
+        if u(&s, &["amphorae"]) >= n || pass >= 4 {
+            break s;
+        }
+    };
+    let amphorae = u(&stats, &["amphorae"]);
+    let rss1 = rss_kib(pid);
+    // Idle ticks with every sender tracked.
+    let mut ticks = Vec::new();
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(300));
+        ticks.push(get(serve.admin, "/v1/stats")?["control"]["tick_us_last"].as_f64().unwrap_or(0.0));
+    }
+    let per = (rss1.saturating_sub(rss0) as f64 * 1024.0) / amphorae.max(1) as f64;
+    let doc = json!({
+        "machine": machine(),
+        "senders": n,
+        "amphorae_tracked": amphorae,
+        "passes": pass,
+        "fill_seconds": t0.elapsed().as_secs_f64(),
+        "rss_before_kib": rss0,
+        "rss_after_kib": rss1,
+        "bytes_per_amphora": per,
+        "control_tick_us_idle": ticks,
+        "control_tick_us_max": stats["control"]["tick_us_max"],
+    });
+    std::fs::write(args.out.join("scale.json"), serde_json::to_vec_pretty(&doc)?)?;
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}

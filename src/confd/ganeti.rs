@@ -1,0 +1,847 @@
+//! Answers to the Ganeti request types 0–11 from a Ganeti 3.0 `config.data`, as the Haskell
+//! `ganeti-confd` 3.0.2 computes them (`Confd/Server.hs` `buildResponse`, `Config.hs`).
+//!
+//! [`ConfigIndex::load`] parses the file once into lookup tables; [`ConfigIndex::answer`] is then
+//! a pure function of the request. Statuses, error texts and serials are the daemon's, checked
+//! against it (`tests/interop_ganeti.rs`):
+//!
+//! * serials: PING and every error 0; `NODE_DRBD` and `NODE_INSTANCES` the node's `serial_no`;
+//!   `INSTANCE_DISKS` the instance's; everything else the **cluster** `serial_no`;
+//! * names: a node or instance is found by UUID, then by exact name, then by a unique prefix
+//!   that ends at a dot (`node2` → `node2.example.com`; two candidates → "has multiple matches");
+//! * `NODE_ROLE_BYNAME` answers master (0) only when the query is the master's full name;
+//! * error answers are the daemon's strings, including its Haskell `show` renderings.
+//!
+//! Objects in answers (`NODE_INSTANCES`, `INSTANCE_DISKS`, `CONFIG_QUERY`) are the file's
+//! objects with the defaults the daemon adds when a field is absent (disk `children`, `iv_name`,
+//! `mode`; `tags`, `ctime`, `mtime`, nodegroup `members`), and data-collector intervals as
+//! integers. They are equal to the daemon's as JSON values; the daemon re-serialises its typed
+//! objects, so its member order (and, for a few node timestamps, the last bit of a double) can
+//! differ.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Map, Value};
+
+use super::json::{hs_int, hs_show_string};
+use super::proto::{DictQuery, Query, Reply, ReqField, Request, RequestType, ERROR_ARGUMENT, ERROR_UNKNOWN_ENTRY};
+
+/// The data collectors compiled into `ganeti-confd` 3.0.2 (`DataCollectors.collectors`).
+pub const DATA_COLLECTORS: [&str; 6] =
+    ["cpu-avg-load", "diskstats", "drbd", "inst-status-xen", "lv", "xen-cpu-avg-load"];
+/// A collector's interval when the config does not set one (`mond` interval, 5 s, in µs).
+pub const DEFAULT_COLLECTOR_INTERVAL_US: i64 = 5_000_000;
+
+/// Why a `config.data` could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// What is wrong, naming the JSON path.
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bad Ganeti config.data: {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(reason: impl Into<String>) -> ConfigError {
+    ConfigError { reason: reason.into() }
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    uuid: String,
+    name: String,
+    primary_ip: String,
+    master_candidate: bool,
+    drained: bool,
+    offline: bool,
+    serial: i64,
+}
+
+#[derive(Clone, Debug)]
+struct Instance {
+    name: Option<String>,
+    primary_node: Option<String>,
+    disks: Vec<String>,
+    serial: i64,
+    value: Value,
+}
+
+/// A DRBD logical id: `[nodeA, nodeB, port, minorA, minorB, secret]`.
+#[derive(Clone, Debug)]
+struct Drbd {
+    node_a: String,
+    node_b: String,
+    minor_a: i64,
+    minor_b: i64,
+}
+
+#[derive(Clone, Debug)]
+struct Disk {
+    drbd: Option<Drbd>,
+    children: Vec<Disk>,
+}
+
+/// A loaded `config.data`, indexed for answering confd queries.
+#[derive(Clone, Debug)]
+pub struct ConfigIndex {
+    version: i64,
+    serial_no: i64,
+    cluster_serial: i64,
+    master_uuid: String,
+    master_ip: String,
+    default_link: String,
+    /// By UUID (the daemon's `Map` order).
+    nodes: BTreeMap<String, Node>,
+    /// By UUID.
+    instances: BTreeMap<String, Instance>,
+    /// By UUID: the parsed tree and the JSON value (with defaults).
+    disks: BTreeMap<String, (Disk, Value)>,
+    /// link → instance IP → instance name.
+    link_ips: BTreeMap<String, BTreeMap<String, String>>,
+    data_collectors: Value,
+    /// The whole file with defaults, for `CONFIG_QUERY`.
+    config: Value,
+}
+
+fn num_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| hs_int(&n.to_string())),
+        _ => None,
+    }
+}
+
+fn get<'a>(v: &'a Value, path: &str) -> Result<&'a Value, ConfigError> {
+    let mut cur = v;
+    for p in path.split('.') {
+        cur = cur.get(p).ok_or_else(|| bad(format!("missing {path}")))?;
+    }
+    Ok(cur)
+}
+
+fn get_str(v: &Value, path: &str) -> Result<String, ConfigError> {
+    get(v, path)?.as_str().map(str::to_owned).ok_or_else(|| bad(format!("{path} is not a string")))
+}
+
+fn get_int(v: &Value, path: &str) -> Result<i64, ConfigError> {
+    num_int(get(v, path)?).ok_or_else(|| bad(format!("{path} is not a number")))
+}
+
+fn get_bool(v: &Value, key: &str) -> bool {
+    v.get(key).and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn objects<'a>(v: &'a Value, key: &str) -> Result<&'a Map<String, Value>, ConfigError> {
+    match v.get(key) {
+        Some(Value::Object(m)) => Ok(m),
+        Some(Value::Null) | None => Err(bad(format!("missing {key}"))),
+        Some(_) => Err(bad(format!("{key} is not an object"))),
+    }
+}
+
+fn default(obj: &mut Value, key: &str, v: Value) {
+    if let Value::Object(m) = obj {
+        m.entry(key.to_owned()).or_insert(v);
+    }
+}
+
+fn disk_defaults(d: &mut Value) {
+    default(d, "children", json!([]));
+    default(d, "iv_name", json!(""));
+    default(d, "mode", json!("rw"));
+    if let Some(Value::Array(ch)) = d.get_mut("children") {
+        ch.iter_mut().for_each(disk_defaults);
+    }
+}
+
+fn parse_disk(v: &Value, path: &str, depth: usize) -> Result<Disk, ConfigError> {
+    if depth > 16 {
+        return Err(bad(format!("{path}: disks nested too deep")));
+    }
+    let drbd = if v.get("dev_type").and_then(Value::as_str) == Some("drbd") {
+        let id = v.get("logical_id").and_then(Value::as_array).filter(|a| a.len() == 6);
+        let id = id.ok_or_else(|| bad(format!("{path}.logical_id is not a DRBD id")))?;
+        let s = |i: usize| id[i].as_str().map(str::to_owned).ok_or_else(|| bad(format!("{path}.logical_id[{i}]")));
+        let n = |i: usize| num_int(&id[i]).ok_or_else(|| bad(format!("{path}.logical_id[{i}]")));
+        Some(Drbd { node_a: s(0)?, node_b: s(1)?, minor_a: n(3)?, minor_b: n(4)? })
+    } else {
+        None
+    };
+    let children = match v.get("children") {
+        Some(Value::Array(ch)) => ch
+            .iter()
+            .enumerate()
+            .map(|(i, c)| parse_disk(c, &format!("{path}.children[{i}]"), depth + 1))
+            .collect::<Result<_, _>>()?,
+        _ => Vec::new(),
+    };
+    Ok(Disk { drbd, children })
+}
+
+/// How a name lookup ended (Ganeti `lookupName`).
+enum Lookup<'a> {
+    Found(&'a str),
+    Multiple,
+    NotFound,
+}
+
+/// `lookupName`: an exact match, else a unique `name.`-prefix match.
+fn lookup_name<'a>(names: impl Iterator<Item = &'a str>, key: &str) -> Lookup<'a> {
+    let mut partial: Option<&'a str> = None;
+    let mut multiple = false;
+    for n in names {
+        if n == key {
+            return Lookup::Found(n);
+        }
+        if n.len() > key.len() && n.starts_with(key) && n.as_bytes()[key.len()] == b'.' {
+            if partial.is_some() {
+                multiple = true;
+            }
+            partial = Some(n);
+        }
+    }
+    match (multiple, partial) {
+        (true, _) => Lookup::Multiple,
+        (false, Some(n)) => Lookup::Found(n),
+        (false, None) => Lookup::NotFound,
+    }
+}
+
+/// An `OpPrereqError … ECodeNoEnt` message, rendered one of the daemon's two ways.
+struct NoEnt(String);
+
+impl NoEnt {
+    /// `show err`: `OpPrereqError "…" ECodeNoEnt`.
+    fn shown(&self) -> String {
+        format!("OpPrereqError {} ECodeNoEnt", hs_show_string(&self.0))
+    }
+
+    /// `formatError err`.
+    fn formatted(&self) -> String {
+        format!(
+            "Failure: prerequisites not met for this operation:\nerror type: ECodeNoEnt, error details:\n{}",
+            self.0
+        )
+    }
+}
+
+/// `show` of a query, as in the daemon's "Invalid query type …" answers.
+fn show_query(q: &Query) -> String {
+    match q {
+        Query::Empty => "EmptyQuery".to_owned(),
+        Query::Plain(s) => format!("PlainQuery {}", hs_show_string(s)),
+        Query::Dict(d) => show_dict(d),
+    }
+}
+
+fn show_dict(d: &DictQuery) -> String {
+    let maybe = |m: &Option<String>| m.as_ref().map_or("Nothing".to_owned(), |s| format!("Just {}", hs_show_string(s)));
+    let ips: Vec<String> = d.ip_list.iter().map(|s| hs_show_string(s)).collect();
+    let fields: Vec<&str> = d.fields.iter().map(|f| f.hs_name()).collect();
+    format!(
+        "DictQuery (ConfdReqQ {{confdReqQIp = {}, confdReqQIpList = [{}], confdReqQLink = {}, confdReqQFields = [{}]}})",
+        maybe(&d.ip),
+        ips.join(","),
+        maybe(&d.link),
+        fields.join(",")
+    )
+}
+
+/// `Invalid query type <show query>`, status 1.
+fn invalid_query(q: &Query) -> Reply {
+    Reply::error(format!("Invalid query type {}", show_query(q)))
+}
+
+/// The node-or-instance IP answer triple (`StatusAnswer`).
+type StatusAnswer = (i64, Value, i64);
+
+impl ConfigIndex {
+    /// Loads `config.data` from a file.
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_slice(&bytes)
+    }
+
+    /// Loads `config.data` from its bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        Self::from_value(v)
+    }
+
+    /// Indexes a parsed `config.data`.
+    pub fn from_value(mut config: Value) -> Result<Self, ConfigError> {
+        if !config.is_object() {
+            return Err(bad("the top level is not an object"));
+        }
+        let version = get_int(&config, "version")?;
+        let serial_no = get_int(&config, "serial_no")?;
+        let cluster_serial = get_int(&config, "cluster.serial_no")?;
+        let master_uuid = get_str(&config, "cluster.master_node")?;
+        let master_ip = get_str(&config, "cluster.master_ip")?;
+        let default_link = get_str(&config, "cluster.nicparams.default.link")?;
+
+        // Defaults the daemon's typed objects carry when the file omits them.
+        if let Some(Value::Object(disks)) = config.get_mut("disks") {
+            disks.values_mut().for_each(disk_defaults);
+        }
+        if let Some(Value::Object(insts)) = config.get_mut("instances") {
+            for i in insts.values_mut() {
+                default(i, "tags", json!([]));
+            }
+        }
+        for key in ["networks", "nodegroups"] {
+            if let Some(Value::Object(objs)) = config.get_mut(key) {
+                for o in objs.values_mut() {
+                    default(o, "ctime", json!(0));
+                    default(o, "mtime", json!(0));
+                    default(o, "tags", json!([]));
+                    if key == "nodegroups" {
+                        default(o, "members", json!([]));
+                    }
+                }
+            }
+        }
+        let mut collectors = Map::new();
+        if let Some(Value::Object(dc)) = config.get_mut("cluster").and_then(|c| c.get_mut("data_collectors")) {
+            for c in dc.values_mut() {
+                if let Some(iv) = c.get("interval").and_then(num_int) {
+                    c["interval"] = json!(iv);
+                }
+            }
+        }
+        let dc = config.get("cluster").and_then(|c| c.get("data_collectors"));
+        for name in DATA_COLLECTORS {
+            let c = dc.and_then(|d| d.get(name));
+            let active = c.and_then(|c| c.get("active")).and_then(Value::as_bool).unwrap_or(true);
+            let interval = c.and_then(|c| c.get("interval")).and_then(num_int).unwrap_or(DEFAULT_COLLECTOR_INTERVAL_US);
+            collectors.insert(name.to_owned(), json!({"active": active, "interval": interval}));
+        }
+
+        let mut nodes = BTreeMap::new();
+        for (uuid, n) in objects(&config, "nodes")? {
+            let p = format!("nodes.{uuid}");
+            nodes.insert(
+                uuid.clone(),
+                Node {
+                    uuid: uuid.clone(),
+                    name: get_str(n, "name").map_err(|e| bad(format!("{p}: {}", e.reason)))?,
+                    primary_ip: get_str(n, "primary_ip").map_err(|e| bad(format!("{p}: {}", e.reason)))?,
+                    master_candidate: get_bool(n, "master_candidate"),
+                    drained: get_bool(n, "drained"),
+                    offline: get_bool(n, "offline"),
+                    serial: get_int(n, "serial_no").map_err(|e| bad(format!("{p}: {}", e.reason)))?,
+                },
+            );
+        }
+        let mut disks = BTreeMap::new();
+        if let Some(Value::Object(ds)) = config.get("disks") {
+            for (uuid, d) in ds {
+                disks.insert(uuid.clone(), (parse_disk(d, &format!("disks.{uuid}"), 0)?, d.clone()));
+            }
+        }
+        let mut instances = BTreeMap::new();
+        let mut link_ips: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for (uuid, i) in objects(&config, "instances")? {
+            let p = format!("instances.{uuid}");
+            let name = i.get("name").and_then(Value::as_str).map(str::to_owned);
+            let disk_ids = match i.get("disks") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|d| d.as_str().map(str::to_owned).ok_or_else(|| bad(format!("{p}.disks: not a UUID string"))))
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+                Some(_) => return Err(bad(format!("{p}.disks is not a list"))),
+            };
+            if let Some(Value::Array(nics)) = i.get("nics") {
+                for nic in nics {
+                    let Some(ip) = nic.get("ip").and_then(Value::as_str) else { continue };
+                    let link = nic
+                        .get("nicparams")
+                        .and_then(|np| np.get("link"))
+                        .and_then(Value::as_str)
+                        .unwrap_or(&default_link)
+                        .to_owned();
+                    let iname = name.clone().unwrap_or_else(|| uuid.clone());
+                    link_ips.entry(link).or_default().insert(ip.to_owned(), iname);
+                }
+            }
+            instances.insert(
+                uuid.clone(),
+                Instance {
+                    name,
+                    primary_node: i.get("primary_node").and_then(Value::as_str).map(str::to_owned),
+                    disks: disk_ids,
+                    serial: get_int(i, "serial_no").map_err(|e| bad(format!("{p}: {}", e.reason)))?,
+                    value: i.clone(),
+                },
+            );
+        }
+        Ok(ConfigIndex {
+            version,
+            serial_no,
+            cluster_serial,
+            master_uuid,
+            master_ip,
+            default_link,
+            nodes,
+            instances,
+            disks,
+            link_ips,
+            data_collectors: Value::Object(collectors),
+            config,
+        })
+    }
+
+    /// The top-level `serial_no` (what the daemon logs on load: "Loaded new config, serial N").
+    pub fn serial_no(&self) -> i64 {
+        self.serial_no
+    }
+
+    /// The cluster `serial_no` (the serial of most answers).
+    pub fn cluster_serial(&self) -> i64 {
+        self.cluster_serial
+    }
+
+    /// `getNode`: by UUID, then by name (`lookupName`).
+    fn node(&self, key: &str) -> Result<&Node, NoEnt> {
+        if let Some(n) = self.nodes.get(key) {
+            return Ok(n);
+        }
+        // `M.mapKeys nodeName`: on equal names the greatest UUID's node stays.
+        let by_name: BTreeMap<&str, &Node> = self.nodes.values().map(|n| (n.name.as_str(), n)).collect();
+        match lookup_name(by_name.keys().copied(), key) {
+            Lookup::Found(n) => by_name.get(n).copied().ok_or_else(|| NoEnt(format!("Node name {key} not found"))),
+            Lookup::Multiple => Err(NoEnt(format!("Node name {key} has multiple matches"))),
+            Lookup::NotFound => Err(NoEnt(format!("Node name {key} not found"))),
+        }
+    }
+
+    /// `getInstance`: by UUID, then by name among the named instances.
+    fn instance(&self, key: &str) -> Result<(&str, &Instance), NoEnt> {
+        if let Some((u, i)) = self.instances.get_key_value(key) {
+            return Ok((u.as_str(), i));
+        }
+        let by_name: BTreeMap<&str, (&str, &Instance)> = self
+            .instances
+            .iter()
+            .filter_map(|(u, i)| i.name.as_deref().filter(|n| !n.is_empty()).map(|n| (n, (u.as_str(), i))))
+            .collect();
+        match lookup_name(by_name.keys().copied(), key) {
+            Lookup::Found(n) => by_name.get(n).copied().ok_or_else(|| NoEnt(format!("Instance name {key} not found"))),
+            Lookup::Multiple => Err(NoEnt(format!("Instance name {key} has multiple matches"))),
+            Lookup::NotFound => Err(NoEnt(format!("Instance name {key} not found"))),
+        }
+    }
+
+    /// The disks of an instance, or `Err` naming the first missing one (`getInstDisks`).
+    fn instance_disks(&self, inst: &Instance) -> Result<Vec<&(Disk, Value)>, NoEnt> {
+        inst.disks.iter().map(|d| self.disks.get(d).ok_or_else(|| NoEnt(format!("Disk uuid {d} not found")))).collect()
+    }
+
+    fn master_name(&self) -> Result<&str, NoEnt> {
+        self.node(&self.master_uuid).map(|n| n.name.as_str())
+    }
+
+    /// `getNodePipByInstanceIp`.
+    fn node_pip(&self, link: &str, ip: &str) -> StatusAnswer {
+        let unknown = (1, json!(ERROR_UNKNOWN_ENTRY), 0);
+        let Some(iname) = self.link_ips.get(link).and_then(|m| m.get(ip)) else { return unknown };
+        // `getInstanceByName`: exact name, first in UUID order.
+        let Some(inst) = self.instances.values().find(|i| i.name.as_deref() == Some(iname.as_str())) else {
+            return unknown;
+        };
+        match inst.primary_node.as_deref().map(|p| self.node(p)) {
+            Some(Ok(node)) => (0, json!(node.primary_ip), self.cluster_serial),
+            _ => unknown,
+        }
+    }
+
+    /// The DRBD minors of `node` in `disk` and its children (`getDrbdMinorsForNode`).
+    fn drbd_minors(node: &str, disk: &Disk, out: &mut Vec<(i64, String)>) {
+        if let Some(d) = &disk.drbd {
+            if d.node_a == node {
+                out.push((d.minor_a, d.node_b.clone()));
+            } else if d.node_b == node {
+                out.push((d.minor_b, d.node_a.clone()));
+            }
+        }
+        for c in &disk.children {
+            Self::drbd_minors(node, c, out);
+        }
+    }
+
+    /// Answers a request as the daemon does.
+    pub fn answer(&self, req: &Request) -> Reply {
+        let cs = self.cluster_serial;
+        match req.kind {
+            RequestType::Ping => Reply::ok(self.version, 0),
+            RequestType::NodeRoleByName => {
+                let Query::Plain(name) = &req.query else { return invalid_query(&req.query) };
+                let master = match self.master_name() {
+                    Ok(m) => m,
+                    Err(e) => return Reply::error(e.formatted()),
+                };
+                let node = match self.node(name) {
+                    Ok(n) => n,
+                    Err(e) => return Reply::error(e.formatted()),
+                };
+                let role = if master == name.as_str() {
+                    0
+                } else if node.drained {
+                    3
+                } else if node.offline {
+                    2
+                } else if node.master_candidate {
+                    1
+                } else {
+                    4
+                };
+                Reply::ok(role, cs)
+            }
+            RequestType::NodePipByInstanceIp => {
+                let Query::Dict(q) = &req.query else { return Reply::error(ERROR_ARGUMENT) };
+                let link = q.link.as_deref().unwrap_or(&self.default_link);
+                match &q.ip {
+                    Some(ip) => {
+                        let (s, a, serial) = self.node_pip(link, ip);
+                        Reply::new(s, a, serial)
+                    }
+                    None => {
+                        let list: Vec<Value> = q
+                            .ip_list
+                            .iter()
+                            .map(|ip| {
+                                let (s, a, serial) = self.node_pip(link, ip);
+                                json!([s, a, serial])
+                            })
+                            .collect();
+                        Reply::ok(list, cs)
+                    }
+                }
+            }
+            RequestType::ClusterMaster => match &req.query {
+                Query::Empty => match self.master_name() {
+                    Ok(m) => Reply::ok(m, cs),
+                    Err(e) => Reply::error(e.formatted()),
+                },
+                Query::Plain(_) => Reply::error(ERROR_ARGUMENT),
+                Query::Dict(q) => {
+                    let mnode = match self.node(&self.master_uuid) {
+                        Ok(n) => n,
+                        Err(e) => return Reply::error(e.shown()),
+                    };
+                    let vals: Vec<&str> = q
+                        .fields
+                        .iter()
+                        .map(|f| match f {
+                            ReqField::Name => mnode.name.as_str(),
+                            ReqField::Ip => self.master_ip.as_str(),
+                            ReqField::MNodePip => mnode.primary_ip.as_str(),
+                        })
+                        .collect();
+                    Reply::ok(vals, cs)
+                }
+            },
+            RequestType::NodePipList => {
+                let ips: Vec<&str> = self.nodes.values().rev().map(|n| n.primary_ip.as_str()).collect();
+                Reply::ok(ips, cs)
+            }
+            RequestType::McPipList => {
+                let ips: Vec<&str> =
+                    self.nodes.values().rev().filter(|n| n.master_candidate).map(|n| n.primary_ip.as_str()).collect();
+                Reply::ok(ips, cs)
+            }
+            RequestType::InstancesIpsList => {
+                let link = match &req.query {
+                    Query::Plain(l) => l.as_str(),
+                    Query::Empty => &self.default_link,
+                    Query::Dict(_) => return Reply::error("Invalid query type"),
+                };
+                let ips: Vec<&str> =
+                    self.link_ips.get(link).map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
+                Reply::ok(ips, cs)
+            }
+            RequestType::NodeDrbd => {
+                let Query::Plain(name) = &req.query else { return invalid_query(&req.query) };
+                let node = match self.node(name) {
+                    Ok(n) => n,
+                    Err(e) => return Reply::error(e.shown()),
+                };
+                let mut rows = Vec::new();
+                for inst in self.instances.values() {
+                    let disks = self.instance_disks(inst).unwrap_or_default();
+                    let role = if inst.primary_node.as_deref() == Some(&node.uuid) { "primary" } else { "secondary" };
+                    for (idx, (disk, _)) in disks.iter().enumerate() {
+                        let mut minors = Vec::new();
+                        Self::drbd_minors(&node.uuid, disk, &mut minors);
+                        for (minor, peer) in minors {
+                            let peer = match self.node(&peer) {
+                                Ok(p) => p.name.clone(),
+                                Err(e) => return Reply::error(e.shown()),
+                            };
+                            rows.push(json!([
+                                node.name,
+                                minor,
+                                inst.name.clone().unwrap_or_default(),
+                                format!("disk/{idx}"),
+                                role,
+                                peer
+                            ]));
+                        }
+                    }
+                }
+                Reply::ok(rows, node.serial)
+            }
+            RequestType::NodeInstances => {
+                let Query::Plain(name) = &req.query else { return invalid_query(&req.query) };
+                let node = match self.node(name) {
+                    Ok(n) => n,
+                    Err(e) => return Reply::error(format!("Node not found in the configuration: {}", e.shown())),
+                };
+                let mut primary = Vec::new();
+                let mut secondary = Vec::new();
+                for inst in self.instances.values() {
+                    if inst.primary_node.as_deref() == Some(&node.uuid) {
+                        primary.push(inst.value.clone());
+                    }
+                    // Secondaries: the nodes of the instance's own DRBD disks (not their
+                    // children), minus its primary (`instSecondaryNodes`).
+                    let disk_nodes: BTreeSet<&str> = self
+                        .instance_disks(inst)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|(d, _)| d.drbd.as_ref())
+                        .flat_map(|d| [d.node_a.as_str(), d.node_b.as_str()])
+                        .collect();
+                    if disk_nodes.contains(node.uuid.as_str()) && inst.primary_node.as_deref() != Some(&node.uuid) {
+                        secondary.push(inst.value.clone());
+                    }
+                }
+                Reply::ok(json!([primary, secondary]), node.serial)
+            }
+            RequestType::InstanceDisks => {
+                let Query::Plain(name) = &req.query else { return invalid_query(&req.query) };
+                let (_, inst) = match self.instance(name) {
+                    Ok(i) => i,
+                    Err(e) => return Reply::error(format!("Instance not found in the configuration: {}", e.shown())),
+                };
+                match self.instance_disks(inst) {
+                    Ok(disks) => Reply::ok(disks.into_iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(), inst.serial),
+                    Err(e) => Reply::error(format!("Could not retrieve disks: {}", e.shown())),
+                }
+            }
+            RequestType::ConfigQuery => {
+                let Query::Plain(path) = &req.query else { return invalid_query(&req.query) };
+                match parse_pointer(path).and_then(|p| extract(&self.config, &p)) {
+                    Some(v) => Reply::ok(v.clone(), cs),
+                    None => Reply::error(ERROR_ARGUMENT),
+                }
+            }
+            RequestType::DataCollectors => Reply::ok(self.data_collectors.clone(), cs),
+        }
+    }
+}
+
+/// The daemon's JSON-pointer reader (`pointerFromString`, attoparsec, partial input allowed):
+/// a `/`, then tokens separated by `/` (`~0` → `~`, `~1` → `/`). A token is one or more other
+/// characters, or empty at the very end. The first token that cannot be read ends the pointer
+/// (the rest is ignored: `/cluster//x` is `/cluster`); no first token is an error.
+fn parse_pointer(s: &str) -> Option<Vec<String>> {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.first() != Some(&'/') {
+        return None;
+    }
+    let token = |i: &mut usize| -> Option<String> {
+        let mut t = String::new();
+        loop {
+            match (chars.get(*i), chars.get(*i + 1)) {
+                (Some('~'), Some('0')) => {
+                    t.push('~');
+                    *i += 2;
+                }
+                (Some('~'), Some('1')) => {
+                    t.push('/');
+                    *i += 2;
+                }
+                (Some(&c), _) if c != '~' && c != '/' => {
+                    t.push(c);
+                    *i += 1;
+                }
+                _ => break,
+            }
+        }
+        if !t.is_empty() || *i == chars.len() {
+            Some(t)
+        } else {
+            None
+        }
+    };
+    let mut i = 1;
+    let mut tokens = vec![token(&mut i)?];
+    while chars.get(i) == Some(&'/') {
+        let mut j = i + 1;
+        match token(&mut j) {
+            Some(t) => {
+                tokens.push(t);
+                i = j;
+            }
+            None => break,
+        }
+    }
+    Some(tokens)
+}
+
+/// Follows a pointer: object members by key, list items by a leading decimal (`readInteger`:
+/// `"0abc"` is 0, wrapped to 64 bits, then bounds-checked).
+fn extract<'a>(v: &'a Value, tokens: &[String]) -> Option<&'a Value> {
+    let mut cur = v;
+    for t in tokens {
+        cur = match cur {
+            Value::Object(m) => m.get(t)?,
+            Value::Array(a) => {
+                let digits: String = t.chars().take_while(char::is_ascii_digit).collect();
+                if digits.is_empty() {
+                    return None;
+                }
+                let i =
+                    digits.bytes().fold(0u64, |acc, d| acc.wrapping_mul(10).wrapping_add(u64::from(d - b'0'))) as i64;
+                a.get(usize::try_from(i).ok()?)?
+            }
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index() -> ConfigIndex {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/confd/config.data.json");
+        ConfigIndex::load(path).expect("test config loads")
+    }
+
+    fn ask(ix: &ConfigIndex, kind: RequestType, query: Query) -> (i64, Value, i64) {
+        let r = ix.answer(&Request::new(kind, query, "r"));
+        (r.status, r.answer, r.serial)
+    }
+
+    fn plain(s: &str) -> Query {
+        Query::Plain(s.to_owned())
+    }
+
+    #[test]
+    fn answers_observed_from_the_daemon() {
+        use RequestType::*;
+        let ix = index();
+        assert_eq!(ask(&ix, Ping, Query::Empty), (0, json!(3000000), 0));
+        assert_eq!(ask(&ix, NodeRoleByName, plain("node1.example.com")), (0, json!(0), 3189));
+        assert_eq!(ask(&ix, NodeRoleByName, plain("node1")), (0, json!(1), 3189));
+        assert_eq!(ask(&ix, NodeRoleByName, plain("2ae3d962-2dad-44f2-bdb1-85f77107f907")), (0, json!(1), 3189));
+        assert_eq!(
+            ask(&ix, NodeRoleByName, plain("node")),
+            (1, json!("Failure: prerequisites not met for this operation:\nerror type: ECodeNoEnt, error details:\nNode name node not found"), 0)
+        );
+        assert_eq!(ask(&ix, NodeRoleByName, Query::Empty), (1, json!("Invalid query type EmptyQuery"), 0));
+        let d = Query::Dict(DictQuery { link: Some("n\u{f6}de\n\\".into()), ..Default::default() });
+        assert_eq!(
+            ask(&ix, NodeRoleByName, d).1,
+            json!("Invalid query type DictQuery (ConfdReqQ {confdReqQIp = Nothing, confdReqQIpList = [], confdReqQLink = Just \"n\\246de\\n\\\\\", confdReqQFields = []})")
+        );
+        let q = Query::Dict(DictQuery {
+            ip_list: vec!["198.51.100.11".into(), "198.51.100.12".into(), "1.2.3.4".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            ask(&ix, NodePipByInstanceIp, q),
+            (0, json!([[0, "192.0.2.82", 3189], [0, "192.0.2.84", 3189], [1, 0, 0]]), 3189)
+        );
+        let q = Query::Dict(DictQuery { ip: Some("198.51.100.11".into()), ..Default::default() });
+        assert_eq!(ask(&ix, NodePipByInstanceIp, q), (0, json!("192.0.2.82"), 3189));
+        assert_eq!(ask(&ix, NodePipByInstanceIp, Query::Empty), (1, json!(2), 0));
+        let fields = Query::Dict(DictQuery {
+            fields: vec![ReqField::MNodePip, ReqField::Ip, ReqField::Name, ReqField::Name],
+            ..Default::default()
+        });
+        assert_eq!(
+            ask(&ix, ClusterMaster, fields),
+            (0, json!(["192.0.2.82", "192.0.2.87", "node1.example.com", "node1.example.com"]), 3189)
+        );
+        assert_eq!(ask(&ix, ClusterMaster, plain("x")), (1, json!(2), 0));
+        assert_eq!(ask(&ix, NodePipList, Query::Empty), (0, json!(["192.0.2.82", "192.0.2.84", "192.0.2.83"]), 3189));
+        assert_eq!(
+            ask(&ix, InstancesIpsList, Query::Empty),
+            (0, json!(["198.51.100.11", "198.51.100.12", "198.51.100.13"]), 3189)
+        );
+        assert_eq!(ask(&ix, InstancesIpsList, plain("br0")), (0, json!([]), 3189));
+        assert_eq!(
+            ask(&ix, NodeDrbd, plain("node1.example.com")),
+            (
+                0,
+                json!([["node1.example.com", 0, "instance1.example.com", "disk/0", "primary", "node3.example.com"]]),
+                197
+            )
+        );
+        assert_eq!(ask(&ix, NodeDrbd, plain("node2")), (0, json!([]), 6));
+        assert_eq!(
+            ask(&ix, NodeDrbd, plain("nope")),
+            (1, json!("OpPrereqError \"Node name nope not found\" ECodeNoEnt"), 0)
+        );
+        assert_eq!(
+            ask(&ix, NodeInstances, plain("nope")).1,
+            json!("Node not found in the configuration: OpPrereqError \"Node name nope not found\" ECodeNoEnt")
+        );
+        assert_eq!(
+            ask(&ix, InstanceDisks, plain("nope")).1,
+            json!("Instance not found in the configuration: OpPrereqError \"Instance name nope not found\" ECodeNoEnt")
+        );
+        let (s, disks, serial) = ask(&ix, InstanceDisks, plain("instance1"));
+        assert_eq!((s, serial), (0, 2));
+        assert_eq!(disks[0]["children"][0]["iv_name"], json!(""));
+        assert_eq!(disks[0]["children"][0]["children"], json!([]));
+        let (s, insts, serial) = ask(&ix, NodeInstances, plain("node3"));
+        assert_eq!((s, serial), (0, 2));
+        assert_eq!(insts[1][0]["name"], json!("instance1.example.com"));
+        assert_eq!(ask(&ix, ConfigQuery, plain("/cluster/cluster_name")), (0, json!("cluster.name.example.com"), 3189));
+        assert_eq!(ask(&ix, ConfigQuery, plain("/cluster//x")).1["cluster_name"], json!("cluster.name.example.com"));
+        for bad in [
+            "",
+            "/",
+            "//",
+            "/cluster/",
+            "cluster",
+            "/nope",
+            "/cluster/enabled_hypervisors/5",
+            "/cluster/enabled_hypervisors/-",
+        ] {
+            assert_eq!(ask(&ix, ConfigQuery, plain(bad)), (1, json!(2), 0), "{bad:?}");
+        }
+        assert_eq!(ask(&ix, ConfigQuery, plain("/cluster/enabled_hypervisors/00")).1, json!("xen-pvm"));
+        assert_eq!(ask(&ix, ConfigQuery, plain("/cluster/data_collectors/lv/interval")).1, json!(5000000));
+        let (_, dc, serial) = ask(&ix, DataCollectors, Query::Empty);
+        assert_eq!(serial, 3189);
+        assert_eq!(dc["cpu-avg-load"], json!({"active": true, "interval": 5000000}));
+    }
+
+    #[test]
+    fn name_lookup_rules() {
+        let names = ["a.x", "a.y", "b.x", "bb.x"];
+        assert!(matches!(lookup_name(names.into_iter(), "a"), Lookup::Multiple));
+        assert!(matches!(lookup_name(names.into_iter(), "b"), Lookup::Found("b.x")));
+        assert!(matches!(lookup_name(names.into_iter(), "a.x"), Lookup::Found("a.x")));
+        assert!(matches!(lookup_name(names.into_iter(), "c"), Lookup::NotFound));
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        assert!(ConfigIndex::from_slice(b"not json").unwrap_err().reason.contains("not JSON"));
+        let e = ConfigIndex::from_slice(b"{\"version\": 3000000}").unwrap_err();
+        assert_eq!(e.reason, "missing serial_no");
+    }
+}

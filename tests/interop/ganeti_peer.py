@@ -1,0 +1,65 @@
+#!/usr/bin/python3
+"""Queries a confd server with the REAL Ganeti 3.0.2 Python ConfdClient and prints the answers.
+
+Run under Debian's /usr/bin/python3 with PYTHONPATH=/usr/share/ganeti/3.0 (scripts/setup-ganeti.sh
+installs it). Usage:
+
+    ganeti_peer.py --host 127.0.0.1 --port 1814 --key-file hmac.key [--cases CASES.json]
+
+CASES.json is a list of {"type": N, "query": Q} (Q omitted or null for no query); the default is
+one case per request type the Python client can send (it refuses type 8, NODE_INSTANCES).
+Prints one JSON document: a list of {"type", "query", "timed_out", "sent", "received", "reply"}
+where reply is {"protocol", "status", "answer", "serial"} or null. Every wait is bounded.
+"""
+import argparse
+import json
+import sys
+
+from ganeti import constants as C
+from ganeti.confd import client as cc
+
+DEFAULT_CASES = [
+    {"type": C.CONFD_REQ_PING},
+    {"type": C.CONFD_REQ_NODE_ROLE_BYNAME, "query": "node1.example.com"},
+    {"type": C.CONFD_REQ_NODE_PIP_BY_INSTANCE_IP, "query": {C.CONFD_REQQ_IP: "198.51.100.11"}},
+    {"type": C.CONFD_REQ_CLUSTER_MASTER},
+    {"type": C.CONFD_REQ_NODE_PIP_LIST},
+    {"type": C.CONFD_REQ_MC_PIP_LIST},
+    {"type": C.CONFD_REQ_INSTANCES_IPS_LIST},
+    {"type": C.CONFD_REQ_NODE_DRBD, "query": "node1.example.com"},
+    {"type": C.CONFD_REQ_INSTANCE_DISKS, "query": "instance1"},
+    {"type": C.CONFD_REQ_CONFIG_QUERY, "query": "/cluster/cluster_name"},
+    {"type": C.CONFD_REQ_DATA_COLLECTORS},
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--key-file", required=True)
+    ap.add_argument("--cases")
+    ap.add_argument("--timeout", type=float, default=3.0)
+    args = ap.parse_args()
+    key = open(args.key_file).read()  # a str, LF included, as GetConfdClient reads it
+    cases = json.load(open(args.cases)) if args.cases else DEFAULT_CASES
+    store = cc.StoreResultCallback()
+    client = cc.ConfdClient(key, [args.host], cc.ConfdFilterCallback(store), port=args.port)
+    out = []
+    for case in cases:
+        kw = {"type": case["type"]}
+        if case.get("query") is not None:
+            kw["query"] = case["query"]
+        req = cc.ConfdClientRequest(**kw)
+        client.SendRequest(req, async_=False)
+        timed_out, sent, received = client.WaitForReply(req.rsalt, timeout=args.timeout)
+        ok, upcall = store.GetResponse(req.rsalt)
+        reply = upcall.server_reply.ToDict() if ok else None
+        out.append({"type": case["type"], "query": case.get("query"), "timed_out": timed_out,
+                    "sent": sent, "received": received, "reply": reply})
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
