@@ -1,0 +1,45 @@
+//! `heartsink bench` end to end on loopback, shortened: it starts `serve`, drives it with the
+//! pre-built load, and writes a report whose figures hang together.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn pipeline_only_applies_every_heartbeat() {
+    let out = Command::new(env!("CARGO_BIN_EXE_heartsink")).args(["bench", "--pipeline-only", "3000"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["accepted"], 3000);
+}
+
+#[test]
+fn short_bench_without_octavia_writes_a_consistent_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_heartsink"))
+        .args(["bench", "--skip-octavia", "--seconds", "0.5", "--amphorae", "200", "--steps", "0.2,0.5"])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&std::fs::read(dir.path().join("bench.json")).unwrap()).unwrap();
+    assert!(doc["in_process_bound"].as_f64().unwrap() > 0.0);
+    let e2e = &doc["heartsink_e2e"];
+    assert!(e2e["accepted"].as_u64().unwrap() > 0);
+    assert!(e2e["accepted"].as_u64().unwrap() <= e2e["sent"].as_u64().unwrap());
+    assert!(e2e["p99_us"].as_f64().unwrap() >= e2e["p50_us"].as_f64().unwrap());
+    let steps = doc["heartsink_steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    for s in steps {
+        assert!(s["offered"].as_f64().unwrap() > 0.0);
+        assert!(s["accepted"].as_u64().unwrap() > 0);
+    }
+    let ratio = doc["ratios"]["e2e_over_in_process"].as_f64().unwrap();
+    assert!(ratio > 0.0 && ratio.is_finite());
+    let svg = std::fs::read_to_string(dir.path().join("bench.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("heartsink"));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("in-process bound") && table.contains("ratios"));
+}
