@@ -270,14 +270,18 @@ fn measure_octavia(
     mut cfg: LoadConfig,
     seconds: f64,
 ) -> Result<OctaviaStep, Error> {
-    let mut child = Command::new(python)
+    use std::os::unix::process::CommandExt;
+    // Its own process group, so that its worker processes go with it.
+    let child = Command::new(python)
         .arg(repo().join("tests/interop/octavia_bench.py"))
         .args([mode, "--key", KEY, "--seconds", &format!("{seconds}"), "--idle-exit", "1.5"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log)?)
+        .process_group(0)
         .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    let mut child = GroupChild(child);
+    let mut lines = BufReader::new(child.0.stdout.take().ok_or("no stdout")?).lines();
     let first: Value = serde_json::from_str(&lines.next().ok_or("octavia_bench.py printed nothing")??)?;
     let port = first["port"].as_u64().ok_or("no port")? as u16;
     cfg.target = SocketAddr::from(([127, 0, 0, 1], port));
@@ -288,8 +292,7 @@ fn measure_octavia(
         let v: Value = serde_json::from_str(&l.ok()?).ok()?;
         (v["event"] == "result").then_some(v)
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let r = result.ok_or("octavia_bench.py gave no result")?;
     Ok(OctaviaStep {
         mode: mode.into(),
@@ -299,6 +302,16 @@ fn measure_octavia(
         p99_us: r["latency_us"]["p99"].as_f64(),
         p50_us: r["latency_us"]["p50"].as_f64(),
     })
+}
+
+/// A child process killed with its whole process group when dropped.
+struct GroupChild(Child);
+
+impl Drop for GroupChild {
+    fn drop(&mut self) {
+        crate::io::kill_process_group(self.0.id());
+        let _ = self.0.wait();
+    }
 }
 
 fn machine() -> Value {

@@ -5,3 +5,13 @@
 mod udp;
 
 pub use udp::{bind_udp, BoundUdp, RecvBatch, SendBatch};
+
+/// Sends SIGKILL to the process group `pgid` (a child started with its own group).
+pub fn kill_process_group(pgid: u32) {
+    if let Ok(pgid) = libc::pid_t::try_from(pgid) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
