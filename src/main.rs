@@ -26,6 +26,34 @@ enum Command {
     Load(LoadCli),
     /// Measure end to end against Octavia's own receive path, in one run (see the README).
     Bench(BenchCli),
+    /// Ganeti confd client.
+    #[command(subcommand)]
+    Confd(ConfdCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfdCmd {
+    /// Ask confd peers (heartsink or Ganeti) and print the merged answer as JSON; exit 3 on
+    /// timeout, 4 on inconsistent answers.
+    Query {
+        /// A peer, IP[:PORT] (repeatable; one port for all, default 1814).
+        #[arg(long = "peer", required = true)]
+        peers: Vec<String>,
+        /// The confd HMAC key file (its raw bytes, trailing newline included, are the key).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Peers to ask: 0 = Ganeti's default (up to 6), -1 = all, N = that many.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        coverage: i64,
+        /// Seconds to wait for the quorum.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+        /// Request type: a name (ping, cluster-master, node-role-by-name, …) or 0–11.
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// The query: a string, or a JSON object {"0": link, "1": ip, "2": [ips], "3": [fields]}.
+        query: Option<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -236,6 +264,19 @@ fn main() -> ExitCode {
             }
         }
         Command::Load(l) => load(l),
+        Command::Confd(ConfdCmd::Query { peers, key_file, coverage, timeout, kind, query }) => {
+            let timeout = std::time::Duration::from_secs_f64(timeout.clamp(0.01, 3600.0));
+            match heartsink::confd::cli::query(&peers, &key_file, &kind, query.as_deref(), coverage, timeout) {
+                Ok((doc, code)) => {
+                    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                    ExitCode::from(code)
+                }
+                Err(e) => {
+                    eprintln!("heartsink confd query: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Bench(b) => {
             let args = heartsink::bench::BenchArgs {
                 out: b.out,

@@ -8,7 +8,8 @@ use serde_json::Value;
 
 #[test]
 fn pipeline_only_applies_every_heartbeat() {
-    let out = Command::new(env!("CARGO_BIN_EXE_heartsink")).args(["bench", "--pipeline-only", "3000"]).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_heartsink")).args(["bench", "--pipeline-only", "3000"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["accepted"], 3000);

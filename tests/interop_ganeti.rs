@@ -429,3 +429,41 @@ fn python_client_against_heartsink() {
     let results = python_peer(server.addr, &cases);
     check_python(results.as_slice(), &cases, &ix, "heartsink");
 }
+
+#[test]
+#[ignore = "needs the real ganeti-confd (scripts/setup-ganeti.sh) and root"]
+fn confd_query_cli_against_the_real_daemon() {
+    let ix = ConfigIndex::load(data("config.data.json")).unwrap();
+    let daemon = Daemon::start();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_heartsink"))
+            .args(["confd", "query", "--peer", &daemon.addr().to_string(), "--key-file"])
+            .arg(data("hmac.key"))
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null))
+    };
+    let (code, v) = run(&["cluster-master"]);
+    assert_eq!(code, Some(0), "{v}");
+    let want = ix.answer(&Request::new(RequestType::ClusterMaster, Query::Empty, "x"));
+    assert!(same(&v["answer"], &want.answer), "{v}");
+    assert_eq!(v["serial"], want.serial);
+    assert_eq!((v["sent"].as_u64(), v["received"].as_u64(), v["consistent"].as_bool()), (Some(1), Some(1), Some(true)));
+    let (code, v) = run(&["3", r#"{"3": [0, 1]}"#]);
+    assert_eq!(code, Some(0), "{v}");
+    let mut q = DictQuery::default();
+    q.fields = vec![ReqField::Name, ReqField::Ip];
+    assert!(same(&v["answer"], &ix.answer(&Request::new(RequestType::ClusterMaster, Query::Dict(q), "x")).answer));
+    // A second peer that never answers (nothing listens on 127.0.0.2): 2 peers need 2 replies.
+    let out = Command::new(env!("CARGO_BIN_EXE_heartsink"))
+        .args(["confd", "query", "--peer", &daemon.addr().to_string(), "--peer", &format!("127.0.0.2:{}", daemon.port)])
+        .args(["--coverage", "-1", "--timeout", "1", "--key-file"])
+        .arg(data("hmac.key"))
+        .arg("ping")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stdout));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["timed_out"].as_bool(), v["sent"].as_u64(), v["received"].as_u64()), (Some(true), Some(2), Some(1)));
+}

@@ -13,6 +13,7 @@
 //! from the address it was sent to.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod client;
 pub mod ganeti;
 mod json;
