@@ -452,8 +452,7 @@ fn confd_query_cli_against_the_real_daemon() {
     assert_eq!((v["sent"].as_u64(), v["received"].as_u64(), v["consistent"].as_bool()), (Some(1), Some(1), Some(true)));
     let (code, v) = run(&["3", r#"{"3": [0, 1]}"#]);
     assert_eq!(code, Some(0), "{v}");
-    let mut q = DictQuery::default();
-    q.fields = vec![ReqField::Name, ReqField::Ip];
+    let q = DictQuery { fields: vec![ReqField::Name, ReqField::Ip], ..DictQuery::default() };
     assert!(same(&v["answer"], &ix.answer(&Request::new(RequestType::ClusterMaster, Query::Dict(q), "x")).answer));
     // A second peer that never answers (nothing listens on 127.0.0.2): 2 peers need 2 replies.
     let out = Command::new(env!("CARGO_BIN_EXE_heartsink"))
