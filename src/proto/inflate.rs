@@ -64,7 +64,8 @@ impl Inflater {
             Backend::Libdeflate => Engine::Libdeflate(libdeflater::Decompressor::new()),
             Backend::ZlibRs => Engine::ZlibRs(flate2::Decompress::new(true)),
         };
-        Inflater { engine, out: vec![0; max], max }
+        // One byte over the cap: output that fills it proves "more than the cap".
+        Inflater { engine, out: vec![0; max + 1], max }
     }
 
     /// The cap in bytes.
@@ -74,8 +75,8 @@ impl Inflater {
 
     /// Changes the cap (on reload); reallocates only when it grows.
     pub fn set_max(&mut self, max: usize) {
-        if max > self.out.len() {
-            self.out.resize(max, 0);
+        if max + 1 > self.out.len() {
+            self.out.resize(max + 1, 0);
         }
         self.max = max;
     }
@@ -88,25 +89,31 @@ impl Inflater {
     /// Inflates raw zlib bytes. Prefer [`Inflater::inflate`], which only takes verified input;
     /// this entry point exists for benches and fuzzing.
     pub fn inflate_bytes(&mut self, zlib: &[u8]) -> Result<&[u8], InflateError> {
-        let out = &mut self.out[..self.max];
+        // Inflate into cap + 1 bytes: producing more than `max` bytes is `TooLarge`, whatever
+        // follows in the stream; anything else that is not a complete stream is `Corrupt`.
+        let max = self.max;
+        let out = &mut self.out[..max + 1];
         let n = match &mut self.engine {
             Engine::Libdeflate(d) => match d.zlib_decompress(zlib, out) {
                 Ok(n) => n,
-                Err(libdeflater::DecompressionError::InsufficientSpace) => return Err(InflateError::TooLarge),
+                Err(libdeflater::DecompressionError::InsufficientSpace) => max + 1,
                 Err(libdeflater::DecompressionError::BadData) => return Err(InflateError::Corrupt),
             },
             Engine::ZlibRs(d) => {
                 d.reset(true);
-                match d.decompress(zlib, out, flate2::FlushDecompress::Finish) {
-                    Ok(flate2::Status::StreamEnd) => d.total_out() as usize,
-                    // Output full before the end of the stream: over the cap.
-                    Ok(_) if d.total_out() as usize == out.len() => return Err(InflateError::TooLarge),
-                    // Input ended before the end of the stream.
-                    Ok(_) => return Err(InflateError::Corrupt),
-                    Err(_) => return Err(InflateError::Corrupt),
+                let status = d.decompress(zlib, out, flate2::FlushDecompress::Finish);
+                let n = usize::try_from(d.total_out()).unwrap_or(usize::MAX);
+                match status {
+                    _ if n > max => n,
+                    Ok(flate2::Status::StreamEnd) => n,
+                    // Input ended before the end of the stream, or bad data.
+                    Ok(_) | Err(_) => return Err(InflateError::Corrupt),
                 }
             }
         };
+        if n > max {
+            return Err(InflateError::TooLarge);
+        }
         Ok(&self.out[..n])
     }
 }
