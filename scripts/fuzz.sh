@@ -68,7 +68,9 @@ for target in $targets; do
         echo "== $target: ok in $(( $(date +%s) - t0 )) s"
     else
         # Show what crashed: the panic message and where libFuzzer saved the input.
-        grep -v -E '^(#[0-9]|INFO:|\s+[0-9]+: |\s+at )' "$log" | tail -n 40 >&2
+        grep -A3 -E 'panicked at|ERROR: libFuzzer' "$log" | grep -v -E '^\s+[0-9]+: |^\s+at |^stack backtrace' >&2 || true
+        grep -E 'Test unit written to' "$log" >&2 || tail -n 20 "$log" >&2
+        echo "replay: (cd fuzz && cargo fuzz run --sanitizer $sanitizer $target artifacts/$target/<file>)" >&2
         echo "== $target: FAILED after $(( $(date +%s) - t0 )) s" >&2
         failed+=("$target")
     fi

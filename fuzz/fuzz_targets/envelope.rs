@@ -79,13 +79,7 @@ impl Pair {
         let zrs = self.zrs.inflate(v);
         let show = |r: &Result<&[u8], InflateError>| r.map(<[u8]>::len);
         let ctx = || format!("cap {cap}, payload {}", hex(payload));
-        assert!(
-            zrs == want,
-            "zlib-rs back-end: {:?}, expected {:?} ({})",
-            show(&zrs),
-            show(&want),
-            ctx()
-        );
+        assert!(zrs == want, "zlib-rs back-end: {:?}, expected {:?} ({})", show(&zrs), show(&want), ctx());
         match (&lib, &want) {
             (Ok(x), Ok(y)) => assert!(x == y, "libdeflate back-end inflated other bytes than zlib ({})", ctx()),
             (Err(_), Err(_)) => {}

@@ -24,11 +24,7 @@ fuzz_target!(|data: &[u8]| {
         let again = reused.parse(data);
         assert_eq!(result, again, "a reused Heartbeat parses differently from a fresh one");
         if again.is_ok() {
-            assert_eq!(
-                format!("{fresh:?}"),
-                format!("{reused:?}"),
-                "a reused Heartbeat keeps stale content"
-            );
+            assert_eq!(format!("{fresh:?}"), format!("{reused:?}"), "a reused Heartbeat keeps stale content");
         }
     });
     if result.is_ok() {

@@ -18,13 +18,7 @@ pub fn check_heartbeat(hb: &Heartbeat) {
     for pool in pools {
         let members: Vec<_> = hb.members(pool).collect();
         for w in members.windows(2) {
-            assert!(
-                w[0].id < w[1].id,
-                "members({}) not strictly increasing: {} then {}",
-                pool.id,
-                w[0].id,
-                w[1].id
-            );
+            assert!(w[0].id < w[1].id, "members({}) not strictly increasing: {} then {}", pool.id, w[0].id, w[1].id);
         }
         total += members.len();
     }
