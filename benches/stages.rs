@@ -236,6 +236,45 @@ fn ring_handoff(c: &mut Criterion) {
     g.finish();
 }
 
+/// Applying parsed heartbeats to the state: a batch of 64 known amphorae, each shard locked once
+/// per run of its amphorae, as a worker does. The messages carry no `seq`, so the sequence
+/// window lets the same parsed batch apply again and again.
+fn apply(c: &mut Criterion) {
+    use heartsink::state::AmphoraState;
+    let template = std::str::from_utf8(SMALL_JSON).unwrap().replace("\"seq\": 1, ", "");
+    let parsed: Vec<Heartbeat> = (0..AMPHORAE)
+        .map(|i| {
+            let mut hb = Heartbeat::default();
+            hb.parse(template.replace("79c8c292-6b94-45b5-b498-82321e35049e", &amphora_id(i)).as_bytes()).unwrap();
+            assert_eq!(hb.seq, None);
+            hb
+        })
+        .collect();
+    let shards = Shards::new(64);
+    let mut order: Vec<(usize, usize)> = parsed.iter().enumerate().map(|(i, hb)| (shards.index(&hb.id), i)).collect();
+    order.sort_unstable();
+    let mut now = 1u64;
+    let mut g = c.benchmark_group("apply");
+    g.throughput(Throughput::Elements(AMPHORAE as u64));
+    g.bench_function("batch_64_known_amphorae", |b| {
+        b.iter(|| {
+            now += ROUND_NS;
+            let mut i = 0;
+            while i < order.len() {
+                let s = order[i].0;
+                let mut shard = shards.shard(s).lock();
+                while i < order.len() && order[i].0 == s {
+                    let hb = &parsed[order[i].1];
+                    let st = shard.entry(hb.id).or_insert_with(|| AmphoraState::new(now));
+                    black_box(st.apply(hb, now, 5_000_000_000).is_ok());
+                    i += 1;
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(20)
 }
@@ -243,6 +282,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = stages;
     config = config();
-    targets = verify, inflate, parse, pipeline, ring_handoff
+    targets = verify, inflate, parse, apply, pipeline, ring_handoff
 }
 criterion_main!(stages);
