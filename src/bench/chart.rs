@@ -33,7 +33,11 @@ fn panel(
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
         c.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
     }
-    c.configure_series_labels().border_style(BLACK).background_style(WHITE).draw()?;
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()?;
     Ok(())
 }
 
