@@ -250,6 +250,8 @@ fn graceful_stop_applies_everything_received() {
     assert_eq!(v["fields"]["received"], n, "{line}");
     assert_eq!(v["fields"]["accepted"], n, "{line}");
     assert_eq!(v["fields"]["dropped"], 0, "{line}");
+    // Exactly one JSON line on stdout over the whole life of the daemon.
+    assert!(d.extra_stdout.lock().unwrap().is_empty(), "{:?}", d.extra_stdout.lock().unwrap());
 }
 
 #[test]

@@ -18,6 +18,8 @@ pub struct Daemon {
     pub heartbeat: SocketAddr,
     pub admin: SocketAddr,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// stdout lines after the listening line (there must be none).
+    pub extra_stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -51,11 +53,12 @@ impl Daemon {
         let v: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("listening line {line:?}: {e}; stderr: {:?}", stderr.lock().unwrap()));
         assert_eq!(v["event"], "listening");
-        // Nothing else may appear on stdout; drain it in the background to notice if it does.
+        // Nothing else may appear on stdout: keep whatever does, for the tests to check.
+        let extra_stdout = Arc::new(Mutex::new(Vec::new()));
+        let extra = extra_stdout.clone();
         std::thread::spawn(move || {
-            let mut rest = String::new();
-            while out.read_line(&mut rest).map(|n| n > 0).unwrap_or(false) {
-                assert!(rest.is_empty(), "unexpected stdout: {rest}");
+            for line in out.lines().map_while(Result::ok) {
+                extra.lock().unwrap().push(line);
             }
         });
         Daemon {
@@ -63,6 +66,7 @@ impl Daemon {
             heartbeat: v["heartbeat"].as_str().unwrap().parse().unwrap(),
             admin: v["admin"].as_str().unwrap().parse().unwrap(),
             stderr,
+            extra_stdout,
         }
     }
 
