@@ -156,6 +156,26 @@ def run(mode, seconds, idle_exit):
     last_rx = None           # perf_counter of last datagram (any verdict)
     deadline = None
     perf = time.perf_counter
+
+    def accepted(obj):
+        """Counts one processed heartbeat and its latency; True when the run is over."""
+        nonlocal nlat, cap, lat, processed, first, last, last_rx, deadline
+        t_ns = now_ns()
+        t = perf()
+        processed += 1
+        last_rx = last = t
+        sent = obj.get("hs_sent_ns")
+        if sent is not None:
+            if nlat == cap:
+                lat.extend([0] * cap)
+                cap *= 2
+            lat[nlat] = t_ns - sent
+            nlat += 1
+        if first is None:
+            first = t
+            deadline = t + seconds
+            return False
+        return t >= deadline
     now_ns = time.time_ns
     timeout_exc = socket.timeout
     invalid_exc = exceptions.InvalidHMACException
@@ -178,21 +198,7 @@ def run(mode, seconds, idle_exit):
                 rejected += 1
                 last_rx = perf()
                 continue
-            t_ns = now_ns()
-            t = perf()
-            processed += 1
-            last_rx = last = t
-            sent = obj.get("hs_sent_ns")
-            if sent is not None:
-                if nlat == cap:
-                    lat.extend([0] * cap)
-                    cap *= 2
-                lat[nlat] = t_ns - sent
-                nlat += 1
-            if first is None:
-                first = t
-                deadline = t + seconds
-            elif t >= deadline:
+            if accepted(obj):
                 break
     else:
         # Observe check(): wrap dorecv on the instance (check() calls
@@ -222,23 +228,9 @@ def run(mode, seconds, idle_exit):
             check()
             status = box[1]
             if status == 1:
-                t_ns = now_ns()
-                t = perf()
                 obj = box[0]
                 box[0] = None
-                processed += 1
-                last_rx = last = t
-                sent = obj.get("hs_sent_ns")
-                if sent is not None:
-                    if nlat == cap:
-                        lat.extend([0] * cap)
-                        cap *= 2
-                    lat[nlat] = t_ns - sent
-                    nlat += 1
-                if first is None:
-                    first = t
-                    deadline = t + seconds
-                elif t >= deadline:
+                if accepted(obj):
                     break
             elif status == 2:
                 rejected += 1
