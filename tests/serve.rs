@@ -281,3 +281,20 @@ fn defaults_without_any_configuration() {
     assert_eq!(stats["accepted"], 1);
     assert_eq!(stats["keys"]["insecure_default"], true);
 }
+
+#[test]
+fn ipv6_loopback_heartbeats() {
+    let d = Daemon::start_raw(&[
+        "serve",
+        "--heartbeat-addr",
+        "[::1]:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--key",
+        "insecure",
+    ]);
+    assert!(d.heartbeat.is_ipv6());
+    let s = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    s.send_to(&data("v3_small_hex.bin"), d.heartbeat).unwrap();
+    assert_eq!(d.wait_processed(1)["accepted"], 1);
+}
