@@ -298,3 +298,17 @@ fn ipv6_loopback_heartbeats() {
     s.send_to(&data("v3_small_hex.bin"), d.heartbeat).unwrap();
     assert_eq!(d.wait_processed(1)["accepted"], 1);
 }
+
+#[test]
+fn several_rx_threads_share_the_port() {
+    let d = Daemon::start(&["--key", "k", "--rx-threads", "2", "--workers", "2"]);
+    let sockets: Vec<_> = (0..8).map(|_| client()).collect();
+    for i in 0..400u64 {
+        sockets[(i % 8) as usize].send_to(&heartbeat(i % 40, i / 40, 1, "k"), d.heartbeat).unwrap();
+    }
+    let stats = d.wait_processed(400);
+    assert_eq!(stats["accepted"], 400);
+    let rx = stats["rx"].as_array().unwrap();
+    assert_eq!(rx.len(), 2);
+    assert_eq!(rx.iter().map(|r| r["packets"].as_u64().unwrap()).sum::<u64>(), 400);
+}
