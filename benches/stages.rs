@@ -146,7 +146,7 @@ fn build_rounds(forged_every: Option<usize>) -> (Vec<Batch>, Vec<u64>) {
                 env[last] = if env[last] == b'0' { b'1' } else { b'0' };
                 n_forged += 1;
             }
-            assert!(batch.push(&env, None, 0, 0));
+            assert!(batch.push(&env, 0, 0));
         }
         batches.push(batch);
         forged.push(n_forged);

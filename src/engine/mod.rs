@@ -240,13 +240,6 @@ impl Shared {
         let lower = marker.map_or(Bound::Unbounded, Bound::Excluded);
         index.range((lower, Bound::Unbounded)).take(limit).copied().collect()
     }
-
-    /// Forgets an amphora: state and index.
-    pub fn forget(&self, id: &Uuid) -> bool {
-        let known = self.pipeline.shards.remove(id);
-        self.index.write().remove(id);
-        known
-    }
 }
 
 /// A running engine.
@@ -475,7 +468,7 @@ impl RxThread {
                     continue;
                 }
                 let w = src.map_or(0, |s| FxBuildHasher.hash_one(s) as usize % workers);
-                if !self.router.place(w, data, src, now, rx_ns) {
+                if !self.router.place(w, data, now, rx_ns) {
                     ring_full += 1;
                 }
             }
@@ -520,7 +513,7 @@ impl Router {
     }
 
     /// Copies a datagram into worker `w`'s pending batch; false if it had to be dropped.
-    fn place(&mut self, w: usize, data: &[u8], src: Option<SocketAddr>, now: u64, rx_ns: u64) -> bool {
+    fn place(&mut self, w: usize, data: &[u8], now: u64, rx_ns: u64) -> bool {
         for _ in 0..2 {
             if self.pending[w].is_none() {
                 match self.free.pop() {
@@ -529,7 +522,7 @@ impl Router {
                 }
             }
             if let Some(b) = self.pending[w].as_mut() {
-                if b.push(data, src, now, rx_ns) {
+                if b.push(data, now, rx_ns) {
                     return true;
                 }
                 if b.is_empty() {

@@ -5,12 +5,11 @@
 //! bytes do not). An rx thread copies each datagram into the pending batch of the worker its
 //! source hashes to (≈20 ns for a 352-byte heartbeat, against ≈4 µs of work behind it, measured
 //! by `benches/stages.rs`) and
-//! pushes the batch when full or when its receive burst ends. Workers return batches to the
+//! pushes the batch when it is full, when its worker's ring is empty (the worker is waiting), or
+//! after at most 200 µs held for a busy worker. Workers return batches to the
 //! shared free list. When a ring is full the rx thread drops the batch's datagrams as
 //! `ring_full` and recycles it: the workers are behind, and the kernel buffer is the only
 //! other place to queue.
-
-use std::net::SocketAddr;
 
 /// A batch of datagrams bound for one worker.
 #[derive(Debug)]
@@ -22,15 +21,13 @@ pub struct Batch {
     pub recv_ns: u64,
 }
 
-/// Where one datagram lies in a batch.
+/// Where one datagram lies in a batch, and when the kernel received it (ns since the epoch,
+/// 0 = unknown).
 #[derive(Clone, Copy, Debug)]
-pub struct Entry {
+struct Entry {
     start: u32,
     len: u32,
-    /// Kernel receive time, ns since the epoch (0 = unknown).
-    pub rx_ns: u64,
-    /// The sender (replies, e.g. confd answers, go back to it).
-    pub src: Option<SocketAddr>,
+    rx_ns: u64,
 }
 
 impl Batch {
@@ -45,7 +42,7 @@ impl Batch {
     }
 
     /// Appends a datagram; false when it does not fit (push the batch and take another).
-    pub fn push(&mut self, bytes: &[u8], src: Option<SocketAddr>, recv_ns: u64, rx_ns: u64) -> bool {
+    pub fn push(&mut self, bytes: &[u8], recv_ns: u64, rx_ns: u64) -> bool {
         if self.entries.len() == self.max_entries || self.data.len() + bytes.len() > self.data.capacity() {
             return false;
         }
@@ -54,7 +51,7 @@ impl Batch {
         }
         let start = self.data.len() as u32;
         self.data.extend_from_slice(bytes);
-        self.entries.push(Entry { start, len: bytes.len() as u32, src, rx_ns });
+        self.entries.push(Entry { start, len: bytes.len() as u32, rx_ns });
         true
     }
 
@@ -76,17 +73,12 @@ impl Batch {
 
     /// The datagrams.
     pub fn packets(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.entries.iter().map(|e| &self.data[e.start as usize..(e.start + e.len) as usize])
+        self.timed().map(|(p, _)| p)
     }
 
     /// The datagrams with their kernel receive times.
     pub fn timed(&self) -> impl Iterator<Item = (&[u8], u64)> + '_ {
         self.entries.iter().map(|e| (&self.data[e.start as usize..(e.start + e.len) as usize], e.rx_ns))
-    }
-
-    /// The datagrams with their entries.
-    pub fn entries(&self) -> impl Iterator<Item = (&Entry, &[u8])> + '_ {
-        self.entries.iter().map(|e| (e, &self.data[e.start as usize..(e.start + e.len) as usize]))
     }
 }
 
@@ -97,10 +89,10 @@ mod tests {
     #[test]
     fn batch_limits_and_reuse() {
         let mut b = Batch::new(2, 10);
-        assert!(b.push(b"abcd", None, 7, 1));
-        assert!(!b.push(b"0123456789", None, 8, 1), "over the byte capacity");
-        assert!(b.push(b"ef", None, 9, 2));
-        assert!(!b.push(b"g", None, 9, 3), "over the entry capacity");
+        assert!(b.push(b"abcd", 7, 1));
+        assert!(!b.push(b"0123456789", 8, 1), "over the byte capacity");
+        assert!(b.push(b"ef", 9, 2));
+        assert!(!b.push(b"g", 9, 3), "over the entry capacity");
         assert_eq!(b.timed().map(|(_, t)| t).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(b.recv_ns, 7);
         assert_eq!(b.packets().collect::<Vec<_>>(), vec![&b"abcd"[..], &b"ef"[..]]);

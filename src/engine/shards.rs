@@ -63,11 +63,6 @@ impl Shards {
         self.shard(self.index(id)).lock().get(id).map(f)
     }
 
-    /// Forgets an amphora; returns whether it was known.
-    pub fn remove(&self, id: &Uuid) -> bool {
-        self.shard(self.index(id)).lock().remove(id).is_some()
-    }
-
     /// Total number of amphorae (locks each shard in turn).
     pub fn count(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
