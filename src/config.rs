@@ -48,6 +48,56 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[confd]`: the signed UDP query server.
+    pub confd: ConfdConfig,
+    /// `[store]`: the durable state.
+    pub store: StoreConfig,
+    /// `[liveness]`: Octavia's health manager rules.
+    pub liveness: crate::control::liveness::LivenessConfig,
+    /// `[failover]`: the failover action.
+    pub failover: crate::control::failover::FailoverConfig,
+    /// `[service]`: Cinder's lifecycle timing.
+    pub service: crate::control::LifecycleConfig,
+}
+
+/// `[confd]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfdConfig {
+    /// Serve confd at all.
+    pub enabled: bool,
+    /// UDP listen address.
+    pub addr: SocketAddr,
+    /// HMAC key files; each file's whole content is one key (Ganeti's `hmac.key`, newline
+    /// included). None: the key `insecure` (with a warning).
+    pub key_files: Vec<PathBuf>,
+    /// A Ganeti `config.data` to answer request types 0–11 from (reloaded when it changes).
+    pub config: Option<PathBuf>,
+}
+
+impl Default for ConfdConfig {
+    fn default() -> ConfdConfig {
+        ConfdConfig {
+            enabled: true,
+            addr: SocketAddr::from(([127, 0, 0, 1], crate::confd::proto::DEFAULT_PORT)),
+            key_files: Vec::new(),
+            config: None,
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The data directory (created if missing).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig { data_dir: PathBuf::from("heartsink-data") }
+    }
 }
 
 /// `[heartbeat]`.
@@ -168,6 +218,16 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--confd-addr`.
+    pub confd_addr: Option<SocketAddr>,
+    /// `--confd-key-file`, repeatable.
+    pub confd_key_files: Vec<PathBuf>,
+    /// `--confd-config`.
+    pub confd_config: Option<PathBuf>,
+    /// `--no-confd`.
+    pub no_confd: bool,
 }
 
 impl Config {
@@ -205,6 +265,21 @@ impl Config {
         if let Some(l) = &o.log_level {
             c.log.level = l.clone();
         }
+        if let Some(d) = &o.data_dir {
+            c.store.data_dir = d.clone();
+        }
+        if let Some(a) = o.confd_addr {
+            c.confd.addr = a;
+        }
+        if !o.confd_key_files.is_empty() {
+            c.confd.key_files = o.confd_key_files.clone();
+        }
+        if let Some(p) = &o.confd_config {
+            c.confd.config = Some(p.clone());
+        }
+        if o.no_confd {
+            c.confd.enabled = false;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -221,6 +296,9 @@ impl Config {
         check((1..=1024).contains(&h.recv_batch), "heartbeat.recv_batch must be in 1..=1024")?;
         check((1..=65536).contains(&h.shards), "heartbeat.shards must be in 1..=65536")?;
         check(h.rcvbuf <= (1 << 30), "heartbeat.rcvbuf must be at most 1 GiB")?;
+        self.liveness.validate().map_err(ConfigError::Invalid)?;
+        self.failover.validate().map_err(ConfigError::Invalid)?;
+        self.service.clone().validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -249,7 +327,37 @@ impl Config {
         Settings {
             max_inflated: self.heartbeat.max_inflated,
             restart_gap_ns: self.heartbeat.restart_gap_ms.saturating_mul(1_000_000),
+            max_delay_ns: self.liveness.max_delay_ns(),
         }
+    }
+
+    /// The control thread's settings.
+    pub fn control(&self) -> crate::control::ControlConfig {
+        crate::control::ControlConfig {
+            liveness: self.liveness.clone(),
+            failover: self.failover.clone(),
+            lifecycle: self.service.clone(),
+            data_dir: Some(self.store.data_dir.clone()),
+            seed: rand::random(),
+        }
+    }
+
+    /// The confd keys: each key file's whole content; none configured gives `insecure` (the
+    /// caller warns).
+    pub fn confd_keys(&self) -> Result<(Vec<Vec<u8>>, bool), ConfigError> {
+        if self.confd.key_files.is_empty() {
+            return Ok((vec![INSECURE_DEFAULT_KEY.as_bytes().to_vec()], true));
+        }
+        self.confd
+            .key_files
+            .iter()
+            .map(|f| match std::fs::read(f) {
+                Ok(k) if !k.is_empty() => Ok(k),
+                Ok(_) => Err(ConfigError::Invalid(format!("confd key file {} is empty", f.display()))),
+                Err(e) => Err(ConfigError::Read(f.clone(), e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|k| (k, false))
     }
 
     /// The engine configuration with `keyring`.
@@ -270,6 +378,9 @@ impl Config {
             inflate: h.inflate,
             settings: self.settings(),
             keyring,
+            control: self.control(),
+            confd_addr: self.confd.enabled.then_some(self.confd.addr),
+            confd: d.confd,
         }
     }
 }

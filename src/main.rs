@@ -235,6 +235,21 @@ struct ServeCli {
     /// Log filter, e.g. info or heartsink=debug.
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Data directory of the durable state (default ./heartsink-data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// confd UDP address, IP:PORT (default 127.0.0.1:1814; port 0: any free port).
+    #[arg(long, value_name = "IP:PORT")]
+    confd_addr: Option<SocketAddr>,
+    /// confd HMAC key file: its raw bytes, trailing newline included, are the key (repeatable).
+    #[arg(long = "confd-key-file", value_name = "FILE")]
+    confd_key_files: Vec<PathBuf>,
+    /// A Ganeti config.data to answer confd request types 0–11 from.
+    #[arg(long, value_name = "FILE")]
+    confd_config: Option<PathBuf>,
+    /// Do not serve confd.
+    #[arg(long)]
+    no_confd: bool,
 }
 
 fn main() -> ExitCode {
@@ -253,6 +268,11 @@ fn main() -> ExitCode {
                     rcvbuf: s.rcvbuf,
                     log_format: s.log_format,
                     log_level: s.log_level,
+                    data_dir: s.data_dir,
+                    confd_addr: s.confd_addr,
+                    confd_key_files: s.confd_key_files,
+                    confd_config: s.confd_config,
+                    no_confd: s.no_confd,
                 },
             };
             match serve::run(&args) {

@@ -6,7 +6,8 @@
 //! and swaps the keyring and reloadable settings atomically (no packet is lost: a batch uses
 //! one keyring, the next batch the new one); settings that need new sockets or threads are
 //! reported as needing a restart. SIGTERM or SIGINT stop gracefully: stop receiving after one
-//! last drain of the socket buffer, apply everything already received, exit 0.
+//! last drain of the socket buffer, apply everything already received, flush the durable state,
+//! exit 0; a stop that takes longer than `service.graceful_shutdown_timeout` exits 1.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::api::{AdminServer, ApiContext, KeysInfo};
+use crate::confd::proto::HmacKey;
+use crate::confd::server::ConfdState;
 use crate::config::{Config, LogFormat, Overrides};
 use crate::engine::{Engine, SystemClock};
 use crate::proto::keyring::Keyring;
@@ -60,11 +63,25 @@ fn load_keyring(cfg: &Config, generation: u64) -> Result<(Keyring, bool), crate:
     Ok((Keyring::from_strs(&keys, generation), insecure))
 }
 
+fn load_confd(cfg: &Config) -> Result<ConfdState, Box<dyn std::error::Error>> {
+    let (keys, insecure) = cfg.confd_keys()?;
+    if insecure && cfg.confd.enabled {
+        tracing::warn!(
+            "no confd key file configured: using the insecure default key \"insecure\"; set --confd-key-file"
+        );
+    }
+    let keys = keys.iter().map(|k| HmacKey::new(k)).collect();
+    Ok(ConfdState::load(keys, cfg.confd.config.clone())?)
+}
+
 #[derive(serde::Serialize)]
 struct Listening {
     event: &'static str,
     heartbeat: String,
     admin: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confd: Option<String>,
+    data_dir: String,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -74,7 +91,9 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     init_logging(&cfg);
     let (keyring, insecure) = load_keyring(&cfg, 0)?;
     let info = keys_info(&keyring, insecure);
-    let engine = Engine::start(cfg.engine(keyring), Arc::new(SystemClock))?;
+    let mut ecfg = cfg.engine(keyring);
+    ecfg.confd = Arc::new(load_confd(&cfg)?);
+    let engine = Engine::start(ecfg, Arc::new(SystemClock))?;
     let ctx = Arc::new(ApiContext { engine: engine.shared().clone(), keys: arc_swap::ArcSwap::from_pointee(info) });
     let admin = AdminServer::start(cfg.admin.addr, ctx.clone())?;
 
@@ -82,6 +101,8 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         event: "listening",
         heartbeat: engine.local_addr().to_string(),
         admin: admin.local_addr().to_string(),
+        confd: engine.confd_addr().map(|a| a.to_string()),
+        data_dir: cfg.store.data_dir.display().to_string(),
     };
     {
         use std::io::Write;
@@ -125,6 +146,8 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                     ("heartbeat.rcvbuf", new.heartbeat.rcvbuf != cfg.heartbeat.rcvbuf),
                     ("heartbeat.max_datagram", new.heartbeat.max_datagram != cfg.heartbeat.max_datagram),
                     ("log", new.log != cfg.log),
+                    ("confd.addr", new.confd.addr != cfg.confd.addr || new.confd.enabled != cfg.confd.enabled),
+                    ("store.data_dir", new.store.data_dir != cfg.store.data_dir),
                 ]
                 .into_iter()
                 .filter_map(|(name, changed)| changed.then_some(name))
@@ -133,13 +156,27 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                     tracing::warn!(settings = ?restart_needed, "changed settings take effect only after a restart");
                 }
                 let info = keys_info(&keyring, insecure);
-                engine.reload(keyring, new.settings());
+                match load_confd(&new) {
+                    Ok(state) => engine.reload_confd(state),
+                    Err(e) => tracing::error!(error = %e, "confd keys or configuration not reloaded"),
+                }
+                engine.reload(keyring, new.settings(), new.control());
                 tracing::info!(generation, keys = ?info.fingerprints, "reloaded");
                 ctx.keys.store(Arc::new(info));
                 cfg = new;
             }
             Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
         }
+    }
+    // Graceful stop, bounded by graceful_shutdown_timeout (oslo: alarm, then _exit(1)).
+    let limit = cfg.service.graceful_shutdown_timeout;
+    if limit > 0.0 {
+        let limit = std::time::Duration::from_secs_f64(limit);
+        std::thread::Builder::new().name("stop-timer".into()).spawn(move || {
+            std::thread::sleep(limit);
+            tracing::error!(timeout_s = limit.as_secs_f64(), "graceful stop took too long; exiting");
+            std::process::exit(1);
+        })?;
     }
     admin.stop();
     let t = engine.shutdown();

@@ -80,6 +80,62 @@ impl Collector for EngineCollector {
             }
         }
         gauge(&mut enc, "heartsink_amphorae", "Amphorae known.", e.amphora_count() as f64)?;
+        let snap = e.snapshot.load();
+        gauge(
+            &mut enc,
+            "heartsink_amphorae_stale",
+            "Amphorae without a liveness refresh for heartbeat_timeout.",
+            snap.down.len() as f64,
+        )?;
+        {
+            let g = ConstGauge::new(0i64);
+            let mut m = enc.encode_descriptor(
+                "heartsink_failovers_suspended",
+                "1 while automatic failovers are suspended for this reason.",
+                None,
+                g.metric_type(),
+            )?;
+            for label in crate::control::liveness::SuspendReason::LABELS {
+                let on = snap.suspended.iter().any(|s| s.label() == label);
+                ConstGauge::new(i64::from(on)).encode(m.encode_family(&[("reason", label)])?)?;
+            }
+        }
+        {
+            let g = ConstGauge::new(0i64);
+            let mut m =
+                enc.encode_descriptor("heartsink_failovers", "Failover records, by state.", None, g.metric_type())?;
+            for (st, n) in crate::control::failover::FailoverState::ALL.iter().zip(snap.failover_counts) {
+                ConstGauge::new(n as i64).encode(m.encode_family(&[("state", st.as_str())])?)?;
+            }
+        }
+        {
+            let sum = |f: &dyn Fn(&crate::engine::WorkerCounters) -> u64| e.workers.iter().map(|w| f(w)).sum::<u64>();
+            counter(
+                &mut enc,
+                "heartsink_confd_requests",
+                "confd requests received.",
+                sum(&|w| w.confd_requests.load(r)),
+            )?;
+            counter(&mut enc, "heartsink_confd_replies", "confd replies sent.", sum(&|w| w.confd_replies.load(r)))?;
+            let c = ConstCounter::new(0u64);
+            let mut m = enc.encode_descriptor(
+                "heartsink_confd_drops",
+                "confd requests dropped, by reason.",
+                None,
+                c.metric_type(),
+            )?;
+            for (i, reason) in crate::confd::proto::RequestError::ALL.iter().enumerate() {
+                ConstCounter::new(sum(&|w| w.confd_drops[i].load(r)))
+                    .encode(m.encode_family(&[("reason", reason.label())])?)?;
+            }
+        }
+        let now = crate::engine::Clock::now_ns(&*e.pipeline.clock);
+        gauge(
+            &mut enc,
+            "heartsink_control_tick_age_seconds",
+            "Seconds since the control thread's last tick.",
+            now.saturating_sub(e.last_tick_ns.load(r)) as f64 / 1e9,
+        )?;
         gauge(
             &mut enc,
             "heartsink_rcvbuf_bytes",

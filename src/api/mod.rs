@@ -5,8 +5,13 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /healthz` | `200 {"status":"ok"}`, or `503` when the control thread missed its ticks |
-//! | `GET /v1/amphorae?limit=&marker=` | ids in order with last seen and operating status; `next_marker` when more |
+//! | `GET /v1/amphorae?limit=&marker=` | ids in order with operating status and liveness; `next_marker` when more |
 //! | `GET /v1/amphorae/{id}` | the whole health and stats model of one amphora; `404` if unknown |
+//! | `PATCH /v1/amphorae/{id}` | `{"expected_listeners": n\|null, "load_balancer": id\|null}` |
+//! | `DELETE /v1/amphorae/{id}` | forget the amphora (it is new again if it beats) |
+//! | `POST /v1/amphorae/{id}/failover` | start a manual failover; `409` while one is running |
+//! | `GET /v1/failovers?limit=&marker=` | failover records in id order |
+//! | `GET /v1/failovers/{id}` | one record |
 //! | `GET /v1/stats` | received, accepted, dropped by reason, kernel drops, receive buffer, per-worker rates, ring fill |
 //! | `GET /v1/latency` | raw counts of the send-to-applied latency histogram (for interval differences) |
 //! | `GET /metrics` | the same counters as OpenMetrics text |
@@ -24,6 +29,7 @@ use serde::Serialize;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
+use crate::control::Command;
 use crate::engine::{histogram, DropReason, Shared};
 use crate::proto::octavia::Uuid;
 use crate::state::{AmphoraState, OperatingStatus};
@@ -77,8 +83,8 @@ impl AdminServer {
         let s = server.clone();
         let handle = std::thread::Builder::new().name("admin".into()).spawn(move || {
             let registry = metrics::registry(ctx.clone());
-            for req in s.incoming_requests() {
-                let resp = route(&ctx, &registry, &req);
+            for mut req in s.incoming_requests() {
+                let resp = route(&ctx, &registry, &mut req);
                 if let Err(e) = req.respond(resp) {
                     tracing::debug!(error = %e, "admin response not sent");
                 }
@@ -114,15 +120,79 @@ fn error(status: u16, message: &str) -> Resp {
     json_response(status, &json!({ "error": message, "status": status }))
 }
 
-fn route(ctx: &ApiContext, registry: &prometheus_client::registry::Registry, req: &Request) -> Resp {
-    let url = req.url();
-    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+/// Largest request body accepted, bytes.
+pub const MAX_BODY: u64 = 1 << 20;
+
+fn read_json(req: &mut Request) -> Result<serde_json::Value, Resp> {
+    let mut body = Vec::new();
+    use std::io::Read;
+    if let Err(e) = req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body) {
+        return Err(error(400, &format!("cannot read the body: {e}")));
+    }
+    if body.len() as u64 > MAX_BODY {
+        return Err(error(413, "body too large"));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(&body).map_err(|e| error(400, &format!("body is not JSON: {e}")))
+}
+
+fn command_response(r: crate::control::CommandResult, ok: u16) -> Resp {
+    use crate::control::CommandError;
+    match r {
+        Ok(v) => json_response(ok, &v),
+        Err(e @ CommandError::NotFound(_)) => error(404, &e.to_string()),
+        Err(e @ CommandError::Invalid(_)) => error(400, &e.to_string()),
+        Err(e @ CommandError::Conflict(_)) => error(409, &e.to_string()),
+        Err(e @ (CommandError::Store(_) | CommandError::Unavailable)) => error(503, &e.to_string()),
+    }
+}
+
+fn parse_amphora_id(id: &str) -> Result<Uuid, Resp> {
+    Uuid::try_parse(id).map_err(|_| error(404, &format!("no amphora {id:?} (not a UUID)")))
+}
+
+fn route(ctx: &ApiContext, registry: &prometheus_client::registry::Registry, req: &mut Request) -> Resp {
+    let url = req.url().to_owned();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let get = *req.method() == Method::Get;
+    let method = req.method().clone();
+    let get = method == Method::Get;
     match segments.as_slice() {
         ["healthz"] if get => healthz(ctx),
         ["v1", "amphorae"] if get => list_amphorae(ctx, query),
         ["v1", "amphorae", id] if get => show_amphora(ctx, id),
+        ["v1", "amphorae", id] if method == Method::Delete => match parse_amphora_id(id) {
+            Ok(u) => command_response(ctx.engine.call(Command::Forget(u)), 200),
+            Err(r) => r,
+        },
+        ["v1", "amphorae", id] if method == Method::Patch || method == Method::Put => {
+            let u = match parse_amphora_id(id) {
+                Ok(u) => u,
+                Err(r) => return r,
+            };
+            let body = match read_json(req) {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            match configure_command(u, &body) {
+                Ok(c) => command_response(ctx.engine.call(c), 200),
+                Err(m) => error(400, &m),
+            }
+        }
+        ["v1", "amphorae", id, "failover"] if method == Method::Post => match parse_amphora_id(id) {
+            Ok(u) => command_response(ctx.engine.call(Command::Failover(u)), 202),
+            Err(r) => r,
+        },
+        ["v1", "failovers"] if get => match paging::<u64>(query) {
+            Ok((marker, limit)) => command_response(ctx.engine.call(Command::Failovers { marker, limit }), 200),
+            Err(r) => r,
+        },
+        ["v1", "failovers", id] if get => match id.parse::<u64>() {
+            Ok(n) => command_response(ctx.engine.call(Command::FailoverRecord(n)), 200),
+            Err(_) => error(404, &format!("no failover record {id:?}")),
+        },
         ["v1", "stats"] if get => json_response(200, &stats(ctx)),
         ["v1", "latency"] if get => json_response(
             200,
@@ -135,6 +205,9 @@ fn route(ctx: &ApiContext, registry: &prometheus_client::registry::Registry, req
         ["healthz"]
         | ["v1", "amphorae"]
         | ["v1", "amphorae", _]
+        | ["v1", "amphorae", _, "failover"]
+        | ["v1", "failovers"]
+        | ["v1", "failovers", _]
         | ["v1", "stats"]
         | ["v1", "latency"]
         | ["metrics"] => error(405, "method not allowed"),
@@ -160,45 +233,91 @@ fn rfc3339(ns: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
 }
 
-#[derive(Serialize)]
-struct ListItem {
-    id: Uuid,
-    last_seen: String,
-    operating_status: OperatingStatus,
+fn configure_command(id: Uuid, body: &serde_json::Value) -> Result<Command, String> {
+    let Some(obj) = body.as_object() else { return Err("body must be a JSON object".into()) };
+    let mut expected_listeners = None;
+    let mut load_balancer = None;
+    for (k, v) in obj {
+        match k.as_str() {
+            "expected_listeners" => {
+                expected_listeners = Some(match v {
+                    serde_json::Value::Null => None,
+                    v => Some(
+                        v.as_u64()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .ok_or("expected_listeners must be a non-negative integer or null")?,
+                    ),
+                })
+            }
+            "load_balancer" => {
+                load_balancer = Some(match v {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(s) => {
+                        Some(Uuid::try_parse(s).map_err(|_| "load_balancer must be a UUID or null".to_owned())?)
+                    }
+                    _ => return Err("load_balancer must be a UUID or null".into()),
+                })
+            }
+            other => return Err(format!("unknown field {other:?}; expected_listeners, load_balancer")),
+        }
+    }
+    Ok(Command::Configure { id, expected_listeners, load_balancer })
 }
 
-fn list_amphorae(ctx: &ApiContext, query: &str) -> Resp {
+/// `limit` and `marker` of a list request.
+fn paging<M: std::str::FromStr>(query: &str) -> Result<(Option<M>, usize), Resp> {
     let mut limit = DEFAULT_LIMIT;
     let mut marker = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
             "limit" => match v.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
-                _ => return error(400, &format!("limit must be an integer in 1..={MAX_LIMIT}")),
+                _ => return Err(error(400, &format!("limit must be an integer in 1..={MAX_LIMIT}"))),
             },
-            "marker" => match Uuid::try_parse(&v) {
+            "marker" => match v.parse::<M>() {
                 Ok(u) => marker = Some(u),
-                Err(_) => return error(400, "marker must be an amphora id"),
+                Err(_) => return Err(error(400, "marker is not an id of this list")),
             },
-            _ => return error(400, &format!("unknown query parameter {k:?}")),
+            _ => return Err(error(400, &format!("unknown query parameter {k:?}"))),
         }
     }
-    let shards = &ctx.engine.pipeline.shards;
-    let ids = ctx.engine.list(marker, limit + 1);
-    let more = ids.len() > limit;
-    let items: Vec<ListItem> = ids
+    Ok((marker, limit))
+}
+
+#[derive(Serialize)]
+struct ListItem {
+    id: Uuid,
+    operating_status: OperatingStatus,
+    liveness: crate::control::liveness::Live,
+    last_refresh: String,
+    load_balancer: Option<Uuid>,
+    failover: Option<serde_json::Value>,
+}
+
+fn list_amphorae(ctx: &ApiContext, query: &str) -> Resp {
+    let (marker, limit) = match paging::<Uuid>(query) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    use std::ops::Bound;
+    let snap = ctx.engine.snapshot.load();
+    let lower = marker.map_or(Bound::Unbounded, Bound::Excluded);
+    let page: Vec<_> = snap.amphorae.range((lower, Bound::Unbounded)).take(limit + 1).collect();
+    let more = page.len() > limit;
+    let items: Vec<ListItem> = page
         .iter()
         .take(limit)
-        .filter_map(|id| {
-            shards.with(id, |s| ListItem {
-                id: *id,
-                last_seen: rfc3339(s.last_seen_ns),
-                operating_status: s.operating_status,
-            })
+        .map(|(id, h)| ListItem {
+            id: **id,
+            operating_status: h.operating_status,
+            liveness: h.liveness,
+            last_refresh: rfc3339(h.last_refresh_ns),
+            load_balancer: h.load_balancer,
+            failover: h.failover.map(|(r, st)| json!({"id": r, "state": st.as_str()})),
         })
         .collect();
     let next = if more { items.last().map(|i| i.id) } else { None };
-    json_response(200, &json!({ "amphorae": items, "next_marker": next }))
+    json_response(200, &json!({ "amphorae": items, "next_marker": next, "generation": snap.generation }))
 }
 
 #[derive(Serialize)]
@@ -207,6 +326,9 @@ struct AmphoraView<'a> {
     first_seen: String,
     last_seen: String,
     last_seen_age_s: f64,
+    liveness: Option<crate::control::liveness::Live>,
+    load_balancer: Option<Uuid>,
+    failover: Option<serde_json::Value>,
     #[serde(flatten)]
     state: &'a AmphoraState,
 }
@@ -218,6 +340,8 @@ fn show_amphora(ctx: &ApiContext, id: &str) -> Resp {
     match ctx.engine.pipeline.shards.get(&uuid) {
         Some(state) => {
             let now = crate::engine::Clock::now_ns(&*ctx.engine.pipeline.clock);
+            let snap = ctx.engine.snapshot.load();
+            let h = snap.amphorae.get(&uuid);
             json_response(
                 200,
                 &AmphoraView {
@@ -225,6 +349,9 @@ fn show_amphora(ctx: &ApiContext, id: &str) -> Resp {
                     first_seen: rfc3339(state.first_seen_ns),
                     last_seen: rfc3339(state.last_seen_ns),
                     last_seen_age_s: now.saturating_sub(state.last_seen_ns) as f64 / 1e9,
+                    liveness: h.map(|h| h.liveness),
+                    load_balancer: h.and_then(|h| h.load_balancer),
+                    failover: h.and_then(|h| h.failover).map(|(r, st)| json!({"id": r, "state": st.as_str()})),
                     state: &state,
                 },
             )
@@ -265,6 +392,7 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
             .map(|(i, x)| {
                 json!({
                     "rx": i,
+                    "socket": if e.rx_kinds.get(i) == Some(&crate::engine::BatchKind::Confd) { "confd" } else { "heartbeat" },
                     "packets": x.packets.load(r),
                     "bytes": x.bytes.load(r),
                     "recv_calls": x.recv_calls.load(r),
@@ -291,10 +419,51 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
         "workers": workers,
         "rx": rx,
         "keys": &**ctx.keys.load(),
+        "liveness": liveness_stats(ctx),
+        "confd": confd_stats(ctx),
         "uptime_s": e.started.elapsed().as_secs_f64(),
         "latency_us": {
             "receive_to_applied": summary(&e.rx_latency_counts()),
             "send_to_applied": summary(&e.latency_counts()),
         },
+    })
+}
+
+fn liveness_stats(ctx: &ApiContext) -> serde_json::Value {
+    let snap = ctx.engine.snapshot.load();
+    let failovers: serde_json::Map<String, serde_json::Value> = crate::control::failover::FailoverState::ALL
+        .iter()
+        .zip(snap.failover_counts)
+        .map(|(s, n)| (s.as_str().to_owned(), json!(n)))
+        .collect();
+    json!({
+        "tracked": snap.amphorae.len(),
+        "stale": snap.down.len(),
+        "failovers_suspended": !snap.suspended.is_empty(),
+        "suspended": snap.suspended,
+        "failovers": failovers,
+        "generation": snap.generation,
+        "tasks": snap.tasks,
+        "store": snap.store,
+    })
+}
+
+fn confd_stats(ctx: &ApiContext) -> serde_json::Value {
+    let r = Ordering::Relaxed;
+    let e = &ctx.engine;
+    let sum = |f: &dyn Fn(&crate::engine::WorkerCounters) -> u64| e.workers.iter().map(|w| f(w)).sum::<u64>();
+    let drops: serde_json::Map<String, serde_json::Value> = crate::confd::proto::RequestError::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, reason)| (reason.label().to_owned(), json!(sum(&|w| w.confd_drops[i].load(r)))))
+        .collect();
+    let state = e.confd.load();
+    json!({
+        "requests": sum(&|w| w.confd_requests.load(r)),
+        "replies": sum(&|w| w.confd_replies.load(r)),
+        "send_errors": sum(&|w| w.confd_send_errors.load(r)),
+        "dropped": drops,
+        "keys": state.keys.len(),
+        "config_serial": state.index.as_ref().map(|i| i.serial_no()),
     })
 }

@@ -19,7 +19,7 @@ pub const EXIT_TIMEOUT: u8 = 3;
 pub const EXIT_INCONSISTENT: u8 = 4;
 
 /// The names `TYPE` accepts (numbers work too).
-pub const TYPE_NAMES: [(&str, RequestType); 12] = [
+pub const TYPE_NAMES: [(&str, RequestType); 16] = [
     ("ping", RequestType::Ping),
     ("node-role-by-name", RequestType::NodeRoleByName),
     ("node-pip-by-instance-ip", RequestType::NodePipByInstanceIp),
@@ -32,6 +32,10 @@ pub const TYPE_NAMES: [(&str, RequestType); 12] = [
     ("instance-disks", RequestType::InstanceDisks),
     ("config-query", RequestType::ConfigQuery),
     ("data-collectors", RequestType::DataCollectors),
+    ("amphora-health", RequestType::AmphoraHealth),
+    ("lb-status", RequestType::LbStatus),
+    ("down-senders", RequestType::DownSenders),
+    ("engine-counters", RequestType::EngineCounters),
 ];
 
 /// Parses `TYPE`: a name of [`TYPE_NAMES`] or a number.
@@ -41,7 +45,7 @@ pub fn parse_type(s: &str) -> Result<RequestType, String> {
     }
     TYPE_NAMES.iter().find(|(n, _)| *n == s).map(|(_, t)| *t).ok_or_else(|| {
         let names: Vec<&str> = TYPE_NAMES.iter().map(|(n, _)| *n).collect();
-        format!("unknown request type {s:?}; one of {} or 0–11", names.join(", "))
+        format!("unknown request type {s:?}; one of {} or 0–11, 100–103", names.join(", "))
     })
 }
 

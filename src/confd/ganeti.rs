@@ -643,6 +643,11 @@ impl ConfigIndex {
                 }
             }
             RequestType::DataCollectors => Reply::ok(self.data_collectors.clone(), cs),
+            // heartsink's own types are answered from the live snapshot (`confd::server`).
+            RequestType::AmphoraHealth
+            | RequestType::LbStatus
+            | RequestType::DownSenders
+            | RequestType::EngineCounters => Reply::error(ERROR_ARGUMENT),
         }
     }
 }

@@ -18,3 +18,4 @@ pub mod client;
 pub mod ganeti;
 mod json;
 pub mod proto;
+pub mod server;

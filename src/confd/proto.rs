@@ -141,6 +141,15 @@ pub enum RequestType {
     ConfigQuery = 10,
     /// 11: the data collectors' state.
     DataCollectors = 11,
+    /// 100 (heartsink): the health of one amphora; query: its id.
+    AmphoraHealth = 100,
+    /// 101 (heartsink): a load balancer's rolled-up status; query: its id (or an amphora id).
+    LbStatus = 101,
+    /// 102 (heartsink): the senders currently down (stale); query: none, or the last id of the
+    /// previous page.
+    DownSenders = 102,
+    /// 103 (heartsink): the engine's counters.
+    EngineCounters = 103,
 }
 
 impl RequestType {
@@ -160,9 +169,22 @@ impl RequestType {
         RequestType::DataCollectors,
     ];
 
+    /// heartsink's own types (numbered above Ganeti's range), in number order.
+    pub const HEARTSINK: [RequestType; 4] =
+        [RequestType::AmphoraHealth, RequestType::LbStatus, RequestType::DownSenders, RequestType::EngineCounters];
+
     /// The type with this wire number.
     pub fn from_number(n: i64) -> Option<Self> {
-        usize::try_from(n).ok().and_then(|i| Self::ALL.get(i)).copied()
+        usize::try_from(n)
+            .ok()
+            .and_then(|i| Self::ALL.get(i))
+            .or_else(|| Self::HEARTSINK.iter().find(|t| t.number() == n))
+            .copied()
+    }
+
+    /// True for heartsink's own types.
+    pub fn is_heartsink(self) -> bool {
+        self as u8 >= 100
     }
 
     /// The wire number.
@@ -290,7 +312,7 @@ pub enum RequestError {
     /// `msg` verified but is not JSON in the daemon's dialect.
     MsgNotJson,
     /// `msg` is JSON of the wrong shape: a key outside `protocol, type, query, rsalt`, a missing
-    /// one, a type outside 0–11, a number query, unknown dict-query keys or field ids.
+    /// one, a type outside 0–11 and heartsink's 100–103, a number query, unknown dict-query keys or field ids.
     BadRequest,
     /// A `\uD800`–`\uDFFF` escape. The daemon reads each half as a character of its own and
     /// answers with bytes no client can decode; heartsink drops it.

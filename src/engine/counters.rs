@@ -35,6 +35,9 @@ pub enum DropReason {
     Replay,
     /// [`SeqError::Stale`].
     Stale,
+    /// Applied later than `heartbeat_interval` after it was received (Octavia's processing-delay
+    /// rule): the workers are far behind; a heartbeat this old must not refresh liveness.
+    Late,
     /// The datagram was larger than `max_datagram` and the kernel truncated it.
     Truncated,
     /// The worker's ring was full (the workers are behind): the packet never reached a worker.
@@ -43,7 +46,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
     /// Every reason, in label order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::TooShort,
@@ -56,6 +59,7 @@ impl DropReason {
         DropReason::BadSchema,
         DropReason::Replay,
         DropReason::Stale,
+        DropReason::Late,
         DropReason::Truncated,
         DropReason::RingFull,
     ];
@@ -73,6 +77,7 @@ impl DropReason {
             DropReason::BadSchema => "bad_schema",
             DropReason::Replay => "replay",
             DropReason::Stale => "stale",
+            DropReason::Late => "late",
             DropReason::Truncated => "truncated",
             DropReason::RingFull => "ring_full",
         }
@@ -138,6 +143,8 @@ pub struct BatchTally {
     pub restarts: u64,
     /// Amphorae seen for the first time.
     pub new_senders: u64,
+    /// Heartbeats applied whose listener count was not the expected one (liveness not refreshed).
+    pub listener_count_mismatches: u64,
 }
 
 impl BatchTally {
@@ -163,6 +170,16 @@ pub struct WorkerCounters {
     pub restarts: AtomicU64,
     /// Amphorae seen for the first time.
     pub new_senders: AtomicU64,
+    /// Heartbeats applied whose listener count was not the expected one.
+    pub listener_count_mismatches: AtomicU64,
+    /// confd requests taken from the ring.
+    pub confd_requests: AtomicU64,
+    /// confd replies sent.
+    pub confd_replies: AtomicU64,
+    /// confd replies that could not be sent (socket buffer full, network error).
+    pub confd_send_errors: AtomicU64,
+    /// confd requests dropped, by [`crate::confd::proto::RequestError::ALL`] index.
+    pub confd_drops: [AtomicU64; 11],
     /// Send-to-applied latency (ns) of heartbeats carrying the load generator's `hs_sent_ns`.
     pub latency: super::histogram::Histogram,
     /// Receive-to-applied latency (ns): the kernel's receive timestamp to the end of the batch
@@ -182,6 +199,7 @@ impl WorkerCounters {
         bump(&self.batches, 1);
         bump(&self.restarts, t.restarts);
         bump(&self.new_senders, t.new_senders);
+        bump(&self.listener_count_mismatches, t.listener_count_mismatches);
     }
 }
 

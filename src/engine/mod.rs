@@ -20,7 +20,6 @@ pub mod pipeline;
 pub mod ring;
 pub mod shards;
 
-use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::io;
 use std::net::SocketAddr;
@@ -30,22 +29,21 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use crossbeam::queue::ArrayQueue;
-use parking_lot::RwLock;
 use rustc_hash::FxBuildHasher;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use counters::{BatchTally, DropReason, RxCounters, WorkerCounters};
 pub use pipeline::{Change, Pipeline, PipelineShared, Settings};
-pub use ring::Batch;
+pub use ring::{Batch, BatchKind};
 pub use shards::Shards;
 
+use crate::control::{Command, Control, Envelope, Snapshot};
 use crate::io::{bind_udp, RecvBatch};
 use crate::proto::inflate::Backend;
 use crate::proto::keyring::Keyring;
 use crate::proto::octavia::Uuid;
-use crate::state::OperatingStatus;
 
 /// How the engine is built. Fields a reload can change live in [`Settings`] and the keyring.
 #[derive(Clone, Debug)]
@@ -76,6 +74,12 @@ pub struct EngineConfig {
     pub settings: Settings,
     /// Accepted keys.
     pub keyring: Keyring,
+    /// The control thread's settings.
+    pub control: crate::control::ControlConfig,
+    /// confd UDP address (`None`: no confd socket).
+    pub confd_addr: Option<SocketAddr>,
+    /// confd keys and configuration.
+    pub confd: Arc<crate::confd::server::ConfdState>,
 }
 
 impl Default for EngineConfig {
@@ -94,6 +98,9 @@ impl Default for EngineConfig {
             inflate: Backend::default(),
             settings: Settings::default(),
             keyring: Keyring::from_strs(&[crate::proto::keyring::INSECURE_DEFAULT_KEY], 0),
+            control: crate::control::ControlConfig::default(),
+            confd_addr: None,
+            confd: Arc::new(crate::confd::server::ConfdState::default()),
         }
     }
 }
@@ -128,10 +135,16 @@ pub struct Shared {
     pub workers: Vec<Arc<WorkerCounters>>,
     /// Per-rx-thread counters.
     pub rx: Vec<Arc<RxCounters>>,
+    /// What each rx thread receives (heartbeat sockets first, then confd).
+    pub rx_kinds: Vec<BatchKind>,
     rings: Vec<Receiver<Box<Batch>>>,
     ring_batches: usize,
-    /// Known amphora ids in order, maintained by the control thread from the change log.
-    pub index: RwLock<BTreeSet<Uuid>>,
+    /// The control thread's latest published view of the fleet.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Commands to the control thread (admin API).
+    pub commands: Sender<Envelope>,
+    /// confd keys and Ganeti configuration (swapped on reload).
+    pub confd: ArcSwap<crate::confd::server::ConfdState>,
     /// Socket buffer information (of the first socket).
     pub rcvbuf: RcvBufInfo,
     /// Latest rates.
@@ -194,7 +207,11 @@ impl Shared {
                 *d += c.load(r);
             }
         }
-        for x in &self.rx {
+        for (x, kind) in self.rx.iter().zip(&self.rx_kinds) {
+            if *kind == BatchKind::Confd {
+                // confd requests are counted by the workers' confd counters.
+                continue;
+            }
             t.received += x.packets.load(r);
             t.drops[DropReason::Truncated as usize] += x.truncated.load(r);
             t.drops[DropReason::RingFull as usize] += x.ring_full.load(r);
@@ -228,17 +245,22 @@ impl Shared {
         (self.rings.iter().map(|r| r.len()).collect(), self.ring_batches)
     }
 
-    /// Number of known amphorae.
+    /// Number of known amphorae (as of the latest snapshot).
     pub fn amphora_count(&self) -> usize {
-        self.index.read().len()
+        self.snapshot.load().amphorae.len()
     }
 
-    /// Up to `limit` ids after `marker`, in id order.
+    /// Up to `limit` ids after `marker`, in id order (as of the latest snapshot).
     pub fn list(&self, marker: Option<Uuid>, limit: usize) -> Vec<Uuid> {
         use std::ops::Bound;
-        let index = self.index.read();
+        let snap = self.snapshot.load();
         let lower = marker.map_or(Bound::Unbounded, Bound::Excluded);
-        index.range((lower, Bound::Unbounded)).take(limit).copied().collect()
+        snap.amphorae.range((lower, Bound::Unbounded)).take(limit).map(|(id, _)| *id).collect()
+    }
+
+    /// Asks the control thread and waits for its (durable) answer.
+    pub fn call(&self, command: Command) -> crate::control::CommandResult {
+        crate::control::call(&self.commands, command)
     }
 }
 
@@ -246,6 +268,7 @@ impl Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     locals: Vec<SocketAddr>,
+    confd_local: Option<SocketAddr>,
     rx: Vec<(JoinHandle<()>, Arc<mio::Waker>)>,
     workers: Vec<JoinHandle<()>>,
     control: Option<JoinHandle<()>>,
@@ -273,12 +296,21 @@ impl Engine {
             kernel_drop_counter: first.rxq_ovfl,
         };
         let local = first.local;
-        sockets.push(first);
+        sockets.push((first, BatchKind::Heartbeat));
         for _ in 1..rx_n {
-            sockets.push(bind_udp(local, cfg.rcvbuf, true)?);
+            sockets.push((bind_udp(local, cfg.rcvbuf, true)?, BatchKind::Heartbeat));
         }
+        let mut confd_local = None;
+        let mut confd_send = None;
+        if let Some(addr) = cfg.confd_addr {
+            let bound = bind_udp(addr, 4 << 20, false)?;
+            confd_local = Some(bound.local);
+            confd_send = Some(bound.socket.try_clone()?);
+            sockets.push((bound, BatchKind::Confd));
+        }
+        let rx_total = sockets.len();
 
-        let free_n = workers_n * (cfg.ring_batches + 2) + rx_n * workers_n;
+        let free_n = workers_n * (cfg.ring_batches + 2) + rx_total * workers_n;
         let free = Arc::new(ArrayQueue::new(free_n));
         for _ in 0..free_n {
             let _ = free.push(Box::new(Batch::new(cfg.batch_packets, cfg.batch_bytes.max(cfg.max_datagram))));
@@ -291,6 +323,7 @@ impl Engine {
             ring_rx.push(rx);
         }
         let (changes_tx, changes_rx) = channel::unbounded::<Vec<Change>>();
+        let (commands_tx, commands_rx) = channel::unbounded::<Envelope>();
         let pipeline = PipelineShared {
             keyring: Arc::new(ArcSwap::from_pointee(cfg.keyring.clone())),
             settings: Arc::new(ArcSwap::from_pointee(cfg.settings.clone())),
@@ -300,10 +333,13 @@ impl Engine {
         let shared = Arc::new(Shared {
             pipeline,
             workers: (0..workers_n).map(|_| Arc::new(WorkerCounters::default())).collect(),
-            rx: (0..rx_n).map(|_| Arc::new(RxCounters::default())).collect(),
+            rx: (0..rx_total).map(|_| Arc::new(RxCounters::default())).collect(),
+            rx_kinds: sockets.iter().map(|(_, k)| *k).collect(),
             rings: ring_rx.clone(),
             ring_batches: cfg.ring_batches.max(1),
-            index: RwLock::new(BTreeSet::new()),
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            commands: commands_tx,
+            confd: ArcSwap::new(cfg.confd.clone()),
             rcvbuf,
             rates: ArcSwap::from_pointee(Rates::default()),
             started: Instant::now(),
@@ -314,6 +350,9 @@ impl Engine {
             stopping: AtomicBool::new(false),
         });
 
+        // Restores the durable state into the shards before any packet is processed.
+        let control = Control::new(shared.clone(), clock.clone(), cfg.control.clone()).map_err(io::Error::other)?;
+
         let mut workers = Vec::new();
         for (i, ring) in ring_rx.into_iter().enumerate() {
             let mut p = Pipeline::new(
@@ -323,9 +362,19 @@ impl Engine {
                 Some(changes_tx.clone()),
             );
             let free = free.clone();
+            let mut confd = match &confd_send {
+                Some(s) => Some(ConfdWorker::new(s.try_clone()?, shared.clone(), i)),
+                None => None,
+            };
             workers.push(std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || {
                 while let Ok(mut batch) = ring.recv() {
-                    p.process_timed(batch.timed(), batch.recv_ns);
+                    match (batch.kind, confd.as_mut()) {
+                        (BatchKind::Heartbeat, _) => {
+                            p.process_timed(batch.timed(), batch.recv_ns);
+                        }
+                        (BatchKind::Confd, Some(c)) => c.process(&batch),
+                        (BatchKind::Confd, None) => {}
+                    }
                     batch.clear();
                     let _ = free.push(batch);
                 }
@@ -335,8 +384,10 @@ impl Engine {
 
         let mut rx = Vec::new();
         let mut locals = Vec::new();
-        for (i, bound) in sockets.into_iter().enumerate() {
-            locals.push(bound.local);
+        for (i, (bound, kind)) in sockets.into_iter().enumerate() {
+            if kind == BatchKind::Heartbeat {
+                locals.push(bound.local);
+            }
             let poll = mio::Poll::new()?;
             let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
             let mut socket = mio::net::UdpSocket::from_std(bound.socket);
@@ -348,28 +399,39 @@ impl Engine {
                 recv: RecvBatch::new(cfg.recv_batch, cfg.max_datagram),
                 clock: clock.clone(),
                 router: Router {
+                    kind,
                     counters: shared.rx[i].clone(),
                     rings: ring_tx.clone(),
                     free: free.clone(),
                     pending: (0..workers_n).map(|_| None).collect(),
                 },
             };
-            let handle = std::thread::Builder::new().name(format!("rx-{i}")).spawn(move || ctx.run())?;
+            let name = if kind == BatchKind::Confd { "rx-confd".to_owned() } else { format!("rx-{i}") };
+            let handle = std::thread::Builder::new().name(name).spawn(move || ctx.run())?;
             rx.push((handle, waker));
         }
         drop(ring_tx);
 
-        let control_shared = shared.clone();
         let control = std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || control_loop(&control_shared, &changes_rx, &*clock))?;
+            .spawn(move || crate::control::run(control, &changes_rx, &commands_rx))?;
 
-        Ok(Engine { shared, locals, rx, workers, control: Some(control) })
+        Ok(Engine { shared, locals, confd_local, rx, workers, control: Some(control) })
     }
 
     /// The bound heartbeat address.
     pub fn local_addr(&self) -> SocketAddr {
         self.locals[0]
+    }
+
+    /// The bound confd address, when confd is served.
+    pub fn confd_addr(&self) -> Option<SocketAddr> {
+        self.confd_local
+    }
+
+    /// Swaps in new confd keys and configuration.
+    pub fn reload_confd(&self, state: crate::confd::server::ConfdState) {
+        self.shared.confd.store(Arc::new(state));
     }
 
     /// The shared state, for readers.
@@ -378,10 +440,13 @@ impl Engine {
     }
 
     /// Swaps in a new keyring and settings; packets already verified are unaffected, the next
-    /// batch uses the new ones.
-    pub fn reload(&self, keyring: Keyring, settings: Settings) {
+    /// batch uses the new ones. The control settings go to the control thread.
+    pub fn reload(&self, keyring: Keyring, settings: Settings, control: crate::control::ControlConfig) {
         self.shared.pipeline.keyring.store(Arc::new(keyring));
         self.shared.pipeline.settings.store(Arc::new(settings));
+        if let Err(e) = self.shared.call(Command::Reload(Box::new(control))) {
+            tracing::error!(error = %e, "control settings not reloaded");
+        }
     }
 
     /// Graceful stop: stop receiving after one last drain of the sockets, let the workers
@@ -413,6 +478,7 @@ struct RxThread {
 
 /// Routes datagrams into the workers' pending batches and rings.
 struct Router {
+    kind: BatchKind,
     counters: Arc<RxCounters>,
     rings: Vec<Sender<Box<Batch>>>,
     free: Arc<ArrayQueue<Box<Batch>>>,
@@ -468,7 +534,7 @@ impl RxThread {
                     continue;
                 }
                 let w = src.map_or(0, |s| FxBuildHasher.hash_one(s) as usize % workers);
-                if !self.router.place(w, data, now, rx_ns) {
+                if !self.router.place(w, data, now, rx_ns, src) {
                     ring_full += 1;
                 }
             }
@@ -513,16 +579,20 @@ impl Router {
     }
 
     /// Copies a datagram into worker `w`'s pending batch; false if it had to be dropped.
-    fn place(&mut self, w: usize, data: &[u8], now: u64, rx_ns: u64) -> bool {
+    fn place(&mut self, w: usize, data: &[u8], now: u64, rx_ns: u64, src: Option<SocketAddr>) -> bool {
         for _ in 0..2 {
             if self.pending[w].is_none() {
                 match self.free.pop() {
-                    Some(b) => self.pending[w] = Some(b),
+                    Some(mut b) => {
+                        b.kind = self.kind;
+                        self.pending[w] = Some(b)
+                    }
                     None => return false,
                 }
             }
             if let Some(b) = self.pending[w].as_mut() {
-                if b.push(data, now, rx_ns) {
+                let src = if self.kind == BatchKind::Confd { src } else { None };
+                if b.push_from(data, now, rx_ns, src) {
                     return true;
                 }
                 if b.is_empty() {
@@ -552,91 +622,60 @@ impl Router {
     }
 }
 
-/// How often the control thread ticks when no change arrives.
-const TICK: Duration = Duration::from_millis(250);
-
-fn control_loop(shared: &Shared, changes: &Receiver<Vec<Change>>, clock: &dyn Clock) {
-    let r = Ordering::Relaxed;
-    let mut last_rates = Instant::now();
-    let snapshot = |s: &Shared| {
-        (
-            s.rx.iter().map(|c| c.packets.load(r)).collect::<Vec<_>>(),
-            s.workers.iter().map(|c| c.packets.load(r)).collect::<Vec<_>>(),
-            s.workers.iter().map(|c| c.accepted.load(r)).collect::<Vec<_>>(),
-        )
-    };
-    let mut prev = snapshot(shared);
-    let mut prev_totals = shared.totals();
-    let mut last_summary = Instant::now();
-    loop {
-        let first = match changes.recv_timeout(TICK) {
-            Ok(v) => Some(v),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let tick_start = Instant::now();
-        if let Some(first) = first {
-            apply_changes(shared, std::iter::once(first).chain(changes.try_iter()));
-        }
-        shared.last_tick_ns.store(clock.now_ns(), r);
-        let elapsed = last_rates.elapsed();
-        if elapsed >= Duration::from_secs(1) {
-            let now = snapshot(shared);
-            let per_s = |a: &[u64], b: &[u64]| -> Vec<f64> {
-                a.iter().zip(b).map(|(x, y)| x.saturating_sub(*y) as f64 / elapsed.as_secs_f64()).collect()
-            };
-            shared.rates.store(Arc::new(Rates {
-                rx_pps: per_s(&now.0, &prev.0),
-                worker_pps: per_s(&now.1, &prev.1),
-                worker_accepted_pps: per_s(&now.2, &prev.2),
-            }));
-            prev = now;
-            last_rates = Instant::now();
-        }
-        if last_summary.elapsed() >= Duration::from_secs(10) {
-            let t = shared.totals();
-            let new_drops: Vec<String> = DropReason::ALL
-                .iter()
-                .filter(|d| t.drop_count(**d) > prev_totals.drop_count(**d))
-                .map(|d| format!("{}={}", d.label(), t.drop_count(*d) - prev_totals.drop_count(*d)))
-                .collect();
-            if !new_drops.is_empty() || t.kernel_drops > prev_totals.kernel_drops {
-                tracing::warn!(
-                    drops = %new_drops.join(" "),
-                    kernel_drops = t.kernel_drops - prev_totals.kernel_drops,
-                    "packets dropped in the last 10 s"
-                );
-            }
-            prev_totals = t;
-            last_summary = Instant::now();
-        }
-        let spent = tick_start.elapsed().as_nanos() as u64;
-        shared.tick_ns_last.store(spent, r);
-        shared.tick_ns_max.fetch_max(spent, r);
-    }
-    // Workers are gone: apply what they sent last.
-    apply_changes(shared, changes.try_iter());
+/// A worker's confd side: answers a batch of requests and sends the replies with `sendmmsg`.
+struct ConfdWorker {
+    socket: std::net::UdpSocket,
+    shared: Arc<Shared>,
+    send: crate::io::SendBatch,
+    out: Vec<u8>,
+    worker: usize,
 }
 
-fn apply_changes(shared: &Shared, batches: impl Iterator<Item = Vec<Change>>) {
-    let mut index = shared.index.write();
-    for batch in batches {
-        for c in batch {
-            match c {
-                Change::New(id) => {
-                    index.insert(id);
-                    tracing::debug!(amphora = %id, "new amphora");
-                }
-                Change::Status { id, from, to } => {
-                    shared.status_changes.fetch_add(1, Ordering::Relaxed);
-                    let level_up = to == OperatingStatus::Online;
-                    if level_up {
-                        tracing::debug!(amphora = %id, from = from.as_str(), to = to.as_str(), "amphora status changed");
-                    } else {
-                        tracing::info!(amphora = %id, from = from.as_str(), to = to.as_str(), "amphora status changed");
+impl ConfdWorker {
+    fn new(socket: std::net::UdpSocket, shared: Arc<Shared>, worker: usize) -> ConfdWorker {
+        ConfdWorker { socket, shared, send: crate::io::SendBatch::new(64), out: Vec::new(), worker }
+    }
+
+    fn process(&mut self, batch: &Batch) {
+        use crate::confd::proto::RequestError;
+        let state = self.shared.confd.load();
+        let snap = self.shared.snapshot.load();
+        let now = (self.shared.pipeline.clock.now_ns() / 1_000_000_000) as i64;
+        let c = self.shared.workers[self.worker].clone();
+        let mut replies = 0;
+        for (data, src) in batch.sourced() {
+            let Some(src) = src else { continue };
+            match crate::confd::server::handle(data, now, &state, &snap, &mut self.out) {
+                Ok(()) => {
+                    if self.send.is_full() {
+                        replies += self.flush();
                     }
+                    let out = &self.out;
+                    self.send.push(&src, |b| b.extend_from_slice(out));
+                }
+                Err(e) => {
+                    let i = RequestError::ALL.iter().position(|x| *x == e).unwrap_or(0);
+                    counters::bump(&c.confd_drops[i], 1);
+                    tracing::debug!(reason = e.label(), from = %src, "confd request dropped");
                 }
             }
         }
+        replies += self.flush();
+        counters::bump(&c.confd_requests, batch.len() as u64);
+        counters::bump(&c.confd_replies, replies);
+    }
+
+    fn flush(&mut self) -> u64 {
+        let queued = self.send.len() as u64;
+        let sent = match self.send.flush(&self.socket) {
+            Ok(n) => n as u64,
+            Err(e) => {
+                tracing::debug!(error = %e, "confd replies not sent");
+                0
+            }
+        };
+        self.send.clear();
+        counters::bump(&self.shared.workers[self.worker].confd_send_errors, queued.saturating_sub(sent));
+        sent
     }
 }

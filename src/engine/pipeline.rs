@@ -32,11 +32,18 @@ pub struct Settings {
     pub max_inflated: usize,
     /// The sequence window's restart gap, ns.
     pub restart_gap_ns: u64,
+    /// Octavia's processing-delay bound (`heartbeat_interval`), ns: a heartbeat applied this
+    /// long after it was received is dropped as `late`.
+    pub max_delay_ns: u64,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { max_inflated: crate::proto::inflate::DEFAULT_MAX_INFLATED, restart_gap_ns: 5_000_000_000 }
+        Settings {
+            max_inflated: crate::proto::inflate::DEFAULT_MAX_INFLATED,
+            restart_gap_ns: 5_000_000_000,
+            max_delay_ns: 10_000_000_000,
+        }
     }
 }
 
@@ -45,6 +52,8 @@ impl Default for Settings {
 pub enum Change {
     /// An amphora seen for the first time.
     New(Uuid),
+    /// A stale amphora refreshed its liveness again.
+    Revived(Uuid),
     /// An amphora's rolled-up operating status changed.
     Status {
         /// Amphora id.
@@ -164,6 +173,10 @@ impl Pipeline {
         }
         // Group by shard, keeping arrival order within a shard (so within a sender).
         self.order.sort_unstable();
+        // Octavia's processing-delay rule, against the kernel receive time when known, else the
+        // time the rx thread took the batch. One clock read per batch.
+        let now = if self.order.is_empty() { 0 } else { self.shared.clock.now_ns() };
+        let oldest_ok = now.saturating_sub(settings.max_delay_ns);
         self.sent_ns.clear();
         self.applied_rx_ns.clear();
         let mut i = 0;
@@ -176,6 +189,11 @@ impl Pipeline {
                 }
                 i += 1;
                 let hb = &self.parsed[n];
+                let received = if self.rx_ns[n] != 0 { self.rx_ns[n] } else { recv_ns };
+                if received < oldest_ok {
+                    tally.drop(DropReason::Late);
+                    continue;
+                }
                 let entry = shard.entry(hb.id);
                 let new = matches!(entry, Entry::Vacant(_));
                 let state = entry.or_insert_with(|| AmphoraState::new(recv_ns));
@@ -191,6 +209,12 @@ impl Pipeline {
                         } else if let Some((Some(from), to)) = applied.status_change {
                             self.changes.push(Change::Status { id: hb.id, from, to });
                         }
+                        if applied.revived {
+                            self.changes.push(Change::Revived(hb.id));
+                        }
+                        if applied.count_mismatch {
+                            tally.listener_count_mismatches += 1;
+                        }
                         if let Some(sent) = hb.sent_ns {
                             self.sent_ns.push(sent);
                         }
@@ -203,8 +227,7 @@ impl Pipeline {
             }
         }
         if !self.sent_ns.is_empty() || !self.applied_rx_ns.is_empty() {
-            // One clock read per batch: the batch's heartbeats are applied when it ends.
-            let now = self.shared.clock.now_ns();
+            // The batch's heartbeats count as applied at `now`, read once for the batch.
             for sent in &self.sent_ns {
                 self.counters.latency.record(now.saturating_sub(*sent));
             }

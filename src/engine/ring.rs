@@ -11,6 +11,16 @@
 //! `ring_full` and recycles it: the workers are behind, and the kernel buffer is the only
 //! other place to queue.
 
+/// What a batch carries: every datagram of a batch came from the same socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchKind {
+    /// Heartbeats (Octavia or service) from the heartbeat socket.
+    #[default]
+    Heartbeat,
+    /// confd requests from the confd socket (answered to their source).
+    Confd,
+}
+
 /// A batch of datagrams bound for one worker.
 #[derive(Debug)]
 pub struct Batch {
@@ -19,15 +29,18 @@ pub struct Batch {
     max_entries: usize,
     /// When the first datagram was received, ns since the Unix epoch.
     pub recv_ns: u64,
+    /// Which socket the datagrams came from.
+    pub kind: BatchKind,
 }
 
-/// Where one datagram lies in a batch, and when the kernel received it (ns since the epoch,
-/// 0 = unknown).
+/// Where one datagram lies in a batch, when the kernel received it (ns since the epoch,
+/// 0 = unknown), and where from.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     start: u32,
     len: u32,
     rx_ns: u64,
+    src: Option<std::net::SocketAddr>,
 }
 
 impl Batch {
@@ -38,11 +51,17 @@ impl Batch {
             entries: Vec::with_capacity(max_entries),
             max_entries,
             recv_ns: 0,
+            kind: BatchKind::Heartbeat,
         }
     }
 
     /// Appends a datagram; false when it does not fit (push the batch and take another).
     pub fn push(&mut self, bytes: &[u8], recv_ns: u64, rx_ns: u64) -> bool {
+        self.push_from(bytes, recv_ns, rx_ns, None)
+    }
+
+    /// [`Batch::push`] with the datagram's source address (confd replies go there).
+    pub fn push_from(&mut self, bytes: &[u8], recv_ns: u64, rx_ns: u64, src: Option<std::net::SocketAddr>) -> bool {
         if self.entries.len() == self.max_entries || self.data.len() + bytes.len() > self.data.capacity() {
             return false;
         }
@@ -51,7 +70,7 @@ impl Batch {
         }
         let start = self.data.len() as u32;
         self.data.extend_from_slice(bytes);
-        self.entries.push(Entry { start, len: bytes.len() as u32, rx_ns });
+        self.entries.push(Entry { start, len: bytes.len() as u32, rx_ns, src });
         true
     }
 
@@ -74,6 +93,11 @@ impl Batch {
     /// The datagrams.
     pub fn packets(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.timed().map(|(p, _)| p)
+    }
+
+    /// The datagrams with their source addresses.
+    pub fn sourced(&self) -> impl Iterator<Item = (&[u8], Option<std::net::SocketAddr>)> + '_ {
+        self.entries.iter().map(|e| (&self.data[e.start as usize..(e.start + e.len) as usize], e.src))
     }
 
     /// The datagrams with their kernel receive times.

@@ -63,6 +63,21 @@ impl Shards {
         self.shard(self.index(id)).lock().get(id).map(f)
     }
 
+    /// Calls `f` with one amphora's state, mutably, under its shard lock.
+    pub fn with_mut<R>(&self, id: &Uuid, f: impl FnOnce(&mut AmphoraState) -> R) -> Option<R> {
+        self.shard(self.index(id)).lock().get_mut(id).map(f)
+    }
+
+    /// Removes an amphora; its state if it was there.
+    pub fn remove(&self, id: &Uuid) -> Option<AmphoraState> {
+        self.shard(self.index(id)).lock().remove(id)
+    }
+
+    /// Inserts a state (restored from the store) unless the amphora is already there.
+    pub fn insert_if_absent(&self, id: Uuid, state: AmphoraState) {
+        self.shard(self.index(&id)).lock().entry(id).or_insert(state);
+    }
+
     /// Total number of amphorae (locks each shard in turn).
     pub fn count(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()

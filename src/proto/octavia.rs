@@ -97,6 +97,13 @@ macro_rules! status_names {
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
         }
+        impl<'de> serde::Deserialize<'de> for $t {
+            /// From the wire name (as stored by the durable state); unknown names are `Other`.
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
+                let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+                Ok(<$t>::parse(&s))
+            }
+        }
     };
 }
 status_names!(ListenerStatus { Open => "OPEN", Full => "FULL", Stop => "STOP", Down => "DOWN", Other => "OTHER" });
@@ -148,7 +155,7 @@ impl MemberStatus {
 }
 
 /// Listener counters as sent (`ver` ≥ 3: deltas except `conns`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Bytes out (HAProxy `bout`).
     pub tx: u64,

@@ -22,7 +22,7 @@
 //! Statistics apply to every accepted heartbeat: with `ver` ≥ 3 `tx`, `rx`, `totconns` and
 //! `ereq` accumulate (saturating) and `conns` replaces; otherwise every counter replaces.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::proto::octavia::{Heartbeat, ListenerStatus, MemberStatus, PoolStatus, Stats, Uuid};
 use crate::proto::seqwin::{SeqError, SeqOutcome, SeqWindow};
@@ -57,6 +57,26 @@ impl OperatingStatus {
             OperatingStatus::NoMonitor => "NO_MONITOR",
         }
     }
+
+    /// From Octavia's name.
+    pub fn parse(s: &str) -> Option<OperatingStatus> {
+        Some(match s {
+            "ONLINE" => OperatingStatus::Online,
+            "DEGRADED" => OperatingStatus::Degraded,
+            "ERROR" => OperatingStatus::Error,
+            "OFFLINE" => OperatingStatus::Offline,
+            "DRAINING" => OperatingStatus::Draining,
+            "NO_MONITOR" => OperatingStatus::NoMonitor,
+            _ => return None,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for OperatingStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<OperatingStatus, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        OperatingStatus::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown operating status {s:?}")))
+    }
 }
 
 macro_rules! serialize_as_str {
@@ -71,7 +91,7 @@ macro_rules! serialize_as_str {
 serialize_as_str!(OperatingStatus, ListenerStatus, PoolStatus, MemberStatus);
 
 /// A listener as last reported.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerState {
     /// Listener id.
     pub id: Uuid,
@@ -86,7 +106,7 @@ pub struct ListenerState {
 }
 
 /// A member of a pool.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberState {
     /// Member id.
     pub id: Uuid,
@@ -99,7 +119,7 @@ pub struct MemberState {
 }
 
 /// A pool with its members.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolState {
     /// Pool id.
     pub id: Uuid,
@@ -114,15 +134,33 @@ pub struct PoolState {
 }
 
 /// Everything known of one amphora.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AmphoraState {
     /// Receiver wall-clock time of the first accepted heartbeat, ns since the Unix epoch.
     pub first_seen_ns: u64,
     /// Receiver wall-clock time of the latest accepted heartbeat, ns since the Unix epoch.
     pub last_seen_ns: u64,
-    /// Sequence window (the highest accepted `seq` is public through it).
+    /// Sequence window (the highest accepted `seq` is public through it). Not stored: a
+    /// restored amphora's window restarts at its stored `seq` ([`AmphoraState::restored`]).
     #[serde(skip)]
     pub window: SeqWindow,
+    /// Receiver time of the latest heartbeat that refreshed liveness (Octavia's
+    /// `amphora_health.last_update`): accepted, in time, and reporting the expected number of
+    /// listeners. 0 = never.
+    pub last_refresh_ns: u64,
+    /// The number of listeners a heartbeat must report to refresh liveness (Octavia counts the
+    /// load balancer's enabled listeners in its database; heartsink is told through the admin
+    /// API). `None`: any count refreshes (Octavia's rule for a `PENDING_*` or disabled LB).
+    #[serde(default)]
+    pub expected_listeners: Option<u32>,
+    /// Heartbeats that did not refresh liveness because their listener count was not
+    /// `expected_listeners`.
+    #[serde(default)]
+    pub listener_count_mismatches: u64,
+    /// Set by the control thread when it declares the amphora stale; the next heartbeat that
+    /// refreshes liveness clears it and tells the control thread ([`Applied::revived`]).
+    #[serde(default)]
+    pub stale: bool,
     /// `seq` of the latest accepted heartbeat.
     pub seq: Option<u64>,
     /// `ver` of the latest accepted heartbeat.
@@ -146,6 +184,10 @@ pub struct Applied {
     pub seq: Option<SeqOutcome>,
     /// The operating status before (None for a new amphora) and after.
     pub status_change: Option<(Option<OperatingStatus>, OperatingStatus)>,
+    /// Liveness was refreshed while the amphora was marked stale: it is back.
+    pub revived: bool,
+    /// The listener count was not the expected one: liveness was not refreshed.
+    pub count_mismatch: bool,
 }
 
 /// Finds `id` in a vector sorted by id, inserting `make()` in order if absent.
@@ -167,6 +209,10 @@ impl AmphoraState {
             first_seen_ns: now_ns,
             last_seen_ns: now_ns,
             window: SeqWindow::default(),
+            last_refresh_ns: 0,
+            expected_listeners: None,
+            listener_count_mismatches: 0,
+            stale: false,
             seq: None,
             ver: None,
             heartbeats: 0,
@@ -202,7 +248,25 @@ impl AmphoraState {
         self.apply_pools(hb, &mut lb);
         self.operating_status = lb;
         let status_change = (before != Some(lb)).then_some((before, lb));
-        Ok(Applied { seq, status_change })
+        let count_mismatch = self.expected_listeners.is_some_and(|e| hb.listeners().len() != e as usize);
+        let mut revived = false;
+        if count_mismatch {
+            self.listener_count_mismatches += 1;
+        } else {
+            self.last_refresh_ns = self.last_refresh_ns.max(now_ns);
+            revived = std::mem::take(&mut self.stale);
+        }
+        Ok(Applied { seq, status_change, revived, count_mismatch })
+    }
+
+    /// A state read back from the durable store: the sequence window restarts at the stored
+    /// `seq`, so the amphora's next heartbeats (higher `seq`) are accepted and an old one is not.
+    pub fn restored(mut self) -> AmphoraState {
+        self.window = SeqWindow::default();
+        if let Some(seq) = self.seq {
+            let _ = self.window.check(seq, 0, 0);
+        }
+        self
     }
 
     fn apply_listeners(&mut self, hb: &Heartbeat, lb: &mut OperatingStatus) {

@@ -17,6 +17,11 @@ pub struct Daemon {
     pub child: Child,
     pub heartbeat: SocketAddr,
     pub admin: SocketAddr,
+    /// The confd address, when served.
+    pub confd: Option<SocketAddr>,
+    /// The working directory (the default data directory lives in it).
+    pub dir: std::path::PathBuf,
+    _tmp: Option<tempfile::TempDir>,
     pub stderr: Arc<Mutex<Vec<String>>>,
     /// stdout lines after the listening line (there must be none).
     pub extra_stdout: Arc<Mutex<Vec<String>>>,
@@ -25,15 +30,40 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `heartsink serve` on ephemeral loopback ports with extra `args`.
     pub fn start(args: &[&str]) -> Daemon {
-        let mut all = vec!["serve", "--heartbeat-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"];
-        all.extend_from_slice(args);
-        Daemon::start_raw(&all)
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_owned();
+        let mut d = Daemon::start_in(&dir, args);
+        d._tmp = Some(tmp);
+        d
     }
 
-    /// Starts the binary with exactly `args`.
+    /// As [`Daemon::start`], in working directory `dir` (its data directory is
+    /// `dir/heartsink-data`), for restarts on the same state.
+    pub fn start_in(dir: &std::path::Path, args: &[&str]) -> Daemon {
+        let mut all = vec![
+            "serve",
+            "--heartbeat-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--confd-addr",
+            "127.0.0.1:0",
+        ];
+        all.extend_from_slice(args);
+        Daemon::spawn(dir, &all, None)
+    }
+
+    /// Starts the binary with exactly `args`, in a fresh temporary working directory.
     pub fn start_raw(args: &[&str]) -> Daemon {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_owned();
+        Daemon::spawn(&dir, args, Some(tmp))
+    }
+
+    fn spawn(dir: &std::path::Path, args: &[&str], tmp: Option<tempfile::TempDir>) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_heartsink"))
             .args(args)
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -65,6 +95,9 @@ impl Daemon {
             child,
             heartbeat: v["heartbeat"].as_str().unwrap().parse().unwrap(),
             admin: v["admin"].as_str().unwrap().parse().unwrap(),
+            confd: v["confd"].as_str().map(|a| a.parse().unwrap()),
+            dir: dir.to_owned(),
+            _tmp: tmp,
             stderr,
             extra_stdout,
         }

@@ -1,0 +1,295 @@
+//! The confd server's request handling, sans-IO: a datagram and the time in, a signed reply (or
+//! a drop reason) out. The engine's workers run it on batches from the confd socket's rx thread
+//! and send the replies with `sendmmsg`.
+//!
+//! Ganeti's types 0–11 are answered from the loaded `config.data` ([`ConfigIndex`]) with its
+//! serials; without one, every Ganeti type is answered `STATUS_ERROR` / `ERROR_INTERNAL`.
+//! heartsink's own types (100–103) are answered from the control thread's [`Snapshot`], and
+//! their serial is the snapshot's generation, so a client's serial filter prefers the freshest
+//! heartsink:
+//!
+//! | type | query | answer |
+//! |---|---|---|
+//! | 100 `AMPHORA_HEALTH` | amphora id | `{id, operating_status, liveness, last_refresh, load_balancer, failover}` |
+//! | 101 `LB_STATUS` | load balancer id (or an amphora id) | `{load_balancer, operating_status, amphorae: [{id, operating_status, liveness}]}` |
+//! | 102 `DOWN_SENDERS` | none, or the last id of the previous page | `{total, ids: [...≤ 500], next}` |
+//! | 103 `ENGINE_COUNTERS` | none | `{received, accepted, dropped, drops: {reason: n}, kernel_drops, amphorae, down, suspended, generation}` |
+//!
+//! An unknown id is `STATUS_ERROR` with `ERROR_UNKNOWN_ENTRY`; a malformed query
+//! `ERROR_ARGUMENT`, as Ganeti's own types do.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use super::ganeti::ConfigIndex;
+use super::proto::{
+    encode_reply_into, parse_request, HmacKey, Query, Reply, Request, RequestError, RequestType, ERROR_ARGUMENT,
+    ERROR_INTERNAL, ERROR_UNKNOWN_ENTRY, STATUS_ERROR,
+};
+use crate::control::Snapshot;
+use crate::engine::DropReason;
+use crate::proto::octavia::Uuid;
+
+/// Most ids in one `DOWN_SENDERS` answer (keeps a reply far below the 61440-byte limit).
+pub const DOWN_PAGE: usize = 500;
+
+/// What the server answers with: keys and the Ganeti configuration. Swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct ConfdState {
+    /// Accepted keys, tried in order.
+    pub keys: Vec<HmacKey>,
+    /// The loaded `config.data`.
+    pub index: Option<Arc<ConfigIndex>>,
+    /// Where it was loaded from.
+    pub config_path: Option<PathBuf>,
+    /// Modification time and length of the file when loaded (change detection).
+    pub config_stamp: Option<(SystemTime, u64)>,
+}
+
+impl ConfdState {
+    /// Keys and, when given, the configuration loaded from `path`.
+    pub fn load(keys: Vec<HmacKey>, path: Option<PathBuf>) -> Result<ConfdState, String> {
+        let (index, stamp) = match &path {
+            Some(p) => {
+                let stamp = stamp_of(p);
+                let index = ConfigIndex::load(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                (Some(Arc::new(index)), stamp)
+            }
+            None => (None, None),
+        };
+        Ok(ConfdState { keys, index, config_path: path, config_stamp: stamp })
+    }
+
+    /// If the configuration file changed since it was loaded, a state with it reloaded (same
+    /// keys). `Err` when it changed but does not load (the old one stays in use).
+    pub fn reloaded_if_changed(&self) -> Option<Result<ConfdState, String>> {
+        let path = self.config_path.as_ref()?;
+        let stamp = stamp_of(path);
+        if stamp == self.config_stamp || stamp.is_none() {
+            return None;
+        }
+        Some(ConfdState::load(self.keys.clone(), Some(path.clone())).map(|mut s| {
+            s.config_stamp = stamp;
+            s
+        }))
+    }
+}
+
+fn stamp_of(p: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+fn rfc3339(ns: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)).to_string()
+}
+
+fn id_query(q: &Query) -> Result<Uuid, Reply> {
+    match q {
+        Query::Plain(s) => Uuid::try_parse(s).map_err(|_| Reply::error(ERROR_ARGUMENT)),
+        _ => Err(Reply::error(ERROR_ARGUMENT)),
+    }
+}
+
+/// heartsink's own request types, answered from `snap`.
+pub fn answer_heartsink(req: &Request, snap: &Snapshot) -> Reply {
+    let serial = snap.generation as i64;
+    let unknown = || Reply::new(STATUS_ERROR, json!(ERROR_UNKNOWN_ENTRY), serial);
+    match req.kind {
+        RequestType::AmphoraHealth => {
+            let id = match id_query(&req.query) {
+                Ok(id) => id,
+                Err(r) => return r,
+            };
+            match snap.amphorae.get(&id) {
+                Some(h) => Reply::ok(
+                    json!({
+                        "id": id,
+                        "operating_status": h.operating_status,
+                        "liveness": h.liveness,
+                        "last_refresh": rfc3339(h.last_refresh_ns),
+                        "load_balancer": h.load_balancer,
+                        "failover": h.failover.map(|(r, st)| json!({"id": r, "state": st.as_str()})),
+                    }),
+                    serial,
+                ),
+                None => unknown(),
+            }
+        }
+        RequestType::LbStatus => {
+            let id = match id_query(&req.query) {
+                Ok(id) => id,
+                Err(r) => return r,
+            };
+            match snap.load_balancer_status(&id) {
+                Some((status, members)) => Reply::ok(
+                    json!({
+                        "load_balancer": id,
+                        "operating_status": status,
+                        "amphorae": members.iter().map(|(a, h)| json!({
+                            "id": a, "operating_status": h.operating_status, "liveness": h.liveness,
+                        })).collect::<Vec<_>>(),
+                    }),
+                    serial,
+                ),
+                None => unknown(),
+            }
+        }
+        RequestType::DownSenders => {
+            let after = match &req.query {
+                Query::Empty => None,
+                Query::Plain(s) if s.is_empty() => None,
+                q => match id_query(q) {
+                    Ok(id) => Some(id),
+                    Err(r) => return r,
+                },
+            };
+            use std::ops::Bound;
+            let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let ids: Vec<Uuid> = snap.down.range((lower, Bound::Unbounded)).take(DOWN_PAGE + 1).copied().collect();
+            let next = if ids.len() > DOWN_PAGE { ids.get(DOWN_PAGE - 1).copied() } else { None };
+            let page: Vec<String> = ids.iter().take(DOWN_PAGE).map(Uuid::to_string).collect();
+            Reply::ok(json!({"total": snap.down.len(), "ids": page, "next": next}), serial)
+        }
+        RequestType::EngineCounters => {
+            let t = &snap.totals;
+            let drops: serde_json::Map<String, serde_json::Value> =
+                DropReason::ALL.iter().map(|d| (d.label().to_owned(), json!(t.drop_count(*d)))).collect();
+            Reply::ok(
+                json!({
+                    "received": t.received,
+                    "accepted": t.accepted,
+                    "dropped": t.dropped(),
+                    "drops": drops,
+                    "kernel_drops": t.kernel_drops,
+                    "amphorae": snap.amphorae.len(),
+                    "down": snap.down.len(),
+                    "suspended": snap.suspended.iter().map(|s| s.label()).collect::<Vec<_>>(),
+                    "generation": snap.generation,
+                }),
+                serial,
+            )
+        }
+        _ => Reply::error(ERROR_ARGUMENT),
+    }
+}
+
+/// The answer to a verified request.
+pub fn answer(req: &Request, state: &ConfdState, snap: &Snapshot) -> Reply {
+    if req.kind.is_heartsink() {
+        return answer_heartsink(req, snap);
+    }
+    match &state.index {
+        Some(index) => index.answer(req),
+        None => Reply::error(ERROR_INTERNAL),
+    }
+}
+
+/// Verifies one request datagram and writes the signed reply into `out`. `now` is unix seconds.
+/// A dropped request returns its reason and writes nothing.
+pub fn handle(
+    datagram: &[u8],
+    now: i64,
+    state: &ConfdState,
+    snap: &Snapshot,
+    out: &mut Vec<u8>,
+) -> Result<(), RequestError> {
+    let v = parse_request(datagram, &state.keys, now)?;
+    let reply = answer(&v.request, state, snap);
+    let key = &state.keys[v.key_index];
+    encode_reply_into(out, &reply, &v.request.rsalt, key);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::confd::proto::{encode_request, parse_reply};
+    use crate::control::liveness::Live;
+    use crate::control::AmphoraHealth;
+    use crate::state::OperatingStatus;
+
+    fn snap() -> Snapshot {
+        let mut s = Snapshot { generation: 42, ..Snapshot::default() };
+        for i in 1..=3u8 {
+            s.amphorae.insert(
+                Uuid::from_bytes([i; 16]),
+                AmphoraHealth {
+                    operating_status: OperatingStatus::Online,
+                    liveness: if i == 3 { Live::Stale } else { Live::Alive },
+                    last_refresh_ns: u64::from(i) * 1_000_000_000,
+                    first_seen_ns: 0,
+                    load_balancer: Some(Uuid::from_bytes([9; 16])),
+                    expected_listeners: None,
+                    failover: None,
+                },
+            );
+            s.load_balancers.entry(Uuid::from_bytes([9; 16])).or_default().insert(Uuid::from_bytes([i; 16]));
+        }
+        s.down.insert(Uuid::from_bytes([3; 16]));
+        s
+    }
+
+    fn ask(kind: RequestType, query: Query, state: &ConfdState) -> Reply {
+        let key = HmacKey::new(b"k\n");
+        let req = Request::new(kind, query, "salty");
+        let packet = encode_request(&req, 1000, &key);
+        let mut out = Vec::new();
+        handle(&packet, 1000, state, &snap(), &mut out).expect("answered");
+        let (rsalt, reply) = parse_reply(&out, &key).expect("signed reply");
+        assert_eq!(rsalt, "salty");
+        assert!(out.is_ascii());
+        reply
+    }
+
+    fn state() -> ConfdState {
+        ConfdState { keys: vec![HmacKey::new(b"k\n")], ..ConfdState::default() }
+    }
+
+    #[test]
+    fn amphora_health_and_unknown_and_bad_query() {
+        let r = ask(RequestType::AmphoraHealth, Query::Plain(Uuid::from_bytes([1; 16]).to_string()), &state());
+        assert_eq!((r.status, r.serial), (0, 42));
+        assert_eq!(r.answer["operating_status"], "ONLINE");
+        assert_eq!(r.answer["liveness"], "alive");
+        let r = ask(RequestType::AmphoraHealth, Query::Plain(Uuid::from_bytes([7; 16]).to_string()), &state());
+        assert_eq!((r.status, r.answer.clone()), (1, json!(ERROR_UNKNOWN_ENTRY)));
+        let r = ask(RequestType::AmphoraHealth, Query::Plain("nope".into()), &state());
+        assert_eq!((r.status, r.answer.clone()), (1, json!(ERROR_ARGUMENT)));
+    }
+
+    #[test]
+    fn lb_status_uses_the_freshest_live_amphora() {
+        let r = ask(RequestType::LbStatus, Query::Plain(Uuid::from_bytes([9; 16]).to_string()), &state());
+        assert_eq!(r.answer["operating_status"], "ONLINE");
+        assert_eq!(r.answer["amphorae"].as_array().map(Vec::len), Some(3));
+    }
+
+    #[test]
+    fn down_senders_and_counters() {
+        let r = ask(RequestType::DownSenders, Query::Empty, &state());
+        assert_eq!(r.answer["total"], 1);
+        assert_eq!(r.answer["ids"][0], Uuid::from_bytes([3; 16]).to_string());
+        let r = ask(RequestType::EngineCounters, Query::Empty, &state());
+        assert_eq!(r.answer["down"], 1);
+        assert_eq!(r.answer["generation"], 42);
+    }
+
+    #[test]
+    fn ganeti_types_without_config_are_internal_errors() {
+        let r = ask(RequestType::Ping, Query::Empty, &state());
+        assert_eq!((r.status, r.answer.clone()), (1, json!(ERROR_INTERNAL)));
+    }
+
+    #[test]
+    fn bad_hmac_is_dropped_without_reply() {
+        let req = Request::new(RequestType::Ping, Query::Empty, "s");
+        let packet = encode_request(&req, 1000, &HmacKey::new(b"other"));
+        let mut out = Vec::new();
+        assert_eq!(handle(&packet, 1000, &state(), &snap(), &mut out), Err(RequestError::BadHmac));
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,401 @@
+//! Failover records and the actions that carry them out.
+//!
+//! A record is created when the liveness rules pick a stale amphora (or an operator asks), and
+//! moves `pending → in_progress → done | failed`; a candidate held back by the circuit breaker
+//! is recorded as `stopped` and becomes `pending` when the breaker releases it. The action runs
+//! on a small pool of `failover_threads` threads, never on the control thread: log only (the
+//! default), a command that gets the record as JSON on stdin (exit status 0 = done), or an HTTP
+//! POST of the record (2xx = done). A failing action is retried `retries` times with
+//! `retry_delay` between attempts, each bounded by `timeout`.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam::channel::{self, Receiver, Sender};
+use serde::{Deserialize, Serialize};
+
+use super::liveness::secs_ns;
+use crate::proto::octavia::Uuid;
+
+/// Why a failover was started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverReason {
+    /// No liveness refresh for `heartbeat_timeout`.
+    Stale,
+    /// Asked for through the admin API.
+    Manual,
+}
+
+/// Where a failover is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverState {
+    /// Decided, waiting for a free failover thread.
+    Pending,
+    /// The action is running.
+    InProgress,
+    /// The action succeeded.
+    Done,
+    /// The action failed on every attempt.
+    Failed,
+    /// Held back by the circuit breaker (`failover_threshold`).
+    Stopped,
+}
+
+impl FailoverState {
+    /// The name used in the API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverState::Pending => "pending",
+            FailoverState::InProgress => "in_progress",
+            FailoverState::Done => "done",
+            FailoverState::Failed => "failed",
+            FailoverState::Stopped => "stopped",
+        }
+    }
+
+    /// Every state.
+    pub const ALL: [FailoverState; 5] = [
+        FailoverState::Pending,
+        FailoverState::InProgress,
+        FailoverState::Done,
+        FailoverState::Failed,
+        FailoverState::Stopped,
+    ];
+}
+
+/// One failover.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    /// Record id (increasing).
+    pub id: u64,
+    /// The amphora.
+    pub amphora: Uuid,
+    /// Why.
+    pub reason: FailoverReason,
+    /// Where it is.
+    pub state: FailoverState,
+    /// The amphora's first accepted heartbeat, ns since the epoch.
+    pub first_seen_ns: u64,
+    /// Its last liveness refresh, ns since the epoch.
+    pub last_seen_ns: u64,
+    /// When it was declared stale (manual: when asked), ns since the epoch.
+    pub stale_since_ns: u64,
+    /// Record creation, ns since the epoch.
+    pub created_ns: u64,
+    /// Last change, ns since the epoch.
+    pub updated_ns: u64,
+    /// Action attempts made.
+    pub attempts: u32,
+    /// The action (`log`, `command`, `http`).
+    pub action: String,
+    /// The last attempt's error.
+    pub error: Option<String>,
+}
+
+/// The failover action, from the `[failover]` configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// `log` (default), `command` or `http`.
+    pub action: String,
+    /// `command`: program and arguments; the record comes as JSON on stdin.
+    pub command: Vec<String>,
+    /// `http`: the URL the record is POSTed to.
+    pub url: String,
+    /// Attempts after the first failure.
+    pub retries: u32,
+    /// Seconds between attempts.
+    pub retry_delay: f64,
+    /// Seconds one attempt may take.
+    pub timeout: f64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> FailoverConfig {
+        FailoverConfig {
+            action: "log".into(),
+            command: Vec::new(),
+            url: String::new(),
+            retries: 3,
+            retry_delay: 2.0,
+            timeout: 30.0,
+        }
+    }
+}
+
+impl FailoverConfig {
+    /// Checks the values; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.action.as_str() {
+            "log" => {}
+            "command" if self.command.is_empty() => {
+                return Err("failover.action = \"command\" needs failover.command = [program, args...]".into())
+            }
+            "command" => {}
+            "http" if !(self.url.starts_with("http://") || self.url.starts_with("https://")) => {
+                return Err("failover.action = \"http\" needs failover.url = \"http://...\"".into())
+            }
+            "http" => {}
+            other => return Err(format!("failover.action must be log, command or http, not {other:?}")),
+        }
+        let ok =
+            self.timeout.is_finite() && self.timeout > 0.0 && self.retry_delay.is_finite() && self.retry_delay >= 0.0;
+        if !ok {
+            return Err("failover.timeout must be positive and failover.retry_delay non-negative".into());
+        }
+        Ok(())
+    }
+}
+
+/// What became of one record's action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Record id.
+    pub id: u64,
+    /// Succeeded.
+    pub ok: bool,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Last error.
+    pub error: Option<String>,
+}
+
+/// The pool of failover threads.
+#[derive(Debug)]
+pub struct Executor {
+    tx: Option<Sender<FailoverRecord>>,
+    results: Receiver<Outcome>,
+    config: Arc<ArcSwap<FailoverConfig>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Executor {
+    /// Starts `threads` failover threads.
+    pub fn spawn(config: FailoverConfig, threads: usize) -> std::io::Result<Executor> {
+        let (tx, rx) = channel::unbounded::<FailoverRecord>();
+        let (out_tx, results) = channel::unbounded();
+        let config = Arc::new(ArcSwap::from_pointee(config));
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let out = out_tx.clone();
+            let cfg = config.clone();
+            handles.push(std::thread::Builder::new().name(format!("failover-{i}")).spawn(move || {
+                while let Ok(rec) = rx.recv() {
+                    let outcome = run_with_retries(&cfg.load(), &rec);
+                    if out.send(outcome).is_err() {
+                        break;
+                    }
+                }
+            })?);
+        }
+        Ok(Executor { tx: Some(tx), results, config, threads: handles })
+    }
+
+    /// Replaces the action settings (on reload); running attempts finish with the old ones.
+    pub fn set_config(&self, cfg: FailoverConfig) {
+        self.config.store(Arc::new(cfg));
+    }
+
+    /// The action's name.
+    pub fn action(&self) -> String {
+        self.config.load().action.clone()
+    }
+
+    /// Hands a record (in state `in_progress`) to a free thread.
+    pub fn run(&self, rec: FailoverRecord) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(rec);
+        }
+    }
+
+    /// Outcomes so far.
+    pub fn outcomes(&self) -> impl Iterator<Item = Outcome> + '_ {
+        self.results.try_iter()
+    }
+
+    /// Lets running actions finish (bounded by their timeouts), then stops the threads.
+    pub fn stop(&mut self) -> Vec<Outcome> {
+        self.tx = None;
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+        self.results.try_iter().collect()
+    }
+}
+
+fn run_with_retries(cfg: &FailoverConfig, rec: &FailoverRecord) -> Outcome {
+    let mut attempts = 0;
+    let mut error = None;
+    for attempt in 0..=cfg.retries {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_nanos(secs_ns(cfg.retry_delay)));
+        }
+        attempts += 1;
+        match run_once(cfg, rec) {
+            Ok(()) => return Outcome { id: rec.id, ok: true, attempts, error: None },
+            Err(e) => {
+                tracing::warn!(amphora = %rec.amphora, failover = rec.id, attempt = attempts, error = %e, "failover action failed");
+                error = Some(e);
+            }
+        }
+    }
+    Outcome { id: rec.id, ok: false, attempts, error }
+}
+
+fn run_once(cfg: &FailoverConfig, rec: &FailoverRecord) -> Result<(), String> {
+    let timeout = Duration::from_nanos(secs_ns(cfg.timeout));
+    let body = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
+    match cfg.action.as_str() {
+        "log" => {
+            tracing::warn!(amphora = %rec.amphora, failover = rec.id, reason = ?rec.reason, "FAILOVER (action: log only)");
+            Ok(())
+        }
+        "command" => {
+            let (prog, args) = cfg.command.split_first().ok_or("no command configured")?;
+            let mut child = Command::new(prog)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("{prog}: {e}"))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                // A command that does not read its stdin is not an error.
+                let _ = stdin.write_all(&body);
+            }
+            let start = Instant::now();
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) if status.success() => return Ok(()),
+                    Ok(Some(status)) => return Err(format!("{prog} exited with {status}")),
+                    Ok(None) if start.elapsed() > timeout => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(format!("{prog} timed out after {timeout:?}"));
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(e) => return Err(format!("{prog}: {e}")),
+                }
+            }
+        }
+        "http" => {
+            let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+            match agent.post(&cfg.url).set("Content-Type", "application/json").send_bytes(&body) {
+                Ok(r) if (200..300).contains(&r.status()) => Ok(()),
+                Ok(r) => Err(format!("{} answered {}", cfg.url, r.status())),
+                Err(e) => Err(format!("{}: {e}", cfg.url)),
+            }
+        }
+        other => Err(format!("unknown action {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: u64) -> FailoverRecord {
+        FailoverRecord {
+            id,
+            amphora: Uuid::from_bytes([1; 16]),
+            reason: FailoverReason::Stale,
+            state: FailoverState::InProgress,
+            first_seen_ns: 1,
+            last_seen_ns: 2,
+            stale_since_ns: 3,
+            created_ns: 4,
+            updated_ns: 4,
+            attempts: 0,
+            action: "command".into(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn command_gets_the_record_on_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("rec.json");
+        let cfg = FailoverConfig {
+            action: "command".into(),
+            command: vec!["sh".into(), "-c".into(), format!("cat > {}", out.display())],
+            ..FailoverConfig::default()
+        };
+        let o = run_with_retries(&cfg, &rec(7));
+        assert!(o.ok, "{o:?}");
+        let got: FailoverRecord = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(got, rec(7));
+    }
+
+    #[test]
+    fn failing_command_is_retried_then_failed() {
+        let cfg = FailoverConfig {
+            action: "command".into(),
+            command: vec!["false".into()],
+            retries: 2,
+            retry_delay: 0.0,
+            ..FailoverConfig::default()
+        };
+        let o = run_with_retries(&cfg, &rec(1));
+        assert!(!o.ok);
+        assert_eq!(o.attempts, 3);
+        assert!(o.error.unwrap().contains("exited"));
+    }
+
+    #[test]
+    fn slow_command_times_out() {
+        let cfg = FailoverConfig {
+            action: "command".into(),
+            command: vec!["sleep".into(), "5".into()],
+            retries: 0,
+            timeout: 0.2,
+            ..FailoverConfig::default()
+        };
+        let start = Instant::now();
+        let o = run_with_retries(&cfg, &rec(1));
+        assert!(!o.ok && o.error.unwrap().contains("timed out"));
+        assert!(start.elapsed() < Duration::from_secs(4));
+    }
+
+    #[test]
+    fn http_posts_the_record() {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/failover", server.server_addr().to_ip().unwrap());
+        let h = std::thread::spawn(move || {
+            let mut req = server.recv().unwrap();
+            let mut body = String::new();
+            req.as_reader().read_to_string(&mut body).unwrap();
+            req.respond(tiny_http::Response::empty(204)).unwrap();
+            body
+        });
+        let cfg = FailoverConfig { action: "http".into(), url, ..FailoverConfig::default() };
+        let o = run_with_retries(&cfg, &rec(3));
+        assert!(o.ok, "{o:?}");
+        let body: FailoverRecord = serde_json::from_str(&h.join().unwrap()).unwrap();
+        assert_eq!(body.id, 3);
+    }
+
+    #[test]
+    fn validate_names_the_setting() {
+        let bad = FailoverConfig { action: "http".into(), ..FailoverConfig::default() };
+        assert!(bad.validate().unwrap_err().contains("failover.url"));
+        let bad = FailoverConfig { action: "email".into(), ..FailoverConfig::default() };
+        assert!(bad.validate().is_err());
+        assert!(FailoverConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn executor_runs_and_reports() {
+        let mut e = Executor::spawn(FailoverConfig::default(), 2).unwrap();
+        e.run(rec(1));
+        e.run(rec(2));
+        let mut got = e.stop();
+        got.sort_by_key(|o| o.id);
+        assert_eq!(got.iter().map(|o| (o.id, o.ok)).collect::<Vec<_>>(), vec![(1, true), (2, true)]);
+    }
+}
