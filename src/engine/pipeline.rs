@@ -176,7 +176,7 @@ impl Pipeline {
         // Octavia's processing-delay rule, against the kernel receive time when known, else the
         // time the rx thread took the batch. One clock read per batch.
         let now = if self.order.is_empty() { 0 } else { self.shared.clock.now_ns() };
-        let oldest_ok = now.saturating_sub(settings.max_delay_ns);
+        let max_delay = settings.max_delay_ns;
         self.sent_ns.clear();
         self.applied_rx_ns.clear();
         let mut i = 0;
@@ -190,7 +190,7 @@ impl Pipeline {
                 i += 1;
                 let hb = &self.parsed[n];
                 let received = if self.rx_ns[n] != 0 { self.rx_ns[n] } else { recv_ns };
-                if received < oldest_ok {
+                if now.saturating_sub(received) >= max_delay {
                     tally.drop(DropReason::Late);
                     continue;
                 }

@@ -1,0 +1,93 @@
+//! Octavia's liveness rules on the worker pipeline, with a virtual clock: the processing-delay
+//! bound and the listener-count rule, and the change log's `Revived` for a stale amphora.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use crossbeam::channel;
+use heartsink::engine::{Change, DropReason, ManualClock, Pipeline, PipelineShared, Settings, Shards, WorkerCounters};
+use heartsink::proto::inflate::Backend;
+use heartsink::proto::keyring::Keyring;
+use heartsink::proto::octavia::Uuid;
+
+const S: u64 = 1_000_000_000;
+
+struct Rig {
+    p: Pipeline,
+    shards: Arc<Shards>,
+    clock: Arc<ManualClock>,
+    changes: channel::Receiver<Vec<Change>>,
+}
+
+fn rig() -> Rig {
+    let shards = Arc::new(Shards::new(8));
+    let clock = Arc::new(ManualClock::new(100 * S));
+    let shared = PipelineShared {
+        keyring: Arc::new(ArcSwap::from_pointee(Keyring::from_strs(&["k"], 0))),
+        // heartbeat_interval 10 s (Octavia's default) bounds the processing delay.
+        settings: Arc::new(ArcSwap::from_pointee(Settings::default())),
+        shards: shards.clone(),
+        clock: clock.clone(),
+    };
+    let (tx, changes) = channel::unbounded();
+    let p = Pipeline::new(shared, Backend::Libdeflate, Arc::new(WorkerCounters::default()), Some(tx));
+    Rig { p, shards, clock, changes }
+}
+
+fn id(n: u64) -> Uuid {
+    Uuid::parse_str(&common::uuid(1, n)).unwrap()
+}
+
+#[test]
+fn a_heartbeat_processed_after_heartbeat_interval_is_dropped_as_late() {
+    let mut r = rig();
+    // Received at 90 s, processed at 100 s: exactly the bound → late (Octavia: `>=`).
+    let t = r.p.process([&common::heartbeat(1, 1, 1, "k")[..]], 90 * S);
+    assert_eq!(t.drops[DropReason::Late as usize], 1);
+    assert_eq!(t.accepted, 0);
+    assert!(r.shards.get(&id(1)).is_none(), "a late heartbeat changes nothing");
+    // Received 1 ns later than the bound allows: accepted.
+    let t = r.p.process([&common::heartbeat(1, 2, 1, "k")[..]], 90 * S + 1);
+    assert_eq!(t.accepted, 1);
+    assert_eq!(r.shards.get(&id(1)).unwrap().last_refresh_ns, 90 * S + 1);
+}
+
+#[test]
+fn only_the_expected_listener_count_refreshes_liveness() {
+    let mut r = rig();
+    r.p.process([&common::heartbeat(2, 1, 1, "k")[..]], 100 * S);
+    assert_eq!(r.shards.get(&id(2)).unwrap().last_refresh_ns, 100 * S);
+    // The load balancer has two enabled listeners; the amphora reports one.
+    r.shards.with_mut(&id(2), |s| s.expected_listeners = Some(2));
+    r.clock.set(110 * S);
+    let t = r.p.process([&common::heartbeat(2, 2, 5, "k")[..]], 110 * S);
+    assert_eq!((t.accepted, t.listener_count_mismatches), (1, 1));
+    let s = r.shards.get(&id(2)).unwrap();
+    assert_eq!(s.last_refresh_ns, 100 * S, "liveness not refreshed");
+    assert_eq!(s.last_seen_ns, 110 * S, "but the heartbeat was applied (statuses, stats)");
+    assert_eq!(s.listeners[0].stats.tx, 6);
+    assert_eq!(s.listener_count_mismatches, 1);
+    // The expected count again: refreshed.
+    r.shards.with_mut(&id(2), |s| s.expected_listeners = Some(1));
+    r.clock.set(120 * S);
+    r.p.process([&common::heartbeat(2, 3, 1, "k")[..]], 120 * S);
+    assert_eq!(r.shards.get(&id(2)).unwrap().last_refresh_ns, 120 * S);
+}
+
+#[test]
+fn a_stale_amphora_that_refreshes_is_reported_revived_once() {
+    let mut r = rig();
+    r.p.process([&common::heartbeat(3, 1, 1, "k")[..]], 100 * S);
+    assert_eq!(r.changes.try_recv().unwrap(), vec![Change::New(id(3))]);
+    // The control thread marks it stale.
+    r.shards.with_mut(&id(3), |s| s.stale = true);
+    r.clock.set(200 * S);
+    r.p.process([&common::heartbeat(3, 2, 1, "k")[..]], 200 * S);
+    assert_eq!(r.changes.try_recv().unwrap(), vec![Change::Revived(id(3))]);
+    r.p.process([&common::heartbeat(3, 3, 1, "k")[..]], 200 * S);
+    assert!(r.changes.try_recv().is_err(), "revived once");
+    assert!(!r.shards.get(&id(3)).unwrap().stale);
+}
