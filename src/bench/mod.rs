@@ -136,9 +136,14 @@ impl Drop for Serve {
 
 fn start_serve(log: &Path, extra: &[&str]) -> Result<Serve, Error> {
     let exe = std::env::current_exe()?;
+    // A fresh data directory per run: a bench measures an empty start, not a restore.
+    let data_dir = log.with_extension("data");
+    let _ = std::fs::remove_dir_all(&data_dir);
     let mut child = Command::new(exe)
         .args(["serve", "--heartbeat-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--key", KEY])
-        .args(["--rcvbuf", "33554432", "--log-level", "warn"])
+        .args(["--rcvbuf", "33554432", "--log-level", "warn", "--confd-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&data_dir)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -473,8 +478,64 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
     Ok(())
 }
 
+fn task_ms(stats: &Value, name: &str, field: &str) -> f64 {
+    stats["liveness"]["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == name))
+        .and_then(|t| t[field].as_f64())
+        .unwrap_or(0.0)
+        / 1e6
+}
+
+/// Time from a sender's last heartbeat to its failover record: 100 amphorae beat for 3 s and
+/// stop; heartbeat_timeout 5 s, health_check_interval 1 s (the delay is timeout + up to one
+/// interval, whatever the values).
+fn failover_delay(args: &BenchArgs) -> Result<Value, Error> {
+    let cfg = args.out.join("failover-delay.toml");
+    std::fs::write(
+        &cfg,
+        "[liveness]\nheartbeat_timeout = 5.0\nhealth_check_interval = 1.0\nstartup_grace = 0.0\npartition_fraction = 1.0\n",
+    )?;
+    let cfg_s = cfg.to_str().ok_or("path")?;
+    let serve = start_serve(&args.out.join("serve-failover.log"), &["--config", cfg_s])?;
+    let load = LoadConfig {
+        target: serve.heartbeat,
+        key: KEY.into(),
+        amphorae: 100,
+        rate: Some(500.0),
+        duration: Some(Duration::from_secs(3)),
+        seed: 11,
+        ..LoadConfig::default()
+    };
+    crate::load::run(&load, &AtomicBool::new(false), true)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let records = loop {
+        let v = get(serve.admin, "/v1/failovers?limit=1000")?;
+        let r = v["failovers"].as_array().cloned().unwrap_or_default();
+        if r.len() >= 100 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut delays: Vec<f64> = records
+        .iter()
+        .filter_map(|r| Some((r["created_ns"].as_u64()?.saturating_sub(r["last_seen_ns"].as_u64()?)) as f64 / 1e9))
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    let q = |p: f64| delays.get(((delays.len() as f64 - 1.0) * p).round() as usize).copied();
+    Ok(json!({
+        "heartbeat_timeout_s": 5.0,
+        "health_check_interval_s": 1.0,
+        "records": delays.len(),
+        "delay_s": {"min": q(0.0), "p50": q(0.5), "max": q(1.0)},
+    }))
+}
+
 fn scale(args: &BenchArgs, n: u64) -> Result<(), Error> {
-    let serve = start_serve(&args.out.join("serve-scale.log"), &[])?;
+    // Deadlines of 20 s (no failovers: a long grace), so one pass below re-arms all of them.
+    let cfg = args.out.join("scale.toml");
+    std::fs::write(&cfg, "[liveness]\nheartbeat_timeout = 20.0\nstartup_grace = 3600.0\n")?;
+    let serve = start_serve(&args.out.join("serve-scale.log"), &["--config", cfg.to_str().ok_or("path")?])?;
     let pid = serve.child.id();
     std::thread::sleep(Duration::from_millis(300));
     let rss0 = rss_kib(pid);
@@ -508,8 +569,35 @@ fn scale(args: &BenchArgs, n: u64) -> Result<(), Error> {
         std::thread::sleep(Duration::from_millis(300));
         ticks.push(get(serve.admin, "/v1/stats")?["control"]["tick_us_last"].as_f64().unwrap_or(0.0));
     }
+    let idle = get(serve.admin, "/v1/stats")?;
+    let idle_check_ms = task_ms(&idle, "health_check", "last_duration_ns");
+    // Every deadline expires 20 s after the fill; the senders beat once more before that, so
+    // the health check after it re-arms all of them: the worst case of a fleet on one period.
+    let cfg = LoadConfig {
+        target: serve.heartbeat,
+        key: KEY.into(),
+        amphorae: n,
+        rate: Some(150_000.0),
+        count: Some(n),
+        first_seq: 1000,
+        ..LoadConfig::default()
+    };
+    eprintln!("bench: scale: a second heartbeat from each sender, then every deadline expires …");
+    crate::load::run(&cfg, &AtomicBool::new(false), true)?;
+    let wait = Duration::from_secs(22).saturating_sub(t0.elapsed());
+    std::thread::sleep(wait + Duration::from_secs(4));
+    let after = get(serve.admin, "/v1/stats")?;
+    let rearm_check_ms = task_ms(&after, "health_check", "max_duration_ns");
+    let flush_ms = task_ms(&after, "store_flush", "max_duration_ns");
     let per = (rss1.saturating_sub(rss0) as f64 * 1024.0) / amphorae.max(1) as f64;
+    let failover = failover_delay(args)?;
     let doc = json!({
+        "health_check_ms_idle": idle_check_ms,
+        "health_check_ms_all_deadlines_rearmed": rearm_check_ms,
+        "store_flush_ms_max": flush_ms,
+        "stale_after_rearm": after["liveness"]["stale"],
+        "store": after["liveness"]["store"],
+        "failover_delay": failover,
         "machine": machine(),
         "senders": n,
         "amphorae_tracked": amphorae,

@@ -292,6 +292,9 @@ pub struct StoredAmphora {
 
 const TICK: Duration = Duration::from_millis(250);
 
+/// Most amphora records written per flush.
+pub const FLUSH_MAX: usize = 20_000;
+
 struct Tasks {
     health: TaskId,
     flush: TaskId,
@@ -902,7 +905,11 @@ impl Control {
         let writer = self.writer.as_ref()?;
         let mut batch = std::mem::take(&mut self.pending);
         let shards = &self.shared.pipeline.shards;
-        for id in self.dirty.drain() {
+        // Bounded work per flush: a million new amphorae are written over several flushes
+        // instead of stalling the control thread for seconds.
+        let ids: Vec<Uuid> = self.dirty.iter().take(FLUSH_MAX).copied().collect();
+        for id in ids {
+            self.dirty.remove(&id);
             let Some(h) = self.health.get(&id) else { continue };
             let Some(state) = shards.get(&id) else { continue };
             let stale_since_ns = self.live.stale_since(&id);
@@ -1109,8 +1116,17 @@ impl Control {
         let now = self.clock.now_ns();
         self.collect_outcomes(now);
         // Pending (not started) failovers stay pending in the store and run after a restart.
-        if let Some(rx) = self.flush() {
-            let _ = rx.recv_timeout(Duration::from_secs(30));
+        // Everything dirty is written at a graceful stop.
+        loop {
+            match self.flush() {
+                Some(rx) => {
+                    let _ = rx.recv_timeout(Duration::from_secs(30));
+                }
+                None => break,
+            }
+            if self.dirty.is_empty() {
+                break;
+            }
         }
         let outcomes = self.executor.stop();
         if !outcomes.is_empty() {

@@ -35,6 +35,8 @@ pub struct Task {
     pub overruns: u64,
     /// Duration of the latest run, ns.
     pub last_duration_ns: u64,
+    /// Longest run, ns.
+    pub max_duration_ns: u64,
     /// The latest failure.
     pub last_error: Option<String>,
 }
@@ -64,6 +66,7 @@ impl Periodic {
             failures: 0,
             overruns: 0,
             last_duration_ns: 0,
+            max_duration_ns: 0,
             last_error: None,
         });
         self.tasks.len() - 1
@@ -88,6 +91,7 @@ impl Periodic {
         let Some(t) = self.tasks.get_mut(id) else { return };
         t.runs += 1;
         t.last_duration_ns = ended.saturating_sub(started);
+        t.max_duration_ns = t.max_duration_ns.max(t.last_duration_ns);
         if let Err(e) = result {
             t.failures += 1;
             tracing::error!(task = t.name, error = %e, "periodic task failed; it keeps running");
