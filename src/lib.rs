@@ -10,6 +10,7 @@ pub mod engine;
 pub mod io;
 pub mod load;
 pub mod proto;
+pub mod registry;
 pub mod serve;
 pub mod state;
 pub mod store;
