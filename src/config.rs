@@ -58,6 +58,8 @@ pub struct Config {
     pub failover: crate::control::failover::FailoverConfig,
     /// `[service]`: Cinder's lifecycle timing.
     pub service: crate::control::LifecycleConfig,
+    /// `[services]`: the service registry's types and pool refresh.
+    pub services: crate::control::services::ServicesConfig,
 }
 
 /// `[confd]`.
@@ -339,6 +341,7 @@ impl Config {
             lifecycle: self.service.clone(),
             data_dir: Some(self.store.data_dir.clone()),
             seed: rand::random(),
+            services: self.services.clone(),
         }
     }
 

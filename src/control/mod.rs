@@ -20,6 +20,7 @@
 pub mod failover;
 pub mod liveness;
 pub mod periodic;
+pub mod services;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -121,6 +122,8 @@ pub struct ControlConfig {
     pub data_dir: Option<PathBuf>,
     /// Seed of the periodic tasks' fuzz and jitter.
     pub seed: u64,
+    /// Service types and pool refresh.
+    pub services: services::ServicesConfig,
 }
 
 /// One amphora in the snapshot.
@@ -166,6 +169,10 @@ pub struct Snapshot {
     pub tasks: Vec<periodic::Task>,
     /// Durable store figures, when there is a store.
     pub store: Option<StoreStatus>,
+    /// The services as polled by the pools (rebuilt when the registry changes).
+    pub world: Arc<crate::registry::lb::World>,
+    /// The pools, by name.
+    pub pools: Arc<BTreeMap<String, crate::registry::lb::Pool>>,
 }
 
 /// Durable store figures.
@@ -259,6 +266,42 @@ pub enum Command {
     FailoverRecord(u64),
     /// New settings (SIGHUP).
     Reload(Box<ControlConfig>),
+    /// Register, lock, unlock or deregister services.
+    ServicePush {
+        /// What to do.
+        action: services::PushAction,
+        /// The services.
+        entries: Vec<services::ServiceEntry>,
+    },
+    /// Remove every service of a type.
+    ServiceFlush(String),
+    /// The services of a type.
+    ServiceList {
+        /// Type.
+        type_name: String,
+        /// With `stat.*` tags.
+        full: bool,
+    },
+    /// The configured service types.
+    ServiceTypes,
+    /// The address of a service id.
+    ServiceResolve {
+        /// Type.
+        type_name: String,
+        /// Service id.
+        id: String,
+    },
+    /// Create (or with `force` replace) a pool.
+    PoolCreate {
+        /// Name.
+        name: String,
+        /// Target string `N,slotA,slotB;M,slotC;key=value`.
+        targets: String,
+        /// Replace an existing pool.
+        force: bool,
+    },
+    /// Delete a pool.
+    PoolDelete(String),
 }
 
 /// A command with its reply channel. The reply comes once the change is durable.
@@ -303,6 +346,8 @@ struct Tasks {
     report: TaskId,
     maintenance: TaskId,
     confd_watch: TaskId,
+    expiry: TaskId,
+    world: TaskId,
 }
 
 /// Previous counter values, for per-interval differences.
@@ -345,6 +390,10 @@ pub struct Control {
     report_count: u64,
     model_disconnected: bool,
     confd_error: Option<String>,
+    registry: crate::registry::Registry,
+    pools: BTreeMap<String, crate::registry::lb::Pool>,
+    world: Arc<crate::registry::lb::World>,
+    world_generation: u64,
 }
 
 impl std::fmt::Debug for Control {
@@ -401,7 +450,16 @@ impl Control {
                 secs_ns(lc.periodic_fuzzy_delay),
             ),
             confd_watch: periodic.add("confd_config_watch", 1_000_000_000, now, 1_000_000_000, 0),
+            expiry: periodic.add("service_expiry", 1_000_000_000, now, 1_000_000_000, 0),
+            world: periodic.add(
+                "lb_world_refresh",
+                secs_ns(cfg.services.world_refresh_interval),
+                now,
+                secs_ns(cfg.services.world_refresh_interval),
+                0,
+            ),
         };
+        let registry = crate::registry::Registry::new(cfg.services.types.clone()).map_err(|e| e.to_string())?;
         let mut c = Control {
             live: Liveness::new(cfg.liveness.clone(), now),
             shared,
@@ -428,6 +486,10 @@ impl Control {
             report_count: 0,
             model_disconnected: false,
             confd_error: None,
+            registry,
+            pools: BTreeMap::new(),
+            world: Arc::new(crate::registry::lb::World::default()),
+            world_generation: u64::MAX,
             cfg,
         };
         c.restore()?;
@@ -439,7 +501,7 @@ impl Control {
     }
 
     fn restore(&mut self) -> Result<(), String> {
-        let Some(store) = &self.store else { return Ok(()) };
+        let Some(store) = self.store.clone() else { return Ok(()) };
         let loaded = store.load().map_err(|e| e.to_string())?;
         let amphorae: Vec<(Key, StoredAmphora)> = loaded.decode(Table::Amphorae).map_err(|e| e.to_string())?;
         let n = amphorae.len();
@@ -483,6 +545,7 @@ impl Control {
             }
             self.records.insert(r.id, r);
         }
+        self.restore_services(&loaded)?;
         if let Ok(meta) = loaded.decode::<serde_json::Value>(Table::Meta) {
             for (k, v) in meta {
                 if k == Key::Name("service".into()) {
@@ -522,6 +585,11 @@ impl Control {
         self.live.set_config(cfg.liveness.clone());
         self.executor.set_config(cfg.failover.clone());
         cfg.data_dir = self.cfg.data_dir.clone();
+        if cfg.services.types != self.cfg.services.types {
+            tracing::warn!("changed service types take effect only after a restart");
+            cfg.services.types = self.cfg.services.types.clone();
+        }
+        self.periodic.set_spacing(self.tasks.world, secs_ns(cfg.services.world_refresh_interval), now);
         self.cfg = cfg;
     }
 
@@ -600,6 +668,8 @@ impl Control {
             (self.tasks.maintenance, Control::task_maintenance),
             (self.tasks.flush, Control::task_flush),
             (self.tasks.confd_watch, Control::task_confd_watch),
+            (self.tasks.expiry, Control::task_expiry),
+            (self.tasks.world, Control::task_world),
         ] {
             let now = self.clock.now_ns();
             if self.periodic.is_due(id, now) {
@@ -1064,6 +1134,13 @@ impl Control {
                 self.reload(*cfg);
                 Ok(serde_json::json!({"reloaded": true}))
             }
+            c @ (Command::ServicePush { .. }
+            | Command::ServiceFlush(_)
+            | Command::ServiceList { .. }
+            | Command::ServiceTypes
+            | Command::ServiceResolve { .. }
+            | Command::PoolCreate { .. }
+            | Command::PoolDelete(_)) => self.execute_services(c),
             Command::FailoverRecord(id) => self
                 .records
                 .get(&id)
@@ -1107,6 +1184,8 @@ impl Control {
             failover_counts: counts,
             tasks: self.periodic.tasks().to_vec(),
             store,
+            world: self.world.clone(),
+            pools: Arc::new(self.pools.clone()),
         };
         self.shared.snapshot.store(Arc::new(snap));
     }
