@@ -296,4 +296,37 @@ mod tests {
         assert!(stop.is_stopped());
         assert!(stop.sleep(Duration::from_secs(30)));
     }
+
+    #[test]
+    fn supervisor_replaces_a_failed_watcher() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rx.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let shared =
+            Arc::new(Shared { sinks: vec![rx.local_addr().expect("addr")], key: b"k".to_vec(), stop: Stop::default() });
+        let cfg = Arc::new(ServiceConfig {
+            kind: "rawx".into(),
+            addr: "127.0.0.1:6000".parse().expect("addr"),
+            service_id: None,
+            location: None,
+            slots: Vec::new(),
+            check_interval: Duration::from_millis(10),
+            deregister_on_exit: true,
+            checks: Vec::new(),
+            stats: Vec::new(),
+        });
+        let failed = std::thread::spawn(|| Err(std::io::Error::other("socket trouble")));
+        while !failed.is_finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut slot = Slot { cfg, handle: Some(failed) };
+        slot.supervise(&shared);
+        // A fresh watcher runs and sends.
+        let mut buf = [0u8; 2048];
+        assert!(rx.recv(&mut buf).expect("a heartbeat from the new watcher") > 64);
+        assert!(slot.handle.as_ref().is_some_and(|h| !h.is_finished()));
+        // A running watcher is left alone.
+        slot.supervise(&shared);
+        shared.stop.stop();
+        slot.join();
+    }
 }
