@@ -360,7 +360,13 @@ fn service(s: ServiceFile, g: &Globals) -> Result<ServiceConfig, String> {
     for st in s.stats {
         stats.push(match st {
             StatFile::System {} => StatConfig::System,
-            StatFile::Volume { path } => StatConfig::Volume { path },
+            StatFile::Volume { path } => {
+                // The path is sent as tag.vol.
+                if path.as_os_str().is_empty() || path.display().to_string().len() > MAX_TAG_STR {
+                    return Err("volume path must be 1-1024 bytes".to_owned());
+                }
+                StatConfig::Volume { path }
+            }
             // Already checked when the file was read (a fault there fails the whole file).
             StatFile::Static { stats, tags } => StatConfig::Static { tags: static_tags(&stats, &tags)? },
         });
