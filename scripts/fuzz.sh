@@ -3,6 +3,9 @@
 #
 # usage: scripts/fuzz.sh [RUNS]        (RUNS defaults to 20000 inputs per target)
 #
+# Targets (every [[bin]] of fuzz/Cargo.toml, as `cargo fuzz list` prints them): envelope,
+# message, seqwin, confd, service.
+#
 # Each target starts from its committed seeds (fuzz/seeds/<target>/, copied into the gitignored
 # working corpus fuzz/corpus/<target>/, which keeps what earlier runs found) and stops after RUNS
 # inputs or 120 s, whichever comes first. Exits non-zero when any target crashes; the crashing

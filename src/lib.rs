@@ -1,6 +1,7 @@
 //! heartsink: a heartbeat sink. See the README for what it does and how to run it.
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod api;
 pub mod bench;
 pub mod confd;

@@ -29,6 +29,18 @@ enum Command {
     /// Ganeti confd client.
     #[command(subcommand)]
     Confd(ConfdCmd),
+    /// Watch services (TCP/HTTP checks, stats) and send signed service heartbeats to the sinks.
+    Agent(AgentCli),
+}
+
+#[derive(clap::Args, Debug)]
+struct AgentCli {
+    /// TOML configuration file: sinks, key, rise/fall, [[service]] entries (see the README).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Run one round of checks, send the heartbeats, print them as a JSON array and exit.
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -284,6 +296,15 @@ fn main() -> ExitCode {
             }
         }
         Command::Load(l) => load(l),
+        Command::Agent(a) => {
+            match heartsink::agent::run(&heartsink::agent::AgentArgs { config: a.config, once: a.once }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("heartsink agent: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Confd(ConfdCmd::Query { peers, key_file, coverage, timeout, kind, query }) => {
             let timeout = std::time::Duration::from_secs_f64(timeout.clamp(0.01, 3600.0));
             match heartsink::confd::cli::query(&peers, &key_file, &kind, query.as_deref(), coverage, timeout) {

@@ -1,6 +1,7 @@
 //! No heap allocation per packet in steady state: after a warm-up, the worker pipeline
 //! processes batches of known amphorae (verify, inflate, parse, sequence window, apply) without
 //! a single call to the allocator. Forged packets (rejected at the HMAC) allocate nothing either.
+//! The same holds for service heartbeats parsed into a reused `ServiceBeat`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -18,6 +19,8 @@ struct Counting;
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// The counter is global: tests that count take this lock so that they do not count each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 // SAFETY: forwards to the system allocator unchanged; only counts calls.
 unsafe impl GlobalAlloc for Counting {
@@ -46,6 +49,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn steady_state_pipeline_allocates_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for backend in [Backend::Libdeflate, Backend::ZlibRs] {
         let shared = PipelineShared {
             keyring: Arc::new(ArcSwap::from_pointee(Keyring::from_strs(&["k"], 0))),
@@ -77,4 +81,39 @@ fn steady_state_pipeline_allocates_nothing() {
         assert_eq!(accepted, (rounds - 5) * amphorae, "{backend:?}: every steady-state heartbeat applied");
         assert_eq!(ALLOCS.swap(0, Ordering::SeqCst), 0, "{backend:?}: allocations in steady state");
     }
+}
+
+#[test]
+fn service_beat_reparse_allocates_nothing() {
+    use heartsink::proto::service::{build_service_json, ServiceBeat, TagValue};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Two senders of the same shape, different values (and one with an ignored tag).
+    let docs: Vec<Vec<u8>> = (0..40u64)
+        .map(|i| {
+            let mut b = ServiceBeat::new("rawx", "127.0.0.1:6000".parse().unwrap(), i);
+            b.set_id(Some("rawx-1"));
+            b.set_tag("tag.up", TagValue::Bool(i % 3 != 0));
+            b.set_tag("tag.loc", TagValue::Str(format!("dc1.rack{}.host1.vol1", i % 2)));
+            b.set_tag("tag.slots", TagValue::Str("rawx-ssd,rawx-even".into()));
+            b.set_tag("stat.cpu", TagValue::Float(97.5 - i as f64));
+            b.set_tag("stat.io", TagValue::Int(88));
+            b.set_tag("stat.space", TagValue::Float(42.1));
+            b.set_tag("other", TagValue::Int(1));
+            build_service_json(&b)
+        })
+        .collect();
+    let mut beat = ServiceBeat::default();
+    for d in docs.iter().take(2) {
+        beat.parse(d).unwrap();
+    }
+    COUNTING.store(true, Ordering::SeqCst);
+    let mut ok = 0;
+    for d in &docs {
+        ok += usize::from(beat.parse(d).is_ok());
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(ok, docs.len());
+    assert_eq!(beat.tags().len(), 6);
+    assert_eq!(beat.ignored_tags, 1);
+    assert_eq!(ALLOCS.swap(0, Ordering::SeqCst), 0, "allocations in steady state");
 }

@@ -1,6 +1,6 @@
-//! Sockets: socket2 set-up, batched receive (`recvmmsg`) and send (`sendmmsg`), and the
-//! kernel's drop counter (`SO_RXQ_OVFL`). This is the only module with `unsafe`; each block
-//! says why it is sound.
+//! Sockets: socket2 set-up, batched receive (`recvmmsg`) and send (`sendmmsg`), the kernel's
+//! drop counter (`SO_RXQ_OVFL`); and `statvfs` for the agent's volume stats. This is the only
+//! module with `unsafe`; each block says why it is sound.
 
 mod udp;
 
@@ -13,5 +13,60 @@ pub fn kill_process_group(pgid: u32) {
         unsafe {
             libc::kill(-pgid, libc::SIGKILL);
         }
+    }
+}
+
+/// Size and free space of a filesystem, from `statvfs(3)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsSpace {
+    /// Size of the filesystem, bytes.
+    pub total_bytes: u64,
+    /// Bytes available to unprivileged users (`f_bavail`).
+    pub available_bytes: u64,
+}
+
+impl FsSpace {
+    /// Available space as a percentage of the size, or `None` for a filesystem without blocks
+    /// (`/proc`, `/sys`).
+    pub fn free_percent(&self) -> Option<f64> {
+        (self.total_bytes > 0).then(|| 100.0 * self.available_bytes as f64 / self.total_bytes as f64)
+    }
+}
+
+/// The space of the filesystem holding `path`.
+// The statvfs fields are u64 on 64-bit Linux but narrower on some 32-bit targets.
+#[allow(clippy::useless_conversion)]
+pub fn fs_space(path: &std::path::Path) -> std::io::Result<FsSpace> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, and `st` points to writable
+    // memory for one `statvfs`, which the call fills when it returns 0.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialised the whole struct.
+    let st = unsafe { st.assume_init() };
+    let unit = u64::from(if st.f_frsize > 0 { st.f_frsize } else { st.f_bsize });
+    Ok(FsSpace {
+        total_bytes: u64::from(st.f_blocks).saturating_mul(unit),
+        available_bytes: u64::from(st.f_bavail).saturating_mul(unit),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_space_of_the_temp_dir() {
+        let s = fs_space(&std::env::temp_dir()).expect("statvfs");
+        assert!(s.total_bytes > 0 && s.available_bytes <= s.total_bytes, "{s:?}");
+        let pct = s.free_percent().expect("has blocks");
+        assert!((0.0..=100.0).contains(&pct));
+        assert!(fs_space(std::path::Path::new("/nonexistent/heartsink")).is_err());
+        assert!(fs_space(std::path::Path::new("a\0b")).is_err());
     }
 }

@@ -9,6 +9,9 @@
 //! 3. [`octavia`]: UTF-8 check and a typed JSON parse into a reusable [`octavia::Heartbeat`].
 //! 4. [`seqwin`]: the per-sender sequence window (replay and stale suppression).
 //!
+//! [`service`] is the second message kind in the same envelope: a service heartbeat (type,
+//! address, tags), told apart from an Octavia heartbeat by its first key.
+//!
 //! Each stage has one error enum; each variant maps to one `drops_total{reason}` label
 //! (see [`crate::engine::DropReason`]).
 #![forbid(unsafe_code)]
@@ -18,3 +21,4 @@ pub mod inflate;
 pub mod keyring;
 pub mod octavia;
 pub mod seqwin;
+pub mod service;
