@@ -56,6 +56,7 @@ fn steady_state_pipeline_allocates_nothing() {
             settings: Arc::new(ArcSwap::from_pointee(Settings::default())),
             shards: Arc::new(Shards::new(16)),
             clock: Arc::new(ManualClock::new(0)),
+            services: Default::default(),
         };
         let mut p = Pipeline::new(shared, backend, Arc::new(WorkerCounters::default()), None);
         let amphorae = 64;

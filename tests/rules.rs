@@ -31,6 +31,7 @@ fn rig() -> Rig {
         settings: Arc::new(ArcSwap::from_pointee(Settings::default())),
         shards: shards.clone(),
         clock: clock.clone(),
+        services: Default::default(),
     };
     let (tx, changes) = channel::unbounded();
     let p = Pipeline::new(shared, Backend::Libdeflate, Arc::new(WorkerCounters::default()), Some(tx));

@@ -110,6 +110,7 @@ fn pipeline(keys: &[&str]) -> (Pipeline, Arc<Shards>, Arc<WorkerCounters>) {
         settings: Arc::new(ArcSwap::from_pointee(Settings::default())),
         shards: shards.clone(),
         clock: Arc::new(ManualClock::new(1_000)),
+        services: Default::default(),
     };
     (Pipeline::new(shared, Backend::Libdeflate, counters.clone(), None), shards, counters)
 }

@@ -88,6 +88,7 @@ pub fn pipeline() -> Pipeline {
         settings: Arc::new(ArcSwap::from_pointee(Settings::default())),
         shards: Arc::new(Shards::new(64)),
         clock: Arc::new(SystemClock),
+        services: Default::default(),
     };
     Pipeline::new(shared, Backend::default(), Arc::new(WorkerCounters::default()), None)
 }

@@ -394,6 +394,10 @@ pub struct Control {
     pools: BTreeMap<String, crate::registry::lb::Pool>,
     world: Arc<crate::registry::lb::World>,
     world_generation: u64,
+    scratch: crate::registry::Registration,
+    rejected_types: FxHashSet<String>,
+    id_tag: crate::registry::TagValue,
+    services_rejected: u64,
 }
 
 impl std::fmt::Debug for Control {
@@ -490,6 +494,10 @@ impl Control {
             pools: BTreeMap::new(),
             world: Arc::new(crate::registry::lb::World::default()),
             world_generation: u64::MAX,
+            scratch: crate::registry::Registration::empty(),
+            rejected_types: FxHashSet::default(),
+            id_tag: crate::registry::TagValue::Bool(false),
+            services_rejected: 0,
             cfg,
         };
         c.restore()?;
@@ -972,6 +980,7 @@ impl Control {
     /// Writes the dirty amphorae and the pending writes behind; returns a channel told when
     /// they are durable (None without a store).
     fn flush(&mut self) -> Option<Receiver<Result<(), String>>> {
+        self.services_to_store();
         let writer = self.writer.as_ref()?;
         let mut batch = std::mem::take(&mut self.pending);
         let shards = &self.shared.pipeline.shards;
@@ -1236,7 +1245,12 @@ fn hostname() -> String {
 }
 
 /// The control thread's loop: changes and commands as they come, periodic tasks when due.
-pub fn run(mut ctl: Control, changes: &Receiver<Vec<Change>>, commands: &Receiver<Envelope>) {
+pub fn run(
+    mut ctl: Control,
+    changes: &Receiver<Vec<Change>>,
+    commands: &Receiver<Envelope>,
+    services: &Receiver<Vec<crate::proto::service::ServiceBeat>>,
+) {
     let shared = ctl.shared.clone();
     let r = Ordering::Relaxed;
     loop {
@@ -1253,6 +1267,14 @@ pub fn run(mut ctl: Control, changes: &Receiver<Vec<Change>>, commands: &Receive
                 Err(_) => stop = true,
             },
             recv(commands) -> cmd => if let Ok(cmd) = cmd { ctl.command(cmd) },
+            recv(services) -> batch => if let Ok(batch) = batch {
+                let start = Instant::now();
+                ctl.apply_services(batch);
+                for more in services.try_iter() {
+                    ctl.apply_services(more);
+                }
+                record_tick(&shared, start);
+            },
             default(wait) => {},
         }
         if stop {
@@ -1266,6 +1288,9 @@ pub fn run(mut ctl: Control, changes: &Receiver<Vec<Change>>, commands: &Receive
     }
     // Workers are gone: apply what they sent last, answer waiting commands, flush.
     ctl.apply_changes(changes.try_iter());
+    for batch in services.try_iter() {
+        ctl.apply_services(batch);
+    }
     while let Ok(cmd) = commands.try_recv() {
         ctl.command(cmd);
     }

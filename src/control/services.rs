@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{CommandError, CommandResult, Control};
+use crate::proto::service::{ServiceBeat, ServiceOp};
 use crate::registry::lb::{Pool, World};
 use crate::registry::{Deregistered, Registration, RegistryError, ScoreOp, Service, TagValue, TypeConfig};
 use crate::store::{Key, Table};
@@ -123,6 +124,66 @@ impl Control {
             tracing::info!(service_type = %r.type_name, addr = %r.addr, "new service locked at 0 (lock_at_first_register)");
         }
         Ok(out)
+    }
+
+    /// Applies a batch of service heartbeats from the workers and returns the vector (with
+    /// its beats, whose buffers the workers reuse) to the lane. The registration is filled
+    /// into reused scratch: a known service's heartbeat allocates nothing here either.
+    pub fn apply_services(&mut self, mut batch: Vec<ServiceBeat>) {
+        use std::fmt::Write as _;
+        for beat in &batch {
+            let r = &mut self.scratch;
+            r.type_name.clear();
+            r.type_name.push_str(&beat.kind);
+            r.addr.clear();
+            let _ = write!(r.addr, "{}", beat.addr);
+            let mut n = 0;
+            let mut put = |name: &str, value: &TagValue| {
+                match r.tags.get_mut(n) {
+                    Some((k, v)) => {
+                        if k != name {
+                            k.clear();
+                            k.push_str(name);
+                        }
+                        if v != value {
+                            *v = value.clone();
+                        }
+                    }
+                    None => r.tags.push((name.to_owned(), value.clone())),
+                }
+                n += 1;
+            };
+            for t in beat.tags() {
+                put(&t.name, &t.value);
+            }
+            if let Some(id) = beat.id() {
+                if self.id_tag.as_str() != Some(id) {
+                    self.id_tag = TagValue::Str(id.to_owned());
+                }
+                let id_tag = self.id_tag.clone();
+                put("tag.service_id", &id_tag);
+            }
+            r.tags.truncate(n);
+            r.op = match beat.op {
+                ServiceOp::Register => ScoreOp::Unset,
+                ServiceOp::Lock => ScoreOp::Lock(beat.score.unwrap_or(0).clamp(0, 100) as i32),
+                ServiceOp::Unlock => ScoreOp::Unlock,
+            };
+            let r = std::mem::replace(&mut self.scratch, Registration::empty());
+            match self.register(&r) {
+                Ok(_) => {}
+                Err(e) => {
+                    self.services_rejected += 1;
+                    if self.rejected_types.insert(r.type_name.clone()) {
+                        tracing::warn!(service_type = %r.type_name, addr = %r.addr, error = %e, "service heartbeat refused (reported once per type)");
+                    }
+                }
+            }
+            self.scratch = r;
+        }
+        self.changed = true;
+        let lane = self.shared.pipeline.services.clone();
+        let _ = lane.recycle.push(batch);
     }
 
     /// Queues the registry's changed services for the store.

@@ -113,6 +113,18 @@ impl From<MessageError> for DropReason {
     }
 }
 
+impl From<crate::proto::service::ServiceError> for DropReason {
+    /// A service heartbeat's parse errors use the same labels as an amphora heartbeat's.
+    fn from(e: crate::proto::service::ServiceError) -> DropReason {
+        use crate::proto::service::ServiceError as E;
+        match e {
+            E::NotUtf8 => DropReason::NotUtf8,
+            E::Json => DropReason::NotJson,
+            _ => DropReason::BadSchema,
+        }
+    }
+}
+
 impl From<SeqError> for DropReason {
     fn from(e: SeqError) -> DropReason {
         match e {
@@ -145,6 +157,8 @@ pub struct BatchTally {
     pub new_senders: u64,
     /// Heartbeats applied whose listener count was not the expected one (liveness not refreshed).
     pub listener_count_mismatches: u64,
+    /// Service heartbeats accepted (also counted in `accepted`).
+    pub services: u64,
 }
 
 impl BatchTally {
@@ -172,6 +186,8 @@ pub struct WorkerCounters {
     pub new_senders: AtomicU64,
     /// Heartbeats applied whose listener count was not the expected one.
     pub listener_count_mismatches: AtomicU64,
+    /// Service heartbeats accepted and handed to the control thread.
+    pub services: AtomicU64,
     /// confd requests taken from the ring.
     pub confd_requests: AtomicU64,
     /// confd replies sent.
@@ -200,6 +216,7 @@ impl WorkerCounters {
         bump(&self.restarts, t.restarts);
         bump(&self.new_senders, t.new_senders);
         bump(&self.listener_count_mismatches, t.listener_count_mismatches);
+        bump(&self.services, t.services);
     }
 }
 

@@ -35,7 +35,7 @@ use rustc_hash::FxBuildHasher;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use counters::{BatchTally, DropReason, RxCounters, WorkerCounters};
-pub use pipeline::{Change, Pipeline, PipelineShared, Settings};
+pub use pipeline::{Change, Pipeline, PipelineShared, ServiceLane, Settings};
 pub use ring::{Batch, BatchKind};
 pub use shards::Shards;
 
@@ -324,11 +324,13 @@ impl Engine {
         }
         let (changes_tx, changes_rx) = channel::unbounded::<Vec<Change>>();
         let (commands_tx, commands_rx) = channel::unbounded::<Envelope>();
+        let (services_tx, services_rx) = channel::unbounded();
         let pipeline = PipelineShared {
             keyring: Arc::new(ArcSwap::from_pointee(cfg.keyring.clone())),
             settings: Arc::new(ArcSwap::from_pointee(cfg.settings.clone())),
             shards: Arc::new(Shards::new(cfg.shards)),
             clock: clock.clone(),
+            services: Arc::new(ServiceLane::new(Some(services_tx))),
         };
         let shared = Arc::new(Shared {
             pipeline,
@@ -414,7 +416,7 @@ impl Engine {
 
         let control = std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || crate::control::run(control, &changes_rx, &commands_rx))?;
+            .spawn(move || crate::control::run(control, &changes_rx, &commands_rx, &services_rx))?;
 
         Ok(Engine { shared, locals, confd_local, rx, workers, control: Some(control) })
     }

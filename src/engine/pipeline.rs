@@ -22,7 +22,8 @@ use crate::proto::envelope;
 use crate::proto::inflate::{Backend, Inflater};
 use crate::proto::keyring::Keyring;
 use crate::proto::octavia::{Heartbeat, Uuid};
-use crate::proto::seqwin::SeqOutcome;
+use crate::proto::seqwin::{SeqOutcome, SeqWindow};
+use crate::proto::service::{is_service_document, ServiceBeat};
 use crate::state::{AmphoraState, OperatingStatus};
 
 /// Settings a reload may change while the engine runs.
@@ -76,6 +77,36 @@ pub struct PipelineShared {
     pub shards: Arc<Shards>,
     /// Time source.
     pub clock: Arc<dyn Clock>,
+    /// Service heartbeats: sequence windows and the hand-off to the control thread.
+    pub services: Arc<ServiceLane>,
+}
+
+/// Service heartbeats' path from the workers to the control thread (OpenIO-style registry).
+/// They are few (one a second per service), so one mutex guards their sequence windows. The
+/// parsed messages travel in recycled vectors: the control thread returns each vector to
+/// `recycle` once applied, so steady traffic allocates nothing.
+#[derive(Debug)]
+pub struct ServiceLane {
+    /// Sequence window per (type hash, address).
+    pub windows: parking_lot::Mutex<rustc_hash::FxHashMap<(u64, std::net::SocketAddr), (SeqWindow, u64)>>,
+    /// Batches of parsed service heartbeats for the control thread.
+    pub tx: Option<Sender<Vec<ServiceBeat>>>,
+    /// Emptied batches coming back.
+    pub recycle: crossbeam::queue::ArrayQueue<Vec<ServiceBeat>>,
+}
+
+impl ServiceLane {
+    /// A lane sending to `tx` (None: service heartbeats are verified and counted, then dropped
+    /// on the floor, as in benches without a control thread).
+    pub fn new(tx: Option<Sender<Vec<ServiceBeat>>>) -> ServiceLane {
+        ServiceLane { windows: Default::default(), tx, recycle: crossbeam::queue::ArrayQueue::new(256) }
+    }
+}
+
+impl Default for ServiceLane {
+    fn default() -> ServiceLane {
+        ServiceLane::new(None)
+    }
 }
 
 /// One worker's pipeline state.
@@ -90,6 +121,9 @@ pub struct Pipeline {
     rx_ns: Vec<u64>,
     applied_rx_ns: Vec<u64>,
     changes: Vec<Change>,
+    services: Vec<ServiceBeat>,
+    services_len: usize,
+    spare: Vec<ServiceBeat>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -98,12 +132,31 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
-/// Verify → inflate → parse one datagram into `hb`.
-fn decode(inflater: &mut Inflater, keys: &Keyring, packet: &[u8], hb: &mut Heartbeat) -> Result<(), DropReason> {
+/// What a datagram decoded to.
+enum Decoded {
+    /// An amphora heartbeat, in `hb`.
+    Amphora,
+    /// A service heartbeat, in the service scratch.
+    Service,
+}
+
+/// Verify → inflate → parse one datagram into `hb` (Octavia) or `svc` (a service heartbeat:
+/// a document whose only key is `"service"`).
+fn decode(
+    inflater: &mut Inflater,
+    keys: &Keyring,
+    packet: &[u8],
+    hb: &mut Heartbeat,
+    svc: &mut ServiceBeat,
+) -> Result<Decoded, DropReason> {
     let verified = envelope::verify(packet, keys)?;
     let json = inflater.inflate(&verified)?;
+    if is_service_document(json) {
+        svc.parse(json)?;
+        return Ok(Decoded::Service);
+    }
     hb.parse(json)?;
-    Ok(())
+    Ok(Decoded::Amphora)
 }
 
 impl Pipeline {
@@ -127,12 +180,59 @@ impl Pipeline {
             rx_ns: Vec::new(),
             applied_rx_ns: Vec::new(),
             changes: Vec::new(),
+            services: Vec::new(),
+            services_len: 0,
+            spare: Vec::new(),
         }
     }
 
     /// Changes gathered since the last call (when no channel was given).
     pub fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.changes)
+    }
+
+    /// Runs the sequence window on the batch's service heartbeats and hands the accepted ones
+    /// to the control thread in a recycled vector. The beats a recycled vector brings back
+    /// become parse scratch again, so their buffers are reused.
+    fn hand_over_services(&mut self, recv_ns: u64, restart_gap_ns: u64, tally: &mut BatchTally) {
+        use std::hash::BuildHasher;
+        let lane = &self.shared.services;
+        let mut out = lane.recycle.pop().unwrap_or_default();
+        self.spare.append(&mut out);
+        {
+            let mut windows = lane.windows.lock();
+            for svc in self.services.drain(..self.services_len) {
+                let key = (rustc_hash::FxBuildHasher.hash_one(svc.kind.as_str()), svc.addr);
+                let (window, last) = windows.entry(key).or_insert((SeqWindow::default(), recv_ns));
+                let since = recv_ns.saturating_sub(*last);
+                match window.check(svc.seq, since, restart_gap_ns) {
+                    Ok(outcome) => {
+                        *last = (*last).max(recv_ns);
+                        if outcome == SeqOutcome::Restarted {
+                            tally.restarts += 1;
+                        }
+                        tally.accepted += 1;
+                        tally.services += 1;
+                        out.push(svc);
+                    }
+                    Err(e) => {
+                        tally.drop(e.into());
+                        self.spare.push(svc);
+                    }
+                }
+            }
+        }
+        self.services_len = 0;
+        self.services.append(&mut self.spare);
+        match &lane.tx {
+            Some(tx) if !out.is_empty() => {
+                let _ = tx.send(out);
+            }
+            _ => {
+                self.services.append(&mut out);
+                let _ = lane.recycle.push(out);
+            }
+        }
     }
 
     /// Processes one batch of datagrams received at `recv_ns` (wall clock, ns since the epoch).
@@ -163,14 +263,20 @@ impl Pipeline {
                 self.parsed.push(Heartbeat::default());
             }
             let hb = &mut self.parsed[n];
-            match decode(&mut self.inflater, &keys, packet, hb) {
-                Ok(()) => {
+            if self.services_len == self.services.len() {
+                self.services.push(ServiceBeat::default());
+            }
+            let svc = &mut self.services[self.services_len];
+            match decode(&mut self.inflater, &keys, packet, hb, svc) {
+                Ok(Decoded::Amphora) => {
                     self.order.push((shards.index(&hb.id), n));
                     self.rx_ns.push(rx_ns);
                 }
+                Ok(Decoded::Service) => self.services_len += 1,
                 Err(r) => tally.drop(r),
             }
         }
+
         // Group by shard, keeping arrival order within a shard (so within a sender).
         self.order.sort_unstable();
         // Octavia's processing-delay rule, against the kernel receive time when known, else the
@@ -234,6 +340,9 @@ impl Pipeline {
             for rx in &self.applied_rx_ns {
                 self.counters.rx_latency.record(now.saturating_sub(*rx));
             }
+        }
+        if self.services_len > 0 {
+            self.hand_over_services(recv_ns, settings.restart_gap_ns, &mut tally);
         }
         self.counters.publish(&tally);
         if !self.changes.is_empty() {

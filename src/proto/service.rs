@@ -143,69 +143,21 @@ impl ServiceOp {
     }
 }
 
-/// A typed tag value.
-#[derive(Clone, Debug, PartialEq)]
-pub enum TagValue {
-    /// A JSON integer that fits an i64.
-    Int(i64),
-    /// A JSON number with a fraction or exponent (always finite).
-    Float(f64),
-    /// `true` or `false`.
-    Bool(bool),
-    /// A string of at most [`MAX_TAG_STR`] bytes.
-    Str(String),
-}
+/// A typed tag value (the registry's: one type from the wire to the store).
+pub use crate::registry::TagValue;
 
-impl TagValue {
-    /// The value as a number, for integers and floats.
-    pub fn as_f64(&self) -> Option<f64> {
-        match *self {
-            TagValue::Int(i) => Some(i as f64),
-            TagValue::Float(f) => Some(f),
-            _ => None,
+/// Overwrites `v` with `raw`, reusing a string's capacity when both are strings.
+fn assign_raw(v: &mut TagValue, raw: Raw<'_>) {
+    match (v, raw) {
+        (TagValue::Str(s), Raw::Str(x)) => {
+            s.clear();
+            s.push_str(x);
         }
-    }
-
-    /// The value of a boolean.
-    pub fn as_bool(&self) -> Option<bool> {
-        match *self {
-            TagValue::Bool(b) => Some(b),
-            _ => None,
-        }
-    }
-
-    /// The value of a string.
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            TagValue::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// Overwrites `self` with `raw`, reusing a string's capacity when both are strings.
-    fn assign(&mut self, raw: Raw<'_>) {
-        match (self, raw) {
-            (TagValue::Str(s), Raw::Str(v)) => {
-                s.clear();
-                s.push_str(v);
-            }
-            (this, Raw::Str(v)) => *this = TagValue::Str(v.to_owned()),
-            (this, Raw::Int(i)) => *this = TagValue::Int(i),
-            (this, Raw::Float(f)) => *this = TagValue::Float(f),
-            (this, Raw::Bool(b)) => *this = TagValue::Bool(b),
-            (_, Raw::U64(_) | Raw::Null | Raw::Nested) => {}
-        }
-    }
-}
-
-impl serde::Serialize for TagValue {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            TagValue::Int(i) => s.serialize_i64(*i),
-            TagValue::Float(f) => s.serialize_f64(*f),
-            TagValue::Bool(b) => s.serialize_bool(*b),
-            TagValue::Str(v) => s.serialize_str(v),
-        }
+        (this, Raw::Str(x)) => *this = TagValue::Str(x.to_owned()),
+        (this, Raw::Int(i)) => *this = TagValue::Int(i),
+        (this, Raw::Float(f)) => *this = TagValue::Float(f),
+        (this, Raw::Bool(b)) => *this = TagValue::Bool(b),
+        (_, Raw::U64(_) | Raw::Null | Raw::Nested) => {}
     }
 }
 
@@ -874,7 +826,7 @@ impl<'de> Visitor<'de> for TagsSeed<'_> {
                                 return Err(ServiceError::BadTag);
                             }
                         }
-                        value.assign(raw);
+                        assign_raw(value, raw);
                         Ok(())
                     }))?;
                     b.tags[slot].ord = next_u32(slot);

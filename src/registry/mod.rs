@@ -104,6 +104,23 @@ impl TagValue {
         }
     }
 
+    /// The value as a number, for integers and floats.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            TagValue::Int(i) => Some(i as f64),
+            TagValue::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The value of a boolean.
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            TagValue::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
     /// The value as a flag: a bool, a non-zero number, or `true`/`false`, `1`/`0`, `yes`/`no`,
     /// `on`/`off`; `None` for anything else.
     pub fn truthy(&self) -> Option<bool> {
@@ -252,6 +269,13 @@ pub struct Registration {
     pub tags: Vec<(String, TagValue)>,
     /// The score opcode.
     pub op: ScoreOp,
+}
+
+impl Registration {
+    /// An empty registration (reusable scratch).
+    pub fn empty() -> Registration {
+        Registration { type_name: String::new(), addr: String::new(), tags: Vec::new(), op: ScoreOp::Unset }
+    }
 }
 
 /// One registered service, as kept and persisted.
