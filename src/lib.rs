@@ -9,5 +9,6 @@ pub mod engine;
 pub mod io;
 pub mod load;
 pub mod proto;
+pub mod sched;
 pub mod serve;
 pub mod state;
