@@ -28,7 +28,8 @@
 //! | `pending` | size differs, node carries the constraints | `resizing` | engine |
 //! | `pending` | only constraints differ, node carries them | `ready`, `actual = requested` | engine |
 //! | `pending` | node lacks a new constraint | `error` | engine |
-//! | `pending` | node dead or gone, or never made | `scheduling`, no node | engine |
+//! | `pending` | node listed dead, or never made | `scheduling`, no node | engine |
+//! | `pending` | node not listed (yet) | stays, `waiting_reason` set, retried | engine |
 //! | `resizing` | [`Report::Resized`] | `pending` (`actual = requested`) → `ready` | node |
 //! | `cloning` | [`Report::Ready`] | `ready`, `parent_id` cleared, `actual.reserved_size = min(requested, available)` | node |
 //! | `ready`, `error`, `scheduling`, unplaced `pending` | delete (refused while clones of it are not made) | `deleting`; removed at once when on no node | API |

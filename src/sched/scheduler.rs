@@ -560,21 +560,21 @@ impl Scheduler {
         let Some(v) = self.volumes.get(&id) else { return };
         match self.find_machine(&v.requested, v.node.as_deref()) {
             Ok(i) => {
-                let name = self.view.as_ref().map(|view| view.machines[i].name.clone());
+                let Some(name) = self.view.as_ref().map(|view| view.machines[i].name.clone()) else { return };
                 rep.placed += 1;
                 self.modify(id, now_ns, |_, v| {
-                    v.node = name;
+                    v.node = Some(name);
                     v.waiting_reason = None;
                 });
             }
             Err(reason) => {
                 rep.unplaceable += 1;
-                let placed = v.node.is_some();
-                if !placed && v.waiting_reason.as_deref() != Some(reason.as_str()) {
-                    self.modify(id, now_ns, |_, v| v.waiting_reason = Some(reason));
+                if v.node.is_none() {
+                    self.wait(id, now_ns, reason);
+                } else {
+                    // Placed, its node no longer fits and no other does: it keeps its node.
+                    self.set_deadline(id, now_ns.saturating_add(self.cfg.delay_ns));
                 }
-                // A placed volume whose node no longer fits and no other does keeps its node.
-                self.set_deadline(id, now_ns.saturating_add(self.cfg.delay_ns));
             }
         }
     }
@@ -608,20 +608,26 @@ impl Scheduler {
                 }
                 Some(Err(reason)) => {
                     rep.advanced -= 1;
-                    if v.waiting_reason.as_deref() != Some(reason.as_str()) {
-                        self.modify(id, now_ns, |_, v| v.waiting_reason = Some(reason));
-                    }
-                    self.set_deadline(id, now_ns.saturating_add(self.cfg.delay_ns));
+                    self.wait(id, now_ns, reason);
                 }
             }
             return;
         }
+        let node = match v.node.as_deref().map(|n| (n, view.get(n))) {
+            None => None,
+            Some((_, Some(m))) => Some(m).filter(|m| m.alive),
+            // Not listed yet (a new leader): not presumed dead.
+            Some((n, None)) => {
+                let reason = format!("node {n} has not reported yet");
+                return self.wait(id, now_ns, reason);
+            }
+        };
         rep.advanced += 1;
-        let node = v.node.as_deref().and_then(|n| view.get(n)).filter(|m| m.alive);
         let (Some(m), Some(actual)) = (node, v.actual.as_ref()) else {
-            // Not on an alive node, or never made: place it afresh.
+            // On a dead node, or never made: place it afresh.
             self.queue.insert(id);
             self.modify(id, now_ns, |_, v| {
+                v.waiting_reason = None;
                 v.state = S::Scheduling;
                 v.node = None;
                 v.actual = None;
@@ -644,17 +650,29 @@ impl Scheduler {
             // Only the constraints changed and the node carries them all: accepted in place.
             Ok(S::Ready)
         };
-        self.modify(id, now_ns, |_, v| match next {
-            Ok(S::Ready) => {
-                v.state = S::Ready;
-                v.actual = Some(v.requested.clone());
-            }
-            Ok(state) => v.state = state,
-            Err(message) => {
-                v.state = S::Error;
-                v.error = message;
+        self.modify(id, now_ns, |_, v| {
+            v.waiting_reason = None;
+            match next {
+                Ok(S::Ready) => {
+                    v.state = S::Ready;
+                    v.actual = Some(v.requested.clone());
+                }
+                Ok(state) => v.state = state,
+                Err(message) => {
+                    v.state = S::Error;
+                    v.error = message;
+                }
             }
         });
+    }
+
+    /// Volume `id` cannot move on yet: shows `reason` (written only when it changed) and retries
+    /// after `delay`.
+    fn wait(&mut self, id: u64, now_ns: u64, reason: String) {
+        if self.volumes.get(&id).is_some_and(|v| v.waiting_reason.as_deref() != Some(reason.as_str())) {
+            self.modify(id, now_ns, |_, v| v.waiting_reason = Some(reason));
+        }
+        self.set_deadline(id, now_ns.saturating_add(self.cfg.delay_ns));
     }
 
     /// The alive machine carrying every constraint with the largest effective free space

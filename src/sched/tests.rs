@@ -598,12 +598,25 @@ fn gain_heals_only_machines_listed_dead() {
         updated_ns: 0,
         waiting_reason: None,
     };
+    let mut patched = ready_on(3, "x");
+    patched.state = VolumeState::Pending;
+    patched.requested = spec(2, &[]);
     let mut s = sched();
-    s.restore([ready_on(1, "x"), ready_on(2, "y")]).unwrap();
-    let rep = s.tick(1, &[dead(m("y", 10, &[])), m("z", 10, &[])], true);
+    s.restore([ready_on(1, "x"), ready_on(2, "y"), patched]).unwrap();
+    let mut machines = vec![dead(m("y", 10, &[])), m("z", 10, &[])];
+    let rep = s.tick(1, &machines, true);
     assert_eq!((rep.rescanned, rep.healed), (true, 1));
     assert_eq!((state(&s, 1), node(&s, 1)), (VolumeState::Ready, Some("x")), "x has not reported yet");
     assert_eq!((state(&s, 2), node(&s, 2)), (VolumeState::Scheduling, Some("z")));
+    let v = s.get(3).unwrap();
+    assert_eq!((v.state, v.waiting_reason.as_deref()), (VolumeState::Pending, Some("node x has not reported yet")));
+    // x reports: the patched volume moves on at its retry.
+    machines.push(m("x", 10, &[]));
+    s.tick(2, &machines, true);
+    assert_eq!(state(&s, 3), VolumeState::Pending);
+    s.tick(2 + DELAY, &machines, true);
+    assert_eq!((state(&s, 3), node(&s, 3)), (VolumeState::Resizing, Some("x")));
+    assert_eq!(s.get(3).unwrap().waiting_reason, None);
 }
 
 #[test]
