@@ -74,6 +74,10 @@ struct View {
     input: Vec<Machine>,
     /// Deduplicated by name (the last one listed wins), sorted by name.
     machines: Vec<Machine>,
+    /// `input[i]` is `machines[pos[i]]` (when `unique`).
+    pos: Vec<usize>,
+    /// No name is listed twice in `input`.
+    unique: bool,
     by_name: FxHashMap<String, usize>,
     /// Effective free space of each machine: `available − promised`.
     free: Vec<u64>,
@@ -99,7 +103,40 @@ impl View {
                 order.insert((Reverse(f), i));
             }
         }
-        View { input: input.to_vec(), machines, by_name, free, order }
+        let pos: Vec<usize> = input.iter().filter_map(|m| by_name.get(&m.name).copied()).collect();
+        let unique = machines.len() == input.len();
+        View { input: input.to_vec(), machines, pos, unique, by_name, free, order }
+    }
+
+    /// The positions in `input` that differ from the previous list, when it lists the same
+    /// names in the same order; `None` when the view must be rebuilt.
+    fn changes(&self, input: &[Machine]) -> Option<Vec<usize>> {
+        if !self.unique || input.len() != self.input.len() {
+            return None;
+        }
+        let mut changed = Vec::new();
+        for (i, (old, new)) in self.input.iter().zip(input).enumerate() {
+            if old != new {
+                if old.name != new.name {
+                    return None;
+                }
+                changed.push(i);
+            }
+        }
+        Some(changed)
+    }
+
+    /// Machine `j` is now `m`, with `promised` bytes promised on it.
+    fn replace(&mut self, j: usize, m: &Machine, promised: u64) {
+        if self.machines[j].alive {
+            self.order.remove(&(Reverse(self.free[j]), j));
+        }
+        let f = m.available.saturating_sub(promised);
+        self.free[j] = f;
+        if m.alive {
+            self.order.insert((Reverse(f), j));
+        }
+        self.machines[j].clone_from(m);
     }
 
     fn get(&self, name: &str) -> Option<&Machine> {
@@ -481,12 +518,37 @@ impl Scheduler {
     /// Takes in this tick's machines: heals the volumes of machines that died and wakes the
     /// waiting volumes when placement may now succeed.
     fn observe(&mut self, machines: &[Machine], now_ns: u64, rep: &mut TickReport) {
-        if self.view.as_ref().is_some_and(|v| v.input.as_slice() == machines) {
-            return;
-        }
-        let new = View::build(machines, &self.promised);
         let mut dead = Vec::new();
         let mut wake = false;
+        let promised = &self.promised;
+        match self.view.as_mut().and_then(|view| view.changes(machines).map(|changed| (view, changed))) {
+            // The same machines in the same order: one pass, and only the changed ones touched.
+            Some((view, changed)) => {
+                for i in changed {
+                    let (m, j) = (&machines[i], view.pos[i]);
+                    let old = &view.machines[j];
+                    if old.alive && !m.alive {
+                        dead.push(m.name.clone());
+                    }
+                    wake |= m.alive && (!old.alive || old.labels != m.labels || m.available > old.available);
+                    view.replace(j, m, promised.get(&m.name).copied().unwrap_or(0));
+                    view.input[i].clone_from(m);
+                }
+            }
+            None => self.rebuild_view(machines, &mut dead, &mut wake),
+        }
+        for name in dead {
+            rep.machines_died += 1;
+            self.heal(&name, now_ns, &mut rep.healed);
+        }
+        if wake {
+            self.queue.extend(self.waiting.iter().copied());
+        }
+    }
+
+    /// A new machine view (leadership gained, machines added, removed or reordered).
+    fn rebuild_view(&mut self, machines: &[Machine], dead: &mut Vec<String>, wake: &mut bool) {
+        let new = View::build(machines, &self.promised);
         match &self.view {
             // Leadership gained (or restored): machines not listed yet are not presumed dead,
             // they may not have reported to this leader yet; those listed dead are.
@@ -497,20 +559,13 @@ impl Scheduler {
                         dead.push(m.name.clone());
                     }
                 }
-                wake = new.machines.iter().filter(|m| m.alive).any(|m| match old.get(&m.name) {
+                *wake = new.machines.iter().filter(|m| m.alive).any(|m| match old.get(&m.name) {
                     None => true,
                     Some(o) => !o.alive || o.labels != m.labels || m.available > o.available,
                 });
             }
         }
         self.view = Some(new);
-        for name in dead {
-            rep.machines_died += 1;
-            self.heal(&name, now_ns, &mut rep.healed);
-        }
-        if wake {
-            self.queue.extend(self.waiting.iter().copied());
-        }
     }
 
     /// Takes every volume off dead machine `name` (see the module docs for which ones).

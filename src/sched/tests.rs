@@ -679,3 +679,18 @@ fn dirty_and_restore() {
     assert_eq!(r.restore(dup).unwrap_err(), SchedError::InvalidRestore { id: 1, reason: "duplicate id" });
     assert_eq!(r.len(), 3, "a refused restore changes nothing");
 }
+
+#[test]
+fn reordered_and_duplicated_machine_lists() {
+    let mut s = sched();
+    s.create("v", spec(1, &[]), None, 0).unwrap();
+    s.tick(0, &[m("a", 100, &[]), m("b", 10, &[])], true);
+    assert_eq!(node(&s, 1), Some("a"));
+    let rep = s.tick(1, &[m("b", 10, &[]), m("a", 100, &[])], true);
+    assert_eq!(rep.machines_died, 0, "order does not matter");
+    let rep = s.tick(2, &[m("b", 10, &[]), dead(m("a", 100, &[])), m("a", 100, &[])], true);
+    assert_eq!(rep.machines_died, 0, "the last listing of a name wins");
+    let rep = s.tick(3, &[m("b", 10, &[]), m("a", 100, &[]), dead(m("a", 100, &[]))], true);
+    assert_eq!((rep.machines_died, node(&s, 1)), (1, Some("b")));
+    check_invariants(&s, &["a", "b"]);
+}
