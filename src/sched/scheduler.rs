@@ -332,12 +332,11 @@ impl Scheduler {
             return Err(SchedError::NotModified { id });
         }
         self.queue.insert(id);
-        self.modify(id, now_ns, |_, v| {
+        self.modified(id, now_ns, |v| {
             v.requested = requested;
             v.state = VolumeState::Pending;
             v.waiting_reason = None;
         })
-        .ok_or(SchedError::NotFound { id })
     }
 
     /// Deletes a volume: allowed from `ready`, `error`, `scheduling`, and `pending` while not on
@@ -364,11 +363,10 @@ impl Scheduler {
             v.updated_ns = now_ns;
             return Ok(v);
         }
-        self.modify(id, now_ns, |_, v| {
+        self.modified(id, now_ns, |v| {
             v.state = VolumeState::Deleting;
             v.waiting_reason = None;
         })
-        .ok_or(SchedError::NotFound { id })
     }
 
     /// A node agent's report about a volume placed on `machine` (the "node = me" rows of
@@ -421,7 +419,7 @@ impl Scheduler {
             }
             (from, report) => return Err(SchedError::IllegalTransition { id, from, action: report.action() }),
         };
-        self.modify(id, now_ns, |_, v| change(v)).ok_or(SchedError::NotFound { id })
+        self.modified(id, now_ns, change)
     }
 
     /// Replaces every volume with `volumes` (read back from the store at start-up). Ids continue
@@ -582,7 +580,7 @@ impl Scheduler {
             };
             *healed += 1;
             self.queue.insert(id);
-            self.modify(id, now_ns, |_, v| {
+            self.modify(id, now_ns, |v| {
                 v.state = to;
                 v.node = None;
                 if to == VolumeState::Scheduling {
@@ -617,7 +615,7 @@ impl Scheduler {
             Ok(i) => {
                 let Some(name) = self.view.as_ref().map(|view| view.machines[i].name.clone()) else { return };
                 rep.placed += 1;
-                self.modify(id, now_ns, |_, v| {
+                self.modify(id, now_ns, |v| {
                     v.node = Some(name);
                     v.waiting_reason = None;
                 });
@@ -652,10 +650,10 @@ impl Scheduler {
                     self.remove(id);
                 }
                 None => {
-                    self.modify(id, now_ns, |_, v| v.state = S::Deleting);
+                    self.modify(id, now_ns, |v| v.state = S::Deleting);
                 }
                 Some(Ok(node)) => {
-                    self.modify(id, now_ns, |_, v| {
+                    self.modify(id, now_ns, |v| {
                         v.state = S::Cloning;
                         v.node = Some(node);
                         v.waiting_reason = None;
@@ -681,7 +679,7 @@ impl Scheduler {
         let (Some(m), Some(actual)) = (node, v.actual.as_ref()) else {
             // On a dead node, or never made: place it afresh.
             self.queue.insert(id);
-            self.modify(id, now_ns, |_, v| {
+            self.modify(id, now_ns, |v| {
                 v.waiting_reason = None;
                 v.state = S::Scheduling;
                 v.node = None;
@@ -705,7 +703,7 @@ impl Scheduler {
             // Only the constraints changed and the node carries them all: accepted in place.
             Ok(S::Ready)
         };
-        self.modify(id, now_ns, |_, v| {
+        self.modify(id, now_ns, |v| {
             v.waiting_reason = None;
             match next {
                 Ok(S::Ready) => {
@@ -725,7 +723,7 @@ impl Scheduler {
     /// after `delay`.
     fn wait(&mut self, id: u64, now_ns: u64, reason: String) {
         if self.volumes.get(&id).is_some_and(|v| v.waiting_reason.as_deref() != Some(reason.as_str())) {
-            self.modify(id, now_ns, |_, v| v.waiting_reason = Some(reason));
+            self.modify(id, now_ns, |v| v.waiting_reason = Some(reason));
         }
         self.set_deadline(id, now_ns.saturating_add(self.cfg.delay_ns));
     }
@@ -778,19 +776,27 @@ impl Scheduler {
 
     /// Changes volume `id` through `f`: the one place a record is written (indexes updated,
     /// `updated_ns` set, marked dirty, clones woken when the state changed). `id` must exist.
-    fn modify(&mut self, id: u64, now_ns: u64, f: impl FnOnce(&mut Scheduler, &mut Volume)) -> Option<Volume> {
-        let mut v = self.volumes.remove(&id)?;
+    fn modify(&mut self, id: u64, now_ns: u64, f: impl FnOnce(&mut Volume)) -> bool {
+        let Some(mut v) = self.volumes.remove(&id) else { return false };
         self.unindex(&v);
         let before = v.state;
-        f(self, &mut v);
+        f(&mut v);
         v.updated_ns = v.updated_ns.max(now_ns);
         self.index(&v);
         if v.state != before {
             self.wake_children(id);
         }
         self.changed.insert(id);
-        self.volumes.insert(id, v.clone());
-        Some(v)
+        self.volumes.insert(id, v);
+        true
+    }
+
+    /// [`modify`](Scheduler::modify) for the API: the volume after the change.
+    fn modified(&mut self, id: u64, now_ns: u64, f: impl FnOnce(&mut Volume)) -> Result<Volume, SchedError> {
+        if !self.modify(id, now_ns, f) {
+            return Err(SchedError::NotFound { id });
+        }
+        self.volumes.get(&id).cloned().ok_or(SchedError::NotFound { id })
     }
 
     /// Removes volume `id`'s record.
