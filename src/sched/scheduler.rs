@@ -172,6 +172,30 @@ fn promise(v: &Volume) -> u64 {
     }
 }
 
+/// What the indexes need of a volume, so a record can be changed in place.
+#[derive(Debug)]
+struct Keys {
+    id: u64,
+    node: Option<String>,
+    promise: u64,
+    parent: Option<u64>,
+    state: VolumeState,
+    updated_ns: u64,
+}
+
+impl Keys {
+    fn of(v: &Volume) -> Keys {
+        Keys {
+            id: v.id,
+            node: v.node.clone(),
+            promise: promise(v),
+            parent: v.parent_id,
+            state: v.state,
+            updated_ns: v.updated_ns,
+        }
+    }
+}
+
 /// The Cobalt-style scheduler: owns the volumes, answers the API, and runs the executor on
 /// [`tick`](Scheduler::tick). Sans-IO: times are passed in, machines are given each tick, and
 /// the caller persists what [`take_dirty`](Scheduler::take_dirty) names.
@@ -312,7 +336,7 @@ impl Scheduler {
             updated_ns: now_ns,
             waiting_reason: None,
         };
-        self.index(&v);
+        self.index(&Keys::of(&v));
         self.volumes.insert(id, v.clone());
         self.changed.insert(id);
         self.queue.insert(id);
@@ -446,7 +470,7 @@ impl Scheduler {
         self.leading = leading;
         self.rescan = true;
         for v in map.values() {
-            self.index(v);
+            self.index(&Keys::of(v));
         }
         self.volumes = map;
         Ok(())
@@ -777,17 +801,18 @@ impl Scheduler {
     /// Changes volume `id` through `f`: the one place a record is written (indexes updated,
     /// `updated_ns` set, marked dirty, clones woken when the state changed). `id` must exist.
     fn modify(&mut self, id: u64, now_ns: u64, f: impl FnOnce(&mut Volume)) -> bool {
-        let Some(mut v) = self.volumes.remove(&id) else { return false };
-        self.unindex(&v);
-        let before = v.state;
-        f(&mut v);
+        let Some(v) = self.volumes.get(&id) else { return false };
+        let before = Keys::of(v);
+        self.unindex(&before);
+        let Some(v) = self.volumes.get_mut(&id) else { return false };
+        f(v);
         v.updated_ns = v.updated_ns.max(now_ns);
-        self.index(&v);
-        if v.state != before {
+        let after = Keys::of(v);
+        self.index(&after);
+        if after.state != before.state {
             self.wake_children(id);
         }
         self.changed.insert(id);
-        self.volumes.insert(id, v);
         true
     }
 
@@ -802,7 +827,7 @@ impl Scheduler {
     /// Removes volume `id`'s record.
     fn remove(&mut self, id: u64) -> Option<Volume> {
         let v = self.volumes.remove(&id)?;
-        self.unindex(&v);
+        self.unindex(&Keys::of(&v));
         self.changed.remove(&id);
         self.removed.insert(id);
         self.queue.remove(&id);
@@ -816,56 +841,54 @@ impl Scheduler {
         }
     }
 
-    fn index(&mut self, v: &Volume) {
-        if let Some(n) = &v.node {
+    fn index(&mut self, k: &Keys) {
+        if let Some(n) = &k.node {
             match self.by_node.get_mut(n) {
                 Some(ids) => {
-                    ids.insert(v.id);
+                    ids.insert(k.id);
                 }
                 None => {
-                    self.by_node.insert(n.clone(), BTreeSet::from([v.id]));
+                    self.by_node.insert(n.clone(), BTreeSet::from([k.id]));
                 }
             }
-            let p = promise(v);
-            if p != 0 {
-                let total = self.promised(n).saturating_add(p);
+            if k.promise != 0 {
+                let total = self.promised(n).saturating_add(k.promise);
                 self.set_promised(n, total);
             }
-            if v.state == VolumeState::Scheduling {
-                self.set_deadline(v.id, v.updated_ns.saturating_add(self.cfg.delay_ns).saturating_add(1));
+            if k.state == VolumeState::Scheduling {
+                self.set_deadline(k.id, k.updated_ns.saturating_add(self.cfg.delay_ns).saturating_add(1));
             }
-        } else if v.state == VolumeState::Scheduling {
-            self.waiting.insert(v.id);
+        } else if k.state == VolumeState::Scheduling {
+            self.waiting.insert(k.id);
         }
-        if let Some(p) = v.parent_id {
-            self.children.entry(p).or_default().insert(v.id);
+        if let Some(p) = k.parent {
+            self.children.entry(p).or_default().insert(k.id);
         }
     }
 
-    fn unindex(&mut self, v: &Volume) {
-        if let Some(n) = &v.node {
+    fn unindex(&mut self, k: &Keys) {
+        if let Some(n) = &k.node {
             if let Some(ids) = self.by_node.get_mut(n) {
-                ids.remove(&v.id);
+                ids.remove(&k.id);
                 if ids.is_empty() {
                     self.by_node.remove(n);
                 }
             }
-            let p = promise(v);
-            if p != 0 {
-                let total = self.promised(n).saturating_sub(p);
+            if k.promise != 0 {
+                let total = self.promised(n).saturating_sub(k.promise);
                 self.set_promised(n, total);
             }
         }
-        self.waiting.remove(&v.id);
-        if let Some(p) = v.parent_id {
+        self.waiting.remove(&k.id);
+        if let Some(p) = k.parent {
             if let Some(c) = self.children.get_mut(&p) {
-                c.remove(&v.id);
+                c.remove(&k.id);
                 if c.is_empty() {
                     self.children.remove(&p);
                 }
             }
         }
-        self.clear_deadline(v.id);
+        self.clear_deadline(k.id);
     }
 
     fn set_promised(&mut self, node: &str, total: u64) {
