@@ -140,7 +140,7 @@ fn build_rounds(forged_every: Option<usize>) -> (Vec<Batch>, Vec<u64>) {
         for (i, id) in ids.iter().enumerate() {
             let json = template.replace(template_id, id).replace("\"seq\": 1,", &format!("\"seq\": {r},"));
             let mut env = envelope::wrap(json.as_bytes(), &key, TagForm::Hex);
-            if forged_every.is_some_and(|n| (r * AMPHORAE + i) % n == 0) {
+            if forged_every.is_some_and(|n| (r * AMPHORAE + i).is_multiple_of(n)) {
                 // A hex tag no key produces: the cheapest forgery still costs one HMAC per key.
                 let last = env.len() - 1;
                 env[last] = if env[last] == b'0' { b'1' } else { b'0' };

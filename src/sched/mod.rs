@@ -105,8 +105,18 @@
 //! healed, woken) and a deadline index (placed volumes whose node has `delay` to act, retries of
 //! volumes that could not move on). Placement keeps the alive machines ordered by effective free
 //! space, so an unconstrained placement looks at one machine. A tick with nothing to do compares
-//! the machine list with the previous one and looks at the first deadline: `benches/sched.rs`
-//! measures it.
+//! the machine list with the previous one and looks at the first deadline; when the list holds
+//! the same names in the same order, only the changed machines are touched (any other change
+//! rebuilds the view, O(machines · log machines)).
+//!
+//! `benches/sched.rs` on the 2-vCPU build machine (shared, ±30 %), 1 000 machines:
+//!
+//! | what | cost |
+//! |---|---|
+//! | create 100 000 volumes | 70–160 ms (0.6–1.4 M/s) |
+//! | place them (ticks until the queue is empty) | 240–350 ms (0.29–0.42 M volumes/s) |
+//! | idle tick, 100 000 volumes placed | 26–36 µs, the same as with no volume: the comparison of the 1 000-machine list (≈30 ns a machine) |
+//! | tick where one machine's `available` changed | 30–45 µs |
 //!
 //! # Ids
 //!
