@@ -12,6 +12,7 @@ pub mod io;
 pub mod load;
 pub mod proto;
 pub mod registry;
+pub mod sched;
 pub mod serve;
 pub mod state;
 pub mod store;
