@@ -164,6 +164,7 @@ fn pipeline(c: &mut Criterion) {
             settings: Arc::new(ArcSwap::from_pointee(Settings::default())),
             shards: Arc::new(Shards::new(64)),
             clock: Arc::new(ManualClock::new(0)),
+            services: Default::default(),
         };
         let counters = Arc::new(WorkerCounters::default());
         let mut p = Pipeline::new(shared.clone(), Backend::default(), counters.clone(), None);

@@ -60,6 +60,8 @@ pub struct Config {
     pub service: crate::control::LifecycleConfig,
     /// `[services]`: the service registry's types and pool refresh.
     pub services: crate::control::services::ServicesConfig,
+    /// `[scheduler]`: the volume scheduler.
+    pub scheduler: crate::control::volumes::SchedulerConfig,
 }
 
 /// `[confd]`.
@@ -342,6 +344,7 @@ impl Config {
             data_dir: Some(self.store.data_dir.clone()),
             seed: rand::random(),
             services: self.services.clone(),
+            scheduler: self.scheduler.clone(),
         }
     }
 

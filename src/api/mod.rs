@@ -17,6 +17,7 @@
 //! | `GET /metrics` | the same counters as OpenMetrics text |
 
 mod metrics;
+mod plane;
 
 use std::io;
 use std::net::SocketAddr;
@@ -146,6 +147,7 @@ fn command_response(r: crate::control::CommandResult, ok: u16) -> Resp {
         Err(e @ CommandError::Invalid(_)) => error(400, &e.to_string()),
         Err(e @ CommandError::Conflict(_)) => error(409, &e.to_string()),
         Err(e @ (CommandError::Store(_) | CommandError::Unavailable)) => error(503, &e.to_string()),
+        Err(e @ CommandError::NotModified(_)) => error(304, &e.to_string()),
     }
 }
 
@@ -159,6 +161,9 @@ fn route(ctx: &ApiContext, registry: &prometheus_client::registry::Registry, req
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     let get = method == Method::Get;
+    if let Some(r) = plane::route(ctx, req, &method, &segments, query) {
+        return r;
+    }
     match segments.as_slice() {
         ["healthz"] if get => healthz(ctx),
         ["v1", "amphorae"] if get => list_amphorae(ctx, query),
@@ -420,6 +425,7 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
         "rx": rx,
         "keys": &**ctx.keys.load(),
         "liveness": liveness_stats(ctx),
+        "control_plane": plane_stats(ctx),
         "confd": confd_stats(ctx),
         "uptime_s": e.started.elapsed().as_secs_f64(),
         "latency_us": {
@@ -465,5 +471,22 @@ fn confd_stats(ctx: &ApiContext) -> serde_json::Value {
         "dropped": drops,
         "keys": state.keys.len(),
         "config_serial": state.index.as_ref().map(|i| i.serial_no()),
+    })
+}
+
+fn plane_stats(ctx: &ApiContext) -> serde_json::Value {
+    let snap = ctx.engine.snapshot.load();
+    let services: u64 = ctx.engine.workers.iter().map(|w| w.services.load(Ordering::Relaxed)).sum();
+    json!({
+        "services": snap.services,
+        "service_heartbeats": services,
+        "services_rejected": snap.services_rejected,
+        "pools": snap.pools.len(),
+        "leader": snap.leader,
+        "volumes": snap.volumes,
+        "scheduler": snap.scheduler.map(|r| json!({
+            "leading": r.leading, "placed": r.placed, "unplaceable": r.unplaceable, "healed": r.healed,
+            "machines_died": r.machines_died, "backlog": r.backlog,
+        })),
     })
 }

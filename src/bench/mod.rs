@@ -495,7 +495,7 @@ fn failover_delay(args: &BenchArgs) -> Result<Value, Error> {
     let cfg = args.out.join("failover-delay.toml");
     std::fs::write(
         &cfg,
-        "[liveness]\nheartbeat_timeout = 5.0\nhealth_check_interval = 1.0\nstartup_grace = 0.0\npartition_fraction = 1.0\n",
+        "[liveness]\nheartbeat_timeout = 5.0\nhealth_check_interval = 1.0\nstartup_grace = 0.0\npartition_min = 1000000\n",
     )?;
     let cfg_s = cfg.to_str().ok_or("path")?;
     let serve = start_serve(&args.out.join("serve-failover.log"), &["--config", cfg_s])?;

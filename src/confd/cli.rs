@@ -19,7 +19,7 @@ pub const EXIT_TIMEOUT: u8 = 3;
 pub const EXIT_INCONSISTENT: u8 = 4;
 
 /// The names `TYPE` accepts (numbers work too).
-pub const TYPE_NAMES: [(&str, RequestType); 16] = [
+pub const TYPE_NAMES: [(&str, RequestType); 18] = [
     ("ping", RequestType::Ping),
     ("node-role-by-name", RequestType::NodeRoleByName),
     ("node-pip-by-instance-ip", RequestType::NodePipByInstanceIp),
@@ -36,6 +36,8 @@ pub const TYPE_NAMES: [(&str, RequestType); 16] = [
     ("lb-status", RequestType::LbStatus),
     ("down-senders", RequestType::DownSenders),
     ("engine-counters", RequestType::EngineCounters),
+    ("pool-next", RequestType::PoolNext),
+    ("pool-poll", RequestType::PoolPoll),
 ];
 
 /// Parses `TYPE`: a name of [`TYPE_NAMES`] or a number.
@@ -45,7 +47,7 @@ pub fn parse_type(s: &str) -> Result<RequestType, String> {
     }
     TYPE_NAMES.iter().find(|(n, _)| *n == s).map(|(_, t)| *t).ok_or_else(|| {
         let names: Vec<&str> = TYPE_NAMES.iter().map(|(n, _)| *n).collect();
-        format!("unknown request type {s:?}; one of {} or 0–11, 100–103", names.join(", "))
+        format!("unknown request type {s:?}; one of {} or 0–11, 100–105", names.join(", "))
     })
 }
 

@@ -647,7 +647,9 @@ impl ConfigIndex {
             RequestType::AmphoraHealth
             | RequestType::LbStatus
             | RequestType::DownSenders
-            | RequestType::EngineCounters => Reply::error(ERROR_ARGUMENT),
+            | RequestType::EngineCounters
+            | RequestType::PoolNext
+            | RequestType::PoolPoll => Reply::error(ERROR_ARGUMENT),
         }
     }
 }

@@ -150,6 +150,10 @@ pub enum RequestType {
     DownSenders = 102,
     /// 103 (heartsink): the engine's counters.
     EngineCounters = 103,
+    /// 104 (heartsink): services from a pool or a service type; query `NAME[?size=N&slot=S]`.
+    PoolNext = 104,
+    /// 105 (heartsink): a pool's poll; query `POOL[?avoid=id,id&known=id,id]`.
+    PoolPoll = 105,
 }
 
 impl RequestType {
@@ -170,8 +174,14 @@ impl RequestType {
     ];
 
     /// heartsink's own types (numbered above Ganeti's range), in number order.
-    pub const HEARTSINK: [RequestType; 4] =
-        [RequestType::AmphoraHealth, RequestType::LbStatus, RequestType::DownSenders, RequestType::EngineCounters];
+    pub const HEARTSINK: [RequestType; 6] = [
+        RequestType::AmphoraHealth,
+        RequestType::LbStatus,
+        RequestType::DownSenders,
+        RequestType::EngineCounters,
+        RequestType::PoolNext,
+        RequestType::PoolPoll,
+    ];
 
     /// The type with this wire number.
     pub fn from_number(n: i64) -> Option<Self> {
@@ -312,7 +322,7 @@ pub enum RequestError {
     /// `msg` verified but is not JSON in the daemon's dialect.
     MsgNotJson,
     /// `msg` is JSON of the wrong shape: a key outside `protocol, type, query, rsalt`, a missing
-    /// one, a type outside 0–11 and heartsink's 100–103, a number query, unknown dict-query keys or field ids.
+    /// one, a type outside 0–11 and heartsink's 100–105, a number query, unknown dict-query keys or field ids.
     BadRequest,
     /// A `\uD800`–`\uDFFF` escape. The daemon reads each half as a character of its own and
     /// answers with bytes no client can decode; heartsink drops it.

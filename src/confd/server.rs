@@ -14,6 +14,8 @@
 //! | 101 `LB_STATUS` | load balancer id (or an amphora id) | `{load_balancer, operating_status, amphorae: [{id, operating_status, liveness}]}` |
 //! | 102 `DOWN_SENDERS` | none, or the last id of the previous page | `{total, ids: [...≤ 500], next}` |
 //! | 103 `ENGINE_COUNTERS` | none | `{received, accepted, dropped, drops: {reason: n}, kernel_drops, amphorae, down, suspended, generation}` |
+//! | 104 `POOL_NEXT` | `NAME[?size=N&slot=S]`: a pool (one poll) or a service type | `{services: [{id, addr, location, ...}], flawed}` |
+//! | 105 `POOL_POLL` | `POOL[?avoid=id,id&known=id,id]` | as 104; `ERROR_UNKNOWN_ENTRY` for an unknown pool, `ERROR_INTERNAL` when it cannot be satisfied |
 //!
 //! An unknown id is `STATUS_ERROR` with `ERROR_UNKNOWN_ENTRY`; a malformed query
 //! `ERROR_ARGUMENT`, as Ganeti's own types do.
@@ -173,7 +175,45 @@ pub fn answer_heartsink(req: &Request, snap: &Snapshot) -> Reply {
                 serial,
             )
         }
+        RequestType::PoolNext | RequestType::PoolPoll => pool_answer(req, snap),
         _ => Reply::error(ERROR_ARGUMENT),
+    }
+}
+
+fn pool_answer(req: &Request, snap: &Snapshot) -> Reply {
+    use crate::registry::lb::{next_instances, poll, LbError, ServiceRef};
+    let serial = snap.generation as i64;
+    let Query::Plain(q) = &req.query else { return Reply::error(ERROR_ARGUMENT) };
+    let (name, params) = q.split_once('?').unwrap_or((q.as_str(), ""));
+    let mut size = 1u32;
+    let mut slot = None;
+    let mut avoid = Vec::new();
+    let mut known = Vec::new();
+    for (k, v) in form_urlencoded::parse(params.as_bytes()) {
+        match &*k {
+            "size" => match v.parse::<u32>() {
+                Ok(n) if n > 0 => size = n,
+                _ => return Reply::error(ERROR_ARGUMENT),
+            },
+            "slot" => slot = Some(v.into_owned()),
+            "avoid" => avoid.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_owned)),
+            "known" => known.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_owned)),
+            _ => return Reply::error(ERROR_ARGUMENT),
+        }
+    }
+    let avoid: Vec<ServiceRef> = avoid.iter().map(|s| ServiceRef::Id(s)).collect();
+    let known: Vec<ServiceRef> = known.iter().map(|s| ServiceRef::Id(s)).collect();
+    let mut rng = rand::rng();
+    let r = match (req.kind, snap.pools.get(name)) {
+        (_, Some(pool)) => poll(&snap.world, pool, &avoid, &known, &mut rng),
+        (RequestType::PoolNext, None) => next_instances(&snap.world, name, size, slot.as_deref(), &mut rng),
+        (_, None) => Err(LbError::UnknownPool(name.to_owned())),
+    };
+    match r {
+        Ok(sel) => Reply::ok(json!({"services": sel.items, "flawed": sel.flawed}), serial),
+        Err(LbError::UnknownPool(_)) => Reply::new(STATUS_ERROR, json!(ERROR_UNKNOWN_ENTRY), serial),
+        Err(LbError::BadPool(_) | LbError::TooManyKnown { .. }) => Reply::error(ERROR_ARGUMENT),
+        Err(_) => Reply::new(STATUS_ERROR, json!(ERROR_INTERNAL), serial),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod failover;
 pub mod liveness;
 pub mod periodic;
 pub mod services;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -124,6 +125,8 @@ pub struct ControlConfig {
     pub seed: u64,
     /// Service types and pool refresh.
     pub services: services::ServicesConfig,
+    /// The volume scheduler.
+    pub scheduler: volumes::SchedulerConfig,
 }
 
 /// One amphora in the snapshot.
@@ -173,6 +176,16 @@ pub struct Snapshot {
     pub world: Arc<crate::registry::lb::World>,
     /// The pools, by name.
     pub pools: Arc<BTreeMap<String, crate::registry::lb::Pool>>,
+    /// Whether this heartsink holds the scheduler's leader lease.
+    pub leader: bool,
+    /// Volumes known to the scheduler.
+    pub volumes: usize,
+    /// The scheduler's latest tick.
+    pub scheduler: Option<crate::sched::TickReport>,
+    /// Registered services.
+    pub services: usize,
+    /// Service heartbeats the registry refused (unknown type, bad address).
+    pub services_rejected: u64,
 }
 
 /// Durable store figures.
@@ -224,12 +237,17 @@ pub enum CommandError {
     Store(String),
     /// The control thread did not answer in time (stopping, or stalled).
     Unavailable,
+    /// Nothing to change (HTTP 304).
+    NotModified(String),
 }
 
 impl std::fmt::Display for CommandError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CommandError::NotFound(m) | CommandError::Invalid(m) | CommandError::Conflict(m) => f.write_str(m),
+            CommandError::NotFound(m)
+            | CommandError::Invalid(m)
+            | CommandError::Conflict(m)
+            | CommandError::NotModified(m) => f.write_str(m),
             CommandError::Store(m) => write!(f, "the store did not confirm the write: {m}"),
             CommandError::Unavailable => f.write_str("the control thread is not answering"),
         }
@@ -302,6 +320,18 @@ pub enum Command {
     },
     /// Delete a pool.
     PoolDelete(String),
+    /// Create a volume.
+    VolumeCreate(volumes::VolumeCreate),
+    /// List volumes, optionally of one state.
+    VolumeList(Option<crate::sched::VolumeState>),
+    /// One volume.
+    VolumeGet(u64),
+    /// Resize or re-constrain a `ready` volume.
+    VolumePatch(u64, volumes::VolumePatch),
+    /// Delete a volume.
+    VolumeDelete(u64),
+    /// A machine-side agent's report.
+    VolumeReport(u64, volumes::VolumeReport),
 }
 
 /// A command with its reply channel. The reply comes once the change is durable.
@@ -335,6 +365,9 @@ pub struct StoredAmphora {
 
 const TICK: Duration = Duration::from_millis(250);
 
+/// Amphorae logged one by one per event (stale, back) in one round; the rest are summed up.
+const LOG_EACH: usize = 16;
+
 /// Most amphora records written per flush.
 pub const FLUSH_MAX: usize = 20_000;
 
@@ -348,6 +381,7 @@ struct Tasks {
     confd_watch: TaskId,
     expiry: TaskId,
     world: TaskId,
+    scheduler: TaskId,
 }
 
 /// Previous counter values, for per-interval differences.
@@ -398,6 +432,10 @@ pub struct Control {
     rejected_types: FxHashSet<String>,
     id_tag: crate::registry::TagValue,
     services_rejected: u64,
+    sched: crate::sched::Scheduler,
+    lease: Box<dyn crate::sched::lease::Lease + Send>,
+    leading: bool,
+    last_sched: Option<crate::sched::TickReport>,
 }
 
 impl std::fmt::Debug for Control {
@@ -420,6 +458,14 @@ impl Control {
             tracing::warn!("{w}");
         }
         let now = clock.now_ns();
+        // The lease first: its lock file tells a second daemon on this data directory who holds it.
+        let lease: Box<dyn crate::sched::lease::Lease + Send> = match &cfg.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("data directory {}: {e}", dir.display()))?;
+                Box::new(crate::sched::lease::LocalLease::open(dir).map_err(|e| e.to_string())?)
+            }
+            None => Box::new(volumes::AlwaysLease),
+        };
         let store = match &cfg.data_dir {
             Some(dir) => Some(Arc::new(Store::open(dir).map_err(|e| e.to_string())?)),
             None => None,
@@ -455,6 +501,7 @@ impl Control {
             ),
             confd_watch: periodic.add("confd_config_watch", 1_000_000_000, now, 1_000_000_000, 0),
             expiry: periodic.add("service_expiry", 1_000_000_000, now, 1_000_000_000, 0),
+            scheduler: 0,
             world: periodic.add(
                 "lb_world_refresh",
                 secs_ns(cfg.services.world_refresh_interval),
@@ -463,7 +510,21 @@ impl Control {
                 0,
             ),
         };
+        let tasks = Tasks {
+            scheduler: periodic.add(
+                "scheduler",
+                secs_ns(cfg.scheduler.tick_interval),
+                now,
+                secs_ns(cfg.scheduler.tick_interval),
+                0,
+            ),
+            ..tasks
+        };
         let registry = crate::registry::Registry::new(cfg.services.types.clone()).map_err(|e| e.to_string())?;
+        let sched = crate::sched::Scheduler::new(crate::sched::SchedConfig {
+            delay_ns: secs_ns(cfg.scheduler.delay),
+            ..crate::sched::SchedConfig::default()
+        });
         let mut c = Control {
             live: Liveness::new(cfg.liveness.clone(), now),
             shared,
@@ -498,6 +559,10 @@ impl Control {
             rejected_types: FxHashSet::default(),
             id_tag: crate::registry::TagValue::Bool(false),
             services_rejected: 0,
+            sched,
+            lease,
+            leading: false,
+            last_sched: None,
             cfg,
         };
         c.restore()?;
@@ -554,6 +619,7 @@ impl Control {
             self.records.insert(r.id, r);
         }
         self.restore_services(&loaded)?;
+        self.restore_volumes(&loaded)?;
         if let Ok(meta) = loaded.decode::<serde_json::Value>(Table::Meta) {
             for (k, v) in meta {
                 if k == Key::Name("service".into()) {
@@ -604,6 +670,7 @@ impl Control {
     /// Applies batches of changes from the workers.
     pub fn apply_changes(&mut self, batches: impl Iterator<Item = Vec<Change>>) {
         let now = self.clock.now_ns();
+        let mut revived = 0usize;
         for batch in batches {
             for c in batch {
                 self.changed = true;
@@ -651,11 +718,17 @@ impl Control {
                             }
                             self.down.remove(&id);
                             self.dirty.insert(id);
-                            tracing::info!(amphora = %id, "stale amphora is beating again");
+                            revived += 1;
+                            if revived <= LOG_EACH {
+                                tracing::info!(amphora = %id, "stale amphora is beating again");
+                            }
                         }
                     }
                 }
             }
+        }
+        if revived > LOG_EACH {
+            tracing::info!(more = revived - LOG_EACH, "more stale amphorae are beating again (not logged one by one)");
         }
     }
 
@@ -678,6 +751,7 @@ impl Control {
             (self.tasks.confd_watch, Control::task_confd_watch),
             (self.tasks.expiry, Control::task_expiry),
             (self.tasks.world, Control::task_world),
+            (self.tasks.scheduler, Control::task_scheduler),
         ] {
             let now = self.clock.now_ns();
             if self.periodic.is_due(id, now) {
@@ -743,7 +817,7 @@ impl Control {
             self.dirty.insert(*id);
             self.changed = true;
         }
-        for (id, last) in &check.newly_stale {
+        for (i, (id, last)) in check.newly_stale.iter().enumerate() {
             if let Some(h) = self.health.get_mut(id) {
                 h.liveness = Live::Stale;
                 h.last_refresh_ns = *last;
@@ -751,7 +825,15 @@ impl Control {
             self.down.insert(*id);
             self.dirty.insert(*id);
             self.changed = true;
-            tracing::warn!(amphora = %id, silent_s = now.saturating_sub(*last) as f64 / 1e9, "amphora is stale");
+            if i < LOG_EACH {
+                tracing::warn!(amphora = %id, silent_s = now.saturating_sub(*last) as f64 / 1e9, "amphora is stale");
+            }
+        }
+        if check.newly_stale.len() > LOG_EACH {
+            tracing::warn!(
+                more = check.newly_stale.len() - LOG_EACH,
+                "more amphorae are stale (not logged one by one)"
+            );
         }
         if !check.stopped.is_empty() {
             tracing::error!(
@@ -981,6 +1063,7 @@ impl Control {
     /// they are durable (None without a store).
     fn flush(&mut self) -> Option<Receiver<Result<(), String>>> {
         self.services_to_store();
+        self.volumes_to_store();
         let writer = self.writer.as_ref()?;
         let mut batch = std::mem::take(&mut self.pending);
         let shards = &self.shared.pipeline.shards;
@@ -1150,6 +1233,12 @@ impl Control {
             | Command::ServiceResolve { .. }
             | Command::PoolCreate { .. }
             | Command::PoolDelete(_)) => self.execute_services(c),
+            c @ (Command::VolumeCreate(_)
+            | Command::VolumeList(_)
+            | Command::VolumeGet(_)
+            | Command::VolumePatch(..)
+            | Command::VolumeDelete(_)
+            | Command::VolumeReport(..)) => self.execute_volumes(c),
             Command::FailoverRecord(id) => self
                 .records
                 .get(&id)
@@ -1195,6 +1284,11 @@ impl Control {
             store,
             world: self.world.clone(),
             pools: Arc::new(self.pools.clone()),
+            leader: self.leading,
+            volumes: self.sched.len(),
+            scheduler: self.last_sched,
+            services: self.registry.len(),
+            services_rejected: self.services_rejected,
         };
         self.shared.snapshot.store(Arc::new(snap));
     }
@@ -1235,6 +1329,7 @@ impl Control {
         if let Some(w) = self.writer.take() {
             w.finish();
         }
+        self.lease.release();
     }
 }
 

@@ -129,7 +129,7 @@ impl Control {
     /// Applies a batch of service heartbeats from the workers and returns the vector (with
     /// its beats, whose buffers the workers reuse) to the lane. The registration is filled
     /// into reused scratch: a known service's heartbeat allocates nothing here either.
-    pub fn apply_services(&mut self, mut batch: Vec<ServiceBeat>) {
+    pub fn apply_services(&mut self, batch: Vec<ServiceBeat>) {
         use std::fmt::Write as _;
         for beat in &batch {
             let r = &mut self.scratch;
