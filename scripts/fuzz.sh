@@ -4,7 +4,7 @@
 # usage: scripts/fuzz.sh [RUNS]        (RUNS defaults to 20000 inputs per target)
 #
 # Targets (every [[bin]] of fuzz/Cargo.toml, as `cargo fuzz list` prints them): envelope,
-# message, seqwin, confd, service.
+# message, seqwin, confd, service, registry.
 #
 # Each target starts from its committed seeds (fuzz/seeds/<target>/, copied into the gitignored
 # working corpus fuzz/corpus/<target>/, which keeps what earlier runs found) and stops after RUNS
