@@ -533,9 +533,10 @@ fn failover_delay(args: &BenchArgs) -> Result<Value, Error> {
 }
 
 fn scale(args: &BenchArgs, n: u64) -> Result<(), Error> {
-    // Deadlines of 20 s (no failovers: a long grace), so one pass below re-arms all of them.
+    // Deadlines of 60 s (no failovers: a long grace): the fill takes less, and the second pass
+    // below re-arms all of them when they expire.
     let cfg = args.out.join("scale.toml");
-    std::fs::write(&cfg, "[liveness]\nheartbeat_timeout = 20.0\nstartup_grace = 3600.0\n")?;
+    std::fs::write(&cfg, "[liveness]\nheartbeat_timeout = 60.0\nstartup_grace = 3600.0\n")?;
     let serve = start_serve(&args.out.join("serve-scale.log"), &["--config", cfg.to_str().ok_or("path")?])?;
     let pid = serve.child.id();
     std::thread::sleep(Duration::from_millis(300));
@@ -551,6 +552,8 @@ fn scale(args: &BenchArgs, n: u64) -> Result<(), Error> {
             duration: None,
             count: Some(n),
             first_seq: pass,
+            // Built before sending: sending then costs only sendmmsg, and the fill is short.
+            prebuilt: true,
             ..LoadConfig::default()
         };
         eprintln!("bench: scale pass {pass}: one heartbeat from each of {n} senders …");
@@ -581,11 +584,12 @@ fn scale(args: &BenchArgs, n: u64) -> Result<(), Error> {
         rate: Some(150_000.0),
         count: Some(n),
         first_seq: 1000,
+        prebuilt: true,
         ..LoadConfig::default()
     };
     eprintln!("bench: scale: a second heartbeat from each sender, then every deadline expires …");
     crate::load::run(&cfg, &AtomicBool::new(false), true)?;
-    let wait = Duration::from_secs(22).saturating_sub(t0.elapsed());
+    let wait = Duration::from_secs(62).saturating_sub(t0.elapsed());
     std::thread::sleep(wait + Duration::from_secs(4));
     let after = get(serve.admin, "/v1/stats")?;
     let rearm_check_ms = task_ms(&after, "health_check", "max_duration_ns");
