@@ -42,15 +42,12 @@ pub fn exchange(to: SocketAddr, req: &Request, timeout: Duration) -> Option<Vec<
     exchange_raw(to, &encode_request(req, unix_now().as_secs() as i64, &key()), timeout)
 }
 
-/// JSON equality with numbers compared as numbers (the daemon writes `5000000` where the file
-/// has `5000000.0`, `1.36e9` where it has `1360000000.0`; a few of its node timestamps differ in
-/// the last bit, hence the relative tolerance of 1e-15).
+/// JSON equality with numbers compared as numbers, exactly (the daemon writes `5000000` where
+/// the file has `5000000.0`, `1.36e9` where it has `1360000000.0`). Timestamps are exact too:
+/// heartsink rounds them through picoseconds as the daemon does (`ganeti::daemon_time`).
 pub fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            x == y || (x - y).abs() <= 1e-15 * x.abs().max(y.abs())
-        }
+        (Value::Number(x), Value::Number(y)) => x.as_f64().unwrap() == y.as_f64().unwrap(),
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b)),
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
