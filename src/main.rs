@@ -91,6 +91,21 @@ struct BenchCli {
     /// Offered-load steps, as fractions of the saturated rate.
     #[arg(long, value_delimiter = ',', default_value = "0.05,0.2,0.5,0.8,1.0")]
     steps: Vec<f64>,
+    /// Run only the confd section (heartsink serve vs the real ganeti-confd).
+    #[arg(long)]
+    confd_only: bool,
+    /// Skip the real ganeti-confd in the confd section.
+    #[arg(long)]
+    skip_ganeti: bool,
+    /// Heartbeats per second sent to heartsink while its confd is measured.
+    #[arg(long, default_value_t = 20000.0)]
+    ingest_rate: f64,
+    /// confd load generator threads.
+    #[arg(long, default_value_t = 2)]
+    confd_threads: usize,
+    /// confd requests outstanding per load generator thread.
+    #[arg(long, default_value_t = 64)]
+    confd_window: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -327,6 +342,11 @@ fn main() -> ExitCode {
                 senders: b.senders,
                 pipeline_only: b.pipeline_only,
                 steps: b.steps,
+                confd_only: b.confd_only,
+                skip_ganeti: b.skip_ganeti,
+                ingest_rate: b.ingest_rate,
+                confd_threads: b.confd_threads,
+                confd_window: b.confd_window,
             };
             match heartsink::bench::run(&args) {
                 Ok(()) => ExitCode::SUCCESS,

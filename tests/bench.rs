@@ -19,7 +19,17 @@ fn pipeline_only_applies_every_heartbeat() {
 fn short_bench_without_octavia_writes_a_consistent_report() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_heartsink"))
-        .args(["bench", "--skip-octavia", "--seconds", "0.5", "--amphorae", "200", "--steps", "0.2,0.5"])
+        .args([
+            "bench",
+            "--skip-octavia",
+            "--skip-ganeti",
+            "--seconds",
+            "0.5",
+            "--amphorae",
+            "200",
+            "--steps",
+            "0.2,0.5",
+        ])
         .arg("--out")
         .arg(dir.path())
         .output()
@@ -43,4 +53,37 @@ fn short_bench_without_octavia_writes_a_consistent_report() {
     assert!(svg.starts_with("<svg") && svg.contains("heartsink"));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("in-process bound") && table.contains("ratios"));
+    assert!(doc["confd"]["heartsink"]["replies"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn confd_only_measures_heartsink_and_merges_into_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bench.json"), br#"{"in_process_bound": 1.5}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_heartsink"))
+        .args(["bench", "--confd-only", "--skip-ganeti", "--seconds", "0.5", "--amphorae", "50"])
+        .args(["--ingest-rate", "2000", "--confd-threads", "1", "--confd-window", "8"])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&std::fs::read(dir.path().join("bench.json")).unwrap()).unwrap();
+    assert_eq!(doc["in_process_bound"], 1.5, "the earlier report is kept");
+    let c = &doc["confd"];
+    for k in ["heartsink", "heartsink_amphora_health"] {
+        let r = &c[k];
+        assert!(r["replies"].as_u64().unwrap() > 0, "{k}: {r}");
+        assert!(r["replies"].as_u64().unwrap() <= r["sent"].as_u64().unwrap());
+        assert_eq!(r["bad"], 0);
+        assert!(r["verified"].as_u64().unwrap() > 0);
+        assert!(r["replies_per_s"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(c["heartsink_amphora_health_found"], true);
+    assert_eq!(c["ganeti_confd"], Value::Null);
+    assert_eq!(c["ganeti_confd_skipped"], "--skip-ganeti");
+    assert!(c["ingest"]["accepted_during_confd"].as_u64().unwrap() > 0, "{c}");
+    assert_eq!(c["heartsink_confd_stats"]["dropped"]["bad_hmac"], 0);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("AMPHORA_HEALTH") && table.contains("skipped"), "{table}");
 }

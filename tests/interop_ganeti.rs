@@ -13,53 +13,55 @@
 //!   same file (numbers compared as numbers). A raw exchange of the same requests compares the
 //!   reply **bytes** wherever the answer holds no object and no float (the daemon re-serialises
 //!   its typed objects in its own member order).
-//! * The real Python `ConfdClient` (`tests/interop/ganeti_peer.py`) queries the daemon and a
-//!   heartsink server core (parse → answer → encode on a loopback socket); both must give
-//!   heartsink's answers.
+//! * The real Python `ConfdClient` (`tests/interop/ganeti_peer.py`) queries the daemon and the
+//!   real `heartsink serve` (confd on loopback, same file and key); both must give heartsink's
+//!   answers. It refuses heartsink's own types (100–103) unless the application adds them to
+//!   `ganeti.constants.CONFD_REQS`; with that, it sends them and reads the answers.
+//! * Side by side: the real daemon on 127.0.0.1:P and `heartsink serve` on 127.0.0.2:P, one
+//!   heartsink client with both peers and coverage all: both reply to every case, and agree.
 //!
 //! Every wait is bounded; the daemon is killed and the files restored on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use heartsink::confd::client::{unix_now, BlockingClient, ConfdClient, Coverage};
+use common::confd::{cases, data, data_arg, exchange, key, plain_only, same};
+use heartsink::confd::client::{BlockingClient, ConfdClient, Coverage};
 use heartsink::confd::ganeti::ConfigIndex;
-use heartsink::confd::proto::{
-    encode_reply, encode_request, parse_reply, parse_request, DictQuery, HmacKey, Query, Reply, ReqField, Request,
-    RequestType,
-};
+use heartsink::confd::proto::{encode_reply, parse_reply, DictQuery, Query, ReqField, Request, RequestType};
 use serde_json::{json, Value};
 
 const CONFD: &str = "/usr/lib/ganeti/3.0/usr/sbin/ganeti-confd";
 const GANETI_PY: &str = "/usr/share/ganeti/3.0";
 const LIB: &str = "/var/lib/ganeti";
 
-fn data(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/confd")).join(name)
-}
-
-fn key() -> HmacKey {
-    HmacKey::from_file(data("hmac.key")).unwrap()
-}
-
 fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `heartsink serve` with confd on `confd_addr`, answering from the same `config.data` and key
+/// as the real daemon, and heartbeat key `k`.
+fn heartsink_on(confd_addr: &str) -> common::Daemon {
+    common::Daemon::start_confd_on(
+        confd_addr,
+        &["--key", "k", "--confd-config", &data_arg("config.data.json"), "--confd-key-file", &data_arg("hmac.key")],
+    )
+}
+
 /// The real daemon, with the files it needs in place; killed and cleaned up on drop.
-struct Daemon {
+struct GanetiConfd {
     child: Child,
     port: u16,
     saved: Vec<(PathBuf, Option<Vec<u8>>)>,
 }
 
-impl Daemon {
-    fn start() -> Daemon {
+impl GanetiConfd {
+    fn start() -> GanetiConfd {
         let confd = std::env::var("HEARTSINK_GANETI_CONFD").unwrap_or_else(|_| CONFD.to_owned());
         assert!(Path::new(&confd).exists(), "{confd} is missing: run scripts/setup-ganeti.sh");
         for d in [LIB, "/var/run/ganeti", "/var/log/ganeti"] {
@@ -79,7 +81,7 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut d = Daemon { child, port, saved };
+        let mut d = GanetiConfd { child, port, saved };
         // Ready when it answers a PING (bounded: 15 s).
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -103,7 +105,7 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
+impl Drop for GanetiConfd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -120,145 +122,11 @@ impl Drop for Daemon {
     }
 }
 
-/// One raw request/reply exchange: the reply's bytes, or `None` after `timeout`.
-fn exchange(to: SocketAddr, req: &Request, timeout: Duration) -> Option<Vec<u8>> {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(timeout)).unwrap();
-    s.send_to(&encode_request(req, unix_now().as_secs() as i64, &key()), to).unwrap();
-    let mut buf = vec![0u8; 65536];
-    let (n, _) = s.recv_from(&mut buf).ok()?;
-    Some(buf[..n].to_vec())
-}
-
-/// JSON equality with numbers compared as numbers (the daemon writes `5000000` where the file
-/// has `5000000.0`, `1.36e9` where it has `1360000000.0`; a few of its node timestamps differ in
-/// the last bit, hence the relative tolerance of 1e-15).
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            x == y || (x - y).abs() <= 1e-15 * x.abs().max(y.abs())
-        }
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b)),
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
-fn plain_only(v: &Value) -> bool {
-    match v {
-        Value::Object(_) => false,
-        Value::Number(n) => n.is_i64() || n.is_u64(),
-        Value::Array(a) => a.iter().all(plain_only),
-        _ => true,
-    }
-}
-
-fn dict(f: impl FnOnce(&mut DictQuery)) -> Query {
-    let mut d = DictQuery::default();
-    f(&mut d);
-    Query::Dict(d)
-}
-
-fn p(s: &str) -> Query {
-    Query::Plain(s.to_owned())
-}
-
-/// Good and bad queries for every request type.
-fn cases() -> Vec<(RequestType, Query)> {
-    use RequestType::*;
-    let mut c = vec![
-        (Ping, Query::Empty),
-        (Ping, p("ignored")),
-        (NodeRoleByName, p("node1.example.com")),
-        (NodeRoleByName, p("node1")),
-        (NodeRoleByName, p("node2")),
-        (NodeRoleByName, p("node3.example.com")),
-        (NodeRoleByName, p("2ae3d962-2dad-44f2-bdb1-85f77107f907")),
-        (NodeRoleByName, p("node")),
-        (NodeRoleByName, p("nope\"\\")),
-        (NodeRoleByName, Query::Empty),
-        (NodeRoleByName, dict(|d| d.link = Some("x\u{1}y".into()))),
-        (NodePipByInstanceIp, dict(|d| d.ip = Some("198.51.100.11".into()))),
-        (NodePipByInstanceIp, dict(|d| d.ip = Some("198.51.100.99".into()))),
-        (
-            NodePipByInstanceIp,
-            dict(|d| d.ip_list = vec!["198.51.100.13".into(), "198.51.100.12".into(), "1.2.3.4".into()]),
-        ),
-        (
-            NodePipByInstanceIp,
-            dict(|d| {
-                d.link = Some("br0".into());
-                d.ip = Some("198.51.100.11".into());
-            }),
-        ),
-        (NodePipByInstanceIp, dict(|_| {})),
-        (NodePipByInstanceIp, p("198.51.100.11")),
-        (NodePipByInstanceIp, Query::Empty),
-        (ClusterMaster, Query::Empty),
-        (ClusterMaster, dict(|d| d.fields = vec![ReqField::Name, ReqField::Ip, ReqField::MNodePip])),
-        (ClusterMaster, dict(|d| d.fields = vec![ReqField::MNodePip, ReqField::Name, ReqField::Name])),
-        (ClusterMaster, dict(|_| {})),
-        (ClusterMaster, p("x")),
-        (NodePipList, Query::Empty),
-        (McPipList, Query::Empty),
-        (InstancesIpsList, Query::Empty),
-        (InstancesIpsList, p("br974")),
-        (InstancesIpsList, p("br0")),
-        (InstancesIpsList, dict(|_| {})),
-        (NodeDrbd, p("node1.example.com")),
-        (NodeDrbd, p("node2")),
-        (NodeDrbd, p("node3")),
-        (NodeDrbd, p("nope")),
-        (NodeDrbd, Query::Empty),
-        (NodeInstances, p("node1.example.com")),
-        (NodeInstances, p("node2")),
-        (NodeInstances, p("node3")),
-        (NodeInstances, p("nope")),
-        (NodeInstances, Query::Empty),
-        (InstanceDisks, p("instance1")),
-        (InstanceDisks, p("instance2.example.com")),
-        (InstanceDisks, p("4e091bdc-e205-4ed7-8a47-0c9130a6619f")),
-        (InstanceDisks, p("nope")),
-        (InstanceDisks, dict(|d| d.ip_list = vec!["a".into()])),
-        (ConfigQuery, Query::Empty),
-        (DataCollectors, Query::Empty),
-    ];
-    for path in [
-        "/cluster/cluster_name",
-        "/cluster",
-        "/nodes",
-        "/instances",
-        "/disks",
-        "/nodegroups",
-        "/networks",
-        "/version",
-        "/serial_no",
-        "/cluster/enabled_hypervisors/0",
-        "/cluster/enabled_hypervisors/00",
-        "/cluster/enabled_hypervisors/5",
-        "/cluster//x",
-        "/cluster/",
-        "/cluster/hvparams/kvm/migration_downtime",
-        "/cluster/data_collectors",
-        "",
-        "/",
-        "//",
-        "/nope",
-        "cluster",
-    ] {
-        c.push((ConfigQuery, p(path)));
-    }
-    c
-}
-
 #[test]
 #[ignore = "needs the real ganeti-confd (scripts/setup-ganeti.sh) and root"]
 fn rust_client_against_the_real_daemon() {
     let ix = ConfigIndex::load(data("config.data.json")).unwrap();
-    let daemon = Daemon::start();
+    let daemon = GanetiConfd::start();
     let peer: IpAddr = "127.0.0.1".parse().unwrap();
     let core = ConfdClient::new(key(), &[peer], Some(daemon.port)).unwrap();
     let mut client = BlockingClient::new(core).unwrap();
@@ -296,7 +164,7 @@ fn rust_client_against_the_real_daemon() {
 }
 
 /// Runs `tests/interop/ganeti_peer.py` (the real Python client) against `addr`, bounded.
-fn python_peer(addr: SocketAddr, cases: &[(RequestType, Query)]) -> Vec<Value> {
+fn python_peer(addr: SocketAddr, cases: &[(RequestType, Query)], extra: &[&str]) -> Vec<Value> {
     let to_json = |q: &Query| match q {
         Query::Empty => Value::Null,
         Query::Plain(s) => json!(s),
@@ -330,6 +198,7 @@ fn python_peer(addr: SocketAddr, cases: &[(RequestType, Query)]) -> Vec<Value> {
         .arg(data("hmac.key"))
         .arg("--cases")
         .arg(&cases_file)
+        .args(extra)
         .stdout(std::fs::File::create(&out_file).unwrap())
         .spawn()
         .unwrap();
@@ -376,65 +245,140 @@ fn check_python(results: &[Value], cases: &[(RequestType, Query)], ix: &ConfigIn
 #[ignore = "needs the real ganeti-confd and Python client (scripts/setup-ganeti.sh) and root"]
 fn python_client_against_the_real_daemon() {
     let ix = ConfigIndex::load(data("config.data.json")).unwrap();
-    let daemon = Daemon::start();
+    let daemon = GanetiConfd::start();
     let cases = python_cases();
-    let results = python_peer(daemon.addr(), &cases);
+    let results = python_peer(daemon.addr(), &cases, &[]);
     check_python(results.as_slice(), &cases, &ix, "ganeti-confd");
-}
-
-/// A heartsink server core on a loopback socket: parse → answer → encode, until stopped.
-struct CoreServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl CoreServer {
-    fn start(ix: ConfigIndex) -> CoreServer {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let addr = sock.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let keys = [key()];
-            let mut buf = vec![0u8; 65536];
-            while !flag.load(Ordering::Relaxed) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
-                if let Ok(v) = parse_request(&buf[..n], &keys, unix_now().as_secs() as i64) {
-                    let reply: Reply = ix.answer(&v.request);
-                    let _ = sock.send_to(&encode_reply(&reply, &v.request.rsalt, &keys[0]), from);
-                }
-            }
-        });
-        CoreServer { addr, stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for CoreServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 #[test]
 #[ignore = "needs the real Python client (scripts/setup-ganeti.sh)"]
 fn python_client_against_heartsink() {
     let ix = ConfigIndex::load(data("config.data.json")).unwrap();
-    let server = CoreServer::start(ix.clone());
+    let hs = heartsink_on("127.0.0.1:0");
     let cases = python_cases();
-    let results = python_peer(server.addr, &cases);
+    let results = python_peer(hs.confd_addr(), &cases, &[]);
     check_python(results.as_slice(), &cases, &ix, "heartsink");
+    let st = hs.stats();
+    assert_eq!(st["confd"]["replies"].as_u64(), Some(cases.len() as u64), "{}", st["confd"]);
+    assert!(st["confd"]["dropped"].as_object().unwrap().values().all(|n| n == 0), "{}", st["confd"]);
+}
+
+/// heartsink's own types through the real Python client. Unmodified, it refuses them
+/// (`ConfdClientRequest` raises `ConfdClientError("Invalid request type")` for a type outside
+/// `constants.CONFD_REQS`, and `SendRequest` checks again) and sends nothing. Both checks read
+/// `ganeti.constants.CONFD_REQS` at call time, so an application that adds 100–103 to it uses
+/// them through the same client: the replies are ordinary `ConfdReply`s (the client never looks
+/// at a reply's type), and its serial filter works on the snapshot generation.
+#[test]
+#[ignore = "needs the real Python client (scripts/setup-ganeti.sh)"]
+fn python_client_queries_heartsink_own_types() {
+    use common::confd::p;
+    let hs = heartsink_on("127.0.0.1:0");
+    let sock = common::client();
+    for a in 1..=3 {
+        sock.send_to(&common::heartbeat(a, 1, 10, "k"), hs.heartbeat).unwrap();
+    }
+    hs.wait_processed(3);
+    let addr = hs.confd_addr();
+    let mut ours = BlockingClient::new(ConfdClient::new(key(), &[addr.ip()], Some(addr.port())).unwrap()).unwrap();
+    let ask = |c: &mut BlockingClient, kind, q: &Query| {
+        let (w, got) = c.query(kind, q.clone(), Coverage::All, Duration::from_secs(3)).unwrap();
+        assert!(!w.timed_out, "{kind:?} {q:?}");
+        got.current.unwrap()
+    };
+    // Wait (bounded) until the snapshot holds all three and counts them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ask(&mut ours, RequestType::EngineCounters, &Query::Empty).answer["amphorae"] != 3 {
+        assert!(Instant::now() < deadline, "the snapshot never held 3 amphorae");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cases: Vec<(RequestType, Query)> = vec![
+        (RequestType::AmphoraHealth, p(&common::uuid(1, 2))),
+        (RequestType::AmphoraHealth, p(&common::uuid(1, 99))),
+        (RequestType::AmphoraHealth, p("not-an-id")),
+        (RequestType::LbStatus, p(&common::uuid(1, 1))),
+        (RequestType::DownSenders, Query::Empty),
+        (RequestType::EngineCounters, Query::Empty),
+    ];
+
+    // Unmodified: refused before sending.
+    let requests = hs.stats()["confd"]["requests"].as_u64().unwrap();
+    let refused = python_peer(addr, &cases, &[]);
+    assert_eq!(refused.len(), cases.len());
+    for r in &refused {
+        assert_eq!(r["error"], "Invalid request type", "{r}");
+        assert_eq!((r["sent"].as_u64(), r["reply"].is_null()), (Some(0), true), "{r}");
+    }
+    assert_eq!(hs.stats()["confd"]["requests"].as_u64(), Some(requests), "the refused requests were sent");
+
+    // With 100–103 added to CONFD_REQS: answered as heartsink's own client is answered.
+    let results = python_peer(addr, &cases, &["--extend-reqs", "100,101,102,103"]);
+    assert_eq!(results.len(), cases.len());
+    for (r, (kind, q)) in results.iter().zip(&cases) {
+        assert_eq!(r["error"], Value::Null, "{kind:?}: {r}");
+        assert_eq!(r["timed_out"], json!(false), "{kind:?}: {r}");
+        assert_eq!((r["sent"].as_u64(), r["received"].as_u64()), (Some(1), Some(1)));
+        let want = ask(&mut ours, *kind, q);
+        let got = &r["reply"];
+        assert_eq!(got["status"].as_i64(), Some(want.status), "{kind:?} {q:?}: {got}");
+        assert_eq!(got["serial"].as_i64(), Some(want.serial), "{kind:?} {q:?}: {got}");
+        assert_eq!(got["answer"], want.answer, "{kind:?} {q:?}");
+    }
+    let health = &results[0]["reply"];
+    assert_eq!((health["status"].as_i64(), &health["answer"]["operating_status"]), (Some(0), &json!("ONLINE")));
+    assert_eq!(health["answer"]["liveness"], "alive");
+    assert_eq!((results[1]["reply"]["status"].as_i64(), &results[1]["reply"]["answer"]), (Some(1), &json!(0)));
+    assert_eq!((results[2]["reply"]["status"].as_i64(), &results[2]["reply"]["answer"]), (Some(1), &json!(2)));
+    assert_eq!(results[4]["reply"]["answer"]["total"], 0);
+    assert_eq!(results[5]["reply"]["answer"]["accepted"], 3);
+}
+
+/// The real daemon on 127.0.0.1:P and `heartsink serve` on 127.0.0.2:P, same file and key; one
+/// heartsink client with both peers asks every case of every type with coverage all.
+#[test]
+#[ignore = "needs the real ganeti-confd (scripts/setup-ganeti.sh) and root"]
+fn side_by_side_real_daemon_and_heartsink() {
+    let ix = ConfigIndex::load(data("config.data.json")).unwrap();
+    let ganeti = GanetiConfd::start();
+    let hs = heartsink_on(&format!("127.0.0.2:{}", ganeti.port));
+    assert_eq!(hs.confd_addr(), SocketAddr::from(([127, 0, 0, 2], ganeti.port)));
+    let peers: [IpAddr; 2] = [[127, 0, 0, 1].into(), [127, 0, 0, 2].into()];
+    let mut client = BlockingClient::new(ConfdClient::new(key(), &peers, Some(ganeti.port)).unwrap()).unwrap();
+    for (kind, query) in cases() {
+        let want = ix.answer(&Request::new(kind, query.clone(), "x"));
+        let (w, got) = client.query(kind, query.clone(), Coverage::All, Duration::from_secs(3)).unwrap();
+        assert!(!w.timed_out, "{kind:?} {query:?}: {w:?}");
+        assert_eq!((w.sent, w.received, got.replies.len()), (2, 2, 2), "{kind:?} {query:?}");
+        let from = |ip: IpAddr| {
+            let r = got.replies.iter().find(|(a, _)| a.ip() == ip);
+            &r.unwrap_or_else(|| panic!("{kind:?} {query:?}: no reply from {ip}")).1
+        };
+        let (theirs, ours) = (from(peers[0]), from(peers[1]));
+        assert_eq!((theirs.status, theirs.serial), (ours.status, ours.serial), "{kind:?} {query:?}");
+        assert!(
+            same(&theirs.answer, &ours.answer),
+            "{kind:?} {query:?}:\n daemon {}\n heartsink {}",
+            theirs.answer,
+            ours.answer
+        );
+        assert_eq!((ours.status, ours.serial), (want.status, want.serial), "{kind:?} {query:?}");
+        assert_eq!(ours.answer, want.answer, "{kind:?} {query:?}");
+        assert!(
+            got.consistent,
+            "{kind:?} {query:?}: the client saw them as inconsistent:\n daemon {}\n heartsink {}",
+            theirs.answer, ours.answer
+        );
+    }
+    let st = hs.stats();
+    assert_eq!(st["confd"]["replies"].as_u64(), Some(cases().len() as u64), "{}", st["confd"]);
 }
 
 #[test]
 #[ignore = "needs the real ganeti-confd (scripts/setup-ganeti.sh) and root"]
 fn confd_query_cli_against_the_real_daemon() {
     let ix = ConfigIndex::load(data("config.data.json")).unwrap();
-    let daemon = Daemon::start();
+    let daemon = GanetiConfd::start();
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_heartsink"))
             .args(["confd", "query", "--peer", &daemon.addr().to_string(), "--key-file"])

@@ -15,12 +15,17 @@
 //! 4. the ratios, and a sweep of offered load (accepted rate and p99 latency per step, for
 //!    heartsink and Octavia's `check()`) drawn as an SVG chart.
 //!
+//! 5. confd ([`confd`]): replies/s of `serve` (ingesting heartbeats at a fixed rate meanwhile)
+//!    and of the real `ganeti-confd` on the same `config.data`, and their ratio;
+//!    `--confd-only` runs just this section (merged into an existing bench.json).
+//!
 //! `--senders N` instead measures scale: memory per tracked amphora (RSS ÷ amphorae) and the
 //! control thread's tick cost with N tracked senders. `--pipeline-only N` runs just the
 //! in-process pipeline on N heartbeats (the function `in_process_run`), for the instruction
 //! count gate in `scripts/instructions.sh`.
 
 mod chart;
+pub mod confd;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -60,6 +65,29 @@ pub struct BenchArgs {
     pub pipeline_only: Option<u64>,
     /// Offered-load steps as fractions of heartsink's saturated rate.
     pub steps: Vec<f64>,
+    /// Only the confd section.
+    pub confd_only: bool,
+    /// Skip the real ganeti-confd.
+    pub skip_ganeti: bool,
+    /// Heartbeats per second sent to heartsink during the confd measurements.
+    pub ingest_rate: f64,
+    /// confd load generator threads.
+    pub confd_threads: usize,
+    /// confd requests outstanding per load thread.
+    pub confd_window: usize,
+}
+
+impl BenchArgs {
+    fn confd(&self) -> confd::ConfdBenchArgs {
+        confd::ConfdBenchArgs {
+            seconds: self.seconds,
+            amphorae: self.amphorae,
+            ingest_rate: self.ingest_rate,
+            threads: self.confd_threads,
+            window: self.confd_window,
+            skip_ganeti: self.skip_ganeti,
+        }
+    }
 }
 
 /// The repository (for the Octavia scripts).
@@ -126,6 +154,7 @@ struct Serve {
     child: Child,
     heartbeat: SocketAddr,
     admin: SocketAddr,
+    confd: Option<SocketAddr>,
 }
 
 impl Drop for Serve {
@@ -154,7 +183,8 @@ fn start_serve(log: &Path, extra: &[&str]) -> Result<Serve, Error> {
     BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
     let v: Value = serde_json::from_str(&line)?;
     let addr = |k: &str| -> Result<SocketAddr, Error> { Ok(v[k].as_str().ok_or("listening line")?.parse()?) };
-    Ok(Serve { heartbeat: addr("heartbeat")?, admin: addr("admin")?, child })
+    let confd = v["confd"].as_str().map(str::parse).transpose()?;
+    Ok(Serve { heartbeat: addr("heartbeat")?, admin: addr("admin")?, confd, child })
 }
 
 fn get(admin: SocketAddr, path: &str) -> Result<Value, Error> {
@@ -361,6 +391,24 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
     if let Some(n) = args.senders {
         return scale(args, n);
     }
+    if args.confd_only {
+        let (section, lines) = confd::run(&args.confd(), &args.out)?;
+        // Merged into the last full report, when there is one.
+        let path = args.out.join("bench.json");
+        let mut doc: Value = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({}));
+        doc["confd"] = section;
+        doc["confd_machine"] = machine();
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)?;
+        for l in lines {
+            println!("{l}");
+        }
+        println!("wrote {}", path.display());
+        return Ok(());
+    }
     let load = LoadConfig {
         amphorae: args.amphorae,
         rate: None,
@@ -412,6 +460,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
             )?);
         }
     }
+    let (confd_section, confd_lines) = confd::run(&args.confd(), &args.out)?;
     let check = octavia.iter().find(|o| o.mode == "check").map(|o| o.rate);
     let dorecv = octavia.iter().find(|o| o.mode == "dorecv").map(|o| o.rate);
     let at80 = steps.iter().zip(&args.steps).find(|(_, f)| (**f - 0.8).abs() < 1e-9).map(|(s, _)| s.clone());
@@ -429,6 +478,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         "octavia": octavia,
         "octavia_check_steps": octavia_steps,
         "ratios": ratios,
+        "confd": confd_section,
     });
     std::fs::write(args.out.join("bench.json"), serde_json::to_vec_pretty(&doc)?)?;
     chart::draw(&args.out.join("bench.svg"), &steps, &octavia_steps)?;
@@ -472,6 +522,10 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
             fmt_opt(o.p50_us),
             fmt_opt(o.p99_us)
         );
+    }
+    println!();
+    for l in confd_lines {
+        println!("{l}");
     }
     println!();
     println!("ratios: {ratios}");

@@ -20,7 +20,9 @@
 //! * a wait is answered when `received >= needed_replies(sent)` ([`needed_replies`]);
 //! * with the serial filter on (default, `ConfdFilterCallback`), a reply is passed on only when
 //!   it is the first for its salt, or has a higher serial **and** a different answer; an equal
-//!   serial with a different answer marks the salt inconsistent.
+//!   serial with a different answer marks the salt inconsistent. "Different" is Python's `!=`
+//!   on the decoded answers ([`same_answer`]): `32` and `32.0` are the same answer (the real
+//!   daemon writes `32` where `config.data` and heartsink have `32.0`).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
@@ -384,12 +386,12 @@ impl ConfdClient {
                 true
             }
             Some(cur) if reply.serial > cur.serial => {
-                let changed = reply.answer != cur.answer;
+                let changed = !same_answer(&reply.answer, &cur.answer);
                 rq.current = Some(reply.clone());
                 changed
             }
             Some(cur) => {
-                if reply.serial == cur.serial && reply.answer != cur.answer {
+                if reply.serial == cur.serial && !same_answer(&reply.answer, &cur.answer) {
                     rq.consistent = false;
                 }
                 false
@@ -461,6 +463,38 @@ impl ConfdClient {
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
     }
+}
+
+/// Python's `==` on two decoded JSON answers, as `ConfdFilterCallback` compares them: numbers by
+/// exact value whatever their form (`32 == 32.0`, `1.36e9 == 1360000000`, but an integer and a
+/// float differing in any bit are different), objects regardless of member order.
+pub fn same_answer(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => same_number(x, y),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_answer(a, b)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_answer(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn same_number(x: &serde_json::Number, y: &serde_json::Number) -> bool {
+    let int = |n: &serde_json::Number| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
+    match (int(x), int(y)) {
+        (Some(i), Some(j)) => i == j,
+        (Some(i), None) => y.as_f64().is_some_and(|f| float_is_int(f, i)),
+        (None, Some(j)) => x.as_f64().is_some_and(|f| float_is_int(f, j)),
+        (None, None) => x.as_f64() == y.as_f64(),
+    }
+}
+
+/// Whether the float `f` is exactly the integer `i` (Python compares them exactly, not by
+/// converting the integer to a float).
+fn float_is_int(f: f64, i: i128) -> bool {
+    // Every i64/u64 is below 2^127 in magnitude, so the cast of an integral `f` in range is exact.
+    f.fract() == 0.0 && f.abs() < 1.7e38 && f as i128 == i
 }
 
 fn bind_addr(ipv6: bool) -> SocketAddr {
@@ -700,6 +734,33 @@ mod tests {
         assert!(
             ConfdClient::new(HmacKey::new(KEY), &["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()], None).is_err()
         );
+    }
+
+    #[test]
+    fn answers_compare_as_python_values() {
+        use serde_json::json;
+        let v = |s: &str| -> serde_json::Value { serde_json::from_str(s).unwrap() };
+        assert!(same_answer(&v("32"), &v("32.0")));
+        assert!(same_answer(&v("1.36e9"), &v("1360000000")));
+        assert!(same_answer(&v(r#"{"a": [1, 2.0], "b": -0.0}"#), &v(r#"{"b": 0, "a": [1.0, 2]}"#)));
+        assert!(!same_answer(&v("32"), &v("32.5")));
+        assert!(!same_answer(&v("9007199254740993"), &v("9007199254740992.0")), "exact, as Python");
+        assert!(!same_answer(&v("1"), &v("true")));
+        assert!(!same_answer(&v(r#"{"a": 1}"#), &v(r#"{"a": 1, "b": 2}"#)));
+        assert!(!same_answer(&json!("1"), &json!(1)));
+        assert!(same_answer(&json!(u64::MAX), &json!(u64::MAX)));
+    }
+
+    #[test]
+    fn an_integer_and_an_equal_float_are_consistent() {
+        let mut c = client(2);
+        let req = c.new_request(RequestType::ConfigQuery, Query::Plain("/cluster/ipolicy".into()));
+        let salt = c.send_request(req, Coverage::All, T0).unwrap();
+        let float: serde_json::Value = serde_json::from_str(r#"{"spindle-ratio": 32.0}"#).unwrap();
+        let int: serde_json::Value = serde_json::from_str(r#"{"spindle-ratio": 32}"#).unwrap();
+        reply_from(&mut c, &salt, 1, &Reply::ok(float, 5), T0).unwrap();
+        reply_from(&mut c, &salt, 2, &Reply::ok(int, 5), T0).unwrap();
+        assert_eq!(c.consistent(&salt), Some(true));
     }
 
     #[test]

@@ -15,9 +15,10 @@
 //! Objects in answers (`NODE_INSTANCES`, `INSTANCE_DISKS`, `CONFIG_QUERY`) are the file's
 //! objects with the defaults the daemon adds when a field is absent (disk `children`, `iv_name`,
 //! `mode`; `tags`, `ctime`, `mtime`, nodegroup `members`), and data-collector intervals as
-//! integers. They are equal to the daemon's as JSON values; the daemon re-serialises its typed
-//! objects, so its member order (and, for a few node timestamps, the last bit of a double) can
-//! differ.
+//! integers, and `ctime`/`mtime` rounded through whole picoseconds as the daemon keeps them
+//! ([`daemon_time`]). They are equal to the daemon's as JSON values (Python's `==`, so `32.0` and
+//! `32` agree); the daemon re-serialises its typed objects, so its member order and the form of
+//! integral floats differ.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -146,6 +147,36 @@ fn objects<'a>(v: &'a Value, key: &str) -> Result<&'a Map<String, Value>, Config
 fn default(obj: &mut Value, key: &str, v: Value) {
     if let Value::Object(m) = obj {
         m.entry(key.to_owned()).or_insert(v);
+    }
+}
+
+/// A `ctime`/`mtime` as the daemon answers it. Ganeti keeps timestamps as `ClockTime`
+/// (`Ganeti.JSON.TimeAsDoubleJSON`): read as a double `t`, stored as whole picoseconds
+/// `round (t * 10^12)` (half to even) split by `divMod` into seconds and picoseconds, and shown
+/// as the double `s + ps / 10^12`. That round trip moves some values by one ulp
+/// (`1358348755.779906` → `1358348755.7799058`). Text.JSON writes an integral double as an
+/// integer. `None` for a value that is not a number.
+pub fn daemon_time(v: &Value) -> Option<Value> {
+    const PICO: i128 = 1_000_000_000_000;
+    let t = v.as_f64()?;
+    let p = (t * 1e12).round_ties_even();
+    if !p.is_finite() || p.abs() >= 1e36 {
+        return None;
+    }
+    let p = p as i128;
+    let d = p.div_euclid(PICO) as f64 + p.rem_euclid(PICO) as f64 / 1e12;
+    if d.fract() == 0.0 && d.abs() < 9.0e15 {
+        Some(json!(d as i64))
+    } else {
+        serde_json::Number::from_f64(d).map(Value::Number)
+    }
+}
+
+fn daemon_times(obj: &mut Value) {
+    for key in ["ctime", "mtime"] {
+        if let Some(t) = obj.get(key).and_then(daemon_time) {
+            obj[key] = t;
+        }
     }
 }
 
@@ -304,6 +335,16 @@ impl ConfigIndex {
                         default(o, "members", json!([]));
                     }
                 }
+            }
+        }
+        // Timestamps as the daemon's typed objects hold them (`timeStampFields`).
+        daemon_times(&mut config);
+        if let Some(c) = config.get_mut("cluster") {
+            daemon_times(c);
+        }
+        for key in ["nodes", "instances", "disks", "nodegroups", "networks"] {
+            if let Some(Value::Object(objs)) = config.get_mut(key) {
+                objs.values_mut().for_each(daemon_times);
             }
         }
         let mut collectors = Map::new();
@@ -834,6 +875,20 @@ mod tests {
         let (_, dc, serial) = ask(&ix, DataCollectors, Query::Empty);
         assert_eq!(serial, 3189);
         assert_eq!(dc["cpu-avg-load"], json!({"active": true, "interval": 5000000}));
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_picoseconds() {
+        let t = |s: &str| daemon_time(&serde_json::from_str(s).unwrap()).unwrap().to_string();
+        assert_eq!(t("1358348755.779906"), "1358348755.7799058");
+        assert_eq!(t("1343869205.934807"), "1343869205.9348073");
+        assert_eq!(t("1343869045.604884"), "1343869045.604884");
+        assert_eq!(t("0"), "0");
+        assert_eq!(t("1360000000.0"), "1360000000");
+        assert_eq!(daemon_time(&json!("x")), None);
+        let ix = index();
+        let nodes = ask(&ix, RequestType::ConfigQuery, plain("/nodes")).1;
+        assert!(nodes.as_object().unwrap().values().any(|n| n["mtime"] == json!(1358348755.7799058)));
     }
 
     #[test]

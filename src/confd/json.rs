@@ -74,9 +74,21 @@ pub(crate) fn hs_is_space(c: char) -> bool {
     )
 }
 
-/// Reads the bytes of a datagram as Latin-1 characters, as the daemon does.
-pub(crate) fn latin1(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| char::from(b)).collect()
+/// Reads the bytes of a datagram as Latin-1 characters, as the daemon does. ASCII (every
+/// well-behaved client's request) is the same text in UTF-8, and is borrowed.
+pub(crate) fn latin1(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    if bytes.is_ascii() {
+        if let Ok(s) = std::str::from_utf8(bytes) {
+            return std::borrow::Cow::Borrowed(s);
+        }
+    }
+    std::borrow::Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect())
+}
+
+/// A byte that stands for itself inside a JSON string, in and out: printable ASCII other than
+/// the quote and the backslash.
+fn plain_ascii(b: u8) -> bool {
+    (b' '..0x7f).contains(&b) && b != b'"' && b != b'\\'
 }
 
 /// Parses one document: no leading whitespace, the value, then only whitespace.
@@ -102,6 +114,10 @@ impl Parser<'_> {
     }
 
     fn skip_ws(&mut self) {
+        // ASCII first (the common case), then any character Haskell's isSpace takes.
+        while matches!(self.peek(), Some(b' ' | b'\t'..=b'\r')) {
+            self.i += 1;
+        }
         while let Some(c) = self.text[self.i..].chars().next() {
             if !hs_is_space(c) {
                 break;
@@ -241,6 +257,12 @@ impl Parser<'_> {
         self.i += 1; // the opening quote
         let mut out = String::new();
         loop {
+            // A run of plain ASCII in one copy.
+            let run = self.s[self.i..].iter().take_while(|&&b| plain_ascii(b)).count();
+            if run > 0 {
+                out.push_str(&self.text[self.i..self.i + run]);
+                self.i += run;
+            }
             let c = self.text[self.i..].chars().next().ok_or(JsonError::Syntax)?;
             self.i += c.len_utf8();
             match c {
@@ -354,7 +376,15 @@ pub(crate) fn hs_int(text: &str) -> Option<i64> {
 /// Appends `s` as a JSON string: Text.JSON escaping for ASCII, `\uXXXX` for everything else.
 pub(crate) fn write_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
+    let mut rest = s;
+    loop {
+        // A run of plain ASCII in one copy, then one character that may need escaping.
+        let run = rest.bytes().take_while(|&b| plain_ascii(b)).count();
+        out.push_str(&rest[..run]);
+        rest = &rest[run..];
+        let mut chars = rest.chars();
+        let Some(c) = chars.next() else { break };
+        rest = chars.as_str();
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),

@@ -7,6 +7,7 @@
 //!   ([`ganeti::ConfigIndex`]), with the daemon's statuses, error texts and serials.
 //! * [`client`]: the Python `ConfdClient`'s semantics (coverage, quorum, serial filter, expiry)
 //!   as a sans-IO core, with blocking and `mio` drivers.
+//! * [`load`]: a confd load generator (windowed, pre-signed requests) for `heartsink bench`.
 //!
 //! A server is: `parse_request` (drop on error, count the label) → `ConfigIndex::answer` →
 //! `encode_reply` with the request's `rsalt`, sent to the datagram's source address and port,
@@ -17,5 +18,6 @@ pub mod cli;
 pub mod client;
 pub mod ganeti;
 mod json;
+pub mod load;
 pub mod proto;
 pub mod server;

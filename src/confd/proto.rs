@@ -513,6 +513,10 @@ fn dict_query(q: &[(String, JValue)], opts: ParseOptions) -> Option<DictQuery> {
 /// `0x`/`0X` hex or `0o`/`0O` octal; no trailing whitespace, fraction, exponent or `+`.
 /// Values beyond `i128` saturate (they are outside any window anyway).
 pub fn parse_timestamp(salt: &str) -> Option<i128> {
+    // Plain decimal digits (every real client's salt): the same value, read directly.
+    if (1..=30).contains(&salt.len()) && salt.bytes().all(|b| b.is_ascii_digit()) {
+        return salt.parse().ok();
+    }
     let chars: Vec<char> = salt.chars().collect();
     let mut i = 0;
     let v = ts_expr(&chars, &mut i, 0)?;

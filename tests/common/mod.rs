@@ -2,6 +2,8 @@
 //! UDP and HTTP, stop it. Every wait is bounded; a daemon is killed when its handle drops.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+pub mod confd;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -51,6 +53,22 @@ impl Daemon {
         ];
         all.extend_from_slice(args);
         Daemon::spawn(dir, &all, None)
+    }
+
+    /// As [`Daemon::start`] with confd on `confd_addr` (e.g. `127.0.0.2:1814`) instead of an
+    /// ephemeral loopback port.
+    pub fn start_confd_on(confd_addr: &str, args: &[&str]) -> Daemon {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_owned();
+        let mut all =
+            vec!["serve", "--heartbeat-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--confd-addr", confd_addr];
+        all.extend_from_slice(args);
+        Daemon::spawn(&dir, &all, Some(tmp))
+    }
+
+    /// The confd address (panics when confd is not served).
+    pub fn confd_addr(&self) -> SocketAddr {
+        self.confd.expect("confd is served")
     }
 
     /// Starts the binary with exactly `args`, in a fresh temporary working directory.

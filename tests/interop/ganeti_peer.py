@@ -5,17 +5,26 @@ Run under Debian's /usr/bin/python3 with PYTHONPATH=/usr/share/ganeti/3.0 (scrip
 installs it). Usage:
 
     ganeti_peer.py --host 127.0.0.1 --port 1814 --key-file hmac.key [--cases CASES.json]
+                   [--extend-reqs 100,101,102,103]
 
 CASES.json is a list of {"type": N, "query": Q} (Q omitted or null for no query); the default is
 one case per request type the Python client can send (it refuses type 8, NODE_INSTANCES).
-Prints one JSON document: a list of {"type", "query", "timed_out", "sent", "received", "reply"}
-where reply is {"protocol", "status", "answer", "serial"} or null. Every wait is bounded.
+Prints one JSON document: a list of {"type", "query", "timed_out", "sent", "received", "reply",
+"error"} where reply is {"protocol", "status", "answer", "serial"} or null, and error is the
+ConfdClientError the client raised for the case (then nothing was sent) or null. Every wait is
+bounded.
+
+The client refuses a type outside ganeti.constants.CONFD_REQS twice (in ConfdClientRequest and
+in SendRequest: "Invalid request type"); both look the set up at call time, so --extend-reqs
+adds numbers to it for this process (how an application would use heartsink's own types, 100-103,
+through the unmodified client).
 """
 import argparse
 import json
 import sys
 
 from ganeti import constants as C
+from ganeti import errors
 from ganeti.confd import client as cc
 
 DEFAULT_CASES = [
@@ -40,7 +49,11 @@ def main():
     ap.add_argument("--key-file", required=True)
     ap.add_argument("--cases")
     ap.add_argument("--timeout", type=float, default=3.0)
+    ap.add_argument("--extend-reqs", default="")
     args = ap.parse_args()
+    extra = [int(n) for n in args.extend_reqs.split(",") if n]
+    if extra:
+        C.CONFD_REQS = frozenset(C.CONFD_REQS | set(extra))
     key = open(args.key_file).read()  # a str, LF included, as GetConfdClient reads it
     cases = json.load(open(args.cases)) if args.cases else DEFAULT_CASES
     store = cc.StoreResultCallback()
@@ -50,13 +63,18 @@ def main():
         kw = {"type": case["type"]}
         if case.get("query") is not None:
             kw["query"] = case["query"]
-        req = cc.ConfdClientRequest(**kw)
-        client.SendRequest(req, async_=False)
+        try:
+            req = cc.ConfdClientRequest(**kw)
+            client.SendRequest(req, async_=False)
+        except errors.ConfdClientError as e:
+            out.append({"type": case["type"], "query": case.get("query"), "timed_out": None,
+                        "sent": 0, "received": 0, "reply": None, "error": str(e)})
+            continue
         timed_out, sent, received = client.WaitForReply(req.rsalt, timeout=args.timeout)
         ok, upcall = store.GetResponse(req.rsalt)
         reply = upcall.server_reply.ToDict() if ok else None
         out.append({"type": case["type"], "query": case.get("query"), "timed_out": timed_out,
-                    "sent": sent, "received": received, "reply": reply})
+                    "sent": sent, "received": received, "reply": reply, "error": None})
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 
