@@ -184,23 +184,9 @@ pub fn run(a: &ConfdBenchArgs, out: &Path) -> Result<(Value, Vec<String>), Error
     let config = data("config.data.json");
     let key_file = data("hmac.key");
     let (config, key_file) = (config.to_str().ok_or("path not UTF-8")?, key_file.to_str().ok_or("path not UTF-8")?);
-    // A fresh data directory: the fleet must be new to it.
-    let data_dir = out.join("serve-confd-data");
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let data_dir = data_dir.to_str().ok_or("path not UTF-8")?;
-    let serve = start_serve(
-        &out.join("serve-confd.log"),
-        &[
-            "--confd-addr",
-            "127.0.0.1:0",
-            "--confd-config",
-            config,
-            "--confd-key-file",
-            key_file,
-            "--data-dir",
-            data_dir,
-        ],
-    )?;
+    // start_serve gives it a fresh data directory (the fleet must be new to it) and an
+    // ephemeral confd port.
+    let serve = start_serve(&out.join("serve-confd.log"), &["--confd-config", config, "--confd-key-file", key_file])?;
     let confd = serve.confd.ok_or("serve did not report a confd address")?;
     let stop = Arc::new(AtomicBool::new(false));
     // Pre-built (real level-9 envelopes, built before sending), so that the generator's own

@@ -572,17 +572,24 @@ fn failover_delay(args: &BenchArgs) -> Result<Value, Error> {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let mut delays: Vec<f64> = records
-        .iter()
-        .filter_map(|r| Some((r["created_ns"].as_u64()?.saturating_sub(r["last_seen_ns"].as_u64()?)) as f64 / 1e9))
-        .collect();
-    delays.sort_by(f64::total_cmp);
-    let q = |p: f64| delays.get(((delays.len() as f64 - 1.0) * p).round() as usize).copied();
+    let gaps = |field: &str| {
+        let mut d: Vec<f64> = records
+            .iter()
+            .filter_map(|r| Some((r[field].as_u64()?.saturating_sub(r["last_seen_ns"].as_u64()?)) as f64 / 1e9))
+            .collect();
+        d.sort_by(f64::total_cmp);
+        let q = |p: f64| d.get(((d.len() as f64 - 1.0) * p).round() as usize).copied();
+        json!({"min": q(0.0), "p50": q(0.5), "max": q(1.0)})
+    };
     Ok(json!({
         "heartbeat_timeout_s": 5.0,
         "health_check_interval_s": 1.0,
-        "records": delays.len(),
-        "delay_s": {"min": q(0.0), "p50": q(0.5), "max": q(1.0)},
+        "failover_threads": 10,
+        "records": records.len(),
+        // Last refresh → declared stale (timeout + up to one check interval).
+        "to_stale_s": gaps("stale_since_ns"),
+        // Last refresh → failover record started (at most failover_threads per check).
+        "to_record_s": gaps("created_ns"),
     }))
 }
 

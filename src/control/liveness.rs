@@ -30,6 +30,9 @@ use crate::proto::octavia::Uuid;
 
 const S: u64 = 1_000_000_000;
 
+/// Most expired deadlines one health check handles; the rest wait for the next check.
+pub const EXPIRED_PER_CHECK: usize = 250_000;
+
 /// Liveness settings, with Octavia's names and defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -426,12 +429,16 @@ impl Liveness {
             self.lag_until = now.saturating_add(interval);
         }
 
-        // Expired deadlines only.
+        // Expired deadlines only, at most EXPIRED_PER_CHECK of them: a fleet whose deadlines
+        // all fall at once (a million senders started together) is worked through over a few
+        // checks instead of one long one.
         let timeout = self.cfg.timeout_ns();
+        let mut budget = EXPIRED_PER_CHECK;
         while let Some(&(deadline, id)) = self.deadlines.first() {
-            if deadline > now {
+            if deadline > now || budget == 0 {
                 break;
             }
+            budget -= 1;
             self.deadlines.pop_first();
             let Some(t) = self.tracks.get_mut(&id) else { continue };
             let refreshed = probe(&id).unwrap_or(t.last_refresh).max(t.last_refresh);

@@ -368,6 +368,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// Amphorae logged one by one per event (stale, back) in one round; the rest are summed up.
 const LOG_EACH: usize = 16;
 
+/// Change batches (one per worker batch, ≤ 128 changes each) applied per control round.
+const CHANGE_BATCHES_PER_ROUND: usize = 64;
+
 /// Most amphora records written per flush.
 pub const FLUSH_MAX: usize = 20_000;
 
@@ -1069,11 +1072,19 @@ impl Control {
         let shards = &self.shared.pipeline.shards;
         // Bounded work per flush: a million new amphorae are written over several flushes
         // instead of stalling the control thread for seconds.
-        let ids: Vec<Uuid> = self.dirty.iter().take(FLUSH_MAX).copied().collect();
-        for id in ids {
-            self.dirty.remove(&id);
+        let mut ids: Vec<(usize, Uuid)> = self.dirty.iter().take(FLUSH_MAX).map(|id| (shards.index(id), *id)).collect();
+        // One lock per shard, as the workers take them, instead of one per amphora.
+        ids.sort_unstable();
+        let mut states: Vec<(Uuid, AmphoraState)> = Vec::with_capacity(ids.len());
+        for run in ids.chunk_by(|a, b| a.0 == b.0) {
+            let shard = shards.shard(run[0].0).lock();
+            states.extend(run.iter().filter_map(|(_, id)| shard.get(id).map(|s| (*id, s.clone()))));
+        }
+        for (_, id) in &ids {
+            self.dirty.remove(id);
+        }
+        for (id, state) in states {
             let Some(h) = self.health.get(&id) else { continue };
-            let Some(state) = shards.get(&id) else { continue };
             let stale_since_ns = self.live.stale_since(&id);
             let stored = StoredAmphora {
                 state,
@@ -1355,8 +1366,10 @@ pub fn run(
         crossbeam::select! {
             recv(changes) -> msg => match msg {
                 Ok(first) => {
+                    // Bounded per round, so a million new senders at once do not hold up the
+                    // health checks (their gap would read as a stall).
                     let start = Instant::now();
-                    ctl.apply_changes(std::iter::once(first).chain(changes.try_iter()));
+                    ctl.apply_changes(std::iter::once(first).chain(changes.try_iter().take(CHANGE_BATCHES_PER_ROUND)));
                     record_tick(&shared, start);
                 }
                 Err(_) => stop = true,

@@ -32,6 +32,10 @@ const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const POOLS: TableDefinition<&str, &[u8]> = TableDefinition::new("pools");
 const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
 
+/// redb's page cache. Reads happen once, at start; writes are batched: a small cache keeps the
+/// daemon's memory for the fleet (redb's default is 1 GiB).
+pub const CACHE_BYTES: usize = 32 << 20;
+
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "heartsink.redb";
 
@@ -169,7 +173,10 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir(format!("{}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path).map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         let store = Store { db, path };
         // Create the tables so that a first read finds them.
         store.commit(&WriteBatch::default())?;
