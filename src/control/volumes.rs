@@ -11,7 +11,7 @@
 //! | available (bytes) | `stat.free_bytes` (a number; absent or negative: 0) |
 //! | alive | `tag.up` is not `false` and its last tagged heartbeat is at most `heartbeat_timeout` old |
 //!
-//! The lease is [`Lease`]: the embedded implementation is [`LocalLease`], a lock on
+//! The lease is [`Lease`]: the embedded implementation is [`crate::sched::LocalLease`], a lock on
 //! `<data_dir>/leader.lock` (two daemons on one data directory cannot both lead). Without a
 //! data directory (benches) the lease is always held.
 
