@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{wait_until, Daemon};
 use serde_json::Value;
 
 const KEY: &str = "live-key";
@@ -81,17 +81,6 @@ fn ids(d: &Daemon) -> BTreeSet<String> {
     }
 }
 
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn failovers(d: &Daemon) -> Vec<Value> {
     let (code, v) = d.get("/v1/failovers?limit=1000");
     assert_eq!(code, 200, "{v}");
@@ -136,21 +125,19 @@ fn stopped_senders_fail_over_exactly_once_within_the_timeout() {
     let d = Daemon::start(&["--config", cfg.to_str().unwrap(), "--key", KEY]);
     let (mut fleet_a, mut fleet_b, a_ids, b_ids) = two_fleets(&d, 12.0);
     fleet_b.wait(Duration::from_secs(10));
-    let b_stopped = Instant::now();
-    // heartbeat_timeout (3 s) + health_check_interval (0.5 s), plus slack for a loaded machine.
     let records = wait_until("10 failovers done", Duration::from_secs(10), || {
         let r = failovers(&d);
         (r.len() >= 10 && r.iter().all(|x| x["state"] == "done")).then_some(r)
     });
-    let took = b_stopped.elapsed();
     assert_eq!(amphorae_of(&records), b_ids, "exactly the stopped fleet fails over");
     assert!(amphorae_of(&records).is_disjoint(&a_ids));
     for r in &records {
         assert_eq!(r["reason"], "stale");
+        // Declared stale within heartbeat_timeout (3 s) + health_check_interval (0.5 s) of the
+        // last refresh, by the daemon's own clock (1 s of slack for a loaded machine).
         let silent = (r["stale_since_ns"].as_u64().unwrap() - r["last_seen_ns"].as_u64().unwrap()) as f64 / 1e9;
         assert!((3.0..=3.5 + 1.0).contains(&silent), "declared stale {silent} s after the last refresh: {r}");
     }
-    assert!(took < Duration::from_secs(8), "failovers took {took:?}");
     // The command action got each record as JSON on stdin.
     let files: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 10, "one action run per failover");

@@ -489,11 +489,6 @@ impl Liveness {
     pub fn handled(&self, id: &Uuid) -> bool {
         self.tracks.get(id).is_some_and(|t| t.handled)
     }
-
-    /// The earliest pending deadline (for tests and the tick cost).
-    pub fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.first().map(|d| d.0)
-    }
 }
 
 #[cfg(test)]

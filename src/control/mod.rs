@@ -428,7 +428,7 @@ pub struct Control {
     model_disconnected: bool,
     confd_error: Option<String>,
     registry: crate::registry::Registry,
-    pools: BTreeMap<String, crate::registry::lb::Pool>,
+    pools: Arc<BTreeMap<String, crate::registry::lb::Pool>>,
     world: Arc<crate::registry::lb::World>,
     world_generation: u64,
     scratch: crate::registry::Registration,
@@ -445,10 +445,6 @@ impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control").field("tracked", &self.live.tracked()).finish()
     }
-}
-
-fn status_of(s: &AmphoraState) -> OperatingStatus {
-    s.operating_status
 }
 
 impl Control {
@@ -555,7 +551,7 @@ impl Control {
             model_disconnected: false,
             confd_error: None,
             registry,
-            pools: BTreeMap::new(),
+            pools: Arc::new(BTreeMap::new()),
             world: Arc::new(crate::registry::lb::World::default()),
             world_generation: u64::MAX,
             scratch: crate::registry::Registration::empty(),
@@ -587,7 +583,7 @@ impl Control {
             let mut state = stored.state.restored();
             state.stale = stored.stale_since_ns.is_some();
             let health = AmphoraHealth {
-                operating_status: status_of(&state),
+                operating_status: state.operating_status,
                 liveness: if state.stale { Live::Stale } else { Live::Alive },
                 last_refresh_ns: state.last_refresh_ns,
                 first_seen_ns: state.first_seen_ns,
@@ -640,11 +636,6 @@ impl Control {
         Ok(())
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &ControlConfig {
-        &self.cfg
-    }
-
     /// Reload: new liveness, failover and lifecycle settings (the data directory needs a restart).
     pub fn reload(&mut self, mut cfg: ControlConfig) {
         if let Err(e) = cfg.liveness.validate().and_then(|_| cfg.failover.validate()) {
@@ -693,7 +684,7 @@ impl Control {
                             },
                         );
                         // The first heartbeat's status comes with it; read it once.
-                        if let Some(st) = self.shared.pipeline.shards.with(&id, status_of) {
+                        if let Some(st) = self.shared.pipeline.shards.with(&id, |s| s.operating_status) {
                             if let Some(h) = self.health.get_mut(&id) {
                                 h.operating_status = st;
                             }
@@ -1294,7 +1285,7 @@ impl Control {
             tasks: self.periodic.tasks().to_vec(),
             store,
             world: self.world.clone(),
-            pools: Arc::new(self.pools.clone()),
+            pools: self.pools.clone(),
             leader: self.leading,
             volumes: self.sched.len(),
             scheduler: self.last_sched,

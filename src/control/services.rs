@@ -97,8 +97,9 @@ impl Control {
         let services: Vec<(Key, Service)> = loaded.decode(Table::Services).map_err(|e| e.to_string())?;
         let report = self.registry.restore(services.into_iter().map(|(_, s)| s));
         let pools: Vec<(Key, Pool)> = loaded.decode(Table::Pools).map_err(|e| e.to_string())?;
+        let map = Arc::make_mut(&mut self.pools);
         for (_, p) in pools {
-            self.pools.insert(p.name.clone(), p);
+            map.insert(p.name.clone(), p);
         }
         // Restored services are not dirty.
         let _ = self.registry.take_dirty();
@@ -181,7 +182,7 @@ impl Control {
             }
             self.scratch = r;
         }
-        self.changed = true;
+        // Nothing published changes here: the polling world is rebuilt by its own task.
         let lane = self.shared.pipeline.services.clone();
         let _ = lane.recycle.push(batch);
     }
@@ -275,10 +276,10 @@ impl Control {
                     Pool::parse(&name, &targets).map_err(|e| CommandError::Invalid(format!("pool {name:?}: {e}")))?;
                 self.pending.put_json(Table::Pools, Key::Name(name.clone()), &pool);
                 let v = json!({"name": name, "targets": pool.to_target_string()});
-                self.pools.insert(name, pool);
+                Arc::make_mut(&mut self.pools).insert(name, pool);
                 Ok(v)
             }
-            C::PoolDelete(name) => match self.pools.remove(&name) {
+            C::PoolDelete(name) => match Arc::make_mut(&mut self.pools).remove(&name) {
                 Some(_) => {
                     self.pending.delete(Table::Pools, Key::Name(name.clone()));
                     Ok(json!({"deleted": name}))

@@ -16,6 +16,7 @@
 //! (see [`crate::engine::DropReason`]).
 #![forbid(unsafe_code)]
 
+mod de;
 pub mod envelope;
 pub mod inflate;
 pub mod keyring;

@@ -22,6 +22,7 @@
 use std::cmp::Reverse;
 use std::fmt;
 
+use super::de::{next_u32, KeyWith};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 pub use uuid::Uuid;
 
@@ -309,26 +310,6 @@ enum TopField {
     Other,
 }
 
-/// Deserializes a field name through a closure, without allocating.
-struct KeyWith<F>(F);
-
-impl<'de, T, F: FnOnce(&str) -> T> DeserializeSeed<'de> for KeyWith<F> {
-    type Value = T;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de, T, F: FnOnce(&str) -> T> Visitor<'de> for KeyWith<F> {
-    type Value = T;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        Ok((self.0)(v))
-    }
-}
-
 /// A string value mapped through a fallible closure.
 struct StrWith<F>(F);
 
@@ -356,10 +337,6 @@ fn uuid(s: &str) -> Option<Uuid> {
 /// Octavia: `(k + ' ')[:k.rfind(':')]`, i.e. everything before the last `:`, or all of it.
 fn pool_key(s: &str) -> Option<Uuid> {
     uuid(s.rfind(':').map_or(s, |i| &s[..i]))
-}
-
-fn next_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl<'de> DeserializeSeed<'de> for HeartbeatSeed<'_> {

@@ -40,6 +40,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use super::de::{next_u32, KeyWith};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// At most this many entries in `tags` (kept and ignored together).
@@ -464,10 +465,6 @@ impl Cx {
     }
 }
 
-fn next_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
 /// Any scalar JSON value, borrowed for the duration of one visitor call.
 #[derive(Clone, Copy)]
 enum Raw<'a> {
@@ -544,26 +541,6 @@ impl<'de, T, F: FnOnce(Raw<'_>) -> Result<T, ServiceError>> Visitor<'de> for Val
     }
     fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<T, A::Error> {
         self.apply(Raw::Nested)
-    }
-}
-
-/// Deserializes a map key through a closure, without allocating.
-struct KeyWith<F>(F);
-
-impl<'de, T, F: FnOnce(&str) -> T> DeserializeSeed<'de> for KeyWith<F> {
-    type Value = T;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de, T, F: FnOnce(&str) -> T> Visitor<'de> for KeyWith<F> {
-    type Value = T;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        Ok((self.0)(v))
     }
 }
 

@@ -299,13 +299,6 @@ impl Writer {
         self.tx.clone()
     }
 
-    /// Submits a batch without waiting.
-    pub fn submit(&self, batch: WriteBatch) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Job { batch, done: None });
-        }
-    }
-
     /// Writes everything submitted, then stops the thread.
     pub fn finish(mut self) {
         self.stop();
@@ -401,7 +394,7 @@ mod tests {
         for i in 0..10u64 {
             let mut b = WriteBatch::default();
             b.put_json(Table::Volumes, Key::Num(i), &i);
-            w.submit(b);
+            w.sender().unwrap().send(Job { batch: b, done: None }).unwrap();
         }
         let mut b = WriteBatch::default();
         b.put_json(Table::Volumes, Key::Num(99), &99);

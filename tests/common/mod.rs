@@ -211,6 +211,18 @@ impl Drop for Daemon {
     }
 }
 
+/// Polls `f` every 50 ms until it returns a value, failing the test after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A UUID string made from a number (valid for `Uuid::try_parse`).
 pub fn uuid(kind: u16, n: u64) -> String {
     format!("{kind:08x}-0000-4000-8000-{n:012x}")
