@@ -3,12 +3,21 @@
 //! Every key is optional; unknown keys are rejected with the key's name. The embedded default
 //! (no file at all) listens on `127.0.0.1:5555/udp` and `127.0.0.1:9555/tcp` with the key
 //! `insecure`. A full example with the defaults is in the README.
+//!
+//! One path, at start and on every reload: [`Validated::load`] reads the file, applies the
+//! flags, checks every value (service type expressions compiled, the log filter parsed,
+//! Cinder's fix-ups applied and returned as warnings), reads the key files and the confd
+//! configuration. Only then does anything bind; a reload that fails keeps the running
+//! configuration. The engine, control and confd configurations are built side by side from
+//! the result.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::confd::proto::HmacKey;
+use crate::confd::server::ConfdState;
 use crate::engine::{EngineConfig, Settings};
 use crate::proto::inflate::Backend;
 use crate::proto::keyring::{Keyring, INSECURE_DEFAULT_KEY};
@@ -22,8 +31,18 @@ pub enum ConfigError {
     /// The file is not valid TOML for this schema (unknown key, wrong type); the message names
     /// the key and line.
     Parse(PathBuf, Box<toml::de::Error>),
-    /// A value is out of range; the message says which and why.
+    /// A value is out of range; the message names the key and the expected form.
     Invalid(String),
+    /// A setting of the control plane is out of range.
+    Setting(crate::control::SettingError),
+    /// The confd configuration (`config.data`) does not load; the message names the file.
+    Confd(String),
+}
+
+impl From<crate::control::SettingError> for ConfigError {
+    fn from(e: crate::control::SettingError) -> ConfigError {
+        ConfigError::Setting(e)
+    }
 }
 
 impl std::fmt::Display for ConfigError {
@@ -32,6 +51,8 @@ impl std::fmt::Display for ConfigError {
             ConfigError::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
             ConfigError::Parse(p, e) => write!(f, "invalid configuration in {}: {e}", p.display()),
             ConfigError::Invalid(m) => write!(f, "invalid configuration: {m}"),
+            ConfigError::Setting(e) => write!(f, "invalid configuration: {e}"),
+            ConfigError::Confd(m) => write!(f, "confd configuration: {m}"),
         }
     }
 }
@@ -56,10 +77,12 @@ pub struct Config {
     pub liveness: crate::control::liveness::LivenessConfig,
     /// `[failover]`: the failover action.
     pub failover: crate::control::failover::FailoverConfig,
-    /// `[service]`: Cinder's lifecycle timing.
+    /// `[service]`: Cinder's lifecycle timing (this daemon as a service).
     pub service: crate::control::LifecycleConfig,
-    /// `[services]`: the service registry's types and pool refresh.
-    pub services: crate::control::services::ServicesConfig,
+    /// `[registry]`: the service registry's types and pool refresh (`[services]` is accepted
+    /// as its former name).
+    #[serde(alias = "services")]
+    pub registry: crate::control::services::ServicesConfig,
     /// `[scheduler]`: the volume scheduler.
     pub scheduler: crate::control::volumes::SchedulerConfig,
 }
@@ -235,8 +258,16 @@ pub struct Overrides {
 }
 
 impl Config {
-    /// Reads `path` (or the embedded default when `None`) and applies `o`.
+    /// Reads `path` (or the embedded default when `None`), applies `o`, and checks every value
+    /// (see [`Validated::load`] for everything a daemon needs).
     pub fn load(path: Option<&Path>, o: &Overrides) -> Result<Config, ConfigError> {
+        let mut c = Config::read(path, o)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Reads `path` (or the embedded default when `None`) and applies `o`, unchecked.
+    fn read(path: Option<&Path>, o: &Overrides) -> Result<Config, ConfigError> {
         let mut c = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read(p.to_owned(), e))?;
@@ -284,11 +315,11 @@ impl Config {
         if o.no_confd {
             c.confd.enabled = false;
         }
-        c.validate()?;
         Ok(c)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every value; Cinder's fix-ups are applied and returned as warnings.
+    fn validate(&mut self) -> Result<Vec<String>, ConfigError> {
         let h = &self.heartbeat;
         let check = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(ConfigError::Invalid(msg.to_owned())) };
         check((64..=65536).contains(&h.max_datagram), "heartbeat.max_datagram must be in 64..=65536")?;
@@ -300,10 +331,30 @@ impl Config {
         check((1..=1024).contains(&h.recv_batch), "heartbeat.recv_batch must be in 1..=1024")?;
         check((1..=65536).contains(&h.shards), "heartbeat.shards must be in 1..=65536")?;
         check(h.rcvbuf <= (1 << 30), "heartbeat.rcvbuf must be at most 1 GiB")?;
-        self.liveness.validate().map_err(ConfigError::Invalid)?;
-        self.failover.validate().map_err(ConfigError::Invalid)?;
-        self.service.clone().validate().map_err(ConfigError::Invalid)?;
-        Ok(())
+        self.liveness.validate()?;
+        self.failover.validate()?;
+        let mut warnings = Vec::new();
+        warnings.extend(self.service.validate()?);
+        let r = &self.registry;
+        check(
+            r.world_refresh_interval.is_finite() && r.world_refresh_interval > 0.0,
+            "registry.world_refresh_interval must be a positive number of seconds",
+        )?;
+        crate::registry::Registry::new(r.types.clone())
+            .map_err(|e| ConfigError::Invalid(format!("registry.types: {e}")))?;
+        let s = &self.scheduler;
+        check(
+            s.tick_interval.is_finite() && s.tick_interval > 0.0,
+            "scheduler.tick_interval must be a positive number of seconds",
+        )?;
+        check(s.delay.is_finite() && s.delay >= 0.0, "scheduler.delay must be a non-negative number of seconds")?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "log.level {:?} is not a tracing filter such as \"info\" or \"heartsink=debug\": {e}",
+                self.log.level
+            ))
+        })?;
+        Ok(warnings)
     }
 
     /// The keys: configured strings, then each key file's lines. No key configured at all gives
@@ -343,7 +394,7 @@ impl Config {
             lifecycle: self.service.clone(),
             data_dir: Some(self.store.data_dir.clone()),
             seed: rand::random(),
-            services: self.services.clone(),
+            services: self.registry.clone(),
             scheduler: self.scheduler.clone(),
         }
     }
@@ -384,10 +435,44 @@ impl Config {
             inflate: h.inflate,
             settings: self.settings(),
             keyring,
-            control: self.control(),
-            confd_addr: self.confd.enabled.then_some(self.confd.addr),
-            confd: d.confd,
         }
+    }
+}
+
+/// A configuration checked in full, with what it points at read: the only way to a running
+/// daemon's settings, at start and on reload.
+#[derive(Debug)]
+pub struct Validated {
+    /// The configuration.
+    pub config: Config,
+    /// Heartbeat keys, in the order they are tried.
+    pub keys: Vec<String>,
+    /// No heartbeat key was configured: the built-in `insecure` key is in use.
+    pub insecure_keys: bool,
+    /// confd keys and configuration.
+    pub confd: ConfdState,
+    /// No confd key file was configured: the built-in `insecure` key is in use.
+    pub insecure_confd: bool,
+    /// What was fixed up (Cinder's rules); log each once.
+    pub warnings: Vec<String>,
+}
+
+impl Validated {
+    /// Reads and checks everything: the file (or the embedded default), the flags, the key
+    /// files and the confd configuration.
+    pub fn load(path: Option<&Path>, o: &Overrides) -> Result<Validated, ConfigError> {
+        let mut config = Config::read(path, o)?;
+        let warnings = config.validate()?;
+        let (keys, insecure_keys) = config.keys()?;
+        let (confd_keys, insecure_confd) = config.confd_keys()?;
+        let confd = ConfdState::load(confd_keys.iter().map(|k| HmacKey::new(k)).collect(), config.confd.config.clone())
+            .map_err(ConfigError::Confd)?;
+        Ok(Validated { config, keys, insecure_keys, confd, insecure_confd, warnings })
+    }
+
+    /// The keyring of reload `generation`.
+    pub fn keyring(&self, generation: u64) -> Keyring {
+        Keyring::from_strs(&self.keys, generation)
     }
 }
 
@@ -447,5 +532,33 @@ mod tests {
     fn out_of_range_values_are_rejected() {
         let f = write("[heartbeat]\nmax_datagram = 70000\n");
         assert!(matches!(Config::load(Some(f.path()), &Overrides::default()), Err(ConfigError::Invalid(_))));
+        let f = write("[liveness]\nheartbeat_timeout = -1\n");
+        let e = Config::load(Some(f.path()), &Overrides::default()).expect_err("negative timeout");
+        assert!(e.to_string().contains("liveness.heartbeat_timeout"), "{e}");
+        let f = write("[log]\nlevel = \"garbage\"\n");
+        let e = Config::load(Some(f.path()), &Overrides::default()).expect_err("bad filter");
+        assert!(e.to_string().contains("log.level"), "{e}");
+    }
+
+    #[test]
+    fn score_expressions_are_compiled_before_anything_binds() {
+        let f = write("[[registry.types]]\nname = \"x\"\nscore_expr = \"((\"\n");
+        let e = Config::load(Some(f.path()), &Overrides::default()).expect_err("bad expression");
+        assert!(e.to_string().contains("registry.types"), "{e}");
+    }
+
+    #[test]
+    fn services_is_the_former_name_of_registry() {
+        let f = write("[services]\nworld_refresh_interval = 7.0\n");
+        let c = Config::load(Some(f.path()), &Overrides::default()).expect("alias");
+        assert_eq!(c.registry.world_refresh_interval, 7.0);
+    }
+
+    #[test]
+    fn service_down_time_is_fixed_up_with_a_warning() {
+        let f = write("[service]\nreport_interval = 10.0\nservice_down_time = 5.0\n");
+        let v = Validated::load(Some(f.path()), &Overrides::default()).expect("loads");
+        assert_eq!(v.config.service.service_down_time, 25.0);
+        assert_eq!(v.warnings.len(), 1, "{:?}", v.warnings);
     }
 }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use heartsink::config::{LogFormat, Overrides};
+use heartsink::daemon::{self, ServeArgs};
 use heartsink::load::{Faults, LoadConfig, Shape};
-use heartsink::serve::{self, ServeArgs};
 
 /// heartsink: a heartbeat sink for HMAC-signed UDP heartbeats (OpenStack Octavia wire format).
 #[derive(Parser, Debug)]
@@ -302,7 +302,7 @@ fn main() -> ExitCode {
                     no_confd: s.no_confd,
                 },
             };
-            match serve::run(&args) {
+            match daemon::run(&args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("heartsink: {e}");

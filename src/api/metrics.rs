@@ -30,6 +30,7 @@ fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> Result<
 impl Collector for EngineCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let e = &self.0.engine;
+        let ctl = &self.0.control;
         let t = e.totals();
         let r = Ordering::Relaxed;
         counter(&mut enc, "heartsink_packets_received", "Datagrams received from the heartbeat sockets.", t.received)?;
@@ -79,8 +80,8 @@ impl Collector for EngineCollector {
                 ConstGauge::new(*f as f64 / cap as f64).encode(m.encode_family(&labels)?)?;
             }
         }
-        gauge(&mut enc, "heartsink_amphorae", "Amphorae known.", e.amphora_count() as f64)?;
-        let snap = e.snapshot.load();
+        gauge(&mut enc, "heartsink_amphorae", "Amphorae known.", ctl.amphora_count() as f64)?;
+        let snap = ctl.snapshot.load();
         gauge(
             &mut enc,
             "heartsink_amphorae_stale",
@@ -109,14 +110,9 @@ impl Collector for EngineCollector {
             }
         }
         {
-            let sum = |f: &dyn Fn(&crate::engine::WorkerCounters) -> u64| e.workers.iter().map(|w| f(w)).sum::<u64>();
-            counter(
-                &mut enc,
-                "heartsink_confd_requests",
-                "confd requests received.",
-                sum(&|w| w.confd_requests.load(r)),
-            )?;
-            counter(&mut enc, "heartsink_confd_replies", "confd replies sent.", sum(&|w| w.confd_replies.load(r)))?;
+            let (requests, replies, _, drops) = self.0.confd.totals();
+            counter(&mut enc, "heartsink_confd_requests", "confd requests received.", requests)?;
+            counter(&mut enc, "heartsink_confd_replies", "confd replies sent.", replies)?;
             let c = ConstCounter::new(0u64);
             let mut m = enc.encode_descriptor(
                 "heartsink_confd_drops",
@@ -124,17 +120,16 @@ impl Collector for EngineCollector {
                 None,
                 c.metric_type(),
             )?;
-            for (i, reason) in crate::confd::proto::RequestError::ALL.iter().enumerate() {
-                ConstCounter::new(sum(&|w| w.confd_drops[i].load(r)))
-                    .encode(m.encode_family(&[("reason", reason.label())])?)?;
+            for (reason, n) in crate::confd::proto::RequestError::ALL.iter().zip(drops) {
+                ConstCounter::new(n).encode(m.encode_family(&[("reason", reason.label())])?)?;
             }
         }
-        let now = crate::engine::Clock::now_ns(&*e.pipeline.clock);
+        let now = e.now_ns();
         gauge(
             &mut enc,
             "heartsink_control_tick_age_seconds",
             "Seconds since the control thread's last tick.",
-            now.saturating_sub(e.last_tick_ns.load(r)) as f64 / 1e9,
+            now.saturating_sub(ctl.last_tick_ns.load(r)) as f64 / 1e9,
         )?;
         gauge(
             &mut enc,

@@ -24,16 +24,18 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::control::Command;
+use crate::confd::server::Confd;
+use crate::control::{Call, Command, CommandResult, Published};
 use crate::engine::{histogram, DropReason, Shared};
 use crate::proto::octavia::Uuid;
 use crate::state::{AmphoraState, OperatingStatus};
+use crate::util::rfc3339;
 
 /// Largest `limit` of a list request.
 pub const MAX_LIMIT: usize = 1000;
@@ -42,13 +44,26 @@ pub const DEFAULT_LIMIT: usize = 100;
 /// `/healthz` fails when the control thread's last tick is older than this.
 pub const TICK_STALE: Duration = Duration::from_secs(5);
 
-/// What the API reads besides the engine.
+/// What the API reads and whom it asks.
 #[derive(Debug)]
 pub struct ApiContext {
-    /// The engine's shared state.
+    /// The data plane's counters and shards.
     pub engine: Arc<Shared>,
+    /// What the control thread publishes (snapshot, rates, tick figures).
+    pub control: Arc<Published>,
+    /// Where commands go.
+    pub commands: crossbeam::channel::Sender<Call>,
+    /// The confd responder's keys, configuration and counters.
+    pub confd: Arc<Confd>,
     /// Current keyring fingerprints and generation, updated on reload.
     pub keys: arc_swap::ArcSwap<KeysInfo>,
+}
+
+impl ApiContext {
+    /// Asks the control thread and waits for its durable answer.
+    pub fn call(&self, command: Command) -> CommandResult {
+        crate::control::call(&self.commands, command)
+    }
 }
 
 /// The keyring as the API shows it (fingerprints, never keys).
@@ -139,10 +154,10 @@ fn read_json(req: &mut Request) -> Result<serde_json::Value, Resp> {
     serde_json::from_slice(&body).map_err(|e| error(400, &format!("body is not JSON: {e}")))
 }
 
-fn command_response(r: crate::control::CommandResult, ok: u16) -> Resp {
+fn command_response(r: CommandResult, ok: u16) -> Resp {
     use crate::control::CommandError;
     match r {
-        Ok(v) => json_response(ok, &v),
+        Ok(v) => json_response(ok, &serde_json::to_value(&v).unwrap_or_default()),
         Err(e @ CommandError::NotFound(_)) => error(404, &e.to_string()),
         Err(e @ CommandError::Invalid(_)) => error(400, &e.to_string()),
         Err(e @ CommandError::Conflict(_)) => error(409, &e.to_string()),
@@ -169,7 +184,7 @@ fn route(ctx: &ApiContext, registry: &prometheus_client::registry::Registry, req
         ["v1", "amphorae"] if get => list_amphorae(ctx, query),
         ["v1", "amphorae", id] if get => show_amphora(ctx, id),
         ["v1", "amphorae", id] if method == Method::Delete => match parse_amphora_id(id) {
-            Ok(u) => command_response(ctx.engine.call(Command::Forget(u)), 200),
+            Ok(u) => command_response(ctx.call(Command::Forget(u)), 200),
             Err(r) => r,
         },
         ["v1", "amphorae", id] if method == Method::Patch || method == Method::Put => {
@@ -182,20 +197,20 @@ fn route(ctx: &ApiContext, registry: &prometheus_client::registry::Registry, req
                 Err(r) => return r,
             };
             match configure_command(u, &body) {
-                Ok(c) => command_response(ctx.engine.call(c), 200),
+                Ok(c) => command_response(ctx.call(c), 200),
                 Err(m) => error(400, &m),
             }
         }
         ["v1", "amphorae", id, "failover"] if method == Method::Post => match parse_amphora_id(id) {
-            Ok(u) => command_response(ctx.engine.call(Command::Failover(u)), 202),
+            Ok(u) => command_response(ctx.call(Command::Failover(u)), 202),
             Err(r) => r,
         },
         ["v1", "failovers"] if get => match paging::<u64>(query) {
-            Ok((marker, limit)) => command_response(ctx.engine.call(Command::Failovers { marker, limit }), 200),
+            Ok((marker, limit)) => command_response(ctx.call(Command::Failovers { marker, limit }), 200),
             Err(r) => r,
         },
         ["v1", "failovers", id] if get => match id.parse::<u64>() {
-            Ok(n) => command_response(ctx.engine.call(Command::FailoverRecord(n)), 200),
+            Ok(n) => command_response(ctx.call(Command::FailoverRecord(n)), 200),
             Err(_) => error(404, &format!("no failover record {id:?}")),
         },
         ["v1", "stats"] if get => json_response(200, &stats(ctx)),
@@ -221,8 +236,8 @@ fn route(ctx: &ApiContext, registry: &prometheus_client::registry::Registry, req
 }
 
 fn healthz(ctx: &ApiContext) -> Resp {
-    let now = crate::engine::Clock::now_ns(&*ctx.engine.pipeline.clock);
-    let last = ctx.engine.last_tick_ns.load(Ordering::Relaxed);
+    let now = ctx.engine.now_ns();
+    let last = ctx.control.last_tick_ns.load(Ordering::Relaxed);
     let age = Duration::from_nanos(now.saturating_sub(last));
     if age > TICK_STALE {
         json_response(
@@ -232,10 +247,6 @@ fn healthz(ctx: &ApiContext) -> Resp {
     } else {
         json_response(200, &json!({"status": "ok"}))
     }
-}
-
-fn rfc3339(ns: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
 }
 
 fn configure_command(id: Uuid, body: &serde_json::Value) -> Result<Command, String> {
@@ -305,7 +316,7 @@ fn list_amphorae(ctx: &ApiContext, query: &str) -> Resp {
         Err(r) => return r,
     };
     use std::ops::Bound;
-    let snap = ctx.engine.snapshot.load();
+    let snap = ctx.control.snapshot.load();
     let lower = marker.map_or(Bound::Unbounded, Bound::Excluded);
     let page: Vec<_> = snap.amphorae.range((lower, Bound::Unbounded)).take(limit + 1).collect();
     let more = page.len() > limit;
@@ -344,8 +355,8 @@ fn show_amphora(ctx: &ApiContext, id: &str) -> Resp {
     };
     match ctx.engine.pipeline.shards.get(&uuid) {
         Some(state) => {
-            let now = crate::engine::Clock::now_ns(&*ctx.engine.pipeline.clock);
-            let snap = ctx.engine.snapshot.load();
+            let now = ctx.engine.now_ns();
+            let snap = ctx.control.snapshot.load();
             let h = snap.amphorae.get(&uuid);
             json_response(
                 200,
@@ -370,7 +381,7 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
     let e = &ctx.engine;
     let t = e.totals();
     let r = Ordering::Relaxed;
-    let rates = e.rates.load();
+    let rates = ctx.control.rates.load();
     let (fill, cap) = e.ring_fill();
     let dropped: serde_json::Map<String, serde_json::Value> =
         DropReason::ALL.iter().map(|d| (d.label().to_owned(), json!(t.drop_count(*d)))).collect();
@@ -397,7 +408,7 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
             .map(|(i, x)| {
                 json!({
                     "rx": i,
-                    "socket": if e.rx_kinds.get(i) == Some(&crate::engine::BatchKind::Confd) { "confd" } else { "heartbeat" },
+                    "socket": e.rx_names.get(i).copied().unwrap_or("heartbeat"),
                     "packets": x.packets.load(r),
                     "bytes": x.bytes.load(r),
                     "recv_calls": x.recv_calls.load(r),
@@ -417,9 +428,9 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
         "dropped": dropped,
         "kernel_drops": t.kernel_drops,
         "restarts": t.restarts,
-        "amphorae": e.amphora_count(),
-        "status_changes": e.status_changes.load(r),
-        "control": {"tick_us_last": e.tick_ns_last.load(r) as f64 / 1000.0, "tick_us_max": e.tick_ns_max.load(r) as f64 / 1000.0},
+        "amphorae": ctx.control.amphora_count(),
+        "status_changes": ctx.control.status_changes.load(r),
+        "control": {"tick_us_last": ctx.control.tick_ns_last.load(r) as f64 / 1000.0, "tick_us_max": ctx.control.tick_ns_max.load(r) as f64 / 1000.0},
         "rcvbuf": e.rcvbuf,
         "workers": workers,
         "rx": rx,
@@ -436,7 +447,7 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
 }
 
 fn liveness_stats(ctx: &ApiContext) -> serde_json::Value {
-    let snap = ctx.engine.snapshot.load();
+    let snap = ctx.control.snapshot.load();
     let failovers: serde_json::Map<String, serde_json::Value> = crate::control::failover::FailoverState::ALL
         .iter()
         .zip(snap.failover_counts)
@@ -455,19 +466,17 @@ fn liveness_stats(ctx: &ApiContext) -> serde_json::Value {
 }
 
 fn confd_stats(ctx: &ApiContext) -> serde_json::Value {
-    let r = Ordering::Relaxed;
-    let e = &ctx.engine;
-    let sum = |f: &dyn Fn(&crate::engine::WorkerCounters) -> u64| e.workers.iter().map(|w| f(w)).sum::<u64>();
+    let (requests, replies, send_errors, counts) = ctx.confd.totals();
     let drops: serde_json::Map<String, serde_json::Value> = crate::confd::proto::RequestError::ALL
         .iter()
-        .enumerate()
-        .map(|(i, reason)| (reason.label().to_owned(), json!(sum(&|w| w.confd_drops[i].load(r)))))
+        .zip(counts)
+        .map(|(reason, n)| (reason.label().to_owned(), json!(n)))
         .collect();
-    let state = e.confd.load();
+    let state = ctx.confd.state.load();
     json!({
-        "requests": sum(&|w| w.confd_requests.load(r)),
-        "replies": sum(&|w| w.confd_replies.load(r)),
-        "send_errors": sum(&|w| w.confd_send_errors.load(r)),
+        "requests": requests,
+        "replies": replies,
+        "send_errors": send_errors,
         "dropped": drops,
         "keys": state.keys.len(),
         "config_serial": state.index.as_ref().map(|i| i.serial_no()),
@@ -475,7 +484,7 @@ fn confd_stats(ctx: &ApiContext) -> serde_json::Value {
 }
 
 fn plane_stats(ctx: &ApiContext) -> serde_json::Value {
-    let snap = ctx.engine.snapshot.load();
+    let snap = ctx.control.snapshot.load();
     let services: u64 = ctx.engine.workers.iter().map(|w| w.services.load(Ordering::Relaxed)).sum();
     json!({
         "services": snap.services,

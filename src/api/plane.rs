@@ -95,7 +95,7 @@ fn volume_id(s: &str) -> Result<u64, Resp> {
 
 /// Routes of the control plane; `None` when the path is not one of them.
 pub fn route(ctx: &ApiContext, req: &mut Request, method: &Method, segments: &[&str], query: &str) -> Option<Resp> {
-    let call = |c: Command, ok: u16| command_response(ctx.engine.call(c), ok);
+    let call = |c: Command, ok: u16| command_response(ctx.call(c), ok);
     let body = |req: &mut Request| read_json(req);
     let q = query_map(query);
     let r = match (method, segments) {
@@ -141,7 +141,7 @@ pub fn route(ctx: &ApiContext, req: &mut Request, method: &Method, segments: &[&
         },
         (Method::Get, ["v1", "service-types"]) => call(Command::ServiceTypes, 200),
         (Method::Get, ["v1", "pools"]) => {
-            let snap = ctx.engine.snapshot.load();
+            let snap = ctx.control.snapshot.load();
             let pools: serde_json::Map<String, Value> =
                 snap.pools.iter().map(|(n, p)| (n.clone(), json!(p.to_target_string()))).collect();
             json_response(200, &pools)
@@ -162,7 +162,7 @@ pub fn route(ctx: &ApiContext, req: &mut Request, method: &Method, segments: &[&
         },
         (Method::Delete, ["v1", "pools", name]) => call(Command::PoolDelete((*name).to_owned()), 200),
         (Method::Get, ["v1", "pools", name, "next"]) => {
-            let snap = ctx.engine.snapshot.load();
+            let snap = ctx.control.snapshot.load();
             let mut rng = rand::rng();
             match snap.pools.get(*name) {
                 Some(pool) => lb_response(poll(&snap.world, pool, &[], &[], &mut rng)),
@@ -202,7 +202,7 @@ pub fn route(ctx: &ApiContext, req: &mut Request, method: &Method, segments: &[&
                 .map(|s| ServiceRef::Id(s))
                 .chain(known_locs.iter().map(|l| ServiceRef::Location(*l)))
                 .collect();
-            let snap = ctx.engine.snapshot.load();
+            let snap = ctx.control.snapshot.load();
             match snap.pools.get(*name) {
                 Some(pool) => lb_response(poll(&snap.world, pool, &avoid, &known, &mut rand::rng())),
                 None => error(404, &format!("unknown pool {name:?}")),

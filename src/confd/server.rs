@@ -1,6 +1,8 @@
-//! The confd server's request handling, sans-IO: a datagram and the time in, a signed reply (or
-//! a drop reason) out. The engine's workers run it on batches from the confd socket's rx thread
-//! and send the replies with `sendmmsg`.
+//! The confd responder. [`handle`] is the request handling, sans-IO: a datagram and the time
+//! in, a signed reply (or a drop reason) out. [`Responder`] is the engine lane that runs it on
+//! the workers, on batches from the confd socket's rx thread, and sends the replies with
+//! `sendmmsg`; [`Confd`] holds what every worker's responder shares (keys, configuration,
+//! counters).
 //!
 //! Ganeti's types 0–11 are answered from the loaded `config.data` ([`ConfigIndex`]) with its
 //! serials; without one, every Ganeti type is answered `STATUS_ERROR` / `ERROR_INTERNAL`.
@@ -21,8 +23,11 @@
 //! `ERROR_ARGUMENT`, as Ganeti's own types do.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
 
 use serde_json::json;
 
@@ -31,9 +36,11 @@ use super::proto::{
     encode_reply_into, parse_request, HmacKey, Query, Reply, Request, RequestError, RequestType, ERROR_ARGUMENT,
     ERROR_INTERNAL, ERROR_UNKNOWN_ENTRY, STATUS_ERROR,
 };
-use crate::control::Snapshot;
-use crate::engine::DropReason;
+use crate::control::{Published, Snapshot};
+use crate::engine::counters::bump;
+use crate::engine::{Batch, Clock, DropReason, Lane, LaneFactory};
 use crate::proto::octavia::Uuid;
+use crate::util::rfc3339;
 
 /// Most ids in one `DOWN_SENDERS` answer (keeps a reply far below the 61440-byte limit).
 pub const DOWN_PAGE: usize = 500;
@@ -83,10 +90,6 @@ impl ConfdState {
 fn stamp_of(p: &std::path::Path) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(p).ok()?;
     Some((m.modified().ok()?, m.len()))
-}
-
-fn rfc3339(ns: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)).to_string()
 }
 
 fn id_query(q: &Query) -> Result<Uuid, Reply> {
@@ -242,6 +245,152 @@ pub fn handle(
     let key = &state.keys[v.key_index];
     encode_reply_into(out, &reply, &v.request.rsalt, key);
     Ok(())
+}
+
+/// The counters of one worker's responder.
+#[derive(Debug, Default)]
+pub struct ConfdCounters {
+    /// Requests taken from the ring.
+    pub requests: AtomicU64,
+    /// Replies sent.
+    pub replies: AtomicU64,
+    /// Replies that could not be sent (socket buffer full, network error).
+    pub send_errors: AtomicU64,
+    /// Requests dropped, by [`RequestError::ALL`] index.
+    pub drops: [AtomicU64; RequestError::ALL.len()],
+}
+
+/// What every worker's responder shares: keys and configuration (swapped whole on reload) and
+/// the counters.
+#[derive(Debug)]
+pub struct Confd {
+    /// Keys and the Ganeti configuration.
+    pub state: ArcSwap<ConfdState>,
+    /// One set of counters per worker.
+    pub counters: Vec<Arc<ConfdCounters>>,
+}
+
+impl Confd {
+    /// Shared state for `workers` responders.
+    pub fn new(state: ConfdState, workers: usize) -> Confd {
+        Confd {
+            state: ArcSwap::from_pointee(state),
+            counters: (0..workers.max(1)).map(|_| Arc::new(ConfdCounters::default())).collect(),
+        }
+    }
+
+    /// Summed counters: requests, replies, send errors, and drops in [`RequestError::ALL`] order.
+    pub fn totals(&self) -> (u64, u64, u64, Vec<u64>) {
+        let r = std::sync::atomic::Ordering::Relaxed;
+        let mut drops = vec![0; RequestError::ALL.len()];
+        let (mut req, mut rep, mut err) = (0, 0, 0);
+        for c in &self.counters {
+            req += c.requests.load(r);
+            rep += c.replies.load(r);
+            err += c.send_errors.load(r);
+            for (d, x) in drops.iter_mut().zip(&c.drops) {
+                *d += x.load(r);
+            }
+        }
+        (req, rep, err, drops)
+    }
+
+    /// The engine lane factory: one [`Responder`] per worker, answering from `published`.
+    pub fn lane(self: &Arc<Confd>, published: Arc<Published>, clock: Arc<dyn Clock>) -> LaneFactory {
+        let confd = self.clone();
+        Box::new(move |worker, socket| {
+            Box::new(Responder {
+                socket,
+                confd: confd.clone(),
+                counters: confd.counters[worker % confd.counters.len()].clone(),
+                published: published.clone(),
+                clock: clock.clone(),
+                send: crate::io::SendBatch::new(64),
+                out: Vec::new(),
+            })
+        })
+    }
+
+    /// Reloads the configuration file when it changed (the confd watch task); a broken file is
+    /// reported once per distinct error and the previous configuration stays in use.
+    pub fn watch(self: &Arc<Confd>) -> impl FnMut(u64) -> Result<(), String> + Send + 'static {
+        let confd = self.clone();
+        let mut last_error: Option<String> = None;
+        move |_now| {
+            let current = confd.state.load();
+            match current.reloaded_if_changed() {
+                None => Ok(()),
+                Some(Ok(new)) => {
+                    let serial = new.index.as_ref().map(|i| i.serial_no());
+                    confd.state.store(Arc::new(new));
+                    last_error = None;
+                    tracing::info!(serial = ?serial, "confd configuration reloaded (file changed)");
+                    Ok(())
+                }
+                Some(Err(e)) if last_error.as_ref() == Some(&e) => Ok(()),
+                Some(Err(e)) => {
+                    last_error = Some(e.clone());
+                    Err(format!("confd configuration not reloaded: {e}"))
+                }
+            }
+        }
+    }
+}
+
+/// One worker's confd lane: answers a batch of requests and sends the replies with `sendmmsg`.
+pub struct Responder {
+    socket: std::net::UdpSocket,
+    confd: Arc<Confd>,
+    counters: Arc<ConfdCounters>,
+    published: Arc<Published>,
+    clock: Arc<dyn Clock>,
+    send: crate::io::SendBatch,
+    out: Vec<u8>,
+}
+
+impl Lane for Responder {
+    fn process(&mut self, batch: &Batch) {
+        let state = self.confd.state.load();
+        let snap = self.published.snapshot.load();
+        let now = (self.clock.now_ns() / 1_000_000_000) as i64;
+        let mut replies = 0;
+        for (data, src) in batch.sourced() {
+            let Some(src) = src else { continue };
+            match handle(data, now, &state, &snap, &mut self.out) {
+                Ok(()) => {
+                    if self.send.is_full() {
+                        replies += self.flush();
+                    }
+                    let out = &self.out;
+                    self.send.push(&src, |b| b.extend_from_slice(out));
+                }
+                Err(e) => {
+                    let i = RequestError::ALL.iter().position(|x| *x == e).unwrap_or(0);
+                    bump(&self.counters.drops[i], 1);
+                    tracing::debug!(reason = e.label(), from = %src, "confd request dropped");
+                }
+            }
+        }
+        replies += self.flush();
+        bump(&self.counters.requests, batch.len() as u64);
+        bump(&self.counters.replies, replies);
+    }
+}
+
+impl Responder {
+    fn flush(&mut self) -> u64 {
+        let queued = self.send.len() as u64;
+        let sent = match self.send.flush(&self.socket) {
+            Ok(n) => n as u64,
+            Err(e) => {
+                tracing::debug!(error = %e, "confd replies not sent");
+                0
+            }
+        };
+        self.send.clear();
+        bump(&self.counters.send_errors, queued.saturating_sub(sent));
+        sent
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crossbeam::channel::{self, Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
 use super::liveness::secs_ns;
+use super::SettingError;
 use crate::proto::octavia::Uuid;
 
 /// Why a failover was started.
@@ -131,23 +132,27 @@ impl Default for FailoverConfig {
 
 impl FailoverConfig {
     /// Checks the values; the message names the setting.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SettingError> {
         match self.action.as_str() {
             "log" => {}
             "command" if self.command.is_empty() => {
-                return Err("failover.action = \"command\" needs failover.command = [program, args...]".into())
+                return Err(SettingError::new(
+                    "failover.command",
+                    "[program, args...] when failover.action = \"command\"",
+                ))
             }
             "command" => {}
             "http" if !(self.url.starts_with("http://") || self.url.starts_with("https://")) => {
-                return Err("failover.action = \"http\" needs failover.url = \"http://...\"".into())
+                return Err(SettingError::new("failover.url", "\"http://...\" when failover.action = \"http\""))
             }
             "http" => {}
-            other => return Err(format!("failover.action must be log, command or http, not {other:?}")),
+            other => return Err(SettingError::new("failover.action", format!("log, command or http, not {other:?}"))),
         }
-        let ok =
-            self.timeout.is_finite() && self.timeout > 0.0 && self.retry_delay.is_finite() && self.retry_delay >= 0.0;
-        if !ok {
-            return Err("failover.timeout must be positive and failover.retry_delay non-negative".into());
+        if !(self.timeout.is_finite() && self.timeout > 0.0) {
+            return Err(SettingError::new("failover.timeout", "a positive number of seconds"));
+        }
+        if !(self.retry_delay.is_finite() && self.retry_delay >= 0.0) {
+            return Err(SettingError::new("failover.retry_delay", "a non-negative number of seconds"));
         }
         Ok(())
     }
@@ -164,6 +169,77 @@ pub struct Outcome {
     pub attempts: u32,
     /// Last error.
     pub error: Option<String>,
+}
+
+/// What runs failover actions: the [`Executor`]'s threads in the daemon, a
+/// [`ManualRunner`] in deterministic tests.
+pub trait Runner: Send + std::fmt::Debug {
+    /// The action's name (recorded in each record).
+    fn action(&self) -> String;
+    /// Hands a record (in state `in_progress`) over to be carried out.
+    fn run(&mut self, rec: FailoverRecord);
+    /// Outcomes since the last call.
+    fn outcomes(&mut self) -> Vec<Outcome>;
+    /// Replaces the action settings (on reload).
+    fn set_config(&mut self, cfg: FailoverConfig);
+    /// Lets running actions finish, stops, and returns their outcomes.
+    fn stop(&mut self) -> Vec<Outcome>;
+}
+
+/// A runner that carries out nothing by itself: tests see what was started and decide each
+/// outcome. Clones share their state, so a test keeps one and hands another to the control
+/// plane.
+#[derive(Clone, Debug, Default)]
+pub struct ManualRunner(Arc<parking_lot::Mutex<ManualRuns>>);
+
+/// What a [`ManualRunner`] saw and what it will report.
+#[derive(Debug, Default)]
+pub struct ManualRuns {
+    /// Records handed over, in order.
+    pub started: Vec<FailoverRecord>,
+    /// Outcomes the test queued, returned by the next [`Runner::outcomes`].
+    pub finished: Vec<Outcome>,
+}
+
+impl ManualRunner {
+    /// The shared state.
+    pub fn runs(&self) -> parking_lot::MutexGuard<'_, ManualRuns> {
+        self.0.lock()
+    }
+}
+
+impl Runner for ManualRunner {
+    fn action(&self) -> String {
+        "manual".into()
+    }
+    fn run(&mut self, rec: FailoverRecord) {
+        self.0.lock().started.push(rec);
+    }
+    fn outcomes(&mut self) -> Vec<Outcome> {
+        std::mem::take(&mut self.0.lock().finished)
+    }
+    fn set_config(&mut self, _cfg: FailoverConfig) {}
+    fn stop(&mut self) -> Vec<Outcome> {
+        self.outcomes()
+    }
+}
+
+impl Runner for Executor {
+    fn action(&self) -> String {
+        Executor::action(self)
+    }
+    fn run(&mut self, rec: FailoverRecord) {
+        Executor::run(self, rec)
+    }
+    fn outcomes(&mut self) -> Vec<Outcome> {
+        Executor::outcomes(self).collect()
+    }
+    fn set_config(&mut self, cfg: FailoverConfig) {
+        Executor::set_config(self, cfg)
+    }
+    fn stop(&mut self) -> Vec<Outcome> {
+        Executor::stop(self)
+    }
 }
 
 /// The pool of failover threads.
@@ -383,7 +459,7 @@ mod tests {
     #[test]
     fn validate_names_the_setting() {
         let bad = FailoverConfig { action: "http".into(), ..FailoverConfig::default() };
-        assert!(bad.validate().unwrap_err().contains("failover.url"));
+        assert_eq!(bad.validate().unwrap_err().key, "failover.url");
         let bad = FailoverConfig { action: "email".into(), ..FailoverConfig::default() };
         assert!(bad.validate().is_err());
         assert!(FailoverConfig::default().validate().is_ok());

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use super::SettingError;
 use crate::proto::octavia::Uuid;
 
 const S: u64 = 1_000_000_000;
@@ -89,27 +90,31 @@ pub fn secs_ns(s: f64) -> u64 {
 
 impl LivenessConfig {
     /// Checks the values; the message names the setting.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SettingError> {
         for (name, v) in [
             ("heartbeat_timeout", self.heartbeat_timeout),
             ("health_check_interval", self.health_check_interval),
             ("heartbeat_interval", self.heartbeat_interval),
         ] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(format!("liveness.{name} must be a positive number of seconds"));
+                return Err(SettingError::new(format!("liveness.{name}"), "a positive number of seconds"));
             }
         }
         if self.failover_threads == 0 {
-            return Err("liveness.failover_threads must be at least 1".into());
+            return Err(SettingError::new("liveness.failover_threads", "at least 1"));
         }
         if self.failover_threshold == Some(0) {
-            return Err("liveness.failover_threshold must be at least 1 (or absent)".into());
+            return Err(SettingError::new("liveness.failover_threshold", "at least 1 (or absent)"));
         }
-        if !(0.0..=1.0).contains(&self.partition_fraction) || !(0.0..=1.0).contains(&self.lag_ring_fraction) {
-            return Err("liveness fractions must be in 0..=1".into());
+        for (name, v) in
+            [("partition_fraction", self.partition_fraction), ("lag_ring_fraction", self.lag_ring_fraction)]
+        {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(SettingError::new(format!("liveness.{name}"), "a fraction in 0..=1"));
+            }
         }
         if self.startup_grace.is_some_and(|g| !(g.is_finite() && g >= 0.0)) {
-            return Err("liveness.startup_grace must be a non-negative number of seconds".into());
+            return Err(SettingError::new("liveness.startup_grace", "a non-negative number of seconds"));
         }
         Ok(())
     }

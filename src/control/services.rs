@@ -4,25 +4,26 @@
 //! durable copies of services and pools.
 //!
 //! Reads of pools (`next`, `poll`) never reach the control thread: they use the published
-//! snapshot's world and pools.
+//! snapshot's world and pools. Every method takes the time and queues its durable writes into
+//! [`Writes`]: the host runs without threads, sockets or a store.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use super::{CommandError, CommandResult, Control};
+use super::command::{CommandError, Reply, ServiceOutcome};
+use super::persist::Writes;
 use crate::proto::service::{ServiceBeat, ServiceOp};
 use crate::registry::lb::{Pool, World};
 use crate::registry::{Deregistered, Registration, RegistryError, ScoreOp, Service, TagValue, TypeConfig};
 use crate::store::{Key, Table};
 
-/// `[services]` settings.
+/// `[registry]` settings (formerly `[services]`, still accepted).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServicesConfig {
-    /// Service types (`[[services.types]]`); default: OpenIO's built-ins and `machine`.
+    /// Service types (`[[registry.types]]`); default: OpenIO's built-ins and `machine`.
     pub types: Vec<TypeConfig>,
     /// Seconds between rebuilds of the polling world (when the registry changed).
     pub world_refresh_interval: f64,
@@ -87,16 +88,140 @@ fn reg_err(e: RegistryError) -> CommandError {
     }
 }
 
-impl Control {
-    pub(super) fn now_us(&self) -> u64 {
-        self.clock.now_ns() / 1000
+/// The registry's commands of the admin API.
+#[derive(Debug)]
+pub enum ServiceCommand {
+    /// Register, lock, unlock or deregister services.
+    Push {
+        /// What to do.
+        action: PushAction,
+        /// The services.
+        entries: Vec<ServiceEntry>,
+    },
+    /// Remove every service of a type.
+    Flush(String),
+    /// The services of a type (with `stat.*` tags when `full`).
+    List {
+        /// Type.
+        type_name: String,
+        /// With `stat.*` tags.
+        full: bool,
+    },
+    /// The configured service types.
+    Types,
+    /// The address of a service id.
+    Resolve {
+        /// Type.
+        type_name: String,
+        /// Service id.
+        id: String,
+    },
+    /// Create (or with `force` replace) a pool.
+    PoolCreate {
+        /// Name.
+        name: String,
+        /// Target string.
+        targets: String,
+        /// Replace an existing pool.
+        force: bool,
+    },
+    /// Delete a pool.
+    PoolDelete(String),
+}
+
+/// The service registry, its pools and the polling world.
+#[derive(Debug)]
+pub struct ServiceHost {
+    cfg: ServicesConfig,
+    registry: crate::registry::Registry,
+    pools: Arc<BTreeMap<String, Pool>>,
+    world: Arc<World>,
+    world_generation: u64,
+    scratch: Registration,
+    rejected_types: rustc_hash::FxHashSet<String>,
+    id_tag: TagValue,
+    /// Service heartbeats the registry refused (unknown type, bad address).
+    pub rejected: u64,
+    changed: bool,
+}
+
+impl ServiceHost {
+    /// An empty registry of the configured types.
+    pub fn new(cfg: ServicesConfig) -> Result<ServiceHost, RegistryError> {
+        let registry = crate::registry::Registry::new(cfg.types.clone())?;
+        Ok(ServiceHost {
+            cfg,
+            registry,
+            pools: Arc::new(BTreeMap::new()),
+            world: Arc::new(World::default()),
+            world_generation: u64::MAX,
+            scratch: Registration::empty(),
+            rejected_types: Default::default(),
+            id_tag: TagValue::Bool(false),
+            rejected: 0,
+            changed: true,
+        })
     }
 
-    /// Restores services and pools from the store.
-    pub(super) fn restore_services(&mut self, loaded: &crate::store::Loaded) -> Result<(), String> {
-        let services: Vec<(Key, Service)> = loaded.decode(Table::Services).map_err(|e| e.to_string())?;
+    /// The settings in force.
+    pub fn config(&self) -> &ServicesConfig {
+        &self.cfg
+    }
+
+    /// New settings (reload); changed service types need a restart and are kept.
+    pub fn set_config(&mut self, mut cfg: ServicesConfig) {
+        if cfg.types != self.cfg.types {
+            tracing::warn!("changed service types take effect only after a restart");
+            cfg.types = self.cfg.types.clone();
+        }
+        self.cfg = cfg;
+    }
+
+    /// Whether anything published changed since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &crate::registry::Registry {
+        &self.registry
+    }
+
+    /// The published polling world.
+    pub fn world(&self) -> &Arc<World> {
+        &self.world
+    }
+
+    /// The pools, by name.
+    pub fn pools(&self) -> &Arc<BTreeMap<String, Pool>> {
+        &self.pools
+    }
+
+    /// The machines (services of `machine_type`) as the scheduler sees them at `now_ns`: alive
+    /// when `tag.up` is not `false` and the last heartbeat is at most `timeout_s` old.
+    pub fn machines(&self, machine_type: &str, timeout_s: f64, now_ns: u64) -> Vec<crate::sched::Machine> {
+        let now_s = now_ns as f64 / 1e9;
+        self.registry
+            .services(machine_type)
+            .map(|s| {
+                let labels = s
+                    .tag("tag.labels")
+                    .and_then(|v| v.as_str())
+                    .map(|l| l.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect())
+                    .unwrap_or_default();
+                let available = s.tag("stat.free_bytes").and_then(|v| v.as_f64()).map_or(0, |f| f.max(0.0) as u64);
+                let up = s.tag("tag.up").and_then(|v| v.as_bool()) != Some(false);
+                let fresh = now_s - s.score_timestamp_s as f64 <= timeout_s;
+                crate::sched::Machine { name: s.id().to_owned(), labels, available, alive: up && fresh }
+            })
+            .collect()
+    }
+
+    /// Restores services and pools.
+    pub fn restore(&mut self, loaded: &crate::store::Loaded) -> Result<(), crate::store::StoreError> {
+        let services: Vec<(Key, Service)> = loaded.decode(Table::Services)?;
         let report = self.registry.restore(services.into_iter().map(|(_, s)| s));
-        let pools: Vec<(Key, Pool)> = loaded.decode(Table::Pools).map_err(|e| e.to_string())?;
+        let pools: Vec<(Key, Pool)> = loaded.decode(Table::Pools)?;
         let map = Arc::make_mut(&mut self.pools);
         for (_, p) in pools {
             map.insert(p.name.clone(), p);
@@ -105,6 +230,7 @@ impl Control {
         let _ = self.registry.take_dirty();
         self.world = Arc::new(World::build(&self.registry));
         self.world_generation = self.registry.generation();
+        self.changed = true;
         tracing::info!(
             services = report.restored,
             skipped = report.skipped,
@@ -114,10 +240,9 @@ impl Control {
         Ok(())
     }
 
-    /// Applies one registration (service heartbeat or API).
-    pub fn register(&mut self, r: &Registration) -> Result<crate::registry::PushOutcome, RegistryError> {
-        let now = self.now_us();
-        let out = self.registry.push(r, now)?;
+    /// Applies one registration (service heartbeat or API) at `now_us`.
+    pub fn register(&mut self, r: &Registration, now_us: u64) -> Result<crate::registry::PushOutcome, RegistryError> {
+        let out = self.registry.push(r, now_us)?;
         if out.alert_down {
             tracing::warn!(service_type = %r.type_name, addr = %r.addr, "service reported down: score 0");
         }
@@ -127,12 +252,12 @@ impl Control {
         Ok(out)
     }
 
-    /// Applies a batch of service heartbeats from the workers and returns the vector (with
-    /// its beats, whose buffers the workers reuse) to the lane. The registration is filled
-    /// into reused scratch: a known service's heartbeat allocates nothing here either.
-    pub fn apply_services(&mut self, batch: Vec<ServiceBeat>) {
+    /// Applies a batch of service heartbeats from the workers at `now_us`. The registration is
+    /// filled into reused scratch: a known service's heartbeat allocates nothing here. The
+    /// caller returns the vector to the engine's lane.
+    pub fn apply_beats(&mut self, batch: &[ServiceBeat], now_us: u64) {
         use std::fmt::Write as _;
-        for beat in &batch {
+        for beat in batch {
             let r = &mut self.scratch;
             r.type_name.clear();
             r.type_name.push_str(&beat.kind);
@@ -171,100 +296,115 @@ impl Control {
                 ServiceOp::Unlock => ScoreOp::Unlock,
             };
             let r = std::mem::replace(&mut self.scratch, Registration::empty());
-            match self.register(&r) {
-                Ok(_) => {}
-                Err(e) => {
-                    self.services_rejected += 1;
-                    if self.rejected_types.insert(r.type_name.clone()) {
-                        tracing::warn!(service_type = %r.type_name, addr = %r.addr, error = %e, "service heartbeat refused (reported once per type)");
-                    }
+            if let Err(e) = self.register(&r, now_us) {
+                self.rejected += 1;
+                if self.rejected_types.insert(r.type_name.clone()) {
+                    tracing::warn!(service_type = %r.type_name, addr = %r.addr, error = %e, "service heartbeat refused (reported once per type)");
                 }
             }
             self.scratch = r;
         }
         // Nothing published changes here: the polling world is rebuilt by its own task.
-        let lane = self.shared.pipeline.services.clone();
-        let _ = lane.recycle.push(batch);
     }
 
     /// Queues the registry's changed services for the store.
-    pub(super) fn services_to_store(&mut self) {
+    pub fn to_store(&mut self, out: &mut Writes) {
         for (t, addr) in self.registry.take_dirty() {
             let key = Key::Name(format!("{t}|{addr}"));
             match self.registry.get(&t, &addr) {
-                Some(s) => self.pending.put_json(Table::Services, key, s),
-                None => self.pending.delete(Table::Services, key),
+                Some(s) => out.batch.put_json(Table::Services, key, s),
+                None => out.batch.delete(Table::Services, key),
             }
         }
     }
 
     /// The 1 s expiry task.
-    pub(super) fn task_expiry(&mut self, _now: u64) -> Result<(), String> {
-        let now = self.now_us();
-        let expired = self.registry.expire(now);
+    pub fn expire(&mut self, now_us: u64, out: &mut Writes) {
+        let expired = self.registry.expire(now_us);
         for (t, addr) in &expired {
             tracing::warn!(service_type = %t, addr = %addr, "service expired: no heartbeat within score_timeout, score 0");
         }
-        self.services_to_store();
-        Ok(())
+        self.to_store(out);
     }
 
     /// Rebuilds the polling world when the registry changed.
-    pub(super) fn task_world(&mut self, _now: u64) -> Result<(), String> {
+    pub fn refresh_world(&mut self) {
         if self.registry.generation() != self.world_generation {
             self.world = Arc::new(World::build(&self.registry));
             self.world_generation = self.registry.generation();
             self.changed = true;
         }
-        Ok(())
     }
 
-    pub(super) fn execute_services(&mut self, command: super::Command) -> CommandResult {
-        use super::Command as C;
-        let now = self.now_us();
+    /// Executes a registry command at `now_us`.
+    pub fn execute(&mut self, command: ServiceCommand, now_us: u64, out: &mut Writes) -> Result<Reply, CommandError> {
+        use ServiceCommand as C;
         let result = match command {
-            C::ServicePush { action, entries } => {
-                let mut out = Vec::new();
+            C::Push { action, entries } => {
+                let mut services = Vec::with_capacity(entries.len());
                 for e in entries {
                     let tags: Vec<(String, TagValue)> = e.tags.into_iter().collect();
+                    let base = ServiceOutcome {
+                        type_name: e.type_name.clone(),
+                        addr: e.addr.clone(),
+                        score: None,
+                        locked: None,
+                        created: None,
+                        applied: None,
+                        result: None,
+                    };
                     let r = match action {
                         PushAction::Register => self
-                            .register(&Registration { type_name: e.type_name.clone(), addr: e.addr.clone(), tags, op: ScoreOp::Unset })
-                            .map(|o| json!({"type": e.type_name, "addr": e.addr, "score": o.score, "locked": o.locked, "created": o.created})),
+                            .register(
+                                &Registration { type_name: e.type_name, addr: e.addr, tags, op: ScoreOp::Unset },
+                                now_us,
+                            )
+                            .map(|o| ServiceOutcome {
+                                score: Some(o.score),
+                                locked: Some(o.locked),
+                                created: Some(o.created),
+                                ..base
+                            }),
                         PushAction::Lock => self
                             .registry
-                            .lock(&e.type_name, &e.addr, Some(e.score.unwrap_or(0)), now)
-                            .map(|o| json!({"type": e.type_name, "addr": e.addr, "score": o.score, "locked": o.locked})),
-                        PushAction::Unlock => self
-                            .registry
-                            .unlock(&e.type_name, &e.addr, now)
-                            .map(|o| json!({"type": e.type_name, "addr": e.addr, "score": o.score, "locked": o.locked, "applied": o.applied})),
-                        PushAction::Deregister => self.registry.deregister(&e.type_name, &e.addr, e.mtime).map(|d| {
-                            let what = match d {
-                                Deregistered::Removed => "removed",
-                                Deregistered::NotFound => "not_found",
-                                Deregistered::KeptNewer => "kept_newer",
-                            };
-                            json!({"type": e.type_name, "addr": e.addr, "result": what})
-                        }),
+                            .lock(&e.type_name, &e.addr, Some(e.score.unwrap_or(0)), now_us)
+                            .map(|o| ServiceOutcome { score: Some(o.score), locked: Some(o.locked), ..base }),
+                        PushAction::Unlock => {
+                            self.registry.unlock(&e.type_name, &e.addr, now_us).map(|o| ServiceOutcome {
+                                score: Some(o.score),
+                                locked: Some(o.locked),
+                                applied: Some(o.applied),
+                                ..base
+                            })
+                        }
+                        PushAction::Deregister => {
+                            self.registry.deregister(&e.type_name, &e.addr, e.mtime).map(|d| ServiceOutcome {
+                                result: Some(match d {
+                                    Deregistered::Removed => "removed",
+                                    Deregistered::NotFound => "not_found",
+                                    Deregistered::KeptNewer => "kept_newer",
+                                }),
+                                ..base
+                            })
+                        }
                     };
-                    out.push(r.map_err(reg_err)?);
+                    services.push(r.map_err(reg_err)?);
                 }
-                Ok(json!({"services": out}))
+                Ok(Reply::Services { services })
             }
-            C::ServiceFlush(t) => self.registry.flush(&t).map(|n| json!({"type": t, "flushed": n})).map_err(reg_err),
-            C::ServiceList { type_name, full } => self
-                .registry
-                .list(&type_name, full)
-                .map(|l| serde_json::to_value(l).unwrap_or_default())
-                .map_err(reg_err),
-            C::ServiceTypes => Ok(json!(self.registry.service_types())),
-            C::ServiceResolve { type_name, id } => {
+            C::Flush(t) => {
+                self.registry.flush(&t).map(|flushed| Reply::Flushed { type_name: t, flushed }).map_err(reg_err)
+            }
+            C::List { type_name, full } => {
+                self.registry.list(&type_name, full).map(Reply::ServiceList).map_err(reg_err)
+            }
+            C::Types => Ok(Reply::ServiceTypes(self.registry.service_types())),
+            C::Resolve { type_name, id } => {
                 if self.registry.type_config(&type_name).is_none() {
                     return Err(CommandError::Invalid(format!("bad service type: {type_name:?}")));
                 }
                 match self.registry.resolve(&type_name, &id) {
-                    Some(addr) => Ok(json!({"addr": addr})),
+                    Some(addr) => Ok(Reply::Resolved { addr: addr.to_string() }),
                     None => Err(CommandError::NotFound(format!("Service ID [{id}] not found"))),
                 }
             }
@@ -274,21 +414,20 @@ impl Control {
                 }
                 let pool =
                     Pool::parse(&name, &targets).map_err(|e| CommandError::Invalid(format!("pool {name:?}: {e}")))?;
-                self.pending.put_json(Table::Pools, Key::Name(name.clone()), &pool);
-                let v = json!({"name": name, "targets": pool.to_target_string()});
-                Arc::make_mut(&mut self.pools).insert(name, pool);
-                Ok(v)
+                out.batch.put_json(Table::Pools, Key::Name(name.clone()), &pool);
+                let targets = pool.to_target_string();
+                Arc::make_mut(&mut self.pools).insert(name.clone(), pool);
+                Ok(Reply::Pool { name, targets })
             }
             C::PoolDelete(name) => match Arc::make_mut(&mut self.pools).remove(&name) {
                 Some(_) => {
-                    self.pending.delete(Table::Pools, Key::Name(name.clone()));
-                    Ok(json!({"deleted": name}))
+                    out.batch.delete(Table::Pools, Key::Name(name.clone()));
+                    Ok(Reply::PoolDeleted { deleted: name })
                 }
                 None => Err(CommandError::NotFound(format!("no pool {name:?}"))),
             },
-            _ => Err(CommandError::Invalid("not a registry command".into())),
         };
-        self.services_to_store();
+        self.to_store(out);
         self.changed = true;
         result
     }

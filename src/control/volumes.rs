@@ -11,14 +11,17 @@
 //! | available (bytes) | `stat.free_bytes` (a number; absent or negative: 0) |
 //! | alive | `tag.up` is not `false` and its last tagged heartbeat is at most `heartbeat_timeout` old |
 //!
+//! Every method takes the time and queues its durable writes into [`Writes`]: the host runs
+//! without threads, sockets or a store.
+//!
 //! The lease is [`Lease`]: the embedded implementation is [`crate::sched::LocalLease`], a lock on
 //! `<data_dir>/leader.lock` (two daemons on one data directory cannot both lead). Without a
 //! data directory (benches) the lease is always held.
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use super::{CommandError, CommandResult, Control};
+use super::command::{CommandError, Reply};
+use super::persist::Writes;
 use crate::sched::lease::{Lease, LeaseState};
 use crate::sched::{Machine, Report, SchedError, Spec, Volume, VolumeState};
 use crate::store::{Key, Table};
@@ -103,45 +106,98 @@ pub struct VolumeReport {
 
 fn sched_err(e: SchedError) -> CommandError {
     let msg = e.to_string();
-    match e.http_status() {
-        404 => CommandError::NotFound(msg),
-        409 => CommandError::Conflict(msg),
-        400 => CommandError::Invalid(msg),
-        304 => CommandError::NotModified(msg),
-        _ => CommandError::Store(msg),
+    match e {
+        SchedError::NotFound { .. } | SchedError::ParentNotFound { .. } => CommandError::NotFound(msg),
+        SchedError::IllegalTransition { .. }
+        | SchedError::ClonesPending { .. }
+        | SchedError::ParentUnusable { .. }
+        | SchedError::NotOwner { .. } => CommandError::Conflict(msg),
+        SchedError::InvalidSpec { .. } => CommandError::Invalid(msg),
+        SchedError::NotModified { .. } => CommandError::NotModified(msg),
+        SchedError::InvalidRestore { .. } | SchedError::IdsExhausted => CommandError::Store(msg),
     }
 }
 
-fn view(v: &Volume) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or_default()
+/// The scheduler's commands of the admin API.
+#[derive(Debug)]
+pub enum VolumeCommand {
+    /// Create a volume.
+    Create(VolumeCreate),
+    /// List volumes, optionally of one state.
+    List(Option<VolumeState>),
+    /// One volume.
+    Get(u64),
+    /// Resize or re-constrain a `ready` volume.
+    Patch(u64, VolumePatch),
+    /// Delete a volume.
+    Delete(u64),
+    /// A machine-side agent's report.
+    Report(u64, VolumeReport),
 }
 
-impl Control {
-    /// The machines as the scheduler sees them now.
-    pub fn machines(&self, now_ns: u64) -> Vec<Machine> {
-        let timeout_s = self.cfg.liveness.heartbeat_timeout;
-        let now_s = now_ns as f64 / 1e9;
-        self.registry
-            .services(&self.cfg.scheduler.machine_type)
-            .map(|s| {
-                let labels = s
-                    .tag("tag.labels")
-                    .and_then(|v| v.as_str())
-                    .map(|l| l.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect())
-                    .unwrap_or_default();
-                let available = s.tag("stat.free_bytes").and_then(|v| v.as_f64()).map_or(0, |f| f.max(0.0) as u64);
-                let up = s.tag("tag.up").and_then(|v| v.as_bool()) != Some(false);
-                let fresh = now_s - s.score_timestamp_s as f64 <= timeout_s;
-                Machine { name: s.id().to_owned(), labels, available, alive: up && fresh }
-            })
-            .collect()
+/// The scheduler, its lease, and the volumes' durable copies.
+pub struct VolumeHost {
+    cfg: SchedulerConfig,
+    sched: crate::sched::Scheduler,
+    lease: Box<dyn Lease + Send>,
+    leading: bool,
+    last: Option<crate::sched::TickReport>,
+    changed: bool,
+}
+
+impl std::fmt::Debug for VolumeHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeHost").field("volumes", &self.sched.len()).field("leading", &self.leading).finish()
+    }
+}
+
+impl VolumeHost {
+    /// A scheduler with no volumes, acting while `lease` is held.
+    pub fn new(cfg: SchedulerConfig, lease: Box<dyn Lease + Send>) -> VolumeHost {
+        let sched = crate::sched::Scheduler::new(crate::sched::SchedConfig {
+            delay_ns: super::liveness::secs_ns(cfg.delay),
+            ..crate::sched::SchedConfig::default()
+        });
+        VolumeHost { cfg, sched, lease, leading: false, last: None, changed: true }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+
+    /// New settings (reload).
+    pub fn set_config(&mut self, cfg: SchedulerConfig) {
+        self.cfg = cfg;
+    }
+
+    /// Whether anything published changed since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Whether this heartsink holds the leader lease.
+    pub fn leading(&self) -> bool {
+        self.leading
+    }
+
+    /// The latest executor tick.
+    pub fn last_tick(&self) -> Option<crate::sched::TickReport> {
+        self.last
+    }
+
+    /// The scheduler.
+    pub fn scheduler(&self) -> &crate::sched::Scheduler {
+        &self.sched
     }
 
     /// Restores volumes and the id counter.
-    pub(super) fn restore_volumes(&mut self, loaded: &crate::store::Loaded) -> Result<(), String> {
-        let volumes: Vec<(Key, Volume)> = loaded.decode(Table::Volumes).map_err(|e| e.to_string())?;
+    pub fn restore(&mut self, loaded: &crate::store::Loaded) -> Result<(), crate::store::StoreError> {
+        let volumes: Vec<(Key, Volume)> = loaded.decode(Table::Volumes)?;
         let n = volumes.len();
-        self.sched.restore(volumes.into_iter().map(|(_, v)| v)).map_err(|e| e.to_string())?;
+        self.sched
+            .restore(volumes.into_iter().map(|(_, v)| v))
+            .map_err(|e| crate::store::StoreError::Decode(format!("volumes: {e}")))?;
         if let Ok(meta) = loaded.decode::<u64>(Table::Meta) {
             for (k, v) in meta {
                 if k == Key::Name("sched_next_id".into()) {
@@ -150,30 +206,31 @@ impl Control {
             }
         }
         let _ = self.sched.take_dirty();
+        self.changed = true;
         tracing::info!(volumes = n, "restored volumes");
         Ok(())
     }
 
     /// Queues changed volumes for the store.
-    pub(super) fn volumes_to_store(&mut self) {
+    pub fn to_store(&mut self, out: &mut Writes) {
         let dirty = self.sched.take_dirty();
         if dirty.is_empty() {
             return;
         }
         for id in dirty.changed {
             if let Some(v) = self.sched.get(id) {
-                self.pending.put_json(Table::Volumes, Key::Num(id), v);
+                out.batch.put_json(Table::Volumes, Key::Num(id), v);
             }
         }
         for id in dirty.removed {
-            self.pending.delete(Table::Volumes, Key::Num(id));
+            out.batch.delete(Table::Volumes, Key::Num(id));
         }
-        self.pending.put_json(Table::Meta, Key::Name("sched_next_id".into()), &self.sched.next_id());
+        out.batch.put_json(Table::Meta, Key::Name("sched_next_id".into()), &self.sched.next_id());
         self.changed = true;
     }
 
-    /// The executor tick: keep or win the lease, then place, advance and heal.
-    pub(super) fn task_scheduler(&mut self, now: u64) -> Result<(), String> {
+    /// The executor tick on `machines`: keep or win the lease, then place, advance and heal.
+    pub fn tick(&mut self, now: u64, machines: &[Machine], out: &mut Writes) {
         let state = self.lease.campaign(now);
         let held = state.is_leader();
         if held != self.leading {
@@ -185,8 +242,7 @@ impl Control {
                 tracing::warn!(?state, "leader lease lost: scheduling stopped");
             }
         }
-        let machines = self.machines(now);
-        let r = self.sched.tick(now, &machines, held);
+        let r = self.sched.tick(now, machines, held);
         if r.machines_died > 0 || r.healed > 0 {
             tracing::warn!(
                 machines_died = r.machines_died,
@@ -197,27 +253,32 @@ impl Control {
         if r.placed > 0 {
             tracing::info!(placed = r.placed, unplaceable = r.unplaceable, "volumes placed");
         }
-        self.last_sched = Some(r);
-        self.volumes_to_store();
-        Ok(())
+        self.last = Some(r);
+        self.to_store(out);
     }
 
-    pub(super) fn execute_volumes(&mut self, command: super::Command) -> CommandResult {
-        use super::Command as C;
-        let now = self.clock.now_ns();
+    /// Releases the lease (graceful stop).
+    pub fn release(&mut self) {
+        self.lease.release();
+    }
+
+    /// Executes a volume command at `now`.
+    pub fn execute(&mut self, command: VolumeCommand, now: u64, out: &mut Writes) -> Result<Reply, CommandError> {
+        use VolumeCommand as C;
+        let one = |v: Volume| Reply::Volume(Box::new(v));
         let result = match command {
-            C::VolumeCreate(c) => {
+            C::Create(c) => {
                 let spec = Spec::new(c.size, c.constraints);
-                self.sched.create(&c.name, spec, c.clone_of, now).map(|v| view(&v)).map_err(sched_err)
+                self.sched.create(&c.name, spec, c.clone_of, now).map(one).map_err(sched_err)
             }
-            C::VolumeList(state) => {
-                let list: Vec<&Volume> = self.sched.list(state).collect();
-                Ok(json!({"volumes": list}))
-            }
-            C::VolumeGet(id) => {
-                self.sched.get(id).map(view).ok_or_else(|| CommandError::NotFound(format!("volume {id} not found")))
-            }
-            C::VolumePatch(id, p) => {
+            C::List(state) => Ok(Reply::Volumes { volumes: self.sched.list(state).cloned().collect() }),
+            C::Get(id) => self
+                .sched
+                .get(id)
+                .cloned()
+                .map(one)
+                .ok_or_else(|| CommandError::NotFound(format!("volume {id} not found"))),
+            C::Patch(id, p) => {
                 let Some(cur) = self.sched.get(id) else {
                     return Err(CommandError::NotFound(format!("volume {id} not found")));
                 };
@@ -225,10 +286,10 @@ impl Control {
                     p.size.unwrap_or(cur.requested.reserved_size),
                     p.constraints.unwrap_or_else(|| cur.requested.constraints.clone()),
                 );
-                self.sched.patch(id, spec, now).map(|v| view(&v)).map_err(sched_err)
+                self.sched.patch(id, spec, now).map(one).map_err(sched_err)
             }
-            C::VolumeDelete(id) => self.sched.delete(id, now).map(|v| view(&v)).map_err(sched_err),
-            C::VolumeReport(id, r) => {
+            C::Delete(id) => self.sched.delete(id, now).map(one).map_err(sched_err),
+            C::Report(id, r) => {
                 let report = match r.state.as_str() {
                     "ready" => Report::Ready,
                     "resized" => Report::Resized,
@@ -240,16 +301,16 @@ impl Control {
                         )))
                     }
                 };
-                self.sched.report(id, &r.machine, report, now).map(|v| view(&v)).map_err(sched_err)
+                self.sched.report(id, &r.machine, report, now).map(one).map_err(sched_err)
             }
-            _ => Err(CommandError::Invalid("not a volume command".into())),
         };
-        self.volumes_to_store();
+        self.to_store(out);
+        self.changed = true;
         result
     }
 }
 
 /// Parses a `state` filter.
 pub fn parse_state(s: &str) -> Option<VolumeState> {
-    serde_json::from_value(json!(s)).ok()
+    serde_json::from_value(serde_json::Value::from(s)).ok()
 }

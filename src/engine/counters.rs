@@ -188,14 +188,6 @@ pub struct WorkerCounters {
     pub listener_count_mismatches: AtomicU64,
     /// Service heartbeats accepted and handed to the control thread.
     pub services: AtomicU64,
-    /// confd requests taken from the ring.
-    pub confd_requests: AtomicU64,
-    /// confd replies sent.
-    pub confd_replies: AtomicU64,
-    /// confd replies that could not be sent (socket buffer full, network error).
-    pub confd_send_errors: AtomicU64,
-    /// confd requests dropped, by [`crate::confd::proto::RequestError::ALL`] index.
-    pub confd_drops: [AtomicU64; 11],
     /// Send-to-applied latency (ns) of heartbeats carrying the load generator's `hs_sent_ns`.
     pub latency: super::histogram::Histogram,
     /// Receive-to-applied latency (ns): the kernel's receive timestamp to the end of the batch

@@ -15,16 +15,17 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use crossbeam::channel::Sender;
 
+use super::change::Change;
 use super::clock::Clock;
 use super::counters::{BatchTally, DropReason, WorkerCounters};
 use super::shards::Shards;
 use crate::proto::envelope;
 use crate::proto::inflate::{Backend, Inflater};
 use crate::proto::keyring::Keyring;
-use crate::proto::octavia::{Heartbeat, Uuid};
+use crate::proto::octavia::Heartbeat;
 use crate::proto::seqwin::{SeqOutcome, SeqWindow};
 use crate::proto::service::{is_service_document, ServiceBeat};
-use crate::state::{AmphoraState, OperatingStatus};
+use crate::state::AmphoraState;
 
 /// Settings a reload may change while the engine runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,24 +47,6 @@ impl Default for Settings {
             max_delay_ns: 10_000_000_000,
         }
     }
-}
-
-/// A transition the control thread must know about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
-    /// An amphora seen for the first time.
-    New(Uuid),
-    /// A stale amphora refreshed its liveness again.
-    Revived(Uuid),
-    /// An amphora's rolled-up operating status changed.
-    Status {
-        /// Amphora id.
-        id: Uuid,
-        /// Previous status.
-        from: OperatingStatus,
-        /// New status.
-        to: OperatingStatus,
-    },
 }
 
 /// Handles shared by every worker's pipeline.

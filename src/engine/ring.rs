@@ -1,8 +1,8 @@
 //! The hand-off between rx threads and workers: fixed-size batches of datagrams, recycled
 //! through a free list so that steady traffic allocates nothing.
 //!
-//! Each worker has one bounded ring (a crossbeam channel of boxed batches; the box moves, the
-//! bytes do not). An rx thread copies each datagram into the pending batch of the worker its
+//! Each worker has one bounded [`Ring`] (a crossbeam channel of boxed batches; the box moves,
+//! the bytes do not), and every batch comes from and returns to one [`FreeList`]. An rx thread copies each datagram into the pending batch of the worker its
 //! source hashes to (≈20 ns for a 352-byte heartbeat, against ≈4 µs of work behind it, measured
 //! by `benches/stages.rs`) and
 //! pushes the batch when it is full, when its worker's ring is empty (the worker is waiting), or
@@ -11,14 +11,98 @@
 //! `ring_full` and recycles it: the workers are behind, and the kernel buffer is the only
 //! other place to queue.
 
+use std::sync::Arc;
+
+use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+use crossbeam::queue::ArrayQueue;
+
 /// What a batch carries: every datagram of a batch came from the same socket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BatchKind {
     /// Heartbeats (Octavia or service) from the heartbeat socket.
     #[default]
     Heartbeat,
-    /// confd requests from the confd socket (answered to their source).
-    Confd,
+    /// Datagrams from the socket of lane number `n` (see [`crate::engine::Lane`]): the worker
+    /// hands them, source addresses included, to that lane.
+    Lane(u8),
+}
+
+/// The recycled batches shared by the rx threads and the workers.
+#[derive(Clone, Debug)]
+pub struct FreeList(Arc<ArrayQueue<Box<Batch>>>);
+
+impl FreeList {
+    /// `n` batches of `max_entries` datagrams and `data_bytes` bytes, allocated now.
+    pub fn new(n: usize, max_entries: usize, data_bytes: usize) -> FreeList {
+        let q = ArrayQueue::new(n.max(1));
+        for _ in 0..n {
+            let _ = q.push(Box::new(Batch::new(max_entries, data_bytes)));
+        }
+        FreeList(Arc::new(q))
+    }
+
+    /// A free batch, `None` when every batch is in use (the workers are behind).
+    pub fn take(&self) -> Option<Box<Batch>> {
+        self.0.pop()
+    }
+
+    /// Returns a batch, emptied.
+    pub fn give(&self, mut batch: Box<Batch>) {
+        batch.clear();
+        let _ = self.0.push(batch);
+    }
+}
+
+/// A worker's bounded ring of batches: the rx threads push, the worker pops.
+#[derive(Debug)]
+pub struct Ring;
+
+impl Ring {
+    /// A ring of `capacity` batches: the sending side (cloned into every rx thread) and the
+    /// receiving side (the worker's).
+    pub fn bounded(capacity: usize) -> (RingTx, RingRx) {
+        let (tx, rx) = channel::bounded(capacity.max(1));
+        (RingTx(tx), RingRx(rx))
+    }
+}
+
+/// The sending side of a [`Ring`].
+#[derive(Clone, Debug)]
+pub struct RingTx(Sender<Box<Batch>>);
+
+impl RingTx {
+    /// Pushes without waiting; gives the batch back when the ring is full or the worker gone.
+    pub fn try_push(&self, batch: Box<Batch>) -> Result<(), Box<Batch>> {
+        self.0.try_send(batch).map_err(|e| match e {
+            TrySendError::Full(b) | TrySendError::Disconnected(b) => b,
+        })
+    }
+
+    /// True when the worker has taken every batch (it is waiting for work).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The receiving side of a [`Ring`].
+#[derive(Clone, Debug)]
+pub struct RingRx(Receiver<Box<Batch>>);
+
+impl RingRx {
+    /// The next batch; `None` once every sender is gone and the ring is empty.
+    pub fn pop(&self) -> Option<Box<Batch>> {
+        self.0.recv().ok()
+    }
+
+    /// Batches waiting.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when no batch waits.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// A batch of datagrams bound for one worker.
@@ -109,6 +193,25 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_is_bounded_and_free_list_recycles() {
+        let free = FreeList::new(3, 4, 64);
+        let (tx, rx) = Ring::bounded(2);
+        for _ in 0..2 {
+            let mut b = free.take().expect("a free batch");
+            assert!(b.push(b"x", 1, 1));
+            assert!(tx.try_push(b).is_ok());
+        }
+        let b = free.take().expect("the third batch");
+        let back = tx.try_push(b).expect_err("the ring holds two");
+        free.give(back);
+        assert_eq!(rx.len(), 2);
+        let got = rx.pop().expect("a batch");
+        assert_eq!(got.len(), 1);
+        free.give(got);
+        assert!(free.take().is_some_and(|b| b.is_empty()), "given back emptied");
+    }
 
     #[test]
     fn batch_limits_and_reuse() {

@@ -147,6 +147,19 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// What a store would hold after committing `batches` in order, without a store: the
+    /// control plane's deterministic tests restore from it.
+    pub fn from_batches<'a>(batches: impl IntoIterator<Item = &'a WriteBatch>) -> Loaded {
+        let mut rows: Vec<(Table, Key, Vec<u8>)> = Vec::new();
+        for op in batches.into_iter().flat_map(|b| &b.ops) {
+            rows.retain(|(t, k, _)| !(*t == op.table && *k == op.key));
+            if let Some(v) = &op.value {
+                rows.push((op.table, op.key.clone(), v.clone()));
+            }
+        }
+        Loaded { rows }
+    }
+
     /// The rows of one table, decoded; a row that does not decode is an error naming its key.
     pub fn decode<T: serde::de::DeserializeOwned>(&self, table: Table) -> Result<Vec<(Key, T)>, StoreError> {
         self.rows
@@ -253,13 +266,22 @@ impl Store {
     }
 }
 
-/// A batch for the writer thread, with an optional completion channel.
-#[derive(Debug)]
+/// Called by the writer thread with the outcome of the transaction that held a batch.
+pub type Done = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+
+/// A batch for the writer thread, with an optional completion.
 pub struct Job {
     /// What to write.
     pub batch: WriteBatch,
-    /// Told the outcome once the transaction holding the batch committed (or failed).
-    pub done: Option<Sender<Result<(), String>>>,
+    /// Called with the outcome once the transaction holding the batch committed (or failed),
+    /// on the writer thread: whoever waits for durability is told without a thread of its own.
+    pub done: Option<Done>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("writes", &self.batch.len()).field("done", &self.done.is_some()).finish()
+    }
 }
 
 /// Counters of the writer thread.
@@ -340,7 +362,7 @@ fn writer_loop(store: &Store, rx: &Receiver<Job>, stats: &WriterStats) {
         }
         for j in jobs {
             if let Some(done) = j.done {
-                let _ = done.send(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                done(outcome.as_ref().map(|_| ()));
             }
         }
     }
@@ -398,7 +420,10 @@ mod tests {
         }
         let mut b = WriteBatch::default();
         b.put_json(Table::Volumes, Key::Num(99), &99);
-        w.sender().unwrap().send(Job { batch: b, done: Some(tx) }).unwrap();
+        let done: Done = Box::new(move |r| {
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+        });
+        w.sender().unwrap().send(Job { batch: b, done: Some(done) }).unwrap();
         rx.recv().unwrap().unwrap();
         assert_eq!(store.load().unwrap().decode::<u64>(Table::Volumes).unwrap().len(), 11);
         w.finish();

@@ -1,0 +1,614 @@
+//! The fleet part of the control plane: amphora liveness and failovers (Octavia's health
+//! manager). It keeps the amphorae's published health, turns the workers' change records and
+//! the health checks' outcomes into failover records, starts them on the [`Runner`] within
+//! `failover_threads`, and executes the amphora commands of the admin API.
+//!
+//! Every method takes `now` and queues its durable writes into [`Writes`]: no thread, socket
+//! or store is needed to run it (see the control plane's rig tests).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use super::command::{CommandError, Reply};
+use super::failover::{FailoverReason, FailoverRecord, FailoverState, Outcome, Runner};
+use super::liveness::{secs_ns, Live, Liveness, LivenessConfig, Signals, SuspendReason};
+use super::persist::Writes;
+use super::snapshot::AmphoraHealth;
+use crate::engine::{Change, Shards};
+use crate::proto::octavia::Uuid;
+use crate::state::{AmphoraState, OperatingStatus};
+use crate::store::{Key, Loaded, StoreError, Table};
+
+/// Amphorae logged one by one per event (stale, back) in one round; the rest are summed up.
+const LOG_EACH: usize = 16;
+
+/// What is stored of an amphora.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredAmphora {
+    /// Its state (statuses, stats, liveness refresh, expected listeners).
+    pub state: AmphoraState,
+    /// Its load balancer.
+    pub load_balancer: Option<Uuid>,
+    /// When it went stale, if it is.
+    pub stale_since_ns: Option<u64>,
+    /// Whether its stale episode was handled (failover started or stopped).
+    pub handled: bool,
+}
+
+/// What a restore found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Amphorae restored.
+    pub amphorae: usize,
+    /// Failover records restored.
+    pub records: usize,
+    /// Pending or in-progress records queued to run again.
+    pub requeued: usize,
+}
+
+/// Liveness, health and failover records of the fleet.
+#[derive(Debug)]
+pub struct Fleet {
+    live: Liveness,
+    runner: Box<dyn Runner>,
+    records: BTreeMap<u64, FailoverRecord>,
+    latest_record: FxHashMap<Uuid, u64>,
+    next_record: u64,
+    queue: VecDeque<u64>,
+    health: imbl::OrdMap<Uuid, AmphoraHealth>,
+    down: imbl::OrdSet<Uuid>,
+    lbs: imbl::OrdMap<Uuid, imbl::OrdSet<Uuid>>,
+    suspended: Vec<SuspendReason>,
+    /// Something published changed since the last [`Fleet::take_changed`].
+    changed: bool,
+    /// Amphora status transitions applied.
+    pub status_changes: u64,
+}
+
+impl Fleet {
+    /// An empty fleet at `now`, running failovers on `runner`.
+    pub fn new(cfg: LivenessConfig, runner: Box<dyn Runner>, now: u64) -> Fleet {
+        let live = Liveness::new(cfg, now);
+        let suspended = live.suspension(now);
+        Fleet {
+            live,
+            runner,
+            records: BTreeMap::new(),
+            latest_record: FxHashMap::default(),
+            next_record: 1,
+            queue: VecDeque::new(),
+            health: imbl::OrdMap::new(),
+            down: imbl::OrdSet::new(),
+            lbs: imbl::OrdMap::new(),
+            suspended,
+            changed: true,
+            status_changes: 0,
+        }
+    }
+
+    /// The liveness rules in force.
+    pub fn config(&self) -> &LivenessConfig {
+        self.live.config()
+    }
+
+    /// New liveness rules and failover action settings (reload).
+    pub fn set_config(&mut self, cfg: LivenessConfig, failover: super::failover::FailoverConfig) {
+        self.live.set_config(cfg);
+        self.runner.set_config(failover);
+    }
+
+    /// Whether anything published changed since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// The runner (tests inspect a [`super::failover::ManualRunner`] through it).
+    pub fn runner_mut(&mut self) -> &mut dyn Runner {
+        &mut *self.runner
+    }
+
+    /// Restores amphorae into the shards and failover records; pending and in-progress records
+    /// are queued to run again (at least once).
+    pub fn restore(&mut self, loaded: &Loaded, shards: &Shards) -> Result<Restored, StoreError> {
+        let amphorae: Vec<(Key, StoredAmphora)> = loaded.decode(Table::Amphorae)?;
+        let mut report = Restored { amphorae: amphorae.len(), ..Restored::default() };
+        for (key, stored) in amphorae {
+            let Key::Id(bytes) = key else { continue };
+            let id = Uuid::from_bytes(bytes);
+            let mut state = stored.state.restored();
+            state.stale = stored.stale_since_ns.is_some();
+            let health = AmphoraHealth {
+                operating_status: state.operating_status,
+                liveness: if state.stale { Live::Stale } else { Live::Alive },
+                last_refresh_ns: state.last_refresh_ns,
+                first_seen_ns: state.first_seen_ns,
+                load_balancer: stored.load_balancer,
+                expected_listeners: state.expected_listeners,
+                failover: None,
+            };
+            self.live.track(id, state.last_refresh_ns, stored.stale_since_ns, stored.handled);
+            if stored.stale_since_ns.is_some() {
+                self.down.insert(id);
+            }
+            if let Some(lb) = stored.load_balancer {
+                self.lbs.entry(lb).or_default().insert(id);
+            }
+            self.health.insert(id, health);
+            shards.insert_if_absent(id, state);
+        }
+        let records: Vec<(Key, FailoverRecord)> = loaded.decode(Table::Failovers)?;
+        report.records = records.len();
+        for (_, mut r) in records {
+            self.next_record = self.next_record.max(r.id + 1);
+            if matches!(r.state, FailoverState::Pending | FailoverState::InProgress) {
+                // Decided before the restart and maybe not carried out: run again (at least once).
+                r.state = FailoverState::Pending;
+                self.queue.push_back(r.id);
+                report.requeued += 1;
+            }
+            self.latest_record.insert(r.amphora, r.id);
+            if let Some(h) = self.health.get_mut(&r.amphora) {
+                h.failover = Some((r.id, r.state));
+            }
+            self.records.insert(r.id, r);
+        }
+        self.changed = true;
+        Ok(report)
+    }
+
+    /// Applies batches of change records from the workers. `shards` is read once per new
+    /// amphora (its first status came with its first heartbeat).
+    pub fn apply_changes(
+        &mut self,
+        batches: impl Iterator<Item = Vec<Change>>,
+        now: u64,
+        shards: &Shards,
+        out: &mut Writes,
+    ) {
+        let mut revived = 0usize;
+        for batch in batches {
+            for c in batch {
+                self.changed = true;
+                match c {
+                    Change::New(id) => {
+                        self.live.track(id, now, None, false);
+                        let operating_status =
+                            shards.with(&id, |s| s.operating_status).unwrap_or(OperatingStatus::Offline);
+                        self.health.insert(
+                            id,
+                            AmphoraHealth {
+                                operating_status,
+                                liveness: Live::Alive,
+                                last_refresh_ns: now,
+                                first_seen_ns: now,
+                                load_balancer: None,
+                                expected_listeners: None,
+                                failover: None,
+                            },
+                        );
+                        out.amphora(id);
+                        tracing::debug!(amphora = %id, "new amphora");
+                    }
+                    Change::Status { id, from, to } => {
+                        self.status_changes += 1;
+                        if let Some(h) = self.health.get_mut(&id) {
+                            h.operating_status = to;
+                        }
+                        out.amphora(id);
+                        if to == OperatingStatus::Online {
+                            tracing::debug!(amphora = %id, from = from.as_str(), to = to.as_str(), "amphora status changed");
+                        } else {
+                            tracing::info!(amphora = %id, from = from.as_str(), to = to.as_str(), "amphora status changed");
+                        }
+                    }
+                    Change::Revived(id) => {
+                        if self.live.revived(id, now) {
+                            if let Some(h) = self.health.get_mut(&id) {
+                                h.liveness = Live::Alive;
+                                h.last_refresh_ns = now;
+                            }
+                            self.down.remove(&id);
+                            out.amphora(id);
+                            revived += 1;
+                            if revived <= LOG_EACH {
+                                tracing::info!(amphora = %id, "stale amphora is beating again");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if revived > LOG_EACH {
+            tracing::info!(more = revived - LOG_EACH, "more stale amphorae are beating again (not logged one by one)");
+        }
+    }
+
+    /// One health check: expired deadlines are probed in the shards (and marked stale there,
+    /// under the shard lock, so a concurrent heartbeat either re-arms or revives), suspension
+    /// is decided from `signals`, and failovers are decided.
+    pub fn health_check(&mut self, now: u64, signals: Signals, shards: &Shards, out: &mut Writes) {
+        let timeout = secs_ns(self.live.config().heartbeat_timeout);
+        let check = self.live.check(now, signals, |id| {
+            shards.with_mut(id, |s| {
+                if s.last_refresh_ns.saturating_add(timeout) <= now {
+                    s.stale = true;
+                }
+                s.last_refresh_ns
+            })
+        });
+        let was = std::mem::take(&mut self.suspended);
+        self.suspended = check.suspended.clone();
+        let labels = |v: &[SuspendReason]| v.iter().map(SuspendReason::label).collect::<Vec<_>>();
+        if labels(&was) != labels(&self.suspended) {
+            self.changed = true;
+            if self.suspended.is_empty() {
+                tracing::info!("automatic failovers resumed");
+            } else {
+                tracing::warn!(reasons = ?labels(&self.suspended), detail = ?self.suspended, "automatic failovers suspended");
+            }
+        }
+        for (id, last) in &check.rearmed {
+            if let Some(h) = self.health.get_mut(id) {
+                h.last_refresh_ns = *last;
+            }
+            out.amphora(*id);
+            self.changed = true;
+        }
+        for (i, (id, last)) in check.newly_stale.iter().enumerate() {
+            if let Some(h) = self.health.get_mut(id) {
+                h.liveness = Live::Stale;
+                h.last_refresh_ns = *last;
+            }
+            self.down.insert(*id);
+            out.amphora(*id);
+            self.changed = true;
+            if i < LOG_EACH {
+                tracing::warn!(amphora = %id, silent_s = now.saturating_sub(*last) as f64 / 1e9, "amphora is stale");
+            }
+        }
+        if check.newly_stale.len() > LOG_EACH {
+            tracing::warn!(
+                more = check.newly_stale.len() - LOG_EACH,
+                "more amphorae are stale (not logged one by one)"
+            );
+        }
+        if !check.stopped.is_empty() {
+            tracing::error!(
+                stale = check.stopped.len(),
+                threshold = ?self.live.config().failover_threshold,
+                "stale amphora count reached the failover threshold: failovers stopped"
+            );
+        }
+        for (id, last, since) in check.stopped {
+            match self.record_for_episode(id, since) {
+                Some(r) if self.records.get(&r).is_some_and(|r| r.state == FailoverState::Stopped) => {}
+                _ => {
+                    self.new_record(id, FailoverReason::Stale, FailoverState::Stopped, last, since, now, out);
+                }
+            }
+        }
+        for (id, last, since) in check.start {
+            let existing = self
+                .record_for_episode(id, since)
+                .filter(|r| self.records.get(r).is_some_and(|r| r.state == FailoverState::Stopped));
+            let rid = match existing {
+                Some(r) => {
+                    if let Some(rec) = self.records.get_mut(&r) {
+                        rec.state = FailoverState::Pending;
+                        rec.updated_ns = now;
+                    }
+                    self.touch_record(r, out);
+                    r
+                }
+                None => self.new_record(id, FailoverReason::Stale, FailoverState::Pending, last, since, now, out),
+            };
+            self.queue.push_back(rid);
+        }
+    }
+
+    fn record_for_episode(&self, id: Uuid, since: u64) -> Option<u64> {
+        self.latest_record.get(&id).copied().filter(|r| self.records.get(r).is_some_and(|r| r.stale_since_ns == since))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_record(
+        &mut self,
+        amphora: Uuid,
+        reason: FailoverReason,
+        state: FailoverState,
+        last: u64,
+        since: u64,
+        now: u64,
+        out: &mut Writes,
+    ) -> u64 {
+        let id = self.next_record;
+        self.next_record += 1;
+        let first_seen_ns = self.health.get(&amphora).map_or(0, |h| h.first_seen_ns);
+        let rec = FailoverRecord {
+            id,
+            amphora,
+            reason,
+            state,
+            first_seen_ns,
+            last_seen_ns: last,
+            stale_since_ns: since,
+            created_ns: now,
+            updated_ns: now,
+            attempts: 0,
+            action: self.runner.action(),
+            error: None,
+        };
+        self.records.insert(id, rec);
+        self.latest_record.insert(amphora, id);
+        self.touch_record(id, out);
+        id
+    }
+
+    fn touch_record(&mut self, id: u64, out: &mut Writes) {
+        self.changed = true;
+        if let Some(r) = self.records.get(&id) {
+            if let Some(h) = self.health.get_mut(&r.amphora) {
+                if self.latest_record.get(&r.amphora) == Some(&id) {
+                    h.failover = Some((id, r.state));
+                }
+            }
+            out.batch.put_json(Table::Failovers, Key::Num(id), r);
+            // The amphora's `handled` flag changed with it.
+            out.amphora(r.amphora);
+        }
+    }
+
+    /// Starts queued failovers while fewer than `failover_threads` run.
+    pub fn dispatch(&mut self, now: u64, out: &mut Writes) {
+        while self.live.in_flight() < self.live.config().failover_threads.max(1) {
+            let Some(id) = self.queue.pop_front() else { break };
+            let Some(rec) = self.records.get_mut(&id) else { continue };
+            if rec.state != FailoverState::Pending {
+                continue;
+            }
+            rec.state = FailoverState::InProgress;
+            rec.updated_ns = now;
+            let copy = rec.clone();
+            tracing::warn!(amphora = %copy.amphora, failover = id, reason = ?copy.reason, action = %copy.action, "failover started");
+            self.live.failover_started();
+            self.runner.run(copy);
+            self.touch_record(id, out);
+        }
+    }
+
+    /// Records the runner's outcomes.
+    pub fn collect_outcomes(&mut self, now: u64, out: &mut Writes) {
+        let outcomes = self.runner.outcomes();
+        self.apply_outcomes(outcomes, now, out);
+    }
+
+    fn apply_outcomes(&mut self, outcomes: Vec<Outcome>, now: u64, out: &mut Writes) {
+        for o in outcomes {
+            self.live.failover_finished();
+            if let Some(rec) = self.records.get_mut(&o.id) {
+                rec.state = if o.ok { FailoverState::Done } else { FailoverState::Failed };
+                rec.attempts = o.attempts;
+                rec.error = o.error;
+                rec.updated_ns = now;
+                if o.ok {
+                    tracing::info!(amphora = %rec.amphora, failover = o.id, attempts = o.attempts, "failover done");
+                } else {
+                    tracing::error!(amphora = %rec.amphora, failover = o.id, error = ?rec.error, "failover failed");
+                }
+            }
+            self.touch_record(o.id, out);
+        }
+    }
+
+    /// Stops the runner, letting running actions finish, and records their outcomes.
+    pub fn stop(&mut self, now: u64, out: &mut Writes) {
+        let outcomes = self.runner.stop();
+        self.apply_outcomes(outcomes, now, out);
+    }
+
+    /// Prunes the oldest finished records beyond `max`.
+    pub fn prune(&mut self, max: usize, out: &mut Writes) {
+        let max = max.max(1);
+        let finished: Vec<u64> = self
+            .records
+            .values()
+            .filter(|r| matches!(r.state, FailoverState::Done | FailoverState::Failed))
+            .map(|r| r.id)
+            .collect();
+        let excess = self.records.len().saturating_sub(max).min(finished.len());
+        for id in finished.into_iter().take(excess) {
+            if let Some(r) = self.records.remove(&id) {
+                if self.latest_record.get(&r.amphora) == Some(&id) {
+                    self.latest_record.remove(&r.amphora);
+                }
+            }
+            out.batch.delete(Table::Failovers, Key::Num(id));
+        }
+    }
+
+    /// The stored row of each amphora in `states` (read from the shards by the caller).
+    pub fn stored(&self, id: &Uuid, state: AmphoraState) -> Option<StoredAmphora> {
+        let h = self.health.get(id)?;
+        Some(StoredAmphora {
+            state,
+            load_balancer: h.load_balancer,
+            stale_since_ns: self.live.stale_since(id),
+            handled: self.live.handled(id),
+        })
+    }
+
+    /// The amphora commands of the admin API.
+    pub fn execute(
+        &mut self,
+        command: FleetCommand,
+        now: u64,
+        shards: &Shards,
+        out: &mut Writes,
+    ) -> Result<Reply, CommandError> {
+        self.changed = true;
+        match command {
+            FleetCommand::Failover(id) => {
+                let Some(h) = self.health.get(&id) else {
+                    return Err(CommandError::NotFound(format!("no amphora {id}")));
+                };
+                if let Some((r, st)) = h.failover {
+                    if matches!(st, FailoverState::Pending | FailoverState::InProgress) {
+                        return Err(CommandError::Conflict(format!(
+                            "failover {r} of amphora {id} is already {}",
+                            st.as_str()
+                        )));
+                    }
+                }
+                let last = h.last_refresh_ns;
+                self.live.mark_handled(&id);
+                let rid = self.new_record(id, FailoverReason::Manual, FailoverState::Pending, last, now, now, out);
+                self.queue.push_back(rid);
+                self.dispatch(now, out);
+                self.records
+                    .get(&rid)
+                    .cloned()
+                    .map(Reply::Failover)
+                    .ok_or_else(|| CommandError::NotFound(format!("no failover record {rid}")))
+            }
+            FleetCommand::Forget(id) => {
+                let Some(h) = self.health.remove(&id) else {
+                    return Err(CommandError::NotFound(format!("no amphora {id}")));
+                };
+                shards.remove(&id);
+                self.live.forget(&id);
+                self.down.remove(&id);
+                if let Some(lb) = h.load_balancer {
+                    self.leave_lb(lb, &id);
+                }
+                out.amphorae.remove(&id);
+                out.batch.delete(Table::Amphorae, Key::Id(*id.as_bytes()));
+                tracing::info!(amphora = %id, "amphora forgotten");
+                Ok(Reply::Forgotten { forgotten: id })
+            }
+            FleetCommand::Configure { id, expected_listeners, load_balancer } => {
+                let Some(h) = self.health.get_mut(&id) else {
+                    return Err(CommandError::NotFound(format!("no amphora {id}")));
+                };
+                if let Some(e) = expected_listeners {
+                    h.expected_listeners = e;
+                    shards.with_mut(&id, |s| s.expected_listeners = e);
+                }
+                let old = h.load_balancer;
+                if let Some(lb) = load_balancer {
+                    h.load_balancer = lb;
+                }
+                let reply = Reply::Amphora(h.clone());
+                if let Some(lb) = load_balancer {
+                    if let Some(old) = old {
+                        self.leave_lb(old, &id);
+                    }
+                    if let Some(new) = lb {
+                        self.lbs.entry(new).or_default().insert(id);
+                    }
+                }
+                out.amphora(id);
+                Ok(reply)
+            }
+            FleetCommand::Failovers { marker, limit } => {
+                let lower = marker.map_or(0, |m| m + 1);
+                let failovers: Vec<FailoverRecord> =
+                    self.records.range(lower..).take(limit).map(|(_, r)| r.clone()).collect();
+                let next_marker = if failovers.len() == limit { failovers.last().map(|r| r.id) } else { None };
+                Ok(Reply::Failovers { failovers, next_marker })
+            }
+            FleetCommand::Record(id) => self
+                .records
+                .get(&id)
+                .cloned()
+                .map(Reply::Failover)
+                .ok_or_else(|| CommandError::NotFound(format!("no failover record {id}"))),
+        }
+    }
+
+    fn leave_lb(&mut self, lb: Uuid, id: &Uuid) {
+        if let Some(set) = self.lbs.get_mut(&lb) {
+            set.remove(id);
+            if set.is_empty() {
+                self.lbs.remove(&lb);
+            }
+        }
+    }
+
+    /// Every known amphora's published health.
+    pub fn health(&self) -> &imbl::OrdMap<Uuid, AmphoraHealth> {
+        &self.health
+    }
+
+    /// Stale amphorae.
+    pub fn down(&self) -> &imbl::OrdSet<Uuid> {
+        &self.down
+    }
+
+    /// Load balancer → its amphorae.
+    pub fn load_balancers(&self) -> &imbl::OrdMap<Uuid, imbl::OrdSet<Uuid>> {
+        &self.lbs
+    }
+
+    /// Why failovers are suspended now.
+    pub fn suspended(&self) -> &[SuspendReason] {
+        &self.suspended
+    }
+
+    /// Records by state, in [`FailoverState::ALL`] order.
+    pub fn failover_counts(&self) -> [u64; 5] {
+        let mut counts = [0u64; 5];
+        for r in self.records.values() {
+            counts[FailoverState::ALL.iter().position(|s| *s == r.state).unwrap_or(0)] += 1;
+        }
+        counts
+    }
+
+    /// A failover record.
+    pub fn record(&self, id: u64) -> Option<&FailoverRecord> {
+        self.records.get(&id)
+    }
+
+    /// Every failover record, by id.
+    pub fn records(&self) -> impl Iterator<Item = &FailoverRecord> {
+        self.records.values()
+    }
+
+    /// Amphorae tracked by the liveness rules.
+    pub fn tracked(&self) -> usize {
+        self.live.tracked()
+    }
+
+    /// Stale amphorae.
+    pub fn stale_count(&self) -> usize {
+        self.live.stale_count()
+    }
+}
+
+/// The admin API's amphora commands, as the fleet executes them.
+#[derive(Debug)]
+pub enum FleetCommand {
+    /// Start a failover now.
+    Failover(Uuid),
+    /// Forget an amphora.
+    Forget(Uuid),
+    /// Set expected listeners and load balancer (`Some(None)` clears).
+    Configure {
+        /// Amphora.
+        id: Uuid,
+        /// Listeners a heartbeat must report.
+        expected_listeners: Option<Option<u32>>,
+        /// Its load balancer.
+        load_balancer: Option<Option<Uuid>>,
+    },
+    /// A page of records.
+    Failovers {
+        /// Records with an id above this.
+        marker: Option<u64>,
+        /// At most this many.
+        limit: usize,
+    },
+    /// One record.
+    Record(u64),
+}

@@ -1,0 +1,176 @@
+//! What the control thread publishes: the [`Snapshot`] every reader (admin API, confd
+//! responder) sees the fleet through, and the control thread's own figures. A leaf module:
+//! surfaces import it without importing the control thread's machinery.
+//!
+//! A snapshot is immutable and cheap to clone (persistent maps: publishing never copies the
+//! fleet, and a reader never waits for a shard lock). Its `generation` is the confd serial.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use super::failover::FailoverState;
+use super::liveness::{Live, SuspendReason};
+use super::periodic;
+use crate::engine::Totals;
+use crate::proto::octavia::Uuid;
+use crate::registry::lb::{Pool, World};
+use crate::state::OperatingStatus;
+
+/// One amphora in the snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AmphoraHealth {
+    /// Rolled-up operating status.
+    pub operating_status: OperatingStatus,
+    /// Liveness.
+    pub liveness: Live,
+    /// Last liveness refresh known to the control thread (exact for stale amphorae; for live
+    /// ones as of the latest deadline check, at most `heartbeat_timeout` old), ns.
+    pub last_refresh_ns: u64,
+    /// First heartbeat, ns.
+    pub first_seen_ns: u64,
+    /// The load balancer it serves (set through the API; `None`: itself).
+    pub load_balancer: Option<Uuid>,
+    /// Listeners a heartbeat must report to refresh liveness.
+    pub expected_listeners: Option<u32>,
+    /// Its latest failover record, with that record's state.
+    pub failover: Option<(u64, FailoverState)>,
+}
+
+/// The control thread's published view: immutable, cheap to clone, read without locks.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Increases with every published change (the confd serial).
+    pub generation: u64,
+    /// When it was published, ns.
+    pub taken_ns: u64,
+    /// Every known amphora, in id order.
+    pub amphorae: imbl::OrdMap<Uuid, AmphoraHealth>,
+    /// Stale amphorae.
+    pub down: imbl::OrdSet<Uuid>,
+    /// Load balancer → its amphorae (only those configured with one).
+    pub load_balancers: imbl::OrdMap<Uuid, imbl::OrdSet<Uuid>>,
+    /// Engine counters at publication.
+    pub totals: Totals,
+    /// Why automatic failovers are suspended (empty: they are not).
+    pub suspended: Vec<SuspendReason>,
+    /// Failover records by state, in [`FailoverState::ALL`] order.
+    pub failover_counts: [u64; 5],
+    /// The periodic tasks.
+    pub tasks: Vec<periodic::Task>,
+    /// Durable store figures, when there is a store.
+    pub store: Option<StoreStatus>,
+    /// The services as polled by the pools (rebuilt when the registry changes).
+    pub world: Arc<World>,
+    /// The pools, by name.
+    pub pools: Arc<BTreeMap<String, Pool>>,
+    /// Whether this heartsink holds the scheduler's leader lease.
+    pub leader: bool,
+    /// Volumes known to the scheduler.
+    pub volumes: usize,
+    /// The scheduler's latest tick.
+    pub scheduler: Option<crate::sched::TickReport>,
+    /// Registered services.
+    pub services: usize,
+    /// Service heartbeats the registry refused (unknown type, bad address).
+    pub services_rejected: u64,
+}
+
+/// Durable store figures.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StoreStatus {
+    /// Database file.
+    pub path: String,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Writes committed.
+    pub writes: u64,
+    /// Failed transactions.
+    pub failures: u64,
+    /// Latest commit, ms.
+    pub last_commit_ms: f64,
+}
+
+impl Snapshot {
+    /// The rolled-up status of load balancer `lb`: the status of its live amphora refreshed
+    /// most recently (Octavia: the last heartbeat written wins), `OFFLINE` when none is alive.
+    /// An amphora configured with no load balancer is its own. `None` if unknown.
+    pub fn load_balancer_status(&self, lb: &Uuid) -> Option<(OperatingStatus, Vec<(Uuid, &AmphoraHealth)>)> {
+        let members: Vec<(Uuid, &AmphoraHealth)> = match self.load_balancers.get(lb) {
+            Some(ids) => ids.iter().filter_map(|id| self.amphorae.get(id).map(|h| (*id, h))).collect(),
+            None => match self.amphorae.get(lb) {
+                Some(h) if h.load_balancer.is_none() => vec![(*lb, h)],
+                _ => return None,
+            },
+        };
+        let status = members
+            .iter()
+            .filter(|(_, h)| h.liveness == Live::Alive)
+            .max_by_key(|(_, h)| h.last_refresh_ns)
+            .map_or(OperatingStatus::Offline, |(_, h)| h.operating_status);
+        Some((status, members))
+    }
+}
+
+/// Rates computed by the control thread once a second.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Rates {
+    /// Datagrams received per second, per rx thread.
+    pub rx_pps: Vec<f64>,
+    /// Packets processed per second, per worker.
+    pub worker_pps: Vec<f64>,
+    /// Heartbeats applied per second, per worker.
+    pub worker_accepted_pps: Vec<f64>,
+}
+
+/// Where the control thread publishes: the latest snapshot and rates, and its tick figures.
+/// Readers load; only the control thread stores.
+#[derive(Debug)]
+pub struct Published {
+    /// The latest snapshot.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// The latest rates.
+    pub rates: ArcSwap<Rates>,
+    /// Wall clock of the control thread's latest tick, ns since the epoch (`/healthz`).
+    pub last_tick_ns: AtomicU64,
+    /// Amphora status transitions seen by the control thread.
+    pub status_changes: AtomicU64,
+    /// Work time of the control thread's latest round, ns.
+    pub tick_ns_last: AtomicU64,
+    /// Longest control round since start, ns.
+    pub tick_ns_max: AtomicU64,
+}
+
+impl Published {
+    /// Nothing published yet; `now` counts as the latest tick.
+    pub fn new(now: u64) -> Published {
+        Published {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            rates: ArcSwap::from_pointee(Rates::default()),
+            last_tick_ns: AtomicU64::new(now),
+            status_changes: AtomicU64::new(0),
+            tick_ns_last: AtomicU64::new(0),
+            tick_ns_max: AtomicU64::new(0),
+        }
+    }
+
+    /// Records the work time of one round.
+    pub fn record_round(&self, spent_ns: u64) {
+        self.tick_ns_last.store(spent_ns, Ordering::Relaxed);
+        self.tick_ns_max.fetch_max(spent_ns, Ordering::Relaxed);
+    }
+
+    /// Amphorae known, as of the latest snapshot.
+    pub fn amphora_count(&self) -> usize {
+        self.snapshot.load().amphorae.len()
+    }
+}
+
+impl Default for Published {
+    fn default() -> Published {
+        Published::new(0)
+    }
+}

@@ -1,0 +1,281 @@
+//! The control plane's rules on the [`ControlRig`]: deterministic, on a manual clock, with no
+//! thread, socket or store.
+
+use super::failover::{FailoverReason, FailoverState};
+use super::liveness::{Live, LivenessConfig};
+use super::rig::{amphora, ControlRig, S};
+use super::services::{PushAction, ServiceEntry};
+use super::volumes::VolumeCreate;
+use super::{Command, CommandError, ControlConfig, Reply};
+use crate::engine::counters::bump;
+
+const T0: u64 = 1_000 * S;
+
+/// Octavia's timing scaled down: timeout 6 s, checks every 1 s, beats every 2 s, no grace.
+fn cfg() -> ControlConfig {
+    ControlConfig {
+        liveness: LivenessConfig {
+            heartbeat_timeout: 6.0,
+            health_check_interval: 1.0,
+            heartbeat_interval: 2.0,
+            startup_grace: Some(0.0),
+            ..LivenessConfig::default()
+        },
+        ..ControlConfig::default()
+    }
+}
+
+fn rig() -> ControlRig {
+    ControlRig::with(cfg(), T0, None)
+}
+
+/// Amphorae `0..n` beat every 2 s for `secs` seconds, except those in `dead`.
+fn run(r: &mut ControlRig, n: u64, dead: &[u64], secs: u64) {
+    let mut tick = 0u64;
+    r.run_for(secs * S, S / 2, |r| {
+        if tick % 4 == 0 {
+            r.beat((0..n).filter(|i| !dead.contains(i)));
+        }
+        tick += 1;
+    });
+}
+
+#[test]
+fn new_amphorae_are_published_alive_with_their_first_status() {
+    let mut r = rig();
+    r.beat(0..3);
+    r.advance(S);
+    let snap = r.snapshot();
+    assert_eq!(snap.amphorae.len(), 3);
+    assert!(snap.amphorae.values().all(|h| h.liveness == Live::Alive));
+    assert!(snap.down.is_empty());
+    assert!(r.started().is_empty());
+}
+
+#[test]
+fn one_dead_amphora_is_failed_over_once_within_timeout_plus_one_check() {
+    let mut r = rig();
+    run(&mut r, 10, &[], 10);
+    let last_beat = r.now() - 2 * S;
+    run(&mut r, 10, &[3], 20);
+    let started = r.started();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0].amphora, amphora(3));
+    assert_eq!(started[0].reason, FailoverReason::Stale);
+    // Declared stale within timeout + one check of its last refresh.
+    assert!(started[0].stale_since_ns <= last_beat + 8 * S + S, "{started:?}");
+    assert_eq!(r.snapshot().down.len(), 1);
+    r.finish_failovers(true);
+    r.advance(S);
+    let rec = r.control.fleet.record(started[0].id).expect("record").clone();
+    assert_eq!(rec.state, FailoverState::Done);
+    assert_eq!(r.snapshot().failover_counts[2], 1, "one done");
+}
+
+#[test]
+fn a_quarter_of_the_fleet_dying_is_failed_over_at_most_failover_threads_at_a_time() {
+    let mut c = cfg();
+    c.liveness.failover_threads = 3;
+    let mut r = ControlRig::with(c, T0, None);
+    run(&mut r, 40, &[], 10);
+    let dead: Vec<u64> = (0..10).collect();
+    run(&mut r, 40, &dead, 10);
+    assert_eq!(r.started().len(), 3, "only failover_threads run at once");
+    for _ in 0..4 {
+        r.finish_failovers(true);
+        run(&mut r, 40, &dead, 2);
+    }
+    let mut ids: Vec<_> = r.started().iter().map(|s| s.amphora).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "each dead amphora exactly once");
+    assert!(ids.iter().all(|id| dead.iter().any(|d| amphora(*d) == *id)));
+}
+
+#[test]
+fn the_failover_threshold_stops_failovers_and_records_them_stopped() {
+    let mut c = cfg();
+    c.liveness.failover_threshold = Some(5);
+    c.liveness.partition_min = 1000;
+    let mut r = ControlRig::with(c, T0, None);
+    run(&mut r, 40, &[], 10);
+    let dead: Vec<u64> = (0..8).collect();
+    run(&mut r, 40, &dead, 12);
+    assert!(r.started().is_empty(), "the circuit breaker holds every failover");
+    assert_eq!(r.snapshot().failover_counts[4], 8, "eight stopped records");
+    // Four come back: below the threshold, the remaining four are failed over.
+    let still: Vec<u64> = (4..8).collect();
+    run(&mut r, 40, &still, 6);
+    let started = r.started();
+    assert_eq!(started.len(), 4, "{started:?}");
+    assert!(started.iter().all(|s| still.iter().any(|d| amphora(*d) == s.amphora)));
+}
+
+#[test]
+fn startup_grace_suspends_failovers() {
+    let mut c = cfg();
+    c.liveness.startup_grace = Some(30.0);
+    let mut r = ControlRig::with(c, T0, None);
+    run(&mut r, 10, &[], 4);
+    run(&mut r, 10, &[1], 15);
+    let snap = r.snapshot();
+    assert_eq!(snap.suspended.first().map(|s| s.label()), Some("startup_grace"));
+    assert!(snap.down.contains(&amphora(1)), "stale is still reported");
+    assert!(r.started().is_empty());
+    run(&mut r, 10, &[1], 15);
+    assert_eq!(r.started().len(), 1, "failed over once the grace is over");
+}
+
+#[test]
+fn own_drops_suspend_failovers_as_overloaded() {
+    let mut r = rig();
+    run(&mut r, 10, &[], 10);
+    // The kernel keeps dropping datagrams on the heartbeat socket: silence may be our own.
+    let mut kernel_drops = 0;
+    let mut tick = 0u64;
+    r.run_for(12 * S, S / 2, |r| {
+        bump(&r.engine.rx[0].packets, 100);
+        kernel_drops += 50;
+        r.engine.rx[0].kernel_drops.store(kernel_drops, std::sync::atomic::Ordering::Relaxed);
+        if tick % 4 == 0 {
+            r.beat((0..10).filter(|i| *i != 4));
+        }
+        tick += 1;
+    });
+    assert!(r.snapshot().suspended.iter().any(|s| s.label() == "overloaded"));
+    assert!(r.snapshot().down.contains(&amphora(4)), "stale is still reported");
+    assert!(r.started().is_empty(), "no failover while overloaded");
+    // The drops stop: the suspension lifts after heartbeat_interval and the amphora, still
+    // silent, is failed over.
+    run(&mut r, 10, &[4], 4);
+    assert_eq!(r.started().len(), 1);
+}
+
+#[test]
+fn half_the_fleet_silent_is_a_partition() {
+    let mut r = rig();
+    run(&mut r, 10, &[], 10);
+    let dead: Vec<u64> = (0..6).collect();
+    run(&mut r, 10, &dead, 15);
+    assert!(r.snapshot().suspended.iter().any(|s| s.label() == "partition"));
+}
+
+#[test]
+fn an_amphora_beating_again_is_alive_and_not_failed_over_twice() {
+    let mut r = rig();
+    run(&mut r, 4, &[], 10);
+    run(&mut r, 4, &[2], 10);
+    assert_eq!(r.started().len(), 1);
+    r.finish_failovers(true);
+    run(&mut r, 4, &[], 10);
+    let snap = r.snapshot();
+    assert_eq!(snap.amphorae[&amphora(2)].liveness, Live::Alive);
+    assert!(snap.down.is_empty());
+    assert_eq!(r.started().len(), 1);
+}
+
+#[test]
+fn commands_answer_typed_replies_and_errors() {
+    let mut r = rig();
+    r.beat([1]);
+    r.advance(S);
+    match r.execute(Command::Failover(amphora(1))) {
+        Ok(Reply::Failover(rec)) => assert_eq!(rec.reason, FailoverReason::Manual),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(r.execute(Command::Failover(amphora(1))), Err(CommandError::Conflict(_))));
+    assert!(matches!(r.execute(Command::Failover(amphora(9))), Err(CommandError::NotFound(_))));
+    let lb = amphora(100);
+    let reply = r
+        .execute(Command::Configure {
+            id: amphora(1),
+            expected_listeners: Some(Some(2)),
+            load_balancer: Some(Some(lb)),
+        })
+        .expect("configure");
+    assert!(matches!(reply, Reply::Amphora(ref h) if h.load_balancer == Some(lb)));
+    assert_eq!(r.state(1).and_then(|s| s.expected_listeners), Some(2));
+    assert!(r.snapshot().load_balancers[&lb].contains(&amphora(1)));
+    assert!(matches!(r.execute(Command::Forget(amphora(1))), Ok(Reply::Forgotten { .. })));
+    assert!(r.state(1).is_none(), "forgotten from the shards too");
+    assert!(r.snapshot().load_balancers.get(&lb).is_none());
+}
+
+fn machine(name: &str, addr: &str, free: u64) -> ServiceEntry {
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("tag.service_id".to_owned(), crate::registry::TagValue::Str(name.into()));
+    tags.insert("stat.free_bytes".to_owned(), crate::registry::TagValue::Int(free as i64));
+    ServiceEntry { ns: None, type_name: "machine".into(), addr: addr.into(), score: None, tags, mtime: None }
+}
+
+#[test]
+fn registry_changes_reach_the_published_world_on_refresh() {
+    let mut r = rig();
+    let before = r.snapshot().world.clone();
+    let push =
+        Command::ServicePush { action: PushAction::Register, entries: vec![machine("m1", "127.0.0.1:7000", 10)] };
+    assert!(matches!(r.execute(push), Ok(Reply::Services { ref services }) if services.len() == 1));
+    assert_eq!(r.snapshot().services, 1);
+    r.advance(2 * S);
+    assert!(!std::sync::Arc::ptr_eq(&before, &r.snapshot().world), "the world was rebuilt");
+    assert!(matches!(
+        r.execute(Command::ServicePush {
+            action: PushAction::Register,
+            entries: vec![ServiceEntry { type_name: "nope".into(), ..machine("x", "127.0.0.1:1", 0) }]
+        }),
+        Err(CommandError::Invalid(_))
+    ));
+}
+
+#[test]
+fn volumes_are_placed_on_live_machines_and_healed_when_they_die() {
+    let mut r = rig();
+    let m = |r: &mut ControlRig, name: &str, addr: &str| {
+        let push = Command::ServicePush { action: PushAction::Register, entries: vec![machine(name, addr, 1 << 40)] };
+        r.execute(push).expect("register");
+    };
+    m(&mut r, "m1", "127.0.0.1:7001");
+    let v = match r.execute(Command::VolumeCreate(VolumeCreate {
+        name: "v".into(),
+        size: 1 << 30,
+        constraints: vec![],
+        clone_of: None,
+    })) {
+        Ok(Reply::Volume(v)) => v.id,
+        other => panic!("{other:?}"),
+    };
+    r.advance(2 * S);
+    let node = |r: &mut ControlRig| match r.execute(Command::VolumeGet(v)) {
+        Ok(Reply::Volume(v)) => v.node.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(node(&mut r).as_deref(), Some("m1"));
+    assert!(r.snapshot().leader);
+    // m1 stops beating, m2 is alive: after heartbeat_timeout the volume moves.
+    r.run_for(12 * S, S, |r| m(r, "m2", "127.0.0.1:7002"));
+    assert_eq!(node(&mut r).as_deref(), Some("m2"));
+}
+
+#[test]
+fn restore_brings_back_amphorae_and_reruns_unfinished_failovers() {
+    let mut r = rig();
+    run(&mut r, 6, &[], 10);
+    run(&mut r, 6, &[5], 10);
+    assert_eq!(r.started().len(), 1, "in progress, not finished");
+    r.execute(Command::Configure { id: amphora(1), expected_listeners: None, load_balancer: Some(Some(amphora(50))) })
+        .expect("configure");
+    r.advance(2 * S);
+    let stored = r.store.clone();
+    let before = r.snapshot();
+    let mut again = ControlRig::with(cfg(), r.now(), Some(&stored));
+    let snap = again.snapshot();
+    assert_eq!(snap.amphorae.len(), 6);
+    assert_eq!(snap.amphorae[&amphora(5)].liveness, Live::Stale);
+    assert_eq!(snap.amphorae[&amphora(1)].load_balancer, Some(amphora(50)));
+    assert_eq!(again.state(0).map(|s| s.seq), before.amphorae.get(&amphora(0)).and(r.state(0).map(|s| s.seq)));
+    // The failover that was in progress runs again, once.
+    again.advance(S);
+    let started = again.started();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0].amphora, amphora(5));
+}

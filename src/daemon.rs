@@ -1,0 +1,232 @@
+//! The daemon: wires the layers together for `heartsink serve` and runs their lifecycle. It is
+//! the one place that knows every layer: it builds the engine (data plane), the control plane
+//! and the surfaces (admin API, confd responder) from one validated configuration, starts them
+//! in order, fans a reload out to each, and stops them in order.
+//!
+//! Start order: signals; configuration validated in full (nothing binds before); sockets bound;
+//! the durable state restored into the shards; the control thread; the workers and rx threads;
+//! the admin API.
+//!
+//! Start: signals are registered first (so a SIGHUP never kills a starting daemon), then the
+//! sockets are bound and the threads started, then exactly one JSON line goes to stdout with
+//! the bound addresses; logs go to stderr. SIGHUP re-reads the configuration file and key files
+//! and swaps the keyring and reloadable settings atomically (no packet is lost: a batch uses
+//! one keyring, the next batch the new one); settings that need new sockets or threads are
+//! reported as needing a restart. SIGTERM or SIGINT stop gracefully: stop receiving after one
+//! last drain of the socket buffer, apply everything already received, flush the durable state,
+//! exit 0; a stop that takes longer than `service.graceful_shutdown_timeout` exits 1.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::api::{AdminServer, ApiContext, KeysInfo};
+use crate::confd::server::Confd;
+use crate::config::{Config, LogFormat, Overrides, Validated};
+use crate::control::{Command, Control, ExtraTask, Parts, Published};
+use crate::engine::{Clock, Engine, LaneSpec, SystemClock};
+use crate::proto::keyring::Keyring;
+
+/// Where the configuration comes from.
+#[derive(Clone, Debug, Default)]
+pub struct ServeArgs {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// Flags that override the file.
+    pub overrides: Overrides,
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter);
+    let _ = match cfg.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn keys_info(ring: &Keyring, insecure: bool) -> KeysInfo {
+    KeysInfo {
+        generation: ring.generation(),
+        fingerprints: ring.keys().iter().map(|k| k.fingerprint().to_owned()).collect(),
+        insecure_default: insecure,
+    }
+}
+
+fn warn_insecure(v: &Validated) {
+    if v.insecure_keys {
+        tracing::warn!(
+            "no heartbeat key configured: using the insecure default key \"insecure\"; set --key or --key-file"
+        );
+    }
+    if v.insecure_confd && v.config.confd.enabled {
+        tracing::warn!(
+            "no confd key file configured: using the insecure default key \"insecure\"; set --confd-key-file"
+        );
+    }
+    for w in &v.warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Listening {
+    event: &'static str,
+    heartbeat: String,
+    admin: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confd: Option<String>,
+    data_dir: String,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    let v = Validated::load(args.config.as_deref(), &args.overrides)?;
+    init_logging(&v.config);
+    warn_insecure(&v);
+    let keyring = v.keyring(0);
+    let info = keys_info(&keyring, v.insecure_keys);
+    let mut cfg = v.config;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let published = Arc::new(Published::new(clock.now_ns()));
+
+    // The data plane: sockets bound, no thread yet.
+    let ecfg = cfg.engine(keyring);
+    let confd = Arc::new(Confd::new(v.confd, ecfg.workers));
+    let mut lanes = Vec::new();
+    if cfg.confd.enabled {
+        lanes.push(LaneSpec {
+            name: "confd",
+            addr: cfg.confd.addr,
+            rcvbuf: 4 << 20,
+            factory: confd.lane(published.clone(), clock.clone()),
+        });
+    }
+    let mut engine = Engine::bind(ecfg, lanes, clock.clone())?;
+    let outputs = engine.take_outputs().ok_or("engine outputs taken twice")?;
+
+    // The control plane: restores the durable state into the shards before any packet.
+    let ccfg = cfg.control();
+    let parts = Parts::open(&ccfg)?;
+    let mut control = Control::new(ccfg, clock.clone(), engine.shared().clone(), published.clone(), parts)?;
+    control.add_task(ExtraTask { name: "confd_config_watch", spacing_ns: 1_000_000_000, run: Box::new(confd.watch()) });
+    let commands = control.commands();
+    let control_thread = crate::control::spawn(control, outputs)?;
+    engine.start()?;
+
+    // The surfaces.
+    let ctx = Arc::new(ApiContext {
+        engine: engine.shared().clone(),
+        control: published,
+        commands,
+        confd: confd.clone(),
+        keys: arc_swap::ArcSwap::from_pointee(info),
+    });
+    let admin = AdminServer::start(cfg.admin.addr, ctx.clone())
+        .map_err(|e| format!("cannot bind the admin socket to {}/tcp: {e}", cfg.admin.addr))?;
+
+    let line = Listening {
+        event: "listening",
+        heartbeat: engine.local_addr().to_string(),
+        admin: admin.local_addr().to_string(),
+        confd: engine.lane_addr("confd").map(|a| a.to_string()),
+        data_dir: cfg.store.data_dir.display().to_string(),
+    };
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        out.flush()?;
+    }
+    let rb = engine.shared().rcvbuf;
+    tracing::info!(
+        heartbeat = %engine.local_addr(),
+        admin = %admin.local_addr(),
+        workers = engine.shared().workers.len(),
+        rcvbuf_requested = rb.requested,
+        rcvbuf_effective = rb.effective,
+        "heartsink serving"
+    );
+    if rb.requested > 0 && rb.effective < rb.requested {
+        tracing::warn!(
+            requested = rb.requested,
+            effective = rb.effective,
+            "the kernel granted a smaller receive buffer than asked (net.core.rmem_max)"
+        );
+    }
+
+    let mut generation = 0;
+    for sig in signals.forever() {
+        if sig != SIGHUP {
+            tracing::info!(signal = sig, "stopping");
+            break;
+        }
+        // The same validation as at start; a failure keeps everything running as it is.
+        let new = match Validated::load(args.config.as_deref(), &args.overrides) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                continue;
+            }
+        };
+        generation += 1;
+        warn_insecure(&new);
+        let restart_needed = restart_needed(&cfg, &new.config);
+        if !restart_needed.is_empty() {
+            tracing::warn!(settings = ?restart_needed, "changed settings take effect only after a restart");
+        }
+        let keyring = new.keyring(generation);
+        let info = keys_info(&keyring, new.insecure_keys);
+        confd.state.store(Arc::new(new.confd));
+        engine.reload(keyring, new.config.settings());
+        if let Err(e) = ctx.call(Command::Reload(Box::new(new.config.control()))) {
+            tracing::error!(error = %e, "control settings not reloaded");
+        }
+        tracing::info!(generation, keys = ?info.fingerprints, "reloaded");
+        ctx.keys.store(Arc::new(info));
+        cfg = new.config;
+    }
+    // Graceful stop, bounded by graceful_shutdown_timeout (oslo: alarm, then _exit(1)).
+    let limit = cfg.service.graceful_shutdown_timeout;
+    if limit > 0.0 {
+        let limit = std::time::Duration::from_secs_f64(limit);
+        std::thread::Builder::new().name("stop-timer".into()).spawn(move || {
+            std::thread::sleep(limit);
+            tracing::error!(timeout_s = limit.as_secs_f64(), "graceful stop took too long; exiting");
+            std::process::exit(1);
+        })?;
+    }
+    admin.stop();
+    let t = engine.shutdown();
+    // The workers are gone, so the control thread applies their last changes and exits.
+    let _ = control_thread.join();
+    tracing::info!(received = t.received, accepted = t.accepted, dropped = t.dropped(), "stopped");
+    Ok(())
+}
+
+/// The settings that changed between `old` and `new` and take effect only after a restart.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    [
+        ("heartbeat.addr", new.heartbeat.addr != old.heartbeat.addr),
+        ("admin.addr", new.admin.addr != old.admin.addr),
+        ("heartbeat.workers", new.heartbeat.workers != old.heartbeat.workers),
+        ("heartbeat.rx_threads", new.heartbeat.rx_threads != old.heartbeat.rx_threads),
+        ("heartbeat.rcvbuf", new.heartbeat.rcvbuf != old.heartbeat.rcvbuf),
+        ("heartbeat.max_datagram", new.heartbeat.max_datagram != old.heartbeat.max_datagram),
+        ("log", new.log != old.log),
+        ("confd.addr", new.confd.addr != old.confd.addr || new.confd.enabled != old.confd.enabled),
+        ("store.data_dir", new.store.data_dir != old.store.data_dir),
+        ("registry.types", new.registry.types != old.registry.types),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
+}
