@@ -70,9 +70,10 @@ pub struct Selection {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LbError {
-    /// No pool (or storage policy) of that name. HTTP 404/400.
+    /// No pool (or storage policy) of that name. HTTP 404.
     UnknownPool(String),
     /// The temporary pool of [`next_instances`] is invalid (size 0 or above 256, empty slot).
+    /// HTTP 400.
     BadPool(PoolError),
     /// As many known services as targets, or more: nothing left to poll (HTTP 400). Often a
     /// set with duplicated positions; pass each known service once.
@@ -84,7 +85,7 @@ pub enum LbError {
     },
     /// A target could not be filled at any distance down to `min_dist` in any of its slots:
     /// too few services up, too close together, avoided, or a `min_dist` the topology cannot
-    /// meet. Nothing is returned.
+    /// meet. Nothing is returned. HTTP 503.
     NotSatisfiable {
         /// The target's primary slot.
         slot: String,
@@ -120,7 +121,7 @@ impl fmt::Display for LbError {
 impl std::error::Error for LbError {}
 
 impl LbError {
-    /// A short label for counters.
+    /// A short label for counters, one per variant.
     pub fn label(&self) -> &'static str {
         match self {
             LbError::UnknownPool(_) => "unknown_pool",
