@@ -532,3 +532,24 @@ fn world_from_registry() {
     assert_eq!(w.items_by_id("10.0.0.1:6000").count(), 1);
     assert_eq!(w.abs_max_dist(), 4);
 }
+
+#[test]
+fn lb_error_labels_are_unique() {
+    let every = [
+        LbError::UnknownPool("p".into()),
+        LbError::BadPool(PoolError::NoTargets),
+        LbError::TooManyKnown { known: 2, max: 2 },
+        LbError::NotSatisfiable { slot: "rawx".into(), polled: 0, targets: 1, known: 0, in_slot: 0 },
+    ];
+    // An exhaustive match: a new variant does not compile until it is listed above.
+    for e in &every {
+        match e {
+            LbError::UnknownPool(_)
+            | LbError::BadPool(_)
+            | LbError::TooManyKnown { .. }
+            | LbError::NotSatisfiable { .. } => {}
+        }
+    }
+    let labels: std::collections::BTreeSet<&str> = every.iter().map(LbError::label).collect();
+    assert_eq!(labels.len(), every.len(), "{labels:?}");
+}
