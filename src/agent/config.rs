@@ -57,7 +57,8 @@ pub enum AgentConfigError {
     /// The file is not valid TOML for this schema (unknown key, wrong type, unknown check or stat
     /// type); the message names the key and line.
     Parse(PathBuf, Box<toml::de::Error>),
-    /// A global value is out of range or inconsistent; the message says which and why.
+    /// A global value is out of range or inconsistent (no sink, a bad rise, fall, interval or
+    /// timeout, a bad key), or a static stat or tag is misnamed; the message says which and why.
     Invalid(String),
 }
 

@@ -35,21 +35,21 @@ pub const DEFAULT_COLLECTOR_INTERVAL_US: i64 = 5_000_000;
 
 /// Why a `config.data` could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
+pub struct GanetiConfigError {
     /// What is wrong, naming the JSON path.
     pub reason: String,
 }
 
-impl std::fmt::Display for ConfigError {
+impl std::fmt::Display for GanetiConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "bad Ganeti config.data: {}", self.reason)
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for GanetiConfigError {}
 
-fn bad(reason: impl Into<String>) -> ConfigError {
-    ConfigError { reason: reason.into() }
+fn bad(reason: impl Into<String>) -> GanetiConfigError {
+    GanetiConfigError { reason: reason.into() }
 }
 
 #[derive(Clone, Debug)]
@@ -116,7 +116,7 @@ fn num_int(v: &Value) -> Option<i64> {
     }
 }
 
-fn get<'a>(v: &'a Value, path: &str) -> Result<&'a Value, ConfigError> {
+fn get<'a>(v: &'a Value, path: &str) -> Result<&'a Value, GanetiConfigError> {
     let mut cur = v;
     for p in path.split('.') {
         cur = cur.get(p).ok_or_else(|| bad(format!("missing {path}")))?;
@@ -124,11 +124,11 @@ fn get<'a>(v: &'a Value, path: &str) -> Result<&'a Value, ConfigError> {
     Ok(cur)
 }
 
-fn get_str(v: &Value, path: &str) -> Result<String, ConfigError> {
+fn get_str(v: &Value, path: &str) -> Result<String, GanetiConfigError> {
     get(v, path)?.as_str().map(str::to_owned).ok_or_else(|| bad(format!("{path} is not a string")))
 }
 
-fn get_int(v: &Value, path: &str) -> Result<i64, ConfigError> {
+fn get_int(v: &Value, path: &str) -> Result<i64, GanetiConfigError> {
     num_int(get(v, path)?).ok_or_else(|| bad(format!("{path} is not a number")))
 }
 
@@ -136,7 +136,7 @@ fn get_bool(v: &Value, key: &str) -> bool {
     v.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
 
-fn objects<'a>(v: &'a Value, key: &str) -> Result<&'a Map<String, Value>, ConfigError> {
+fn objects<'a>(v: &'a Value, key: &str) -> Result<&'a Map<String, Value>, GanetiConfigError> {
     match v.get(key) {
         Some(Value::Object(m)) => Ok(m),
         Some(Value::Null) | None => Err(bad(format!("missing {key}"))),
@@ -189,7 +189,7 @@ fn disk_defaults(d: &mut Value) {
     }
 }
 
-fn parse_disk(v: &Value, path: &str, depth: usize) -> Result<Disk, ConfigError> {
+fn parse_disk(v: &Value, path: &str, depth: usize) -> Result<Disk, GanetiConfigError> {
     if depth > 16 {
         return Err(bad(format!("{path}: disks nested too deep")));
     }
@@ -292,20 +292,20 @@ type StatusAnswer = (i64, Value, i64);
 
 impl ConfigIndex {
     /// Loads `config.data` from a file.
-    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, GanetiConfigError> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
         Self::from_slice(&bytes)
     }
 
     /// Loads `config.data` from its bytes.
-    pub fn from_slice(bytes: &[u8]) -> Result<Self, ConfigError> {
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, GanetiConfigError> {
         let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
         Self::from_value(v)
     }
 
     /// Indexes a parsed `config.data`.
-    pub fn from_value(mut config: Value) -> Result<Self, ConfigError> {
+    pub fn from_value(mut config: Value) -> Result<Self, GanetiConfigError> {
         if !config.is_object() {
             return Err(bad("the top level is not an object"));
         }

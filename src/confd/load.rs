@@ -87,13 +87,15 @@ pub struct ConfdLoadReport {
     pub window: usize,
 }
 
-/// Why a run could not start.
+/// Why a run could not start, or stopped early.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ConfdLoadError {
-    /// No requests, no threads, a zero window, or a run longer than [`MAX_DURATION`].
+    /// An empty request mix, zero threads, a zero window or `verify_every`, or a run longer than
+    /// [`MAX_DURATION`]; also a sender thread that panicked during the run.
     Config(String),
-    /// A socket error.
+    /// A socket error: binding or connecting before the run, or a sender thread's socket setup,
+    /// poll or receive.
     Io(std::io::Error),
 }
 

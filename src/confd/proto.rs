@@ -1,4 +1,4 @@
-//! The confd wire format: `plj0` ‖ a signed JSON envelope (reference §2).
+//! The confd wire format: `plj0` ‖ a signed JSON message (reference §2).
 //!
 //! ```text
 //! datagram = "plj0" || {"msg": <inner JSON as a string>, "salt": S, "hmac": hex(HMAC-SHA1(key, S ‖ msg))}
@@ -7,8 +7,8 @@
 //! ```
 //!
 //! [`parse_request`] takes a datagram and a `now` and returns a [`VerifiedRequest`] or the one
-//! [`RequestError`] (= drop reason) that the real `ganeti-confd` 3.0.2 would drop it for, in
-//! the daemon's order: size, magic, outer JSON, MAC, inner JSON and schema, timestamp. The JSON
+//! [`RequestError`] (= drop reason) that the real `ganeti-confd` 3.0.2 would drop it for (or,
+//! for [`RequestError::SurrogateEscape`], answer with garbage), in the daemon's order: size, magic, outer JSON, MAC, inner JSON and schema, timestamp. The JSON
 //! dialect is the daemon's (module `confd::json`): first duplicate key wins, numbers rounded to
 //! integers half-to-even, Latin-1 datagrams. A dropped request gets no reply, ever.
 //!
@@ -299,8 +299,9 @@ pub struct VerifiedRequest {
     pub key_index: usize,
 }
 
-/// Why a request datagram is dropped. Each variant is one drop reason ([`RequestError::label`]);
-/// the real daemon drops every one of these silently too.
+/// Why a request datagram is dropped. Each variant is one drop reason ([`RequestError::label`],
+/// listed in [`RequestError::ALL`]); the real daemon drops every one of these silently too,
+/// except [`RequestError::SurrogateEscape`], which it answers with undecodable bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RequestError {
@@ -312,8 +313,8 @@ pub enum RequestError {
     /// The outer document is not JSON in the daemon's dialect (syntax, trailing data, leading
     /// whitespace, raw control characters in strings). Corruption or a foreign sender.
     NotJson,
-    /// The outer JSON is not an object with exactly the string members `msg`, `salt`, `hmac`
-    /// (an extra `key_selector` is refused, as by the daemon).
+    /// The outer JSON (the signed message) is not an object with exactly the string members
+    /// `msg`, `salt`, `hmac` (an extra `key_selector` is refused, as by the daemon).
     BadEnvelope,
     /// No configured key gives this MAC: a wrong or rotated key (the key file's trailing LF is
     /// part of the key), a forged or corrupted packet, or raw non-ASCII text (the daemon reads
@@ -388,14 +389,14 @@ pub struct ParseOptions {
     pub string_field_ids: bool,
 }
 
-/// The envelope members, first occurrence of each.
-struct Envelope {
+/// The members of a signed message (`{"msg", "salt", "hmac"}`), first occurrence of each.
+struct SignedMessage {
     msg: String,
     salt: String,
     hmac: String,
 }
 
-fn envelope(datagram: &[u8], allow_extra: bool) -> Result<Envelope, (JsonError, bool)> {
+fn signed_message(datagram: &[u8], allow_extra: bool) -> Result<SignedMessage, (JsonError, bool)> {
     let text = json::latin1(datagram);
     let doc = json::parse(&text).map_err(|e| (e, false))?;
     let JValue::Obj(members) = doc else { return Err((JsonError::Syntax, true)) };
@@ -406,7 +407,7 @@ fn envelope(datagram: &[u8], allow_extra: bool) -> Result<Envelope, (JsonError, 
         Some(JValue::Str(s)) => Ok(s.clone()),
         _ => Err((JsonError::Syntax, true)),
     };
-    Ok(Envelope { msg: get("msg")?, salt: get("salt")?, hmac: get("hmac")? })
+    Ok(SignedMessage { msg: get("msg")?, salt: get("salt")?, hmac: get("hmac")? })
 }
 
 /// Parses and verifies a request datagram with the daemon's rules; see [`parse_request_with`].
@@ -427,18 +428,19 @@ pub fn parse_request_with(
         return Err(RequestError::Oversize);
     }
     let body = datagram.strip_prefix(MAGIC).ok_or(RequestError::BadMagic)?;
-    let env = envelope(body, false).map_err(|e| match e {
+    let signed = signed_message(body, false).map_err(|e| match e {
         (JsonError::Surrogate, _) => RequestError::SurrogateEscape,
         (_, false) => RequestError::NotJson,
         (_, true) => RequestError::BadEnvelope,
     })?;
-    let key_index = keys.iter().position(|k| k.verify(&env.salt, &env.msg, &env.hmac)).ok_or(RequestError::BadHmac)?;
-    let inner = json::parse(&env.msg).map_err(|e| match e {
+    let key_index =
+        keys.iter().position(|k| k.verify(&signed.salt, &signed.msg, &signed.hmac)).ok_or(RequestError::BadHmac)?;
+    let inner = json::parse(&signed.msg).map_err(|e| match e {
         JsonError::Surrogate => RequestError::SurrogateEscape,
         JsonError::Syntax => RequestError::MsgNotJson,
     })?;
     let request = request_from_json(&inner, opts).ok_or(RequestError::BadRequest)?;
-    let ts = parse_timestamp(&env.salt).ok_or(RequestError::BadTimestamp)?;
+    let ts = parse_timestamp(&signed.salt).ok_or(RequestError::BadTimestamp)?;
     let now = i128::from(now);
     if ts < now - i128::from(MAX_CLOCK_SKEW) {
         return Err(RequestError::StaleTimestamp);
@@ -735,8 +737,8 @@ pub enum ReplyError {
     BadMagic,
     /// The outer document is not JSON.
     NotJson,
-    /// Not an object with string members `msg`, `salt`, `hmac` (others are ignored, as by the
-    /// Python client).
+    /// The outer JSON (the signed message) is not an object with string members `msg`, `salt`,
+    /// `hmac` (others are ignored, as by the Python client).
     BadEnvelope,
     /// The MAC does not verify with the key: another cluster's key, or forged or corrupted.
     BadHmac,
@@ -804,15 +806,15 @@ pub(crate) fn to_serde(v: &JValue) -> serde_json::Value {
 /// Accepts the daemon's compact formatting and the Python serializer's (spaces, LFs).
 pub fn parse_reply(datagram: &[u8], key: &HmacKey) -> Result<(String, Reply), ReplyError> {
     let body = datagram.strip_prefix(MAGIC).ok_or(ReplyError::BadMagic)?;
-    let env = envelope(body, true).map_err(|e| match e {
+    let signed = signed_message(body, true).map_err(|e| match e {
         (_, false) => ReplyError::NotJson,
         (_, true) => ReplyError::BadEnvelope,
     })?;
-    if !key.verify(&env.salt, &env.msg, &env.hmac) {
+    if !key.verify(&signed.salt, &signed.msg, &signed.hmac) {
         return Err(ReplyError::BadHmac);
     }
     // Leading whitespace is fine for the Python client (json.loads), not for Text.JSON.
-    let trimmed = env.msg.trim_start_matches(hs_is_space);
+    let trimmed = signed.msg.trim_start_matches(hs_is_space);
     let inner = json::parse(trimmed).map_err(|_| ReplyError::MsgNotJson)?;
     let JValue::Obj(m) = &inner else { return Err(ReplyError::BadReply) };
     if m.iter().any(|(k, _)| !matches!(k.as_str(), "protocol" | "status" | "answer" | "serial")) {
@@ -828,7 +830,7 @@ pub fn parse_reply(datagram: &[u8], key: &HmacKey) -> Result<(String, Reply), Re
         answer: JValue::first(m, "answer").map(to_serde).ok_or(ReplyError::BadReply)?,
         serial: int("serial").ok_or(ReplyError::BadReply)?,
     };
-    Ok((env.salt, reply))
+    Ok((signed.salt, reply))
 }
 
 #[cfg(test)]
@@ -981,5 +983,64 @@ mod tests {
             let _ = parse_request(&p, &k, NOW);
             let _ = parse_reply(&p, &key());
         }
+    }
+
+    /// The variant after `e` in declaration order: an exhaustive match, so a new variant does
+    /// not compile until it is placed here (and then the test below wants it in `ALL`).
+    fn next_request_error(e: RequestError) -> Option<RequestError> {
+        use RequestError as E;
+        match e {
+            E::Oversize => Some(E::BadMagic),
+            E::BadMagic => Some(E::NotJson),
+            E::NotJson => Some(E::BadEnvelope),
+            E::BadEnvelope => Some(E::BadHmac),
+            E::BadHmac => Some(E::MsgNotJson),
+            E::MsgNotJson => Some(E::BadRequest),
+            E::BadRequest => Some(E::SurrogateEscape),
+            E::SurrogateEscape => Some(E::BadTimestamp),
+            E::BadTimestamp => Some(E::StaleTimestamp),
+            E::StaleTimestamp => Some(E::FutureTimestamp),
+            E::FutureTimestamp => None,
+        }
+    }
+
+    /// As [`next_request_error`], for [`ReplyError`].
+    fn next_reply_error(e: ReplyError) -> Option<ReplyError> {
+        use ReplyError as E;
+        match e {
+            E::BadMagic => Some(E::NotJson),
+            E::NotJson => Some(E::BadEnvelope),
+            E::BadEnvelope => Some(E::BadHmac),
+            E::BadHmac => Some(E::MsgNotJson),
+            E::MsgNotJson => Some(E::BadReply),
+            E::BadReply => Some(E::UnknownSalt),
+            E::UnknownSalt => None,
+        }
+    }
+
+    fn assert_unique<'a>(labels: impl IntoIterator<Item = &'a str>) {
+        let mut seen = std::collections::BTreeSet::new();
+        for l in labels {
+            assert!(seen.insert(l), "label {l:?} used twice");
+        }
+    }
+
+    #[test]
+    fn request_errors_all_listed_with_unique_labels() {
+        let every: Vec<RequestError> =
+            std::iter::successors(Some(RequestError::Oversize), |&e| next_request_error(e)).collect();
+        assert_eq!(every, RequestError::ALL, "RequestError::ALL lists every variant, in declaration order");
+        assert_unique(RequestError::ALL.iter().map(RequestError::label));
+        for e in RequestError::ALL {
+            assert_eq!(e.to_string(), e.label());
+        }
+    }
+
+    #[test]
+    fn reply_errors_have_unique_labels() {
+        let every: Vec<ReplyError> =
+            std::iter::successors(Some(ReplyError::BadMagic), |&e| next_reply_error(e)).collect();
+        assert_eq!(every.len(), 7);
+        assert_unique(every.iter().map(ReplyError::label));
     }
 }

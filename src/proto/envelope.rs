@@ -1,4 +1,6 @@
-//! The Octavia heartbeat envelope: `zlib stream ‖ tag`, tag = HMAC-SHA256(key, zlib stream).
+//! The Octavia envelope: `zlib stream ‖ tag`, tag = HMAC-SHA256(key, zlib stream), the framing
+//! of every UDP heartbeat (Octavia's and heartsink's service heartbeats alike). Not to be
+//! confused with confd's signed message (`confd::proto`), which is JSON signed with HMAC-SHA1.
 //!
 //! Two tag forms exist on the wire (octavia `status_message.unwrap_envelope`):
 //!
@@ -24,7 +26,7 @@ use super::keyring::{HmacSha256, Key, Keyring};
 pub const HEX_TAG_LEN: usize = 64;
 /// Length of the legacy binary tag.
 pub const BINARY_TAG_LEN: usize = 32;
-/// The smallest envelope that can verify: a binary tag plus at least one payload byte.
+/// The smallest Octavia envelope that can verify: a binary tag plus at least one payload byte.
 pub const MIN_ENVELOPE_LEN: usize = BINARY_TAG_LEN + 1;
 
 /// Which tag form verified.
@@ -36,7 +38,8 @@ pub enum TagForm {
     Binary,
 }
 
-/// Why an envelope did not verify. Each variant is one drop reason.
+/// Why an Octavia envelope did not verify. Each variant is one drop reason (`too_short`,
+/// `no_key_matched`, `bad_tag`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EnvelopeError {
@@ -51,7 +54,7 @@ pub enum EnvelopeError {
     BadTag,
 }
 
-/// An envelope whose tag verified: only this type can be inflated.
+/// An Octavia envelope whose tag verified: only this type can be inflated.
 #[derive(Clone, Copy, Debug)]
 pub struct Verified<'a> {
     payload: &'a [u8],
@@ -90,7 +93,7 @@ fn digest(key: &Key, payload: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// Verifies `envelope` against every key of `keys`, in order.
+/// Verifies the Octavia envelope `envelope` against every key of `keys`, in order.
 pub fn verify<'a>(envelope: &'a [u8], keys: &Keyring) -> Result<Verified<'a>, EnvelopeError> {
     if envelope.len() < MIN_ENVELOPE_LEN {
         return Err(EnvelopeError::TooShort);
@@ -118,7 +121,7 @@ pub fn verify<'a>(envelope: &'a [u8], keys: &Keyring) -> Result<Verified<'a>, En
 }
 
 /// Appends the tag of `payload` under `key` in `form` to `out` (which must already hold
-/// `payload`'s bytes at its end for a valid envelope). Used by the load generator and tests.
+/// `payload`'s bytes at its end for a valid Octavia envelope). Used by the load generator and tests.
 pub fn push_tag(out: &mut Vec<u8>, payload_start: usize, key: &Key, form: TagForm) {
     let d = digest(key, &out[payload_start..]);
     match form {
@@ -131,7 +134,7 @@ pub fn push_tag(out: &mut Vec<u8>, payload_start: usize, key: &Key, form: TagFor
     }
 }
 
-/// Builds a complete envelope from JSON bytes, as Octavia's `wrap_envelope` does
+/// Builds a complete Octavia envelope from JSON bytes, as Octavia's `wrap_envelope` does
 /// (zlib level 9, then the tag).
 pub fn wrap(json: &[u8], key: &Key, form: TagForm) -> Vec<u8> {
     let mut out = compress(json);

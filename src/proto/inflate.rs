@@ -1,4 +1,4 @@
-//! Inflating the zlib stream of a verified envelope into a capped, reused buffer.
+//! Inflating the zlib stream of a verified Octavia envelope into a capped, reused buffer.
 //!
 //! Octavia has no cap (a zip bomb inflates until memory runs out); heartsink caps the inflated
 //! size (`max_inflated`, default 256 KiB: the largest real heartbeat seen, 1004 members, is
@@ -16,7 +16,8 @@ use super::envelope::Verified;
 /// Default cap on the inflated JSON size.
 pub const DEFAULT_MAX_INFLATED: usize = 256 << 10;
 
-/// Why a verified payload did not inflate. Each variant is one drop reason.
+/// Why a verified payload did not inflate. Each variant is one drop reason (`inflate_error`,
+/// `too_large`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InflateError {

@@ -26,7 +26,8 @@ use super::de::{next_u32, KeyWith};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 pub use uuid::Uuid;
 
-/// Why inflated bytes are not a heartbeat. Each variant is one drop reason.
+/// Why inflated bytes are not a heartbeat. Each variant is one drop reason (`not_utf8`,
+/// `not_json`, `bad_schema`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MessageError {

@@ -26,7 +26,7 @@
 /// Width of the window.
 pub const WINDOW: u64 = 64;
 
-/// Why a sequence number was refused. Each variant is one drop reason.
+/// Why a sequence number was refused. Each variant is one drop reason (`replay`, `stale`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SeqError {

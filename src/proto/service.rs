@@ -1,7 +1,7 @@
 //! The service heartbeat message: a conscience-style registration of one service (type,
 //! address, tags, stats), sent by `heartsink agent` and by anything else that watches services.
 //!
-//! It rides in exactly the same envelope as an Octavia heartbeat (zlib stream ‖ 64-char lowercase
+//! It rides in exactly the same Octavia envelope as an Octavia heartbeat (zlib stream ‖ 64-char lowercase
 //! hex HMAC-SHA256 tag, see [`super::envelope`]); only the inflated JSON differs. The document is
 //! an object whose **only** key is `"service"`, so a receiver can dispatch on the first key with
 //! [`is_service_document`] before parsing anything:
@@ -54,7 +54,9 @@ pub const MAX_TYPE_LEN: usize = 64;
 /// Longest service id, characters.
 pub const MAX_ID_CHARS: usize = 36;
 
-/// Why inflated bytes are not a service heartbeat. Each variant is one drop reason.
+/// Why inflated bytes are not a service heartbeat. The variant names the exact cause (in its
+/// [`Display`](fmt::Display)), but the drop labels are the Octavia heartbeat's: `NotUtf8` counts
+/// as `not_utf8`, `Json` as `not_json`, and every other variant as `bad_schema`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ServiceError {

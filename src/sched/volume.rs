@@ -351,6 +351,30 @@ impl std::error::Error for SchedError {}
 mod tests {
     use super::*;
 
+    /// The state declared after `s`: an exhaustive match, so a new state does not compile until
+    /// it is placed here (and then the test below wants it in `ALL`).
+    fn next_state(s: VolumeState) -> Option<VolumeState> {
+        use VolumeState as V;
+        match s {
+            V::Pending => Some(V::Scheduling),
+            V::Scheduling => Some(V::Cloning),
+            V::Cloning => Some(V::Ready),
+            V::Ready => Some(V::Resizing),
+            V::Resizing => Some(V::Deleting),
+            V::Deleting => Some(V::Error),
+            V::Error => None,
+        }
+    }
+
+    #[test]
+    fn all_lists_every_state_in_declaration_order_with_unique_names() {
+        let every: Vec<VolumeState> = std::iter::successors(Some(VolumeState::Pending), |&s| next_state(s)).collect();
+        assert_eq!(every, VolumeState::ALL);
+        assert!(VolumeState::ALL.windows(2).all(|w| w[0] < w[1]), "declaration order");
+        let names: std::collections::BTreeSet<&str> = VolumeState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names.len(), VolumeState::ALL.len());
+    }
+
     #[test]
     fn states_serialise_lower_case() {
         for s in VolumeState::ALL {
