@@ -348,12 +348,22 @@ impl Config {
             "scheduler.tick_interval must be a positive number of seconds",
         )?;
         check(s.delay.is_finite() && s.delay >= 0.0, "scheduler.delay must be a non-negative number of seconds")?;
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+        // A bare word that is not a level parses as a target name and silently logs nothing
+        // useful: every directive must be a level or `target=level`.
+        let levels = ["trace", "debug", "info", "warn", "error", "off"];
+        let bad = |why: String| {
             ConfigError::Invalid(format!(
-                "log.level {:?} is not a tracing filter such as \"info\" or \"heartsink=debug\": {e}",
-                self.log.level
+                "log.level {:?} must be a level ({}) or directives such as \"info,heartsink=debug\": {why}",
+                self.log.level,
+                levels.join(", ")
             ))
-        })?;
+        };
+        for d in self.log.level.split(',').map(str::trim) {
+            if !(d.contains('=') || levels.contains(&d.to_ascii_lowercase().as_str())) {
+                return Err(bad(format!("{d:?} is neither")));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| bad(e.to_string()))?;
         Ok(warnings)
     }
 

@@ -25,15 +25,15 @@ heartbeat_timeout = 3.0
 health_check_interval = 0.5
 heartbeat_interval = 1.0
 
-[services]
+[registry]
 world_refresh_interval = 0.2
 
-[[services.types]]
+[[registry.types]]
 name = "echo"
 score_expr = "100"
 lock_at_first_register = false
 
-[[services.types]]
+[[registry.types]]
 name = "machine"
 lock_at_first_register = false
 score_variation_bound = 0

@@ -228,3 +228,42 @@ pub struct RxCounters {
     /// `recvmmsg` calls that returned data.
     pub recv_calls: AtomicU64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_label_and_is_listed_once() {
+        let mut labels: Vec<&str> = DropReason::ALL.iter().map(|d| d.label()).collect();
+        for (i, d) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*d as usize, i, "ALL is in discriminant order");
+        }
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), DropReason::COUNT, "labels are unique");
+    }
+
+    #[test]
+    fn each_stage_error_maps_to_exactly_one_reason() {
+        let mapped: Vec<DropReason> = [
+            DropReason::from(EnvelopeError::TooShort),
+            EnvelopeError::NoKeyMatched.into(),
+            EnvelopeError::BadTag.into(),
+            InflateError::Corrupt.into(),
+            InflateError::TooLarge.into(),
+            MessageError::NotUtf8.into(),
+            MessageError::NotJson.into(),
+            MessageError::BadSchema.into(),
+            SeqError::Replay.into(),
+            SeqError::Stale.into(),
+        ]
+        .to_vec();
+        let mut unique = mapped.clone();
+        unique.sort_by_key(|d| *d as usize);
+        unique.dedup();
+        assert_eq!(unique.len(), mapped.len(), "no two stage errors share a label");
+        // The rest are the engine's own: late, truncated, ring_full.
+        assert_eq!(mapped.len() + 3, DropReason::COUNT);
+    }
+}

@@ -3,7 +3,7 @@
 //! Octavia reads exactly one key per process until restart; heartsink accepts several at once so
 //! that a key can be rotated without losing a heartbeat: add the new key, move the senders, drop
 //! the old key, each step a reload. A [`Keyring`] is immutable; a reload builds a new one and
-//! swaps it in whole (see [`crate::engine::Engine::reload`]).
+//! swaps it in whole (the engine's `reload`).
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};

@@ -13,7 +13,7 @@
 //! address, tags), told apart from an Octavia heartbeat by its first key.
 //!
 //! Each stage has one error enum. Each variant of the Octavia stages maps to one
-//! `drops_total{reason}` label (see [`crate::engine::DropReason`]); a service heartbeat's errors
+//! `drops_total{reason}` label (the data plane's `DropReason`); a service heartbeat's errors
 //! share the Octavia labels (`not_utf8`, `not_json`, and `bad_schema` for all the others).
 #![forbid(unsafe_code)]
 

@@ -4,7 +4,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `amphorae` | 16-byte id | last known health and liveness ([`crate::control::StoredAmphora`]) |
+//! | `amphorae` | 16-byte id | last known health and liveness (the control plane's `StoredAmphora`, JSON) |
 //! | `failovers` | record id | failover records |
 //! | `meta` | name | heartsink's own state report, settings it must remember |
 //! | `services` | `type\|addr` | registry services |
