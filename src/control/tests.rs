@@ -33,7 +33,7 @@ fn rig() -> ControlRig {
 fn run(r: &mut ControlRig, n: u64, dead: &[u64], secs: u64) {
     let mut tick = 0u64;
     r.run_for(secs * S, S / 2, |r| {
-        if tick % 4 == 0 {
+        if tick.is_multiple_of(4) {
             r.beat((0..n).filter(|i| !dead.contains(i)));
         }
         tick += 1;
@@ -137,7 +137,7 @@ fn own_drops_suspend_failovers_as_overloaded() {
         bump(&r.engine.rx[0].packets, 100);
         kernel_drops += 50;
         r.engine.rx[0].kernel_drops.store(kernel_drops, std::sync::atomic::Ordering::Relaxed);
-        if tick % 4 == 0 {
+        if tick.is_multiple_of(4) {
             r.beat((0..10).filter(|i| *i != 4));
         }
         tick += 1;
