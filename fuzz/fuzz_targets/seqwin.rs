@@ -24,6 +24,8 @@ struct Model {
     highest: Option<u64>,
     /// Accepted numbers in `highest - 63 ..= highest` since the last (re)start.
     seen: BTreeSet<u64>,
+    /// The previous packet's number, if it was refused.
+    refused: Option<u64>,
 }
 
 impl Model {
@@ -33,6 +35,7 @@ impl Model {
             return Ok(SeqOutcome::First);
         };
         let refused = if seq > h {
+            self.refused = None;
             self.highest = Some(seq);
             let low = seq.saturating_sub(WINDOW - 1);
             self.seen = self.seen.split_off(&low);
@@ -41,14 +44,17 @@ impl Model {
         } else if h - seq >= WINDOW {
             SeqError::Stale
         } else if self.seen.insert(seq) {
+            self.refused = None;
             return Ok(SeqOutcome::Reordered);
         } else {
             SeqError::Replay
         };
-        if seq < WINDOW && since >= gap {
+        let rising = self.refused.is_some_and(|p| seq > p && seq - p < WINDOW);
+        if since >= gap && (seq < WINDOW || rising) {
             self.restart(seq);
             return Ok(SeqOutcome::Restarted);
         }
+        self.refused = Some(seq);
         Err(refused)
     }
 
@@ -56,6 +62,7 @@ impl Model {
         self.highest = Some(seq);
         self.seen.clear();
         self.seen.insert(seq);
+        self.refused = None;
     }
 }
 
