@@ -21,6 +21,28 @@
 //!
 //! Statistics apply to every accepted heartbeat: with `ver` ≥ 3 `tx`, `rx`, `totconns` and
 //! `ereq` accumulate (saturating) and `conns` replaces; otherwise every counter replaces.
+//!
+//! # Order: state never moves backwards
+//!
+//! UDP reorders and duplicates datagrams; the sequence window ([`crate::proto::seqwin`]) sorts
+//! each accepted heartbeat into one of three kinds, and [`AmphoraState::apply`] treats them so:
+//!
+//! * **Newest** (`seq` above every accepted one, the first heartbeat, a heartbeat without
+//!   `seq`, or a restart): the only kind that sets health (listener, pool, member and load
+//!   balancer statuses), `seq` and `ver`, replaces counters (`conns`, and every counter below
+//!   ver 3), refreshes liveness (`last_refresh_ns`, [`Applied::revived`]) and counts a listener
+//!   mismatch.
+//! * **Older, not seen before** (a reordered datagram inside the window): adds its ver ≥ 3
+//!   deltas (`tx`, `rx`, `totconns`, `ereq`) exactly once and changes nothing else. A listener
+//!   only it names is created as the in-order state would show it (not reported, `OFFLINE`)
+//!   to hold the deltas. Its absolute counters (below ver 3, and `conns`) are older than the
+//!   ones already held and are ignored.
+//! * **Refused** (a replay, or older than the window): changes nothing.
+//!
+//! So `seq` equals the window's highest accepted number and never goes down, except on a
+//! restart (the window's restart rule, [`SeqOutcome::Restarted`]): a restarted agent's counter
+//! starts again, and its first heartbeat is its newest. `last_seen_ns`, `heartbeats` and
+//! `reordered` count every accepted heartbeat and never go down.
 
 use serde::{Deserialize, Serialize};
 
@@ -161,12 +183,16 @@ pub struct AmphoraState {
     /// refreshes liveness clears it and tells the control thread ([`Applied::revived`]).
     #[serde(default)]
     pub stale: bool,
-    /// `seq` of the latest accepted heartbeat.
+    /// The highest accepted `seq` (the newest heartbeat's); it goes down only on a restart.
+    /// A heartbeat without `seq` leaves it as it is.
     pub seq: Option<u64>,
-    /// `ver` of the latest accepted heartbeat.
+    /// `ver` of the newest heartbeat.
     pub ver: Option<u64>,
     /// Accepted heartbeats.
     pub heartbeats: u64,
+    /// Accepted heartbeats older than the newest (reordered): they added their deltas only.
+    #[serde(default)]
+    pub reordered: u64,
     /// Agent restarts recognised by the sequence window.
     pub restarts: u32,
     /// The load balancer's rolled-up operating status.
@@ -202,6 +228,14 @@ fn upsert<T>(v: &mut Vec<T>, id: Uuid, key: impl Fn(&T) -> Uuid, make: impl FnOn
     &mut v[i]
 }
 
+/// Adds ver ≥ 3 deltas (`tx`, `rx`, `totconns`, `ereq`, saturating); `conns` is left alone.
+fn add_deltas(t: &mut Stats, s: &Stats) {
+    t.tx = t.tx.saturating_add(s.tx);
+    t.rx = t.rx.saturating_add(s.rx);
+    t.totconns = t.totconns.saturating_add(s.totconns);
+    t.ereq = t.ereq.saturating_add(s.ereq);
+}
+
 impl AmphoraState {
     /// A state for an amphora never seen before.
     pub fn new(now_ns: u64) -> AmphoraState {
@@ -216,6 +250,7 @@ impl AmphoraState {
             seq: None,
             ver: None,
             heartbeats: 0,
+            reordered: 0,
             restarts: 0,
             operating_status: OperatingStatus::Offline,
             listeners: Vec::new(),
@@ -223,25 +258,32 @@ impl AmphoraState {
         }
     }
 
-    /// Applies an accepted heartbeat received at `now_ns`. The sequence window runs first; a
-    /// refused `seq` changes nothing.
+    /// Applies a heartbeat received at `now_ns` by the module's order rule: the sequence window
+    /// runs first and a refused `seq` changes nothing; an older heartbeat never seen before adds
+    /// its deltas only; the newest sets everything.
     pub fn apply(&mut self, hb: &Heartbeat, now_ns: u64, restart_gap_ns: u64) -> Result<Applied, SeqError> {
         let before = (self.heartbeats > 0).then_some(self.operating_status);
         let seq = match hb.seq {
             Some(seq) => {
                 let since = now_ns.saturating_sub(self.last_seen_ns);
-                let outcome = self.window.check(seq, since, restart_gap_ns)?;
-                if outcome == SeqOutcome::Restarted {
-                    self.restarts = self.restarts.saturating_add(1);
-                }
-                Some(outcome)
+                Some(self.window.check(seq, since, restart_gap_ns)?)
             }
             None => None,
         };
         self.last_seen_ns = self.last_seen_ns.max(now_ns);
-        self.seq = hb.seq;
+        self.heartbeats = self.heartbeats.saturating_add(1);
+        if seq == Some(SeqOutcome::Reordered) {
+            self.reordered = self.reordered.saturating_add(1);
+            self.add_older_deltas(hb);
+            return Ok(Applied { seq, status_change: None, revived: false, count_mismatch: false });
+        }
+        if seq == Some(SeqOutcome::Restarted) {
+            self.restarts = self.restarts.saturating_add(1);
+        }
+        if hb.seq.is_some() {
+            self.seq = hb.seq;
+        }
         self.ver = hb.ver;
-        self.heartbeats += 1;
 
         let mut lb = OperatingStatus::Online;
         self.apply_listeners(hb, &mut lb);
@@ -251,12 +293,35 @@ impl AmphoraState {
         let count_mismatch = self.expected_listeners.is_some_and(|e| hb.listeners().len() != e as usize);
         let mut revived = false;
         if count_mismatch {
-            self.listener_count_mismatches += 1;
+            self.listener_count_mismatches = self.listener_count_mismatches.saturating_add(1);
         } else {
             self.last_refresh_ns = self.last_refresh_ns.max(now_ns);
             revived = std::mem::take(&mut self.stale);
         }
         Ok(Applied { seq, status_change, revived, count_mismatch })
+    }
+
+    /// An older heartbeat never seen before: its ver ≥ 3 deltas, nothing else.
+    fn add_older_deltas(&mut self, hb: &Heartbeat) {
+        if !hb.stats_are_deltas() {
+            return;
+        }
+        for r in hb.listeners() {
+            let Some(s) = r.stats else { continue };
+            let l = upsert(
+                &mut self.listeners,
+                r.id,
+                |l| l.id,
+                || ListenerState {
+                    id: r.id,
+                    status: r.status,
+                    operating_status: OperatingStatus::Offline,
+                    reported: false,
+                    stats: Stats::default(),
+                },
+            );
+            add_deltas(&mut l.stats, &s);
+        }
     }
 
     /// A state read back from the durable store: the sequence window restarts at the stored
@@ -301,12 +366,8 @@ impl AmphoraState {
             }
             if let Some(s) = r.stats {
                 if deltas {
-                    let t = &mut l.stats;
-                    t.tx = t.tx.saturating_add(s.tx);
-                    t.rx = t.rx.saturating_add(s.rx);
-                    t.totconns = t.totconns.saturating_add(s.totconns);
-                    t.ereq = t.ereq.saturating_add(s.ereq);
-                    t.conns = s.conns;
+                    add_deltas(&mut l.stats, &s);
+                    l.stats.conns = s.conns;
                 } else {
                     l.stats = s;
                 }

@@ -1,6 +1,7 @@
 //! Health-model tests: Octavia's status rules, statistics, the sequence rule.
 
 use super::*;
+use crate::proto::octavia::Uuid;
 
 const A: &str = "79c8c292-6b94-45b5-b498-82321e35049e";
 const L1: &str = "82b9bfbc-91ba-4257-9abe-22cad37b17c6";
@@ -127,7 +128,113 @@ fn replay_changes_nothing() {
     s.apply(&v3(4, "OPEN", "UP", "UP", "UP", 10), 1, GAP).expect("applies");
     let before = s.clone();
     assert_eq!(s.apply(&v3(4, "OPEN", "UP", "UP", "UP", 10), 2, GAP), Err(SeqError::Replay));
-    assert_eq!(s, before);
+    assert_eq!(but_window(&s), but_window(&before));
+    assert_eq!(s.window.highest(), before.window.highest());
+}
+
+/// The state without its sequence window (a refused packet leaves its number there, for the
+/// window's rising-pair restart rule, and nothing else).
+fn but_window(s: &AmphoraState) -> AmphoraState {
+    AmphoraState { window: SeqWindow::default(), ..s.clone() }
+}
+
+/// Health: everything the newest heartbeat decides, without counters and times.
+type Health = (OperatingStatus, Vec<(Uuid, ListenerStatus, OperatingStatus, bool)>, Vec<PoolState>, Option<u64>);
+
+fn health(s: &AmphoraState) -> Health {
+    let listeners = s.listeners.iter().map(|l| (l.id, l.status, l.operating_status, l.reported)).collect();
+    (s.operating_status, listeners, s.pools.clone(), s.ver)
+}
+
+fn uuid(s: &str) -> Uuid {
+    Uuid::parse_str(s).expect("test uuid")
+}
+
+#[test]
+fn an_older_heartbeat_adds_its_deltas_once_and_changes_nothing_else() {
+    let mut s = AmphoraState::new(0);
+    s.apply(&v3(5, "OPEN", "UP", "UP", "UP", 10), 1, GAP).expect("applies");
+    s.expected_listeners = Some(1);
+    let before = s.clone();
+    // seq 3, sent before 5 and never seen: everything in it is worse, and older.
+    let a = s.apply(&v3(3, "FULL", "DOWN", "DOWN", "MAINT", 7), 2, GAP).expect("accepted once");
+    assert_eq!(
+        a,
+        Applied { seq: Some(SeqOutcome::Reordered), status_change: None, revived: false, count_mismatch: false }
+    );
+    assert_eq!(health(&s), health(&before));
+    assert_eq!(s.seq, Some(5), "seq never moves backwards");
+    assert_eq!(s.last_refresh_ns, 1, "an older heartbeat does not refresh liveness");
+    let (l, l0) = (&s.listeners[0].stats, &before.listeners[0].stats);
+    assert_eq!((l.tx, l.rx, l.totconns, l.ereq), (l0.tx + 7, l0.rx + 1, l0.totconns + 2, l0.ereq));
+    assert_eq!(l.conns, 5, "conns is absolute: the newest value stays");
+    assert_eq!((s.heartbeats, s.reordered, s.last_seen_ns), (2, 1, 2));
+    // Once only.
+    let after = s.clone();
+    assert_eq!(s.apply(&v3(3, "FULL", "DOWN", "DOWN", "MAINT", 7), 3, GAP), Err(SeqError::Replay));
+    assert_eq!(but_window(&s), but_window(&after));
+    // The next newest one sets everything again.
+    let a = s.apply(&v3(6, "FULL", "UP", "UP", "UP", 1), 4, GAP).expect("newest");
+    assert_eq!(a.status_change, Some((Some(OperatingStatus::Online), OperatingStatus::Degraded)));
+    assert_eq!((s.seq, s.listeners[0].stats.tx, s.listeners[0].stats.conns, s.last_refresh_ns), (Some(6), 18, 6, 4));
+}
+
+#[test]
+fn an_older_heartbeat_keeps_absolute_counters_and_holds_deltas_of_a_listener_only_it_names() {
+    let mut s = AmphoraState::new(0);
+    let abs = |seq: u64, tx: u64| {
+        hb(&format!(
+            r#"{{"id": "{A}", "seq": {seq}, "ver": 2, "listeners": {{"{L1}": {{"status": "OPEN", "stats": {{"tx": {tx}, "rx": 1, "conns": 1, "totconns": 2, "ereq": 0}}}}}}, "pools": {{}}}}"#
+        ))
+    };
+    s.apply(&abs(10, 100), 1, GAP).expect("applies");
+    s.apply(&abs(9, 50), 2, GAP).expect("accepted");
+    assert_eq!(s.listeners[0].stats.tx, 100, "an older absolute value does not replace a newer one");
+    assert_eq!(s.ver, Some(2));
+    // A ver-3 older heartbeat naming a listener the newest does not report.
+    let old = hb(&format!(
+        r#"{{"id": "{A}", "seq": 8, "ver": 3, "listeners": {{"{L2}": {{"status": "OPEN", "stats": {{"tx": 4, "rx": 0, "conns": 9, "totconns": 1, "ereq": 0}}}}}}}}"#
+    ));
+    s.apply(&old, 3, GAP).expect("accepted");
+    assert_eq!(s.ver, Some(2), "ver is the newest heartbeat's");
+    let l2 = s.listeners.iter().find(|l| l.id == uuid(L2)).expect("l2 holds the deltas");
+    assert_eq!((l2.stats.tx, l2.stats.totconns, l2.stats.conns), (4, 1, 0));
+    assert_eq!((l2.reported, l2.operating_status), (false, OperatingStatus::Offline));
+    assert_eq!(s.operating_status, OperatingStatus::Online);
+}
+
+#[test]
+fn a_heartbeat_without_seq_is_newest_and_keeps_seq() {
+    let mut s = AmphoraState::new(0);
+    s.apply(&v3(7, "OPEN", "UP", "UP", "UP", 1), 1, GAP).expect("applies");
+    let bare =
+        hb(&format!(r#"{{"id": "{A}", "ver": 3, "listeners": {{"{L1}": {{"status": "FULL"}}}}, "pools": {{}}}}"#));
+    s.apply(&bare, 2, GAP).expect("applies");
+    assert_eq!((s.seq, s.operating_status), (Some(7), OperatingStatus::Degraded));
+    assert_eq!(s.window.highest(), Some(7));
+}
+
+#[test]
+fn seq_at_the_top_of_the_space_then_a_wrap() {
+    let mut s = AmphoraState::new(0);
+    s.apply(&v3(u64::MAX, "OPEN", "UP", "UP", "UP", 1), 1, GAP).expect("applies");
+    let before = s.clone();
+    assert!(s.apply(&v3(u64::MAX, "FULL", "UP", "UP", "UP", 1), 2, GAP).is_err());
+    assert!(s.apply(&v3(0, "FULL", "UP", "UP", "UP", 1), 3, GAP).is_err(), "a wrap inside the gap");
+    assert_eq!(but_window(&s), but_window(&before));
+    let a = s.apply(&v3(1, "FULL", "UP", "UP", "UP", 1), 1 + GAP, GAP).expect("a restart");
+    assert_eq!(a.seq, Some(SeqOutcome::Restarted));
+    assert_eq!((s.seq, s.restarts, s.operating_status), (Some(1), 1, OperatingStatus::Degraded));
+}
+
+#[test]
+fn a_restored_state_refuses_what_it_had_and_takes_what_is_newer() {
+    let mut s = AmphoraState::new(0);
+    s.apply(&v3(40, "OPEN", "UP", "UP", "UP", 1), 1, GAP).expect("applies");
+    let mut r = s.clone().restored();
+    assert_eq!(r.window.highest(), Some(40));
+    assert!(r.apply(&v3(40, "FULL", "UP", "UP", "UP", 1), 2, GAP).is_err());
+    assert_eq!(r.apply(&v3(41, "OPEN", "UP", "UP", "UP", 1), 3, GAP).expect("newer").seq, Some(SeqOutcome::Advanced));
 }
 
 #[test]
@@ -138,4 +245,168 @@ fn restart_is_counted() {
     assert_eq!(a.seq, Some(SeqOutcome::Restarted));
     assert_eq!(s.restarts, 1);
     assert_eq!(s.listeners[0].stats.tx, 2);
+}
+
+/// One heartbeat the model sender built: what it says, and who it is.
+#[derive(Clone)]
+struct Sent {
+    /// (epoch, seq): the identity of the datagram (a restart starts a new epoch).
+    ident: (u32, u64),
+    hb: Heartbeat,
+    /// ver-3 deltas per listener (L1, L2): tx, rx, totconns, ereq, and the absolute conns.
+    stats: [[u64; 5]; 2],
+}
+
+fn random_heartbeat(rng: &mut rand::rngs::SmallRng, ident: (u32, u64)) -> Sent {
+    use rand::Rng;
+    const LISTENER: [&str; 2] = ["OPEN", "FULL"];
+    const POOL: [&str; 2] = ["UP", "DOWN"];
+    const MEMBER: [&str; 5] = ["UP", "DOWN", "DRAIN", "MAINT", "no check"];
+    let mut stats = [[0u64; 5]; 2];
+    for l in &mut stats {
+        for v in l.iter_mut() {
+            *v = rng.random_range(0..1000);
+        }
+    }
+    let st = |l: [u64; 5]| {
+        format!(r#"{{"tx": {}, "rx": {}, "totconns": {}, "ereq": {}, "conns": {}}}"#, l[0], l[1], l[2], l[3], l[4])
+    };
+    let json = format!(
+        r#"{{"id": "{A}", "seq": {seq}, "ver": 3,
+            "listeners": {{"{L1}": {{"status": "{l1}", "stats": {s1}}}, "{L2}": {{"status": "{l2}", "stats": {s2}}}}},
+            "pools": {{"{P1}:{L1}": {{"status": "{p}", "members": {{"{M1}": "{m1}", "{M2}": "{m2}"}}}}}}}}"#,
+        seq = ident.1,
+        l1 = LISTENER[rng.random_range(0..2)],
+        l2 = LISTENER[rng.random_range(0..2)],
+        s1 = st(stats[0]),
+        s2 = st(stats[1]),
+        p = POOL[rng.random_range(0..2)],
+        m1 = MEMBER[rng.random_range(0..5)],
+        m2 = MEMBER[rng.random_range(0..5)],
+    );
+    Sent { ident, hb: hb(&json), stats }
+}
+
+/// What the network delivers of one sender's run of heartbeats: local reordering (up to
+/// `spread` places, sometimes past the window), duplicates, losses.
+fn network(rng: &mut rand::rngs::SmallRng, run: Vec<Sent>, spread: u64) -> Vec<Sent> {
+    use rand::Rng;
+    let mut keyed: Vec<(u64, usize, Sent)> = Vec::new();
+    for (i, b) in run.into_iter().enumerate() {
+        let i = i as u64;
+        match rng.random_range(0..10) {
+            0 => {}
+            1 | 2 => {
+                keyed.push((i + rng.random_range(0..spread), keyed.len(), b.clone()));
+                keyed.push((i + rng.random_range(0..spread + 10), keyed.len(), b));
+            }
+            _ => keyed.push((i + rng.random_range(0..spread), keyed.len(), b)),
+        }
+    }
+    keyed.sort_by_key(|k| (k.0, k.1));
+    keyed.into_iter().map(|k| k.2).collect()
+}
+
+/// Reorderings, duplicates, losses and restarts (with and without the restart gap), mixed,
+/// against the model: the sequence window's verdict sorts each heartbeat; a refused one changes
+/// nothing; an older one adds its deltas once and nothing else; the newest one decides health,
+/// `seq`, `ver`, `conns` and liveness, exactly as if it were the only heartbeat; `seq` goes down
+/// only on a restart; the counters are the sum of the deltas of the heartbeats accepted.
+#[test]
+fn state_never_moves_backwards_under_reordering_duplicates_and_restarts() {
+    use std::collections::BTreeMap;
+
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    const MS: u64 = 1_000_000;
+    let (l1, l2) = (uuid(L1), uuid(L2));
+    let mut kinds = [0u64; 4];
+    for seed in 0..300u64 {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut s = AmphoraState::new(0);
+        let mut shadow = SeqWindow::default();
+        let mut last_accepted = 0u64;
+        let mut now = 1_000 * MS;
+        // Model: deltas summed per listener, the accepted identities since the last restart.
+        let mut totals = [[0u64; 4]; 2];
+        let mut accepted: BTreeMap<(u32, u64), u32> = BTreeMap::new();
+        let mut restarts = 0u32;
+        let mut newest_refresh = 0u64;
+        let mut conns = [0u64; 2];
+        let epochs = rng.random_range(1..5u32);
+        for epoch in 0..epochs {
+            let len = rng.random_range(1..90u64);
+            let base = match (epoch, rng.random_range(0..4)) {
+                (0, 1) => 5_000,
+                (0, 2) => u64::MAX - (len - 1),
+                _ => 0,
+            };
+            let run = (0..len).map(|i| random_heartbeat(&mut rng, (epoch, base + i))).collect();
+            let spread = [1, 3, 20, 80][rng.random_range(0..4)];
+            let delivered = network(&mut rng, run, spread);
+            // A restart with the gap, or a counter reset without it.
+            if epoch > 0 {
+                now += if rng.random_bool(0.6) { GAP + rng.random_range(0..GAP) } else { rng.random_range(1..GAP) };
+            }
+            for d in delivered {
+                now += rng.random_range(1..300) * MS;
+                let before = s.clone();
+                let verdict = shadow.check(d.ident.1, now - last_accepted, GAP);
+                let got = s.apply(&d.hb, now, GAP);
+                assert_eq!(got.map(|a| a.seq), verdict.map(Some), "seed {seed} {:?}", d.ident);
+                assert_eq!(s.window, shadow, "seed {seed}");
+                let Ok(kind) = verdict else {
+                    kinds[3] += 1;
+                    assert_eq!(
+                        but_window(&s),
+                        but_window(&before),
+                        "seed {seed}: refused {:?} changed the state",
+                        d.ident
+                    );
+                    continue;
+                };
+                last_accepted = now;
+                if kind == SeqOutcome::Restarted {
+                    restarts += 1;
+                    accepted.clear();
+                }
+                let n = accepted.entry(d.ident).or_default();
+                *n += 1;
+                assert_eq!(*n, 1, "seed {seed}: {:?} accepted twice without a restart", d.ident);
+                for (t, st) in totals.iter_mut().zip(d.stats) {
+                    for k in 0..4 {
+                        t[k] += st[k];
+                    }
+                }
+                if kind == SeqOutcome::Reordered {
+                    kinds[1] += 1;
+                    assert_eq!(health(&s), health(&before), "seed {seed}: older {:?} changed health", d.ident);
+                    assert_eq!((s.seq, s.last_refresh_ns), (before.seq, before.last_refresh_ns), "seed {seed}");
+                    assert!(s.seq > Some(d.ident.1), "seed {seed}: an older seq is below seq");
+                } else {
+                    kinds[if kind == SeqOutcome::Restarted { 2 } else { 0 }] += 1;
+                    let mut alone = AmphoraState::new(0);
+                    alone.apply(&d.hb, now, GAP).expect("fresh state");
+                    assert_eq!(health(&s), health(&alone), "seed {seed}: newest {:?} is not the health", d.ident);
+                    assert_eq!(s.seq, Some(d.ident.1), "seed {seed}");
+                    if kind != SeqOutcome::Restarted {
+                        assert!(before.seq.is_none_or(|b| b < d.ident.1), "seed {seed}: seq moved backwards");
+                    }
+                    newest_refresh = now;
+                    conns = [d.stats[0][4], d.stats[1][4]];
+                }
+                assert_eq!(s.last_refresh_ns, newest_refresh, "seed {seed}");
+                assert_eq!(s.restarts, restarts, "seed {seed}");
+                for ((id, t), c) in [(l1, totals[0]), (l2, totals[1])].into_iter().zip(conns) {
+                    let l = s.listeners.iter().find(|l| l.id == id).expect("listener");
+                    assert_eq!([l.stats.tx, l.stats.rx, l.stats.totconns, l.stats.ereq], t, "seed {seed}: deltas");
+                    assert_eq!(l.stats.conns, c, "seed {seed}: conns is the newest heartbeat's");
+                }
+                assert_eq!(s.seq, s.window.highest(), "seed {seed}");
+            }
+        }
+    }
+    // Every kind of verdict was exercised: newest, older, restart, refused.
+    eprintln!("verdicts (newest, older, restart, refused): {kinds:?}");
+    assert!(kinds.iter().all(|&k| k > 50), "verdicts {kinds:?}");
 }
