@@ -31,6 +31,11 @@
 //! * [`Registry::expire`]: an unlocked service whose last tagged push is older than
 //!   `score_timeout_s` and whose score is above 0 drops to 0 with `tag.up = false`. It stays
 //!   listed; only [`Registry::deregister`] and [`Registry::flush`] remove services.
+//! * Liveness is kept at the clock's full resolution (`score_timestamp_us`), and every timeout
+//!   decided on a service — expiry here, a machine's liveness in the scheduler — is
+//!   [`Service::fresh_at`]: at most the timeout old, to the µs. The whole-seconds
+//!   `score_timestamp_s` is only the conscience's displayed `score.timestamp`; comparing it
+//!   with a precise time declared a service beating every second dead up to a second early.
 //!
 //! # Differences from the original
 //!
@@ -287,8 +292,14 @@ pub struct Service {
     pub addr: String,
     /// −1 (never computed) or 0..=100.
     pub score: i32,
-    /// Unix seconds of the last tagged push (liveness); 0 if none.
+    /// Unix seconds of the last tagged push or expiry: the conscience's `score.timestamp`, for
+    /// display and for stores written before `score_timestamp_us`. Never compared with a
+    /// timeout: see [`Service::fresh_at`].
     pub score_timestamp_s: u64,
+    /// µs since the Unix epoch of the last tagged push or expiry (liveness), at the registry
+    /// clock's full resolution; 0 if none.
+    #[serde(default)]
+    pub score_timestamp_us: u64,
     /// Locked by an admin or at first registration: pushes do not change the score.
     pub locked: bool,
     /// µs of the last lock or unlock.
@@ -311,6 +322,7 @@ impl Service {
             addr: addr.to_owned(),
             score: -1,
             score_timestamp_s: 0,
+            score_timestamp_us: 0,
             locked: false,
             lock_mtime_us: 0,
             tags_mtime_us: 0,
@@ -328,6 +340,19 @@ impl Service {
     /// else the address.
     pub fn id(&self) -> &str {
         service_id(&self.tags).unwrap_or(&self.addr)
+    }
+
+    /// µs since the last tagged push (or expiry) at `now_us`; 0 if that is in the future.
+    pub fn silent_us(&self, now_us: u64) -> u64 {
+        now_us.saturating_sub(self.score_timestamp_us)
+    }
+
+    /// Whether the last tagged push is at most `timeout_us` old at `now_us`: the liveness test
+    /// of every timeout decided on a service (the boundary itself is fresh). Both times are on
+    /// the registry's µs clock, so a service beating every second is never a whole second
+    /// older than it is, as it was when the timestamp was kept in seconds.
+    pub fn fresh_at(&self, now_us: u64, timeout_us: u64) -> bool {
+        self.silent_us(now_us) <= timeout_us
     }
 
     /// The LB weight: the score clamped to 0..=100.
@@ -651,6 +676,7 @@ impl Registry {
         }
         if any_tag {
             srv.tags_mtime_us = now_us;
+            srv.score_timestamp_us = now_us;
             srv.score_timestamp_s = now_us / 1_000_000;
         }
 
@@ -786,15 +812,16 @@ impl Registry {
         let now_s = now_us / 1_000_000;
         let mut out = Vec::new();
         for ts in &mut self.types {
-            let oldest = now_s.saturating_sub(ts.cfg.score_timeout_s);
+            let timeout_us = ts.cfg.score_timeout_s.saturating_mul(1_000_000);
             let may_expire_locked = ts.cfg.locked_may_expire;
             let mut newly_dirty = 0;
             for (addr, e) in &mut ts.services {
                 let s = &mut e.svc;
-                if (s.locked && !may_expire_locked) || s.score_timestamp_s >= oldest || s.score <= 0 {
+                if (s.locked && !may_expire_locked) || s.fresh_at(now_us, timeout_us) || s.score <= 0 {
                     continue;
                 }
                 s.score = 0;
+                s.score_timestamp_us = now_us;
                 s.score_timestamp_s = now_s;
                 s.tags_mtime_us = now_us;
                 if s.locked {
@@ -832,6 +859,10 @@ impl Registry {
                 continue;
             }
             svc.score = svc.score.clamp(-1, SCORE_MAX);
+            if svc.score_timestamp_us / 1_000_000 != svc.score_timestamp_s {
+                // Written before `score_timestamp_us` (or edited): the start of its second.
+                svc.score_timestamp_us = svc.score_timestamp_s.saturating_mul(1_000_000);
+            }
             set_tag(&mut svc.tags, "tag.lock", &TagValue::Bool(svc.locked));
             let ts = &mut self.types[ti];
             let addr = svc.addr.clone();

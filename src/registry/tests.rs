@@ -443,3 +443,80 @@ fn service_serde_round_trip() {
     let back: Service = serde_json::from_value(json).unwrap();
     assert_eq!(&back, s);
 }
+
+/// Issue 16: a machine beating every second with a 1.5 s timeout is never stale, whatever the
+/// sub-second phase of its beats; one silent for 1.5 s + 1 µs is.
+#[test]
+fn liveness_is_decided_at_full_resolution() {
+    let timeout_us = 1_500_000;
+    for phase in [0, 1, 250_000, 500_000, 999_999] {
+        let mut reg = reg_with(cpu_type());
+        let first = 10 * S + phase;
+        let mut last = first;
+        for k in 0..20 {
+            last = first + k * S;
+            beat(&mut reg, A, 90, last);
+            let s = reg.get("rawx", A).unwrap();
+            assert_eq!(s.score_timestamp_us, last);
+            // Checked every 1 ms until the next beat, and just before it.
+            for t in (last..last + S).step_by(1_000).chain([last + S - 1]) {
+                assert!(s.fresh_at(t, timeout_us), "phase {phase}: stale {} µs after a beat", t - last);
+            }
+            // The old whole-seconds rule declared it dead here (a false positive).
+            let now = last + S - 1;
+            let whole_seconds_age = now as f64 / 1e6 - s.score_timestamp_s as f64;
+            if phase > 500_000 {
+                assert!(whole_seconds_age > 1.5, "phase {phase}: the old rule would not have flapped");
+            }
+        }
+        // Silent after the last beat: fresh at the timeout itself, stale 1 µs later.
+        let s = reg.get("rawx", A).unwrap();
+        assert!(s.fresh_at(last + timeout_us, timeout_us));
+        assert!(!s.fresh_at(last + timeout_us + 1, timeout_us));
+        assert_eq!(s.silent_us(last + timeout_us + 1), timeout_us + 1);
+        assert!(s.fresh_at(last - 5, timeout_us), "a push in the future is fresh");
+    }
+}
+
+/// The registry's own expiry uses the same rule: `score_timeout_s` after the last tagged push to
+/// the µs, not whole seconds on both sides.
+#[test]
+fn expiry_at_full_resolution() {
+    let mut cfg = cpu_type();
+    cfg.score_timeout_s = 2;
+    let mut reg = reg_with(cfg);
+    let last = 10 * S + 999_999;
+    beat(&mut reg, A, 90, last);
+    assert!(reg.expire(last + 2 * S).is_empty(), "exactly the timeout: not yet");
+    assert_eq!(reg.expire(last + 2 * S + 1).len(), 1);
+    let s = reg.get("rawx", A).unwrap();
+    assert_eq!((s.score_timestamp_us, s.score_timestamp_s), (last + 2 * S + 1, 13));
+    // Beating every second, it never expires.
+    let mut reg = reg_with({
+        let mut c = cpu_type();
+        c.score_timeout_s = 1;
+        c
+    });
+    for k in 0..10 {
+        let t = 20 * S + 999_999 + k * S;
+        beat(&mut reg, A, 90, t);
+        assert!(reg.expire(t + S).is_empty(), "expired at its next beat's time");
+    }
+}
+
+#[test]
+fn a_service_stored_without_us_gets_the_start_of_its_second() {
+    let mut reg = reg_with(cpu_type());
+    beat(&mut reg, A, 90, 7 * S + 400);
+    let mut json: serde_json::Value = serde_json::to_value(reg.get("rawx", A).unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("score_timestamp_us");
+    let old: Service = serde_json::from_value(json).unwrap();
+    assert_eq!(old.score_timestamp_us, 0);
+    let mut reg2 = reg_with(cpu_type());
+    reg2.restore([old]);
+    assert_eq!(reg2.get("rawx", A).unwrap().score_timestamp_us, 7 * S);
+    // A current one is kept to the µs.
+    let mut reg3 = reg_with(cpu_type());
+    reg3.restore([reg.get("rawx", A).unwrap().clone()]);
+    assert_eq!(reg3.get("rawx", A).unwrap().score_timestamp_us, 7 * S + 400);
+}
