@@ -131,3 +131,30 @@ fn a_reordered_heartbeat_adds_its_deltas_and_never_moves_state_backwards() {
         vec![Change::Status { id: id(4), from: OperatingStatus::Online, to: OperatingStatus::Error }]
     );
 }
+
+#[test]
+fn seq_beyond_the_sequence_space_is_refused_and_its_top_is_an_end() {
+    let mut r = rig();
+    let signed = |seq: &str| {
+        let json = common::heartbeat_json(5, 0, 1).replace(r#""seq": 0,"#, &format!(r#""seq": {seq},"#));
+        assert!(json.contains(seq));
+        wrap(json.as_bytes(), &Key::new(b"k"), TagForm::Hex)
+    };
+    // 2^64 and beyond (Python counts on): not a seq heartsink can order, so not applied.
+    for seq in ["18446744073709551616", "100000000000000000000000"] {
+        let t = r.p.process([&signed(seq)[..]], 100 * S);
+        assert_eq!((t.accepted, t.drops[DropReason::BadSchema as usize]), (0, 1), "seq {seq}");
+    }
+    assert!(r.shards.get(&id(5)).is_none());
+    // 2^64 - 1 is the last number: a repeat is a replay, a wrap to 0 waits for the restart gap.
+    assert_eq!(r.p.process([&signed("18446744073709551615")[..]], 100 * S).accepted, 1);
+    let t = r.p.process([&signed("18446744073709551615")[..]], 100 * S);
+    assert_eq!(t.drops[DropReason::Replay as usize], 1);
+    let t = r.p.process([&signed("0")[..]], 100 * S + 1);
+    assert_eq!(t.drops[DropReason::Stale as usize], 1);
+    let gap = Settings::default().restart_gap_ns;
+    r.clock.set(100 * S + gap);
+    let t = r.p.process([&signed("1")[..]], 100 * S + gap);
+    assert_eq!((t.accepted, t.restarts), (1, 1));
+    assert_eq!(r.shards.get(&id(5)).unwrap().seq, Some(1));
+}
