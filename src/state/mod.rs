@@ -46,7 +46,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::octavia::{Heartbeat, ListenerStatus, MemberStatus, PoolStatus, Stats, Uuid};
+use crate::proto::octavia::{Heartbeat, ListenerReport, ListenerStatus, MemberStatus, PoolStatus, Stats, Uuid};
 use crate::proto::seqwin::{SeqError, SeqOutcome, SeqWindow};
 
 /// Octavia's operating statuses.
@@ -228,6 +228,22 @@ fn upsert<T>(v: &mut Vec<T>, id: Uuid, key: impl Fn(&T) -> Uuid, make: impl FnOn
     &mut v[i]
 }
 
+/// The listener of report `r`, created `OFFLINE` with `reported` if new.
+fn listener<'l>(listeners: &'l mut Vec<ListenerState>, r: &ListenerReport, reported: bool) -> &'l mut ListenerState {
+    upsert(
+        listeners,
+        r.id,
+        |l| l.id,
+        || ListenerState {
+            id: r.id,
+            status: r.status,
+            operating_status: OperatingStatus::Offline,
+            reported,
+            stats: Stats::default(),
+        },
+    )
+}
+
 /// Adds ver ≥ 3 deltas (`tx`, `rx`, `totconns`, `ereq`, saturating); `conns` is left alone.
 fn add_deltas(t: &mut Stats, s: &Stats) {
     t.tx = t.tx.saturating_add(s.tx);
@@ -308,19 +324,8 @@ impl AmphoraState {
         }
         for r in hb.listeners() {
             let Some(s) = r.stats else { continue };
-            let l = upsert(
-                &mut self.listeners,
-                r.id,
-                |l| l.id,
-                || ListenerState {
-                    id: r.id,
-                    status: r.status,
-                    operating_status: OperatingStatus::Offline,
-                    reported: false,
-                    stats: Stats::default(),
-                },
-            );
-            add_deltas(&mut l.stats, &s);
+            // Created as the in-order state would show it: the newest heartbeat did not report it.
+            add_deltas(&mut listener(&mut self.listeners, r, false).stats, &s);
         }
     }
 
@@ -340,18 +345,7 @@ impl AmphoraState {
         }
         let deltas = hb.stats_are_deltas();
         for r in hb.listeners() {
-            let l = upsert(
-                &mut self.listeners,
-                r.id,
-                |l| l.id,
-                || ListenerState {
-                    id: r.id,
-                    status: r.status,
-                    operating_status: OperatingStatus::Offline,
-                    reported: true,
-                    stats: Stats::default(),
-                },
-            );
+            let l = listener(&mut self.listeners, r, true);
             l.reported = true;
             l.status = r.status;
             match r.status {
