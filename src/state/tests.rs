@@ -410,3 +410,89 @@ fn state_never_moves_backwards_under_reordering_duplicates_and_restarts() {
     eprintln!("verdicts (newest, older, restart, refused): {kinds:?}");
     assert!(kinds.iter().all(|&k| k > 50), "verdicts {kinds:?}");
 }
+
+/// Invariants over messier traffic: listener sets that change, ver 1–3 mixed, heartbeats
+/// without `seq`, counters that hit the ceiling, times that go backwards. `seq` follows the
+/// window and goes down only on a restart; the running counters never go down; a refused
+/// heartbeat changes nothing; an older one changes no health.
+#[test]
+fn invariants_hold_on_mixed_traffic() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    const LISTENERS: [&str; 3] = [L1, L2, "a2b9bfbc-91ba-4257-9abe-22cad37b17c6"];
+    for seed in 0..120u64 {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut s = AmphoraState::new(0);
+        let mut now = GAP;
+        let mut seq = rng.random_range(0..100u64);
+        for step in 0..300 {
+            now = match rng.random_range(0..20) {
+                0 => now.saturating_sub(GAP / 2),
+                1 => now + GAP,
+                _ => now + rng.random_range(0..GAP / 10),
+            };
+            seq = match rng.random_range(0..12) {
+                0 => rng.random_range(0..70),
+                1 => seq.saturating_sub(rng.random_range(0..100)),
+                2 => u64::MAX - rng.random_range(0..3),
+                _ => seq.saturating_add(rng.random_range(0..3)),
+            };
+            let tx = if rng.random_bool(0.05) { u64::MAX } else { rng.random_range(0..100) };
+            let listeners: Vec<String> = LISTENERS
+                .iter()
+                .filter(|_| rng.random_bool(0.6))
+                .map(|l| format!(r#""{l}": {{"status": "OPEN", "stats": {{"tx": {tx}, "rx": 1, "conns": 2, "totconns": 3, "ereq": 4}}}}"#))
+                .collect();
+            let seq_field = if rng.random_bool(0.1) { String::new() } else { format!(r#""seq": {seq}, "#) };
+            let ver = rng.random_range(1..4);
+            let msg = hb(&format!(
+                r#"{{"id": "{A}", {seq_field}"ver": {ver}, "listeners": {{{}}}, "pools": {{}}}}"#,
+                listeners.join(", ")
+            ));
+            let before = s.clone();
+            let got = s.apply(&msg, now, GAP);
+            let ctx = format!("seed {seed} step {step}: seq {:?} -> {:?}", before.seq, msg.seq);
+            assert_eq!(s.seq, s.window.highest(), "{ctx}");
+            assert!(s.heartbeats >= before.heartbeats && s.reordered >= before.reordered, "{ctx}");
+            assert!(s.last_seen_ns >= before.last_seen_ns && s.last_refresh_ns >= before.last_refresh_ns, "{ctx}");
+            for l0 in &before.listeners {
+                let l = s.listeners.iter().find(|l| l.id == l0.id).expect("a listener never disappears");
+                if l0.stats.tx <= l.stats.tx || got.is_ok_and(|a| a.seq != Some(SeqOutcome::Reordered)) {
+                    continue;
+                }
+                panic!("{ctx}: an older heartbeat lowered tx");
+            }
+            match got {
+                Err(_) => assert_eq!(but_window(&s), but_window(&before), "{ctx}"),
+                Ok(a) if a.seq == Some(SeqOutcome::Reordered) => {
+                    assert_eq!(
+                        health(&s),
+                        (before.operating_status, health(&s).1, before.pools.clone(), before.ver),
+                        "{ctx}"
+                    );
+                    let reported = |x: &AmphoraState| {
+                        x.listeners
+                            .iter()
+                            .filter(|l| before.listeners.iter().any(|b| b.id == l.id))
+                            .map(|l| (l.id, l.status, l.operating_status, l.reported))
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(
+                        reported(&s),
+                        reported(&before),
+                        "{ctx}: an older heartbeat changed a listener's health"
+                    );
+                    assert_eq!(s.seq, before.seq, "{ctx}");
+                }
+                Ok(a) => {
+                    if msg.seq.is_some() && a.seq != Some(SeqOutcome::Restarted) {
+                        assert!(s.seq >= before.seq, "{ctx}: seq went down without a restart");
+                    }
+                    if msg.seq.is_none() {
+                        assert_eq!(s.seq, before.seq, "{ctx}");
+                    }
+                }
+            }
+        }
+    }
+}
