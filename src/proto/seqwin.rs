@@ -17,8 +17,9 @@
 //! restart takes seconds) and either
 //!
 //! * `seq < 64` (a new agent's first messages), or
-//! * the sender's previous packet was refused too and this `seq` is 1 to 63 above that one: a
-//!   counter that went on counting after a reset (two refused packets in rising order).
+//! * the sender's previous packet was refused too, also at least `restart_gap` after the last
+//!   accepted one, and this `seq` is 1 to 63 above it: a counter that went on counting after a
+//!   reset (two refused packets in rising order, both after the gap).
 //!
 //! A restart is the only way the highest `seq` goes down. The protocol carries no time or
 //! nonce, so no receiver can tell a restart from the replay of old packets; the gap rule bounds
@@ -29,9 +30,10 @@
 //! **A counter reset without the gap** (the agent restarted within `restart_gap` of its last
 //! beat, or a sender that resets its counter while running): its packets are refused as
 //! [`SeqError::Replay`] or [`SeqError::Stale`] until `restart_gap` has passed since its last
-//! accepted packet; the first packet after that restarts the window (by the low-`seq` rule, or
-//! by the rising-pair rule if the counter already passed 63), so a resetting sender loses at
-//! most `restart_gap` of packets and is never locked out.
+//! accepted packet; then its first packet restarts the window by the low-`seq` rule, or, if
+//! its counter already passed 63, its second by the rising-pair rule. A resetting sender loses
+//! at most `restart_gap` and one packet, and is never locked out. A packet refused inside the
+//! gap changes nothing at all; one refused after it is noted for the rising-pair rule.
 //!
 //! **The end of the sequence space.** `seq` is an integer in `0..2⁶⁴` (the parsers refuse
 //! anything else, see [`crate::proto::octavia`]). The window does not wrap: at `2⁶⁴ − 1`
@@ -74,7 +76,8 @@ pub struct SeqWindow {
     /// Bit `i` set = `highest - i` accepted. Zero means "no packet yet" (bit 0 is always set
     /// once a packet was accepted).
     bits: u64,
-    /// `seq` of this sender's previous packet, if it was refused (the rising-pair restart rule).
+    /// `seq` of this sender's previous packet, if it was refused at least `restart_gap` after
+    /// the last accepted one (the rising-pair restart rule).
     refused: Option<u64>,
 }
 
@@ -114,7 +117,9 @@ impl SeqWindow {
             *self = SeqWindow::starting_at(seq);
             return Ok(SeqOutcome::Restarted);
         }
-        self.refused = Some(seq);
+        if since_last_ns >= restart_gap_ns {
+            self.refused = Some(seq);
+        }
         Err(refused)
     }
 
@@ -131,7 +136,7 @@ pub struct Model {
     highest: Option<u64>,
     /// Accepted numbers in `highest - 63 ..= highest` since the last (re)start.
     seen: std::collections::BTreeSet<u64>,
-    /// The previous packet's number, if it was refused.
+    /// The previous packet's number, if it was refused after the gap.
     refused: Option<u64>,
 }
 
@@ -166,7 +171,9 @@ impl Model {
             self.restart(seq);
             return Ok(SeqOutcome::Restarted);
         }
-        self.refused = Some(seq);
+        if since_last_ns >= restart_gap_ns {
+            self.refused = Some(seq);
+        }
         Err(refused)
     }
 
@@ -286,11 +293,11 @@ mod tests {
                     break;
                 }
                 Ok(other) => panic!("seq {s}: {other:?} before any restart"),
-                Err(_) => assert!(since < GAP || s < 1, "seq {s} refused after the gap"),
+                Err(_) => assert!(since <= GAP, "seq {s} refused {since} ns after the last accepted packet"),
             }
         }
-        assert_eq!(restarted_at, Some(499), "the first packet at the gap restarts the window");
-        assert_eq!(w.check(500, 0, GAP), Ok(SeqOutcome::Advanced));
+        assert_eq!(restarted_at, Some(500), "the second packet after the gap restarts the window");
+        assert_eq!(w.check(501, 0, GAP), Ok(SeqOutcome::Advanced));
     }
 
     #[test]
@@ -299,8 +306,15 @@ mod tests {
         w.check(10_000, 0, GAP).expect("first");
         // One late datagram after a silence: stale, not a restart.
         assert_eq!(w.check(5_000, GAP, GAP), Err(SeqError::Stale));
-        // Its successor inside the gap: refused.
+        // Its successor inside the gap: refused (and a pair needs both after the gap).
         assert_eq!(w.check(5_001, GAP - 1, GAP), Err(SeqError::Stale));
+        let mut inside = SeqWindow::default();
+        inside.check(10_000, 0, GAP).expect("first");
+        let noted = inside;
+        assert_eq!(inside.check(5_000, GAP - 1, GAP), Err(SeqError::Stale));
+        assert_eq!(inside, noted, "a packet refused inside the gap changes nothing");
+        assert_eq!(inside.check(5_001, GAP, GAP), Err(SeqError::Stale));
+        assert_eq!(inside.check(5_002, GAP, GAP), Ok(SeqOutcome::Restarted));
         // A lower one after the gap: not rising.
         assert_eq!(w.check(5_000, GAP, GAP), Err(SeqError::Stale));
         // 64 above the refused one: too far.

@@ -37,7 +37,8 @@
 //!   only it names is created as the in-order state would show it (not reported, `OFFLINE`)
 //!   to hold the deltas. Its absolute counters (below ver 3, and `conns`) are older than the
 //!   ones already held and are ignored.
-//! * **Refused** (a replay, or older than the window): changes nothing.
+//! * **Refused** (a replay, or older than the window): changes nothing (but the window's note
+//!   of a packet refused after the restart gap, for its rising-pair restart rule).
 //!
 //! So `seq` equals the window's highest accepted number and never goes down, except on a
 //! restart (the window's restart rule, [`SeqOutcome::Restarted`]): a restarted agent's counter

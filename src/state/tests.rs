@@ -132,8 +132,8 @@ fn replay_changes_nothing() {
     assert_eq!(s.window.highest(), before.window.highest());
 }
 
-/// The state without its sequence window (a refused packet leaves its number there, for the
-/// window's rising-pair restart rule, and nothing else).
+/// The state without its sequence window (a packet refused after the restart gap leaves its
+/// number there, for the window's rising-pair restart rule, and nothing else).
 fn but_window(s: &AmphoraState) -> AmphoraState {
     AmphoraState { window: SeqWindow::default(), ..s.clone() }
 }
