@@ -1,5 +1,6 @@
 //! Octavia's liveness rules on the worker pipeline, with a virtual clock: the processing-delay
-//! bound and the listener-count rule, and the change log's `Revived` for a stale amphora.
+//! bound and the listener-count rule, the change log's `Revived` for a stale amphora, and the
+//! order rule (an older heartbeat adds its deltas only; state never moves backwards).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -9,8 +10,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use crossbeam::channel;
 use heartsink::engine::{Change, DropReason, ManualClock, Pipeline, PipelineShared, Settings, Shards, WorkerCounters};
+use heartsink::proto::envelope::{wrap, TagForm};
 use heartsink::proto::inflate::Backend;
-use heartsink::proto::keyring::Keyring;
+use heartsink::proto::keyring::{Key, Keyring};
 use heartsink::proto::octavia::Uuid;
 
 const S: u64 = 1_000_000_000;
@@ -91,4 +93,68 @@ fn a_stale_amphora_that_refreshes_is_reported_revived_once() {
     r.p.process([&common::heartbeat(3, 3, 1, "k")[..]], 200 * S);
     assert!(r.changes.try_recv().is_err(), "revived once");
     assert!(!r.shards.get(&id(3)).unwrap().stale);
+}
+
+/// [`common::heartbeat`] with its pool reported `DOWN` (the load balancer goes to `ERROR`).
+fn heartbeat_pool_down(amphora: u64, seq: u64, tx: u64) -> Vec<u8> {
+    let json = common::heartbeat_json(amphora, seq, tx)
+        .replace(r#""status": "UP", "members""#, r#""status": "DOWN", "members""#);
+    assert!(json.contains(r#""status": "DOWN""#));
+    wrap(json.as_bytes(), &Key::new(b"k"), TagForm::Hex)
+}
+
+#[test]
+fn a_reordered_heartbeat_adds_its_deltas_and_never_moves_state_backwards() {
+    use heartsink::state::OperatingStatus;
+    let mut r = rig();
+    r.p.process([&common::heartbeat(4, 5, 10, "k")[..]], 100 * S);
+    assert_eq!(r.changes.try_recv().unwrap(), vec![Change::New(id(4))]);
+    // seq 4 was sent before 5 and arrives after it: older, never seen.
+    r.clock.set(101 * S);
+    let t = r.p.process([&heartbeat_pool_down(4, 4, 7)[..]], 101 * S);
+    assert_eq!(t.accepted, 1);
+    let s = r.shards.get(&id(4)).unwrap();
+    assert_eq!(s.operating_status, OperatingStatus::Online, "an older heartbeat does not set health");
+    assert_eq!((s.seq, s.listeners[0].stats.tx, s.reordered), (Some(5), 17, 1));
+    assert_eq!(s.last_refresh_ns, 100 * S, "nor liveness");
+    assert!(r.changes.try_recv().is_err(), "no status change");
+    // Its duplicate: a replay.
+    let t = r.p.process([&heartbeat_pool_down(4, 4, 7)[..]], 101 * S);
+    assert_eq!(t.drops[DropReason::Replay as usize], 1);
+    assert_eq!(r.shards.get(&id(4)).unwrap().listeners[0].stats.tx, 17);
+    // The newest one sets health.
+    r.p.process([&heartbeat_pool_down(4, 6, 1)[..]], 101 * S);
+    let s = r.shards.get(&id(4)).unwrap();
+    assert_eq!((s.operating_status, s.seq, s.listeners[0].stats.tx), (OperatingStatus::Error, Some(6), 18));
+    assert_eq!(
+        r.changes.try_recv().unwrap(),
+        vec![Change::Status { id: id(4), from: OperatingStatus::Online, to: OperatingStatus::Error }]
+    );
+}
+
+#[test]
+fn seq_beyond_the_sequence_space_is_refused_and_its_top_is_an_end() {
+    let mut r = rig();
+    let signed = |seq: &str| {
+        let json = common::heartbeat_json(5, 0, 1).replace(r#""seq": 0,"#, &format!(r#""seq": {seq},"#));
+        assert!(json.contains(seq));
+        wrap(json.as_bytes(), &Key::new(b"k"), TagForm::Hex)
+    };
+    // 2^64 and beyond (Python counts on): not a seq heartsink can order, so not applied.
+    for seq in ["18446744073709551616", "100000000000000000000000"] {
+        let t = r.p.process([&signed(seq)[..]], 100 * S);
+        assert_eq!((t.accepted, t.drops[DropReason::BadSchema as usize]), (0, 1), "seq {seq}");
+    }
+    assert!(r.shards.get(&id(5)).is_none());
+    // 2^64 - 1 is the last number: a repeat is a replay, a wrap to 0 waits for the restart gap.
+    assert_eq!(r.p.process([&signed("18446744073709551615")[..]], 100 * S).accepted, 1);
+    let t = r.p.process([&signed("18446744073709551615")[..]], 100 * S);
+    assert_eq!(t.drops[DropReason::Replay as usize], 1);
+    let t = r.p.process([&signed("0")[..]], 100 * S + 1);
+    assert_eq!(t.drops[DropReason::Stale as usize], 1);
+    let gap = Settings::default().restart_gap_ns;
+    r.clock.set(100 * S + gap);
+    let t = r.p.process([&signed("1")[..]], 100 * S + gap);
+    assert_eq!((t.accepted, t.restarts), (1, 1));
+    assert_eq!(r.shards.get(&id(5)).unwrap().seq, Some(1));
 }

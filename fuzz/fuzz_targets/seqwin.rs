@@ -1,6 +1,6 @@
 //! `SeqWindow::check` driven by a sequence of `(seq, since_last_ns)` pairs decoded with
-//! `arbitrary`, against a reference model of the window (a set of the accepted numbers) and the
-//! invariants stated in `src/proto/seqwin.rs`:
+//! `arbitrary`, against the reference model of the window (`seqwin::Model`, a set of the
+//! accepted numbers) and the invariants stated in `src/proto/seqwin.rs`:
 //!
 //! * a `seq` accepted twice with no `Restarted` in between is impossible;
 //! * `highest()` never decreases except on `Restarted`.
@@ -9,54 +9,13 @@
 use std::collections::BTreeSet;
 
 use arbitrary::Arbitrary;
-use heartsink::proto::seqwin::{SeqError, SeqOutcome, SeqWindow, WINDOW};
+use heartsink::proto::seqwin::{Model, SeqError, SeqOutcome, SeqWindow};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
     restart_gap_ns: u64,
     steps: Vec<(u64, u64)>,
-}
-
-/// The rule as the module docs state it, kept with a set instead of a bitmap.
-#[derive(Default)]
-struct Model {
-    highest: Option<u64>,
-    /// Accepted numbers in `highest - 63 ..= highest` since the last (re)start.
-    seen: BTreeSet<u64>,
-}
-
-impl Model {
-    fn check(&mut self, seq: u64, since: u64, gap: u64) -> Result<SeqOutcome, SeqError> {
-        let Some(h) = self.highest else {
-            self.restart(seq);
-            return Ok(SeqOutcome::First);
-        };
-        let refused = if seq > h {
-            self.highest = Some(seq);
-            let low = seq.saturating_sub(WINDOW - 1);
-            self.seen = self.seen.split_off(&low);
-            self.seen.insert(seq);
-            return Ok(SeqOutcome::Advanced);
-        } else if h - seq >= WINDOW {
-            SeqError::Stale
-        } else if self.seen.insert(seq) {
-            return Ok(SeqOutcome::Reordered);
-        } else {
-            SeqError::Replay
-        };
-        if seq < WINDOW && since >= gap {
-            self.restart(seq);
-            return Ok(SeqOutcome::Restarted);
-        }
-        Err(refused)
-    }
-
-    fn restart(&mut self, seq: u64) {
-        self.highest = Some(seq);
-        self.seen.clear();
-        self.seen.insert(seq);
-    }
 }
 
 fuzz_target!(|input: Input| {
@@ -102,6 +61,6 @@ fuzz_target!(|input: Input| {
                 }
             }
         }
-        assert_eq!(after, model.highest, "step {i}: highest disagrees with the model");
+        assert_eq!(after, model.highest(), "step {i}: highest disagrees with the model");
     }
 });

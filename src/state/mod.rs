@@ -21,10 +21,33 @@
 //!
 //! Statistics apply to every accepted heartbeat: with `ver` ≥ 3 `tx`, `rx`, `totconns` and
 //! `ereq` accumulate (saturating) and `conns` replaces; otherwise every counter replaces.
+//!
+//! # Order: state never moves backwards
+//!
+//! UDP reorders and duplicates datagrams; the sequence window ([`crate::proto::seqwin`]) sorts
+//! each accepted heartbeat into one of three kinds, and [`AmphoraState::apply`] treats them so:
+//!
+//! * **Newest** (`seq` above every accepted one, the first heartbeat, a heartbeat without
+//!   `seq`, or a restart): the only kind that sets health (listener, pool, member and load
+//!   balancer statuses), `seq` and `ver`, replaces counters (`conns`, and every counter below
+//!   ver 3), refreshes liveness (`last_refresh_ns`, [`Applied::revived`]) and counts a listener
+//!   mismatch.
+//! * **Older, not seen before** (a reordered datagram inside the window): adds its ver ≥ 3
+//!   deltas (`tx`, `rx`, `totconns`, `ereq`) exactly once and changes nothing else. A listener
+//!   only it names is created as the in-order state would show it (not reported, `OFFLINE`)
+//!   to hold the deltas. Its absolute counters (below ver 3, and `conns`) are older than the
+//!   ones already held and are ignored.
+//! * **Refused** (a replay, or older than the window): changes nothing (but the window's note
+//!   of a packet refused after the restart gap, for its rising-pair restart rule).
+//!
+//! So `seq` equals the window's highest accepted number and never goes down, except on a
+//! restart (the window's restart rule, [`SeqOutcome::Restarted`]): a restarted agent's counter
+//! starts again, and its first heartbeat is its newest. `last_seen_ns`, `heartbeats` and
+//! `reordered` count every accepted heartbeat and never go down.
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::octavia::{Heartbeat, ListenerStatus, MemberStatus, PoolStatus, Stats, Uuid};
+use crate::proto::octavia::{Heartbeat, ListenerReport, ListenerStatus, MemberStatus, PoolStatus, Stats, Uuid};
 use crate::proto::seqwin::{SeqError, SeqOutcome, SeqWindow};
 
 /// Octavia's operating statuses.
@@ -161,12 +184,16 @@ pub struct AmphoraState {
     /// refreshes liveness clears it and tells the control thread ([`Applied::revived`]).
     #[serde(default)]
     pub stale: bool,
-    /// `seq` of the latest accepted heartbeat.
+    /// The highest accepted `seq` (the newest heartbeat's); it goes down only on a restart.
+    /// A heartbeat without `seq` leaves it as it is.
     pub seq: Option<u64>,
-    /// `ver` of the latest accepted heartbeat.
+    /// `ver` of the newest heartbeat.
     pub ver: Option<u64>,
     /// Accepted heartbeats.
     pub heartbeats: u64,
+    /// Accepted heartbeats older than the newest (reordered): they added their deltas only.
+    #[serde(default)]
+    pub reordered: u64,
     /// Agent restarts recognised by the sequence window.
     pub restarts: u32,
     /// The load balancer's rolled-up operating status.
@@ -202,6 +229,30 @@ fn upsert<T>(v: &mut Vec<T>, id: Uuid, key: impl Fn(&T) -> Uuid, make: impl FnOn
     &mut v[i]
 }
 
+/// The listener of report `r`, created `OFFLINE` with `reported` if new.
+fn listener<'l>(listeners: &'l mut Vec<ListenerState>, r: &ListenerReport, reported: bool) -> &'l mut ListenerState {
+    upsert(
+        listeners,
+        r.id,
+        |l| l.id,
+        || ListenerState {
+            id: r.id,
+            status: r.status,
+            operating_status: OperatingStatus::Offline,
+            reported,
+            stats: Stats::default(),
+        },
+    )
+}
+
+/// Adds ver ≥ 3 deltas (`tx`, `rx`, `totconns`, `ereq`, saturating); `conns` is left alone.
+fn add_deltas(t: &mut Stats, s: &Stats) {
+    t.tx = t.tx.saturating_add(s.tx);
+    t.rx = t.rx.saturating_add(s.rx);
+    t.totconns = t.totconns.saturating_add(s.totconns);
+    t.ereq = t.ereq.saturating_add(s.ereq);
+}
+
 impl AmphoraState {
     /// A state for an amphora never seen before.
     pub fn new(now_ns: u64) -> AmphoraState {
@@ -216,6 +267,7 @@ impl AmphoraState {
             seq: None,
             ver: None,
             heartbeats: 0,
+            reordered: 0,
             restarts: 0,
             operating_status: OperatingStatus::Offline,
             listeners: Vec::new(),
@@ -223,25 +275,32 @@ impl AmphoraState {
         }
     }
 
-    /// Applies an accepted heartbeat received at `now_ns`. The sequence window runs first; a
-    /// refused `seq` changes nothing.
+    /// Applies a heartbeat received at `now_ns` by the module's order rule: the sequence window
+    /// runs first and a refused `seq` changes nothing; an older heartbeat never seen before adds
+    /// its deltas only; the newest sets everything.
     pub fn apply(&mut self, hb: &Heartbeat, now_ns: u64, restart_gap_ns: u64) -> Result<Applied, SeqError> {
         let before = (self.heartbeats > 0).then_some(self.operating_status);
         let seq = match hb.seq {
             Some(seq) => {
                 let since = now_ns.saturating_sub(self.last_seen_ns);
-                let outcome = self.window.check(seq, since, restart_gap_ns)?;
-                if outcome == SeqOutcome::Restarted {
-                    self.restarts = self.restarts.saturating_add(1);
-                }
-                Some(outcome)
+                Some(self.window.check(seq, since, restart_gap_ns)?)
             }
             None => None,
         };
         self.last_seen_ns = self.last_seen_ns.max(now_ns);
-        self.seq = hb.seq;
+        self.heartbeats = self.heartbeats.saturating_add(1);
+        if seq == Some(SeqOutcome::Reordered) {
+            self.reordered = self.reordered.saturating_add(1);
+            self.add_older_deltas(hb);
+            return Ok(Applied { seq, status_change: None, revived: false, count_mismatch: false });
+        }
+        if seq == Some(SeqOutcome::Restarted) {
+            self.restarts = self.restarts.saturating_add(1);
+        }
+        if hb.seq.is_some() {
+            self.seq = hb.seq;
+        }
         self.ver = hb.ver;
-        self.heartbeats += 1;
 
         let mut lb = OperatingStatus::Online;
         self.apply_listeners(hb, &mut lb);
@@ -251,12 +310,24 @@ impl AmphoraState {
         let count_mismatch = self.expected_listeners.is_some_and(|e| hb.listeners().len() != e as usize);
         let mut revived = false;
         if count_mismatch {
-            self.listener_count_mismatches += 1;
+            self.listener_count_mismatches = self.listener_count_mismatches.saturating_add(1);
         } else {
             self.last_refresh_ns = self.last_refresh_ns.max(now_ns);
             revived = std::mem::take(&mut self.stale);
         }
         Ok(Applied { seq, status_change, revived, count_mismatch })
+    }
+
+    /// An older heartbeat never seen before: its ver ≥ 3 deltas, nothing else.
+    fn add_older_deltas(&mut self, hb: &Heartbeat) {
+        if !hb.stats_are_deltas() {
+            return;
+        }
+        for r in hb.listeners() {
+            let Some(s) = r.stats else { continue };
+            // Created as the in-order state would show it: the newest heartbeat did not report it.
+            add_deltas(&mut listener(&mut self.listeners, r, false).stats, &s);
+        }
     }
 
     /// A state read back from the durable store: the sequence window restarts at the stored
@@ -275,18 +346,7 @@ impl AmphoraState {
         }
         let deltas = hb.stats_are_deltas();
         for r in hb.listeners() {
-            let l = upsert(
-                &mut self.listeners,
-                r.id,
-                |l| l.id,
-                || ListenerState {
-                    id: r.id,
-                    status: r.status,
-                    operating_status: OperatingStatus::Offline,
-                    reported: true,
-                    stats: Stats::default(),
-                },
-            );
+            let l = listener(&mut self.listeners, r, true);
             l.reported = true;
             l.status = r.status;
             match r.status {
@@ -301,12 +361,8 @@ impl AmphoraState {
             }
             if let Some(s) = r.stats {
                 if deltas {
-                    let t = &mut l.stats;
-                    t.tx = t.tx.saturating_add(s.tx);
-                    t.rx = t.rx.saturating_add(s.rx);
-                    t.totconns = t.totconns.saturating_add(s.totconns);
-                    t.ereq = t.ereq.saturating_add(s.ereq);
-                    t.conns = s.conns;
+                    add_deltas(&mut l.stats, &s);
+                    l.stats.conns = s.conns;
                 } else {
                     l.stats = s;
                 }
@@ -406,144 +462,4 @@ impl AmphoraState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const A: &str = "79c8c292-6b94-45b5-b498-82321e35049e";
-    const L1: &str = "82b9bfbc-91ba-4257-9abe-22cad37b17c6";
-    const L2: &str = "92b9bfbc-91ba-4257-9abe-22cad37b17c6";
-    const P1: &str = "515c6123-6c88-4537-bcf3-bd58da60fb1c";
-    const P2: &str = "615c6123-6c88-4537-bcf3-bd58da60fb1c";
-    const M1: &str = "88718c96-6f3d-48f7-b4b1-b64633be40f5";
-    const M2: &str = "5b08acc2-13a5-4f07-9a1b-195060c40eb7";
-    const GAP: u64 = 5_000_000_000;
-
-    fn hb(s: &str) -> Heartbeat {
-        let mut h = Heartbeat::default();
-        h.parse(s.as_bytes()).expect("test message parses");
-        h
-    }
-
-    fn v3(seq: u64, lstatus: &str, pstatus: &str, m1: &str, m2: &str, tx: u64) -> Heartbeat {
-        hb(&format!(
-            r#"{{"id": "{A}", "seq": {seq}, "ver": 3,
-                "listeners": {{"{L1}": {{"status": "{lstatus}", "stats": {{"tx": {tx}, "rx": 1, "conns": {seq}, "totconns": 2, "ereq": 0}}}}}},
-                "pools": {{"{P1}:{L1}": {{"status": "{pstatus}", "members": {{"{M1}": "{m1}", "{M2}": "{m2}"}}}}}}}}"#
-        ))
-    }
-
-    fn pool(s: &AmphoraState) -> &PoolState {
-        &s.pools[0]
-    }
-
-    fn member<'s>(s: &'s AmphoraState, id: &str) -> &'s MemberState {
-        pool(s).members.iter().find(|m| m.id.to_string() == id).expect("member")
-    }
-
-    #[test]
-    fn all_up_is_online_and_deltas_accumulate() {
-        let mut s = AmphoraState::new(0);
-        let a = s.apply(&v3(0, "OPEN", "UP", "UP", "no check", 10), 1, GAP).expect("applies");
-        assert_eq!(a.status_change, Some((None, OperatingStatus::Online)));
-        s.apply(&v3(1, "OPEN", "UP", "UP", "no check", 5), 2, GAP).expect("applies");
-        assert_eq!(s.operating_status, OperatingStatus::Online);
-        let l = &s.listeners[0];
-        assert_eq!((l.stats.tx, l.stats.totconns, l.stats.conns), (15, 4, 1));
-        assert_eq!(member(&s, M2).operating_status, OperatingStatus::NoMonitor);
-        assert_eq!(s.last_seen_ns, 2);
-        assert_eq!(s.heartbeats, 2);
-    }
-
-    #[test]
-    fn absolute_counters_replace() {
-        let mut s = AmphoraState::new(0);
-        let msg = |tx: u64| {
-            hb(&format!(
-                r#"{{"id": "{A}", "ver": 2, "listeners": {{"{L1}": {{"status": "OPEN", "stats": {{"tx": {tx}, "rx": 1, "conns": 1, "totconns": 2, "ereq": 0}}}}}}, "pools": {{}}}}"#
-            ))
-        };
-        s.apply(&msg(10), 1, GAP).expect("applies");
-        s.apply(&msg(7), 2, GAP).expect("applies");
-        assert_eq!(s.listeners[0].stats.tx, 7);
-    }
-
-    #[test]
-    fn member_down_degrades_an_up_pool_and_the_lb() {
-        let mut s = AmphoraState::new(0);
-        s.apply(&v3(0, "OPEN", "UP", "DOWN 1/2", "UP", 0), 1, GAP).expect("applies");
-        assert_eq!(member(&s, M1).operating_status, OperatingStatus::Error);
-        assert_eq!(pool(&s).operating_status, OperatingStatus::Degraded);
-        assert_eq!(s.operating_status, OperatingStatus::Degraded);
-    }
-
-    #[test]
-    fn pool_down_is_error_and_wins_over_full() {
-        let mut s = AmphoraState::new(0);
-        s.apply(&v3(0, "FULL", "DOWN", "DOWN", "UP", 0), 1, GAP).expect("applies");
-        assert_eq!(s.listeners[0].operating_status, OperatingStatus::Degraded);
-        assert_eq!(pool(&s).operating_status, OperatingStatus::Error);
-        assert_eq!(s.operating_status, OperatingStatus::Error);
-    }
-
-    #[test]
-    fn full_listener_degrades() {
-        let mut s = AmphoraState::new(0);
-        s.apply(&v3(0, "FULL", "UP", "UP", "UP", 0), 1, GAP).expect("applies");
-        assert_eq!(s.operating_status, OperatingStatus::Degraded);
-    }
-
-    #[test]
-    fn unknown_statuses_leave_values_unchanged() {
-        let mut s = AmphoraState::new(0);
-        s.apply(&v3(0, "OPEN", "UP", "UP", "DRAIN", 0), 1, GAP).expect("applies");
-        s.apply(&v3(1, "STOP", "WEIRD", "RESTARTING", "NOLB", 0), 2, GAP).expect("applies");
-        assert_eq!(s.listeners[0].operating_status, OperatingStatus::Online);
-        assert_eq!(pool(&s).operating_status, OperatingStatus::Online);
-        assert_eq!(member(&s, M1).operating_status, OperatingStatus::Online);
-        assert_eq!(member(&s, M2).operating_status, OperatingStatus::Draining);
-        // A member DOWN in a pool of unknown status does not degrade it.
-        s.apply(&v3(2, "OPEN", "WEIRD", "DOWN", "MAINT", 0), 3, GAP).expect("applies");
-        assert_eq!(pool(&s).operating_status, OperatingStatus::Online);
-        assert_eq!(s.operating_status, OperatingStatus::Online);
-        assert_eq!(member(&s, M2).operating_status, OperatingStatus::Offline);
-    }
-
-    #[test]
-    fn absent_entities_go_offline_but_no_monitor_stays() {
-        let mut s = AmphoraState::new(0);
-        s.apply(&v3(0, "OPEN", "UP", "UP", "no check", 0), 1, GAP).expect("applies");
-        let other = hb(&format!(
-            r#"{{"id": "{A}", "seq": 1, "ver": 3, "listeners": {{"{L2}": {{"status": "OPEN"}}}},
-                "pools": {{"{P2}": {{"status": "UP", "members": {{}}}}, "{P1}": {{"status": "UP", "members": {{}}}}}}}}"#
-        ));
-        s.apply(&other, 2, GAP).expect("applies");
-        let l1 = s.listeners.iter().find(|l| l.id.to_string() == L1).expect("l1");
-        assert!(!l1.reported);
-        assert_eq!(l1.operating_status, OperatingStatus::Offline);
-        assert_eq!(member(&s, M1).operating_status, OperatingStatus::Offline);
-        assert_eq!(member(&s, M2).operating_status, OperatingStatus::NoMonitor);
-        let only = hb(&format!(r#"{{"id": "{A}", "seq": 2, "ver": 3, "listeners": {{}}, "pools": {{}}}}"#));
-        s.apply(&only, 3, GAP).expect("applies");
-        assert!(s.pools.iter().all(|p| p.operating_status == OperatingStatus::Offline && !p.reported));
-        assert_eq!(s.operating_status, OperatingStatus::Online);
-    }
-
-    #[test]
-    fn replay_changes_nothing() {
-        let mut s = AmphoraState::new(0);
-        s.apply(&v3(4, "OPEN", "UP", "UP", "UP", 10), 1, GAP).expect("applies");
-        let before = s.clone();
-        assert_eq!(s.apply(&v3(4, "OPEN", "UP", "UP", "UP", 10), 2, GAP), Err(SeqError::Replay));
-        assert_eq!(s, before);
-    }
-
-    #[test]
-    fn restart_is_counted() {
-        let mut s = AmphoraState::new(0);
-        s.apply(&v3(900, "OPEN", "UP", "UP", "UP", 1), 1, GAP).expect("applies");
-        let a = s.apply(&v3(0, "OPEN", "UP", "UP", "UP", 1), 1 + GAP, GAP).expect("restart");
-        assert_eq!(a.seq, Some(SeqOutcome::Restarted));
-        assert_eq!(s.restarts, 1);
-        assert_eq!(s.listeners[0].stats.tx, 2);
-    }
-}
+mod tests;
