@@ -157,7 +157,8 @@ pub struct HeartbeatConfig {
     pub shards: usize,
     /// Inflate back-end: `libdeflate` or `zlib-rs`.
     pub inflate: Backend,
-    /// Sequence window restart gap, milliseconds.
+    /// Sequence window restart gap, milliseconds: the silence after which a low `seq`, or two
+    /// rising refused ones, count as an agent restart.
     pub restart_gap_ms: u64,
 }
 

@@ -200,7 +200,8 @@ impl ServiceHost {
     /// The machines (services of `machine_type`) as the scheduler sees them at `now_ns`: alive
     /// when `tag.up` is not `false` and the last heartbeat is at most `timeout_s` old.
     pub fn machines(&self, machine_type: &str, timeout_s: f64, now_ns: u64) -> Vec<crate::sched::Machine> {
-        let now_s = now_ns as f64 / 1e9;
+        // To the microsecond, as the registry keeps it: a machine is never declared dead early.
+        let (now_us, timeout_us) = (now_ns / 1000, super::liveness::secs_ns(timeout_s) / 1000);
         self.registry
             .services(machine_type)
             .map(|s| {
@@ -211,7 +212,7 @@ impl ServiceHost {
                     .unwrap_or_default();
                 let available = s.tag("stat.free_bytes").and_then(|v| v.as_f64()).map_or(0, |f| f.max(0.0) as u64);
                 let up = s.tag("tag.up").and_then(|v| v.as_bool()) != Some(false);
-                let fresh = now_s - s.score_timestamp_s as f64 <= timeout_s;
+                let fresh = s.fresh_at(now_us, timeout_us);
                 crate::sched::Machine { name: s.id().to_owned(), labels, available, alive: up && fresh }
             })
             .collect()

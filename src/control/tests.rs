@@ -279,3 +279,32 @@ fn restore_brings_back_amphorae_and_reruns_unfinished_failovers() {
     assert_eq!(started.len(), 1, "{started:?}");
     assert_eq!(started[0].amphora, amphora(5));
 }
+
+#[test]
+fn a_machine_beating_every_second_with_a_1_5_s_timeout_never_dies() {
+    let mut c = cfg();
+    c.liveness.heartbeat_timeout = 1.5;
+    let mut r = ControlRig::with(c, T0 + 300_000_000, None);
+    let beat = |r: &mut ControlRig| {
+        let push = Command::ServicePush {
+            action: PushAction::Register,
+            entries: vec![machine("m1", "127.0.0.1:7001", 1 << 40)],
+        };
+        r.execute(push).expect("register");
+    };
+    beat(&mut r);
+    for _ in 0..40 {
+        r.advance(S / 4);
+        let now = r.now();
+        let alive = r.control.services.machines("machine", 1.5, now).iter().all(|m| m.alive);
+        assert!(alive, "alive at {now}");
+        if (now - T0) % S == 300_000_000 {
+            beat(&mut r);
+        }
+    }
+    // Silent 1.5 s + 1 µs: dead.
+    let now = r.now();
+    let last = now - (now - T0 - 300_000_000) % S;
+    let m = r.control.services.machines("machine", 1.5, last + 1_500_001_000);
+    assert!(m.iter().all(|m| !m.alive), "{m:?}");
+}

@@ -196,7 +196,13 @@ impl Pipeline {
                         }
                         tally.accepted += 1;
                         tally.services += 1;
-                        out.push(svc);
+                        if outcome == SeqOutcome::Reordered {
+                            // Older than one already applied: a service beat carries no
+                            // deltas, so it must not overwrite newer tags and stats.
+                            self.spare.push(svc);
+                        } else {
+                            out.push(svc);
+                        }
                     }
                     Err(e) => {
                         tally.drop(e.into());

@@ -5,7 +5,7 @@
 //! 64 sequence numbers at and below it (the anti-replay window of RFC 4303 §3.4.3):
 //!
 //! * `seq > highest`: accepted ([`SeqOutcome::Advanced`]); the window slides. Only such a
-//!   packet is the sender's *newest* (see [`crate::state`] for what that decides).
+//!   packet is the sender's *newest* (the health model decides what that means).
 //! * `highest - 63 ≤ seq ≤ highest`: accepted once ([`SeqOutcome::Reordered`]: an older packet
 //!   never seen before); a second time it is [`SeqError::Replay`].
 //! * `seq < highest - 63`: [`SeqError::Stale`].

@@ -147,7 +147,75 @@ impl ServiceOp {
 }
 
 /// A typed tag value (the registry's: one type from the wire to the store).
-pub use crate::registry::TagValue;
+/// A tag value. In JSON: a number, a bool or a string. Defined with the wire format that
+/// carries it; the registry keeps and scores it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum TagValue {
+    /// An integer.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A string.
+    Str(String),
+}
+
+impl TagValue {
+    /// The string, if this is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            TagValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value as a number, for integers and floats.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            TagValue::Int(i) => Some(i as f64),
+            TagValue::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The value of a boolean.
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            TagValue::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The value as a flag: a bool, a non-zero number, or `true`/`false`, `1`/`0`, `yes`/`no`,
+    /// `on`/`off`; `None` for anything else.
+    pub fn truthy(&self) -> Option<bool> {
+        match self {
+            TagValue::Bool(b) => Some(*b),
+            TagValue::Int(i) => Some(*i != 0),
+            TagValue::Float(f) => Some(*f != 0.0),
+            TagValue::Str(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Some(true),
+                "false" | "0" | "no" | "off" => Some(false),
+                _ => None,
+            },
+        }
+    }
+
+    /// Sets `self` to `v`; returns whether it changed. A string replacing a string reuses the
+    /// buffer, and an equal value is not written at all.
+    pub fn assign(&mut self, v: &TagValue) -> bool {
+        if self == v {
+            return false;
+        }
+        match (&mut *self, v) {
+            (TagValue::Str(a), TagValue::Str(b)) => a.clone_from(b),
+            (a, b) => *a = b.clone(),
+        }
+        true
+    }
+}
 
 /// Overwrites `v` with `raw`, reusing a string's capacity when both are strings.
 fn assign_raw(v: &mut TagValue, raw: Raw<'_>) {

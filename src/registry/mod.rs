@@ -76,82 +76,17 @@ pub const SCORE_MAX: i32 = 100;
 /// Longest `tag.service_id` used as an id (longer ones are kept as tags but not resolvable).
 pub const SERVICE_ID_MAX_LEN: usize = 36;
 
-/// A tag value. In JSON: a number, a bool or a string.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TagValue {
-    /// An integer.
-    Int(i64),
-    /// A floating-point number.
-    Float(f64),
-    /// A boolean.
-    Bool(bool),
-    /// A string.
-    Str(String),
-}
+pub use crate::proto::service::TagValue;
 
-impl TagValue {
+impl<'a> From<&'a TagValue> for TagValueRef<'a> {
     /// The borrowed form used by [`Expr::eval`].
-    pub fn view(&self) -> TagValueRef<'_> {
-        match self {
+    fn from(v: &'a TagValue) -> TagValueRef<'a> {
+        match v {
             TagValue::Int(i) => TagValueRef::Int(*i),
             TagValue::Float(f) => TagValueRef::Float(*f),
             TagValue::Bool(b) => TagValueRef::Bool(*b),
             TagValue::Str(s) => TagValueRef::Str(s),
         }
-    }
-
-    /// The string, if this is a string.
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            TagValue::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// The value as a number, for integers and floats.
-    pub fn as_f64(&self) -> Option<f64> {
-        match *self {
-            TagValue::Int(i) => Some(i as f64),
-            TagValue::Float(f) => Some(f),
-            _ => None,
-        }
-    }
-
-    /// The value of a boolean.
-    pub fn as_bool(&self) -> Option<bool> {
-        match *self {
-            TagValue::Bool(b) => Some(b),
-            _ => None,
-        }
-    }
-
-    /// The value as a flag: a bool, a non-zero number, or `true`/`false`, `1`/`0`, `yes`/`no`,
-    /// `on`/`off`; `None` for anything else.
-    pub fn truthy(&self) -> Option<bool> {
-        match self {
-            TagValue::Bool(b) => Some(*b),
-            TagValue::Int(i) => Some(*i != 0),
-            TagValue::Float(f) => Some(*f != 0.0),
-            TagValue::Str(s) => match s.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => Some(true),
-                "false" | "0" | "no" | "off" => Some(false),
-                _ => None,
-            },
-        }
-    }
-
-    /// Sets `self` to `v`; returns whether it changed. A string replacing a string reuses the
-    /// buffer, and an equal value is not written at all.
-    fn assign(&mut self, v: &TagValue) -> bool {
-        if self == v {
-            return false;
-        }
-        match (&mut *self, v) {
-            (TagValue::Str(a), TagValue::Str(b)) => a.clone_from(b),
-            (a, b) => *a = b.clone(),
-        }
-        true
     }
 }
 
@@ -578,7 +513,7 @@ pub struct Registry {
 
 /// The score from the tags: `None` (UNDEF) keeps `score`; a rise is capped to `bound`.
 fn compute_score(expr: &Expr, tags: &[(String, TagValue)], score: i32, bound: i32) -> i32 {
-    let Some(d) = expr.eval(|name| find_tag(tags, name).map(TagValue::view)) else {
+    let Some(d) = expr.eval(|name| find_tag(tags, name).map(TagValueRef::from)) else {
         return score;
     };
     // `as` saturates: ±inf and huge values end up clamped below.
