@@ -6,8 +6,17 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// The bench runs measure a daemon and its load generators on a two-core machine: one at a
+/// time, so that a run's short measurement windows are not starved by another's.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn pipeline_only_applies_every_heartbeat() {
+    let _serial = one_at_a_time();
     let out =
         Command::new(env!("CARGO_BIN_EXE_heartsink")).args(["bench", "--pipeline-only", "3000"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -17,6 +26,7 @@ fn pipeline_only_applies_every_heartbeat() {
 
 #[test]
 fn short_bench_without_octavia_writes_a_consistent_report() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_heartsink"))
         .args([
@@ -58,6 +68,7 @@ fn short_bench_without_octavia_writes_a_consistent_report() {
 
 #[test]
 fn confd_only_measures_heartsink_and_merges_into_the_report() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bench.json"), br#"{"in_process_bound": 1.5}"#).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_heartsink"))
