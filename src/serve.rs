@@ -95,7 +95,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     ecfg.confd = Arc::new(load_confd(&cfg)?);
     let engine = Engine::start(ecfg, Arc::new(SystemClock))?;
     let ctx = Arc::new(ApiContext { engine: engine.shared().clone(), keys: arc_swap::ArcSwap::from_pointee(info) });
-    let admin = AdminServer::start(cfg.admin.addr, ctx.clone())?;
+    let admin = AdminServer::start_with(cfg.admin.addr, ctx.clone(), cfg.admin.limits())?;
 
     let line = Listening {
         event: "listening",
@@ -140,7 +140,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 generation += 1;
                 let restart_needed: Vec<&str> = [
                     ("heartbeat.addr", new.heartbeat.addr != cfg.heartbeat.addr),
-                    ("admin.addr", new.admin.addr != cfg.admin.addr),
+                    ("admin", new.admin != cfg.admin),
                     ("heartbeat.workers", new.heartbeat.workers != cfg.heartbeat.workers),
                     ("heartbeat.rx_threads", new.heartbeat.rx_threads != cfg.heartbeat.rx_threads),
                     ("heartbeat.rcvbuf", new.heartbeat.rcvbuf != cfg.heartbeat.rcvbuf),
