@@ -555,3 +555,42 @@ fn plane_stats(ctx: &ApiContext) -> serde_json::Value {
         })),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    #[test]
+    fn a_panicking_handler_is_answered_500_counted_and_the_router_keeps_serving() {
+        let counters = Arc::new(AdminCounters::default());
+        let app = with_panic_catcher(
+            axum::Router::new()
+                .route("/boom", axum::routing::get(|| async { panic!("boom") as &str }))
+                .route("/ok", axum::routing::get(|| async { "ok" })),
+            counters.clone(),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let get = |p: &str| axum::http::Request::get(p).body(Body::empty()).unwrap();
+            let r = app.clone().oneshot(get("/boom")).await.unwrap();
+            assert_eq!(r.status(), 500);
+            let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v, json!({"error": "internal error", "status": 500}));
+            assert_eq!(app.oneshot(get("/ok")).await.unwrap().status(), 200);
+        });
+        assert_eq!(counters.panics.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn body_limits_per_route() {
+        let seg = |p: &'static str| p.split('/').collect::<Vec<_>>();
+        assert_eq!(body_limit(&Method::POST, &seg("v1/services")), (MAX_BODY as usize, true));
+        assert_eq!(body_limit(&Method::PATCH, &seg("v1/amphorae/x")), (4 << 10, true));
+        assert_eq!(body_limit(&Method::POST, &seg("v1/volumes")), (64 << 10, true));
+        assert_eq!(body_limit(&Method::GET, &seg("healthz")), (4 << 10, false));
+    }
+}

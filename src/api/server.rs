@@ -551,3 +551,19 @@ pub(crate) async fn blocking<T: Send + 'static>(shared: &Shared, f: impl FnOnce(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn a_panic_in_a_connection_task_is_caught() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let r = rt.block_on(CatchUnwind(Box::pin(async { panic!("in a connection") as u8 })));
+        let counters = AdminCounters::default();
+        counters.panicked("connection", &*r.err().unwrap());
+        assert_eq!(counters.panics.load(Ordering::Relaxed), 1);
+        assert_eq!(rt.block_on(CatchUnwind(Box::pin(async { 7 }))).ok(), Some(7));
+    }
+}

@@ -126,12 +126,11 @@ pub fn service(e: &ServiceEntry) -> Result<(), String> {
     for (k, v) in &e.tags {
         text("a tag name", k, 1, MAX_TAG_NAME)?;
         match v {
-            TagValue::Str(s) if k == "tag.service_id" => {
-                if s.is_empty() || s.chars().count() > MAX_ID_CHARS || s.chars().any(char::is_control) {
-                    return Err(format!(
-                        "tag.service_id must be 1–{MAX_ID_CHARS} characters without control characters"
-                    ));
-                }
+            TagValue::Str(s)
+                if k == "tag.service_id"
+                    && (s.is_empty() || s.chars().count() > MAX_ID_CHARS || s.chars().any(char::is_control)) =>
+            {
+                return Err(format!("tag.service_id must be 1–{MAX_ID_CHARS} characters without control characters"));
             }
             TagValue::Str(s) if s.len() > MAX_TAG_STR => {
                 return Err(format!("tag {k:?}: a string value must be at most {MAX_TAG_STR} bytes"));
