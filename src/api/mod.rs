@@ -1,6 +1,6 @@
 //! The admin HTTP API (JSON) and Prometheus metrics, served by hyper under axum on a small tokio
-//! runtime of its own, off the hot path (limits, timeouts and connection handling: [`server`]
-//! below, documented on [`AdminServer`]). Every answer is built from the engine's counters, the
+//! runtime of its own, off the hot path (limits, timeouts and connection handling: `server.rs`,
+//! documented on [`AdminServer`]). Every answer is built from the engine's counters, the
 //! published snapshot and a short lock of one state shard, or is a command to the control thread
 //! run on a bounded blocking pool; nothing here can stall a worker for longer than copying one
 //! amphora. Request bodies are checked against documented bounds ([`validate`]) before anything

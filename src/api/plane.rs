@@ -218,10 +218,7 @@ pub fn route(ctx: &ApiContext, method: &Method, segments: &[&str], query: &str, 
                 None => error(404, &format!("unknown pool {name:?}")).into(),
             }
         }
-        ("POST", ["v1", "volumes"]) => match body().and_then(|v| parse(v, "bad volume")).and_then(|c| {
-            validate::volume_create(&c).map_err(|m| error(400, &m))?;
-            Ok(c)
-        }) {
+        ("POST", ["v1", "volumes"]) => match body().and_then(|v| checked(v, "bad volume", validate::volume_create)) {
             Ok(c) => call(Command::VolumeCreate(c), 201),
             Err(r) => r.into(),
         },
@@ -240,12 +237,9 @@ pub fn route(ctx: &ApiContext, method: &Method, segments: &[&str], query: &str, 
             Err(r) => r.into(),
         },
         ("PATCH", ["v1", "volumes", id]) => {
-            match volume_id(id).and_then(|n| Ok((n, body().and_then(|v| parse(v, "bad change"))?))).and_then(
-                |(n, p)| {
-                    validate::volume_patch(&p).map_err(|m| error(400, &m))?;
-                    Ok((n, p))
-                },
-            ) {
+            match volume_id(id)
+                .and_then(|n| Ok((n, body().and_then(|v| checked(v, "bad change", validate::volume_patch))?)))
+            {
                 Ok((n, p)) => call(Command::VolumePatch(n, p), 200),
                 Err(r) => r.into(),
             }
@@ -255,12 +249,9 @@ pub fn route(ctx: &ApiContext, method: &Method, segments: &[&str], query: &str, 
             Err(r) => r.into(),
         },
         ("POST", ["v1", "volumes", id, "state"]) => {
-            match volume_id(id).and_then(|n| Ok((n, body().and_then(|v| parse(v, "bad report"))?))).and_then(
-                |(n, r)| {
-                    validate::volume_report(&r).map_err(|m| error(400, &m))?;
-                    Ok((n, r))
-                },
-            ) {
+            match volume_id(id)
+                .and_then(|n| Ok((n, body().and_then(|v| checked(v, "bad report", validate::volume_report))?)))
+            {
                 Ok((n, r)) => call(Command::VolumeReport(n, r), 200),
                 Err(r) => r.into(),
             }
@@ -271,7 +262,14 @@ pub fn route(ctx: &ApiContext, method: &Method, segments: &[&str], query: &str, 
     Some(r)
 }
 
-/// Deserializes a request body, answering `400 {what}: …` when it does not fit.
-fn parse<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T, Resp> {
-    serde_json::from_value(v).map_err(|e| error(400, &format!("{what}: {e}")))
+/// Deserializes a request body and checks its bounds, answering `400 {what}: …` when it does
+/// not fit and `400` naming the field when it is out of bounds.
+fn checked<T: serde::de::DeserializeOwned>(
+    v: Value,
+    what: &str,
+    check: fn(&T) -> Result<(), String>,
+) -> Result<T, Resp> {
+    let t = serde_json::from_value(v).map_err(|e| error(400, &format!("{what}: {e}")))?;
+    check(&t).map_err(|m| error(400, &m))?;
+    Ok(t)
 }
