@@ -70,6 +70,7 @@ fn assert_healthz_fast(addr: SocketAddr, what: &str) {
     let (code, took) = healthz(addr);
     assert_eq!(code, 200, "{what}");
     assert!(took < Duration::from_secs(1), "{what}: /healthz took {took:?}");
+    eprintln!("/healthz {what}: {took:?}");
 }
 
 fn proc_status(pid: u32, key: &str) -> u64 {
@@ -193,6 +194,7 @@ fn a_256_mib_header_line_is_431_without_the_memory() {
     assert!(sent < 256 << 20, "the daemon read the whole 256 MiB header line");
     let rss_after = proc_status(pid, "VmRSS:");
     assert!(rss_after < rss_before + 32 * 1024, "RSS grew from {rss_before} kB to {rss_after} kB");
+    eprintln!("256 MiB header line: {sent} bytes accepted by the socket, RSS {rss_before} kB -> {rss_after} kB");
     assert!(d.child.try_wait().unwrap().is_none());
     assert_healthz_fast(d.admin, "after the 256 MiB header line");
 }
@@ -213,6 +215,7 @@ fn two_thousand_idle_connections_cost_no_threads_and_healthz_still_answers() {
         assert_healthz_fast(d.admin, "with 2000 idle connections open");
     }
     let threads_after = proc_status(pid, "Threads:");
+    eprintln!("threads: {threads_before} before, {threads_after} with 2000 idle connections");
     assert!(
         threads_after <= threads_before + 2,
         "threads: {threads_before} before, {threads_after} with 2000 idle connections"
@@ -268,4 +271,22 @@ fn sigterm_with_stalled_clients_open_exits_0_within_seconds() {
     let st = d.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "exit status {st:?}; stderr: {}", d.stderr_text());
     assert!(t.elapsed() < Duration::from_secs(5), "stop took {:?}", t.elapsed());
+}
+
+#[test]
+fn a_thousand_keep_alive_clients_are_all_answered_twice() {
+    let (d, _tmp) = start("[admin]\n");
+    let mut clients: Vec<TcpStream> = (0..1000).map(|_| connect(d.admin)).collect();
+    for round in 0..2 {
+        for s in &mut clients {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        }
+        for (i, s) in clients.iter_mut().enumerate() {
+            assert_eq!(status(s), Some(200), "client {i}, round {round}");
+            let mut body = [0u8; 15];
+            s.read_exact(&mut body).unwrap();
+            assert_eq!(&body, br#"{"status":"ok"}"#);
+        }
+    }
+    assert_eq!(metric(&d, "heartsink_admin_connections_evicted_total"), 0.0);
 }
