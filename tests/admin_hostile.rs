@@ -271,6 +271,29 @@ fn sigterm_with_stalled_clients_open_exits_0_within_seconds() {
     let st = d.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "exit status {st:?}; stderr: {}", d.stderr_text());
     assert!(t.elapsed() < Duration::from_secs(5), "stop took {:?}", t.elapsed());
+    eprintln!("SIGTERM with stalled clients: exit 0 after {:?}", t.elapsed());
+}
+
+#[test]
+fn out_of_range_admin_limits_are_refused_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (toml, key) in [
+        ("[admin]\nheader_timeout = 0.0\n", "admin.header_timeout"),
+        ("[admin]\nmax_header_bytes = 100\n", "admin.max_header_bytes"),
+        ("[admin]\nmax_connections = 0\n", "admin.max_connections"),
+    ] {
+        let cfg = tmp.path().join("bad.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_heartsink"))
+            .args(["serve", "--config", cfg.to_str().unwrap(), "--admin-addr", "127.0.0.1:0"])
+            .args(["--heartbeat-addr", "127.0.0.1:0", "--confd-addr", "127.0.0.1:0"])
+            .current_dir(tmp.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{toml}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(key), "{toml}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 #[test]

@@ -167,7 +167,10 @@ fn parse_amphora_id(id: &str) -> Result<Uuid, Resp> {
 /// The router: every route goes through [`handle`], under the panic catcher.
 pub(crate) fn router(shared: Arc<ServerShared>) -> axum::Router {
     let counters = shared.counters.clone();
-    with_panic_catcher(axum::Router::new().fallback(handle).with_state(shared), counters)
+    // The default limit for any route that extracts its body (routes added later, e.g. the
+    // console's); the routes here read theirs in `handle`, with the limit of `body_limit`.
+    let router = axum::Router::new().fallback(handle).with_state(shared);
+    with_panic_catcher(router.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY as usize)), counters)
 }
 
 /// Wraps `router` so that a panic in a handler is answered `500`, counted and logged.

@@ -245,6 +245,16 @@ impl AdminServer {
     }
 }
 
+impl Drop for AdminServer {
+    /// Dropped without [`AdminServer::stop`] (an error path): stop at once, waiting for nothing.
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            let _ = self.shutdown.send(true);
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// A whole HTTP/1.1 response closing the connection, with the API's JSON error body.
 fn raw_error(status: u16, reason: &str, message: &str) -> Vec<u8> {
     let body = serde_json::json!({"error": message, "status": status}).to_string();
