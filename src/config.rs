@@ -190,11 +190,65 @@ impl Default for HeartbeatConfig {
 pub struct AdminConfig {
     /// HTTP listen address.
     pub addr: SocketAddr,
+    /// Largest request head, bytes (8192..=1 MiB); larger is `431`.
+    pub max_header_bytes: usize,
+    /// Seconds from a request's first byte to the end of its head (`408`).
+    pub header_timeout: f64,
+    /// Seconds to receive a whole request body (`408`).
+    pub body_timeout: f64,
+    /// Seconds a connection with no request in progress stays open.
+    pub idle_timeout: f64,
+    /// Connections at once (1..=65536); at the limit the longest idle one is closed, or the
+    /// newcomer is answered `503`.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> AdminConfig {
-        AdminConfig { addr: SocketAddr::from(([127, 0, 0, 1], 9555)) }
+        let l = crate::api::AdminLimits::default();
+        AdminConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9555)),
+            max_header_bytes: l.max_header_bytes,
+            header_timeout: l.header_timeout.as_secs_f64(),
+            body_timeout: l.body_timeout.as_secs_f64(),
+            idle_timeout: l.idle_timeout.as_secs_f64(),
+            max_connections: l.max_connections,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// Checks the ranges; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let min = crate::api::MIN_HEADER_BYTES;
+        if !(min..=(1 << 20)).contains(&self.max_header_bytes) {
+            return Err(format!("admin.max_header_bytes must be in {min}..=1048576"));
+        }
+        for (name, v) in [
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if !(0.01..=3600.0).contains(&v) {
+                return Err(format!("admin.{name} must be in 0.01..=3600 seconds"));
+            }
+        }
+        if !(1..=65536).contains(&self.max_connections) {
+            return Err("admin.max_connections must be in 1..=65536".into());
+        }
+        Ok(())
+    }
+
+    /// The admin server's limits.
+    pub fn limits(&self) -> crate::api::AdminLimits {
+        let secs = |s: f64| std::time::Duration::try_from_secs_f64(s).unwrap_or_default();
+        crate::api::AdminLimits {
+            max_header_bytes: self.max_header_bytes,
+            header_timeout: secs(self.header_timeout),
+            body_timeout: secs(self.body_timeout),
+            idle_timeout: secs(self.idle_timeout),
+            max_connections: self.max_connections,
+        }
     }
 }
 
@@ -332,6 +386,7 @@ impl Config {
         check((1..=1024).contains(&h.recv_batch), "heartbeat.recv_batch must be in 1..=1024")?;
         check((1..=65536).contains(&h.shards), "heartbeat.shards must be in 1..=65536")?;
         check(h.rcvbuf <= (1 << 30), "heartbeat.rcvbuf must be at most 1 GiB")?;
+        self.admin.validate().map_err(ConfigError::Invalid)?;
         self.liveness.validate()?;
         self.failover.validate()?;
         let mut warnings = Vec::new();

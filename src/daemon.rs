@@ -130,7 +130,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         confd: confd.clone(),
         keys: arc_swap::ArcSwap::from_pointee(info),
     });
-    let admin = AdminServer::start(cfg.admin.addr, ctx.clone())
+    let admin = AdminServer::start_with(cfg.admin.addr, ctx.clone(), cfg.admin.limits())
         .map_err(|e| format!("cannot bind the admin socket to {}/tcp: {e}", cfg.admin.addr))?;
 
     let line = Listening {
@@ -216,7 +216,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
 fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     [
         ("heartbeat.addr", new.heartbeat.addr != old.heartbeat.addr),
-        ("admin.addr", new.admin.addr != old.admin.addr),
+        ("admin", new.admin != old.admin),
         ("heartbeat.workers", new.heartbeat.workers != old.heartbeat.workers),
         ("heartbeat.rx_threads", new.heartbeat.rx_threads != old.heartbeat.rx_threads),
         ("heartbeat.rcvbuf", new.heartbeat.rcvbuf != old.heartbeat.rcvbuf),

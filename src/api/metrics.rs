@@ -4,18 +4,16 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::{AdminCounters, ApiContext, Resp};
+use crate::engine::DropReason;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use tiny_http::{Header, Response};
-
-use super::ApiContext;
-use crate::engine::DropReason;
 
 #[derive(Debug)]
-struct EngineCollector(Arc<ApiContext>);
+struct EngineCollector(Arc<ApiContext>, Arc<AdminCounters>);
 
 fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
     let c = ConstCounter::new(v);
@@ -143,25 +141,54 @@ impl Collector for EngineCollector {
             "Keyring reloads since start.",
             self.0.keys.load().generation as f64,
         )?;
+        let a = &self.1;
+        gauge(&mut enc, "heartsink_admin_connections", "Admin HTTP connections open.", a.connections.load(r) as f64)?;
+        counter(
+            &mut enc,
+            "heartsink_admin_connections_accepted",
+            "Admin HTTP connections accepted.",
+            a.accepted.load(r),
+        )?;
+        counter(
+            &mut enc,
+            "heartsink_admin_connections_refused",
+            "Admin HTTP connections refused (503): every connection had a request in progress.",
+            a.refused.load(r),
+        )?;
+        counter(
+            &mut enc,
+            "heartsink_admin_connections_evicted",
+            "Idle admin HTTP connections closed to make room for a new one.",
+            a.evicted.load(r),
+        )?;
+        counter(
+            &mut enc,
+            "heartsink_admin_timeouts",
+            "Admin HTTP requests whose head or body did not arrive in time (408).",
+            a.timeouts.load(r),
+        )?;
+        counter(&mut enc, "heartsink_admin_panics", "Panics caught in the admin HTTP server.", a.panics.load(r))?;
         Ok(())
     }
 }
 
-/// The registry with the engine's collector.
-pub fn registry(ctx: Arc<ApiContext>) -> Registry {
+/// The registry with the engine's and the admin server's collector.
+pub fn registry(ctx: Arc<ApiContext>, admin: Arc<AdminCounters>) -> Registry {
     let mut r = Registry::default();
-    r.register_collector(Box::new(EngineCollector(ctx)));
+    r.register_collector(Box::new(EngineCollector(ctx, admin)));
     r
 }
 
 /// Encodes the registry.
-pub fn render(registry: &Registry) -> Response<std::io::Cursor<Vec<u8>>> {
+pub fn render(registry: &Registry) -> Resp {
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
         return super::error(500, "metrics encoding failed");
     }
-    Response::from_data(text.into_bytes()).with_header(
-        Header::from_bytes("Content-Type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
-            .unwrap_or_else(|_| unreachable!()),
-    )
+    Resp {
+        status: 200,
+        body: text.into_bytes(),
+        content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        headers: Vec::new(),
+    }
 }

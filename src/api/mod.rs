@@ -1,6 +1,10 @@
-//! The admin HTTP API (JSON) and Prometheus metrics, served by `tiny_http` on one thread, off
-//! the hot path. Every answer is built from the engine's counters and a short lock of one state
-//! shard; nothing here can stall a worker for longer than copying one amphora.
+//! The admin HTTP API (JSON) and Prometheus metrics, served by hyper under axum on a small tokio
+//! runtime of its own, off the hot path (limits, timeouts and connection handling: `server.rs`,
+//! documented on [`AdminServer`]). Every answer is built from the engine's counters, the
+//! published snapshot and a short lock of one state shard, or is a command to the control thread
+//! run on a bounded blocking pool; nothing here can stall a worker for longer than copying one
+//! amphora. Request bodies are checked against documented bounds ([`validate`]) before anything
+//! changes.
 //!
 //! | route | answer |
 //! |---|---|
@@ -18,17 +22,20 @@
 
 mod metrics;
 mod plane;
+mod server;
+pub mod validate;
 
-use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::IntoResponse;
 use serde::Serialize;
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response, Server};
+
+pub use server::{AdminCounters, AdminLimits, AdminServer, CONTROL_CALLS, MAX_HEADERS, MIN_HEADER_BYTES, STOP_GRACE};
 
 use crate::confd::server::Confd;
 use crate::control::{Call, Command, CommandResult, Published};
@@ -36,6 +43,7 @@ use crate::engine::{histogram, DropReason, Shared};
 use crate::proto::octavia::Uuid;
 use crate::state::{AmphoraState, OperatingStatus};
 use crate::util::rfc3339;
+use server::{BodyError, Shared as ServerShared};
 
 /// Largest `limit` of a list request.
 pub const MAX_LIMIT: usize = 1000;
@@ -77,81 +85,82 @@ pub struct KeysInfo {
     pub insecure_default: bool,
 }
 
-/// The running admin server.
-pub struct AdminServer {
-    server: Arc<Server>,
-    local: SocketAddr,
-    handle: Option<JoinHandle<()>>,
+/// An answer: status, body and its content type, extra headers.
+#[derive(Debug)]
+pub(crate) struct Resp {
+    status: u16,
+    body: Vec<u8>,
+    content_type: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
 }
 
-impl std::fmt::Debug for AdminServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminServer").field("local", &self.local).finish()
+impl Resp {
+    fn with_header(mut self, name: &'static str, value: &'static str) -> Resp {
+        self.headers.push((name, value));
+        self
     }
 }
 
-impl AdminServer {
-    /// Binds `addr` and serves on a new thread.
-    pub fn start(addr: SocketAddr, ctx: Arc<ApiContext>) -> io::Result<AdminServer> {
-        let server = Arc::new(Server::http(addr).map_err(io::Error::other)?);
-        let local =
-            server.server_addr().to_ip().ok_or_else(|| io::Error::other("admin server is not on an IP address"))?;
-        let s = server.clone();
-        let handle = std::thread::Builder::new().name("admin".into()).spawn(move || {
-            let registry = metrics::registry(ctx.clone());
-            for mut req in s.incoming_requests() {
-                let resp = route(&ctx, &registry, &mut req);
-                if let Err(e) = req.respond(resp) {
-                    tracing::debug!(error = %e, "admin response not sent");
-                }
-            }
-        })?;
-        Ok(AdminServer { server, local, handle: Some(handle) })
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// Stops serving.
-    pub fn stop(mut self) {
-        self.server.unblock();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+impl IntoResponse for Resp {
+    fn into_response(self) -> axum::response::Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (status, self.body).into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        for (k, v) in self.headers {
+            r.headers_mut().insert(k, HeaderValue::from_static(v));
         }
+        r
     }
 }
 
-type Resp = Response<io::Cursor<Vec<u8>>>;
+/// What a route decided: an answer now, or a command for the control thread (a blocking call,
+/// run on the blocking pool) and the status of its success.
+pub(crate) enum Outcome {
+    Reply(Resp),
+    Call(Command, u16),
+}
+
+impl From<Resp> for Outcome {
+    fn from(r: Resp) -> Outcome {
+        Outcome::Reply(r)
+    }
+}
 
 fn json_response(status: u16, body: &impl Serialize) -> Resp {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    Response::from_data(bytes)
-        .with_status_code(status)
-        .with_header(Header::from_bytes("Content-Type", "application/json").unwrap_or_else(|_| unreachable!()))
+    Resp { status, body: bytes, content_type: "application/json", headers: Vec::new() }
 }
 
 fn error(status: u16, message: &str) -> Resp {
     json_response(status, &json!({ "error": message, "status": status }))
 }
 
-/// Largest request body accepted, bytes.
+/// Largest request body accepted by any route, bytes (service pushes; the other routes have
+/// smaller limits, see [`body_limit`]).
 pub const MAX_BODY: u64 = 1 << 20;
 
-fn read_json(req: &mut Request) -> Result<serde_json::Value, Resp> {
-    let mut body = Vec::new();
-    use std::io::Read;
-    if let Err(e) = req.as_reader().take(MAX_BODY + 1).read_to_end(&mut body) {
-        return Err(error(400, &format!("cannot read the body: {e}")));
+/// The body limit of a route, bytes, and whether the route reads its body at all (a route that
+/// does not still refuses a declared length above its limit).
+pub fn body_limit(method: &Method, segments: &[&str]) -> (usize, bool) {
+    const SMALL: usize = 4 << 10;
+    const MEDIUM: usize = 64 << 10;
+    let m = method;
+    match segments {
+        ["v1", "amphorae", _] if m == Method::PATCH || m == Method::PUT => (SMALL, true),
+        ["v1", "services"] | ["v1", "services", "lock" | "unlock"] if m == Method::POST => (MAX_BODY as usize, true),
+        ["v1", "pools"] if m == Method::POST => (16 << 10, true),
+        ["v1", "pools", _, "poll"] if m == Method::POST => (MEDIUM, true),
+        ["v1", "volumes"] | ["v1", "volumes", _, "state"] if m == Method::POST => (MEDIUM, true),
+        ["v1", "volumes", _] if m == Method::PATCH => (MEDIUM, true),
+        _ => (SMALL, false),
     }
-    if body.len() as u64 > MAX_BODY {
-        return Err(error(413, "body too large"));
-    }
+}
+
+fn read_json(body: &[u8]) -> Result<serde_json::Value, Resp> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Value::Null);
     }
-    serde_json::from_slice(&body).map_err(|e| error(400, &format!("body is not JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| error(400, &format!("body is not JSON: {e}")))
 }
 
 fn command_response(r: CommandResult, ok: u16) -> Resp {
@@ -170,47 +179,104 @@ fn parse_amphora_id(id: &str) -> Result<Uuid, Resp> {
     Uuid::try_parse(id).map_err(|_| error(404, &format!("no amphora {id:?} (not a UUID)")))
 }
 
-fn route(ctx: &ApiContext, registry: &prometheus_client::registry::Registry, req: &mut Request) -> Resp {
-    let url = req.url().to_owned();
-    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+/// The router: every route goes through [`handle`], under the panic catcher.
+pub(crate) fn router(shared: Arc<ServerShared>) -> axum::Router {
+    let counters = shared.counters.clone();
+    // The default limit for any route that extracts its body (routes added later, e.g. the
+    // console's); the routes here read theirs in `handle`, with the limit of `body_limit`.
+    let router = axum::Router::new().fallback(handle).with_state(shared);
+    with_panic_catcher(router.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY as usize)), counters)
+}
+
+/// Wraps `router` so that a panic in a handler is answered `500`, counted and logged.
+pub(crate) fn with_panic_catcher(router: axum::Router, counters: Arc<AdminCounters>) -> axum::Router {
+    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(move |p: Box<dyn std::any::Any + Send>| {
+        counters.panicked("handler", &*p);
+        error(500, "internal error").into_response()
+    }))
+}
+
+/// A response that also closes the connection (the request's body was not read).
+fn closing(r: Resp) -> axum::response::Response {
+    r.with_header("connection", "close").into_response()
+}
+
+async fn handle(State(sh): State<Arc<ServerShared>>, req: axum::extract::Request) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    let query = parts.uri.query().unwrap_or("");
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
-    let get = method == Method::Get;
-    if let Some(r) = plane::route(ctx, req, &method, &segments, query) {
+    let (limit, reads) = body_limit(&parts.method, &segments);
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let body = if reads || declared.is_some_and(|n| n > limit as u64) {
+        match server::read_body(body, declared, limit, sh.limits.body_timeout).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => return closing(error(413, &format!("body too large (limit {limit} bytes)"))),
+            Err(BodyError::Timeout) => {
+                sh.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                return closing(error(408, "request body not received in time"));
+            }
+            Err(BodyError::Read(e)) => return closing(error(400, &format!("cannot read the body: {e}"))),
+        }
+    } else {
+        axum::body::Bytes::new()
+    };
+    match route(&sh.ctx, &sh.registry, &parts.method, &segments, query, &body) {
+        Outcome::Reply(r) => r.into_response(),
+        Outcome::Call(c, ok) => {
+            let commands = sh.ctx.commands.clone();
+            match server::blocking(&sh, move || crate::control::call(&commands, c)).await {
+                Some(r) => command_response(r, ok).into_response(),
+                None => error(503, "the control thread did not answer").into_response(),
+            }
+        }
+    }
+}
+
+fn route(
+    ctx: &ApiContext,
+    registry: &prometheus_client::registry::Registry,
+    method: &Method,
+    segments: &[&str],
+    query: &str,
+    body: &[u8],
+) -> Outcome {
+    let get = method == Method::GET;
+    if let Some(r) = plane::route(ctx, method, segments, query, body) {
         return r;
     }
-    match segments.as_slice() {
+    let r = match segments {
         ["healthz"] if get => healthz(ctx),
         ["v1", "amphorae"] if get => list_amphorae(ctx, query),
         ["v1", "amphorae", id] if get => show_amphora(ctx, id),
-        ["v1", "amphorae", id] if method == Method::Delete => match parse_amphora_id(id) {
-            Ok(u) => command_response(ctx.call(Command::Forget(u)), 200),
+        ["v1", "amphorae", id] if method == Method::DELETE => match parse_amphora_id(id) {
+            Ok(u) => return Outcome::Call(Command::Forget(u), 200),
             Err(r) => r,
         },
-        ["v1", "amphorae", id] if method == Method::Patch || method == Method::Put => {
+        ["v1", "amphorae", id] if method == Method::PATCH || method == Method::PUT => {
             let u = match parse_amphora_id(id) {
                 Ok(u) => u,
-                Err(r) => return r,
+                Err(r) => return r.into(),
             };
-            let body = match read_json(req) {
+            let body = match read_json(body) {
                 Ok(b) => b,
-                Err(r) => return r,
+                Err(r) => return r.into(),
             };
             match configure_command(u, &body) {
-                Ok(c) => command_response(ctx.call(c), 200),
+                Ok(c) => return Outcome::Call(c, 200),
                 Err(m) => error(400, &m),
             }
         }
-        ["v1", "amphorae", id, "failover"] if method == Method::Post => match parse_amphora_id(id) {
-            Ok(u) => command_response(ctx.call(Command::Failover(u)), 202),
+        ["v1", "amphorae", id, "failover"] if method == Method::POST => match parse_amphora_id(id) {
+            Ok(u) => return Outcome::Call(Command::Failover(u), 202),
             Err(r) => r,
         },
         ["v1", "failovers"] if get => match paging::<u64>(query) {
-            Ok((marker, limit)) => command_response(ctx.call(Command::Failovers { marker, limit }), 200),
+            Ok((marker, limit)) => return Outcome::Call(Command::Failovers { marker, limit }, 200),
             Err(r) => r,
         },
         ["v1", "failovers", id] if get => match id.parse::<u64>() {
-            Ok(n) => command_response(ctx.call(Command::FailoverRecord(n)), 200),
+            Ok(n) => return Outcome::Call(Command::FailoverRecord(n), 200),
             Err(_) => error(404, &format!("no failover record {id:?}")),
         },
         ["v1", "stats"] if get => json_response(200, &stats(ctx)),
@@ -232,7 +298,8 @@ fn route(ctx: &ApiContext, registry: &prometheus_client::registry::Registry, req
         | ["v1", "latency"]
         | ["metrics"] => error(405, "method not allowed"),
         _ => error(404, "no such resource"),
-    }
+    };
+    r.into()
 }
 
 fn healthz(ctx: &ApiContext) -> Resp {
@@ -261,7 +328,8 @@ fn configure_command(id: Uuid, body: &serde_json::Value) -> Result<Command, Stri
                     v => Some(
                         v.as_u64()
                             .and_then(|n| u32::try_from(n).ok())
-                            .ok_or("expected_listeners must be a non-negative integer or null")?,
+                            .ok_or_else(|| "expected_listeners must be a non-negative integer or null".to_owned())
+                            .and_then(|n| validate::expected_listeners(n).map(|()| n))?,
                     ),
                 })
             }
@@ -498,4 +566,43 @@ fn plane_stats(ctx: &ApiContext) -> serde_json::Value {
             "machines_died": r.machines_died, "backlog": r.backlog,
         })),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    #[test]
+    fn a_panicking_handler_is_answered_500_counted_and_the_router_keeps_serving() {
+        let counters = Arc::new(AdminCounters::default());
+        let app = with_panic_catcher(
+            axum::Router::new()
+                .route("/boom", axum::routing::get(|| async { panic!("boom") as &str }))
+                .route("/ok", axum::routing::get(|| async { "ok" })),
+            counters.clone(),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let get = |p: &str| axum::http::Request::get(p).body(Body::empty()).unwrap();
+            let r = app.clone().oneshot(get("/boom")).await.unwrap();
+            assert_eq!(r.status(), 500);
+            let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v, json!({"error": "internal error", "status": 500}));
+            assert_eq!(app.oneshot(get("/ok")).await.unwrap().status(), 200);
+        });
+        assert_eq!(counters.panics.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn body_limits_per_route() {
+        let seg = |p: &'static str| p.split('/').collect::<Vec<_>>();
+        assert_eq!(body_limit(&Method::POST, &seg("v1/services")), (MAX_BODY as usize, true));
+        assert_eq!(body_limit(&Method::PATCH, &seg("v1/amphorae/x")), (4 << 10, true));
+        assert_eq!(body_limit(&Method::POST, &seg("v1/volumes")), (64 << 10, true));
+        assert_eq!(body_limit(&Method::GET, &seg("healthz")), (4 << 10, false));
+    }
 }

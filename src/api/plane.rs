@@ -24,10 +24,10 @@
 //! `next` and `poll` read the published snapshot and never wait for it. A poll answer carries
 //! `x-oio-lb-flawed: 1` when the selection is flawed, as the conscience proxy does.
 
+use axum::http::Method;
 use serde_json::{json, Value};
-use tiny_http::{Header, Method, Request};
 
-use super::{command_response, error, json_response, read_json, ApiContext, Resp};
+use super::{error, json_response, read_json, validate, ApiContext, Outcome, Resp};
 use crate::control::services::{PushAction, ServiceEntry};
 use crate::control::Command;
 use crate::registry::lb::{next_instances, poll, LbError, Selection, ServiceRef};
@@ -42,8 +42,16 @@ fn entries(body: Value) -> Result<Vec<ServiceEntry>, Resp> {
         v @ Value::Object(_) => vec![v],
         _ => return Err(error(400, "body must be a service object or a list of them")),
     };
+    if list.len() > validate::MAX_PUSH {
+        return Err(error(400, &format!("at most {} services per request", validate::MAX_PUSH)));
+    }
     list.into_iter()
-        .map(|v| serde_json::from_value::<ServiceEntry>(v).map_err(|e| error(400, &format!("bad service: {e}"))))
+        .enumerate()
+        .map(|(i, v)| {
+            let e = serde_json::from_value::<ServiceEntry>(v).map_err(|e| error(400, &format!("bad service: {e}")))?;
+            validate::service(&e).map_err(|m| error(400, &format!("bad service #{i}: {m}")))?;
+            Ok(e)
+        })
         .collect()
 }
 
@@ -53,10 +61,7 @@ fn lb_response(r: Result<Selection, LbError>) -> Resp {
             let flawed = sel.flawed;
             let resp = json_response(200, &json!({"services": sel.items, "flawed": flawed}));
             if flawed {
-                match Header::from_bytes("x-oio-lb-flawed", "1") {
-                    Ok(h) => resp.with_header(h),
-                    Err(()) => resp,
-                }
+                resp.with_header("x-oio-lb-flawed", "1")
             } else {
                 resp
             }
@@ -94,93 +99,98 @@ fn volume_id(s: &str) -> Result<u64, Resp> {
 }
 
 /// Routes of the control plane; `None` when the path is not one of them.
-pub fn route(ctx: &ApiContext, req: &mut Request, method: &Method, segments: &[&str], query: &str) -> Option<Resp> {
-    let call = |c: Command, ok: u16| command_response(ctx.call(c), ok);
-    let body = |req: &mut Request| read_json(req);
+pub fn route(ctx: &ApiContext, method: &Method, segments: &[&str], query: &str, raw: &[u8]) -> Option<Outcome> {
+    let call = |c: Command, ok: u16| Outcome::Call(c, ok);
+    let body = || read_json(raw);
     let q = query_map(query);
-    let r = match (method, segments) {
-        (Method::Post, ["v1", "services"]) => {
+    let r: Outcome = match (method.as_str(), segments) {
+        ("POST", ["v1", "services"]) => {
             let action = match q.get("action").map(String::as_str).unwrap_or("register") {
                 "register" => PushAction::Register,
                 "lock" => PushAction::Lock,
                 "unlock" => PushAction::Unlock,
                 "deregister" => PushAction::Deregister,
                 other => {
-                    return Some(error(
-                        400,
-                        &format!("action must be register, lock, unlock or deregister, not {other:?}"),
-                    ))
+                    return Some(
+                        error(400, &format!("action must be register, lock, unlock or deregister, not {other:?}"))
+                            .into(),
+                    )
                 }
             };
-            match body(req).and_then(entries) {
+            match body().and_then(entries) {
                 Ok(entries) => call(Command::ServicePush { action, entries }, 200),
-                Err(r) => r,
+                Err(r) => r.into(),
             }
         }
-        (Method::Post, ["v1", "services", a @ ("lock" | "unlock")]) => {
+        ("POST", ["v1", "services", a @ ("lock" | "unlock")]) => {
             let action = if *a == "lock" { PushAction::Lock } else { PushAction::Unlock };
-            match body(req).and_then(entries) {
+            match body().and_then(entries) {
                 Ok(entries) => call(Command::ServicePush { action, entries }, 200),
-                Err(r) => r,
+                Err(r) => r.into(),
             }
         }
-        (Method::Post, ["v1", "services", "flush"]) => match q.get("type") {
-            Some(t) => call(Command::ServiceFlush(t.clone()), 200),
-            None => error(400, "type is required"),
+        ("POST", ["v1", "services", "flush"]) => match q.get("type") {
+            Some(t) => match validate::service_type("type", t) {
+                Ok(()) => call(Command::ServiceFlush(t.clone()), 200),
+                Err(m) => error(400, &m).into(),
+            },
+            None => error(400, "type is required").into(),
         },
-        (Method::Get, ["v1", "services"]) => match q.get("type") {
+        ("GET", ["v1", "services"]) => match q.get("type") {
             Some(t) => {
                 let full = matches!(q.get("full").map(String::as_str), Some("1" | "true" | "yes"));
                 call(Command::ServiceList { type_name: t.clone(), full }, 200)
             }
-            None => error(400, "type is required"),
+            None => error(400, "type is required").into(),
         },
-        (Method::Get, ["v1", "services", "resolve"]) => match (q.get("type"), q.get("id")) {
+        ("GET", ["v1", "services", "resolve"]) => match (q.get("type"), q.get("id")) {
             (Some(t), Some(id)) => call(Command::ServiceResolve { type_name: t.clone(), id: id.clone() }, 200),
-            _ => error(400, "type and id are required"),
+            _ => error(400, "type and id are required").into(),
         },
-        (Method::Get, ["v1", "service-types"]) => call(Command::ServiceTypes, 200),
-        (Method::Get, ["v1", "pools"]) => {
+        ("GET", ["v1", "service-types"]) => call(Command::ServiceTypes, 200),
+        ("GET", ["v1", "pools"]) => {
             let snap = ctx.control.snapshot.load();
             let pools: serde_json::Map<String, Value> =
                 snap.pools.iter().map(|(n, p)| (n.clone(), json!(p.to_target_string()))).collect();
-            json_response(200, &pools)
+            json_response(200, &pools).into()
         }
-        (Method::Post, ["v1", "pools"]) => match body(req) {
+        ("POST", ["v1", "pools"]) => match body() {
             Ok(v) => {
                 let name = v.get("name").and_then(Value::as_str);
                 let targets = v.get("targets").and_then(Value::as_str);
                 let force = v.get("force").and_then(Value::as_bool).unwrap_or(false);
                 match (name, targets) {
-                    (Some(n), Some(t)) if !n.is_empty() => {
-                        call(Command::PoolCreate { name: n.to_owned(), targets: t.to_owned(), force }, 201)
-                    }
-                    _ => error(400, "name and targets (\"N,slotA,slotB;M,slotC;key=value\") are required"),
+                    (Some(n), Some(t)) if !n.is_empty() => match validate::pool(n, t) {
+                        Ok(()) => call(Command::PoolCreate { name: n.to_owned(), targets: t.to_owned(), force }, 201),
+                        Err(m) => error(400, &m).into(),
+                    },
+                    _ => error(400, "name and targets (\"N,slotA,slotB;M,slotC;key=value\") are required").into(),
                 }
             }
-            Err(r) => r,
+            Err(r) => r.into(),
         },
-        (Method::Delete, ["v1", "pools", name]) => call(Command::PoolDelete((*name).to_owned()), 200),
-        (Method::Get, ["v1", "pools", name, "next"]) => {
+        ("DELETE", ["v1", "pools", name]) => call(Command::PoolDelete((*name).to_owned()), 200),
+        ("GET", ["v1", "pools", name, "next"]) => {
             let snap = ctx.control.snapshot.load();
             let mut rng = rand::rng();
             match snap.pools.get(*name) {
-                Some(pool) => lb_response(poll(&snap.world, pool, &[], &[], &mut rng)),
+                Some(pool) => lb_response(poll(&snap.world, pool, &[], &[], &mut rng)).into(),
                 None => {
                     let size = match q.get("size").map(|s| s.parse::<u32>()) {
                         None => 1,
                         Some(Ok(n)) if n > 0 => n,
-                        _ => return Some(error(400, "size must be a positive integer")),
+                        _ => return Some(error(400, "size must be a positive integer").into()),
                     };
                     lb_response(next_instances(&snap.world, name, size, q.get("slot").map(String::as_str), &mut rng))
+                        .into()
                 }
             }
         }
-        (Method::Post, ["v1", "pools", name, "poll"]) => {
-            let v = match body(req) {
+        ("POST", ["v1", "pools", name, "poll"]) => {
+            let v = match body() {
                 Ok(Value::Null) => json!({}),
                 Ok(v) => v,
-                Err(r) => return Some(r),
+                Err(r) => return Some(r.into()),
             };
             let lists = (
                 id_list(&v, "avoid"),
@@ -190,7 +200,7 @@ pub fn route(ctx: &ApiContext, req: &mut Request, method: &Method, segments: &[&
             );
             let (avoid_ids, known_ids, avoid_locs, known_locs) = match lists {
                 (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
-                (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) | (_, _, _, Err(r)) => return Some(r),
+                (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) | (_, _, _, Err(r)) => return Some(r.into()),
             };
             let avoid: Vec<ServiceRef> = avoid_ids
                 .iter()
@@ -204,50 +214,62 @@ pub fn route(ctx: &ApiContext, req: &mut Request, method: &Method, segments: &[&
                 .collect();
             let snap = ctx.control.snapshot.load();
             match snap.pools.get(*name) {
-                Some(pool) => lb_response(poll(&snap.world, pool, &avoid, &known, &mut rand::rng())),
-                None => error(404, &format!("unknown pool {name:?}")),
+                Some(pool) => lb_response(poll(&snap.world, pool, &avoid, &known, &mut rand::rng())).into(),
+                None => error(404, &format!("unknown pool {name:?}")).into(),
             }
         }
-        (Method::Post, ["v1", "volumes"]) => match body(req)
-            .and_then(|v| serde_json::from_value(v).map_err(|e| error(400, &format!("bad volume: {e}"))))
-        {
+        ("POST", ["v1", "volumes"]) => match body().and_then(|v| checked(v, "bad volume", validate::volume_create)) {
             Ok(c) => call(Command::VolumeCreate(c), 201),
-            Err(r) => r,
+            Err(r) => r.into(),
         },
-        (Method::Get, ["v1", "volumes"]) => {
+        ("GET", ["v1", "volumes"]) => {
             let state = match q.get("state") {
                 None => None,
                 Some(s) => match crate::control::volumes::parse_state(s) {
                     Some(st) => Some(st),
-                    None => return Some(error(400, &format!("unknown state {s:?}"))),
+                    None => return Some(error(400, &format!("unknown state {s:?}")).into()),
                 },
             };
             call(Command::VolumeList(state), 200)
         }
-        (Method::Get, ["v1", "volumes", id]) => match volume_id(id) {
+        ("GET", ["v1", "volumes", id]) => match volume_id(id) {
             Ok(n) => call(Command::VolumeGet(n), 200),
-            Err(r) => r,
+            Err(r) => r.into(),
         },
-        (Method::Patch, ["v1", "volumes", id]) => match (volume_id(id), body(req)) {
-            (Ok(n), Ok(v)) => match serde_json::from_value(v) {
-                Ok(p) => call(Command::VolumePatch(n, p), 200),
-                Err(e) => error(400, &format!("bad change: {e}")),
-            },
-            (Err(r), _) | (_, Err(r)) => r,
-        },
-        (Method::Delete, ["v1", "volumes", id]) => match volume_id(id) {
+        ("PATCH", ["v1", "volumes", id]) => {
+            match volume_id(id)
+                .and_then(|n| Ok((n, body().and_then(|v| checked(v, "bad change", validate::volume_patch))?)))
+            {
+                Ok((n, p)) => call(Command::VolumePatch(n, p), 200),
+                Err(r) => r.into(),
+            }
+        }
+        ("DELETE", ["v1", "volumes", id]) => match volume_id(id) {
             Ok(n) => call(Command::VolumeDelete(n), 202),
-            Err(r) => r,
+            Err(r) => r.into(),
         },
-        (Method::Post, ["v1", "volumes", id, "state"]) => match (volume_id(id), body(req)) {
-            (Ok(n), Ok(v)) => match serde_json::from_value(v) {
-                Ok(r) => call(Command::VolumeReport(n, r), 200),
-                Err(e) => error(400, &format!("bad report: {e}")),
-            },
-            (Err(r), _) | (_, Err(r)) => r,
-        },
-        (_, ["v1", "services" | "service-types" | "pools" | "volumes", ..]) => error(405, "method not allowed"),
+        ("POST", ["v1", "volumes", id, "state"]) => {
+            match volume_id(id)
+                .and_then(|n| Ok((n, body().and_then(|v| checked(v, "bad report", validate::volume_report))?)))
+            {
+                Ok((n, r)) => call(Command::VolumeReport(n, r), 200),
+                Err(r) => r.into(),
+            }
+        }
+        (_, ["v1", "services" | "service-types" | "pools" | "volumes", ..]) => error(405, "method not allowed").into(),
         _ => return None,
     };
     Some(r)
+}
+
+/// Deserializes a request body and checks its bounds, answering `400 {what}: …` when it does
+/// not fit and `400` naming the field when it is out of bounds.
+fn checked<T: serde::de::DeserializeOwned>(
+    v: Value,
+    what: &str,
+    check: fn(&T) -> Result<(), String>,
+) -> Result<T, Resp> {
+    let t = serde_json::from_value(v).map_err(|e| error(400, &format!("{what}: {e}")))?;
+    check(&t).map_err(|m| error(400, &m))?;
+    Ok(t)
 }

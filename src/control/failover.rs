@@ -440,14 +440,28 @@ mod tests {
 
     #[test]
     fn http_posts_the_record() {
-        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/failover", server.server_addr().to_ip().unwrap());
+        use std::io::{BufRead, Read, Write};
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/failover", server.local_addr().unwrap());
         let h = std::thread::spawn(move || {
-            let mut req = server.recv().unwrap();
-            let mut body = String::new();
-            req.as_reader().read_to_string(&mut body).unwrap();
-            req.respond(tiny_http::Response::empty(204)).unwrap();
-            body
+            // A one-request HTTP/1.1 server: read the head, then Content-Length bytes.
+            let (stream, _) = server.accept().unwrap();
+            let mut r = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            (&stream).write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n").unwrap();
+            String::from_utf8(body).unwrap()
         });
         let cfg = FailoverConfig { action: "http".into(), url, ..FailoverConfig::default() };
         let o = run_with_retries(&cfg, &rec(3));
