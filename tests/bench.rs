@@ -39,6 +39,10 @@ fn short_bench_without_octavia_writes_a_consistent_report() {
             "200",
             "--steps",
             "0.2,0.5",
+            // A debug build's pipeline is ten times slower: keep the ingest beside confd light,
+            // so that confd is measured, not starved.
+            "--ingest-rate",
+            "2000",
         ])
         .arg("--out")
         .arg(dir.path())

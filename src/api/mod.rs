@@ -38,7 +38,7 @@ use serde_json::json;
 pub use server::{AdminCounters, AdminLimits, AdminServer, CONTROL_CALLS, MAX_HEADERS, MIN_HEADER_BYTES, STOP_GRACE};
 
 use crate::confd::server::Confd;
-use crate::control::{Call, Command, CommandResult, Published};
+use crate::control::{Call, Command, CommandResult, FleetCommand, Published};
 use crate::engine::{histogram, DropReason, Shared};
 use crate::proto::octavia::Uuid;
 use crate::state::{AmphoraState, OperatingStatus};
@@ -250,7 +250,7 @@ fn route(
         ["v1", "amphorae"] if get => list_amphorae(ctx, query),
         ["v1", "amphorae", id] if get => show_amphora(ctx, id),
         ["v1", "amphorae", id] if method == Method::DELETE => match parse_amphora_id(id) {
-            Ok(u) => return Outcome::Call(Command::Forget(u), 200),
+            Ok(u) => return Outcome::Call(Command::Fleet(FleetCommand::Forget(u)), 200),
             Err(r) => r,
         },
         ["v1", "amphorae", id] if method == Method::PATCH || method == Method::PUT => {
@@ -268,15 +268,17 @@ fn route(
             }
         }
         ["v1", "amphorae", id, "failover"] if method == Method::POST => match parse_amphora_id(id) {
-            Ok(u) => return Outcome::Call(Command::Failover(u), 202),
+            Ok(u) => return Outcome::Call(Command::Fleet(FleetCommand::Failover(u)), 202),
             Err(r) => r,
         },
         ["v1", "failovers"] if get => match paging::<u64>(query) {
-            Ok((marker, limit)) => return Outcome::Call(Command::Failovers { marker, limit }, 200),
+            Ok((marker, limit)) => {
+                return Outcome::Call(Command::Fleet(FleetCommand::Failovers { marker, limit }), 200)
+            }
             Err(r) => r,
         },
         ["v1", "failovers", id] if get => match id.parse::<u64>() {
-            Ok(n) => return Outcome::Call(Command::FailoverRecord(n), 200),
+            Ok(n) => return Outcome::Call(Command::Fleet(FleetCommand::Record(n)), 200),
             Err(_) => error(404, &format!("no failover record {id:?}")),
         },
         ["v1", "stats"] if get => json_response(200, &stats(ctx)),
@@ -345,7 +347,7 @@ fn configure_command(id: Uuid, body: &serde_json::Value) -> Result<Command, Stri
             other => return Err(format!("unknown field {other:?}; expected_listeners, load_balancer")),
         }
     }
-    Ok(Command::Configure { id, expected_listeners, load_balancer })
+    Ok(Command::Fleet(FleetCommand::Configure { id, expected_listeners, load_balancer }))
 }
 
 /// `limit` and `marker` of a list request.

@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 
 use super::{error, json_response, read_json, validate, ApiContext, Outcome, Resp};
 use crate::control::services::{PushAction, ServiceEntry};
-use crate::control::Command;
+use crate::control::{Command, RegistryCommand, VolumeCommand};
 use crate::registry::lb::{next_instances, poll, LbError, Selection, ServiceRef};
 
 fn query_map(query: &str) -> std::collections::BTreeMap<String, String> {
@@ -118,20 +118,20 @@ pub fn route(ctx: &ApiContext, method: &Method, segments: &[&str], query: &str, 
                 }
             };
             match body().and_then(entries) {
-                Ok(entries) => call(Command::ServicePush { action, entries }, 200),
+                Ok(entries) => call(Command::Registry(RegistryCommand::Push { action, entries }), 200),
                 Err(r) => r.into(),
             }
         }
         ("POST", ["v1", "services", a @ ("lock" | "unlock")]) => {
             let action = if *a == "lock" { PushAction::Lock } else { PushAction::Unlock };
             match body().and_then(entries) {
-                Ok(entries) => call(Command::ServicePush { action, entries }, 200),
+                Ok(entries) => call(Command::Registry(RegistryCommand::Push { action, entries }), 200),
                 Err(r) => r.into(),
             }
         }
         ("POST", ["v1", "services", "flush"]) => match q.get("type") {
             Some(t) => match validate::service_type("type", t) {
-                Ok(()) => call(Command::ServiceFlush(t.clone()), 200),
+                Ok(()) => call(Command::Registry(RegistryCommand::Flush(t.clone())), 200),
                 Err(m) => error(400, &m).into(),
             },
             None => error(400, "type is required").into(),
@@ -139,15 +139,17 @@ pub fn route(ctx: &ApiContext, method: &Method, segments: &[&str], query: &str, 
         ("GET", ["v1", "services"]) => match q.get("type") {
             Some(t) => {
                 let full = matches!(q.get("full").map(String::as_str), Some("1" | "true" | "yes"));
-                call(Command::ServiceList { type_name: t.clone(), full }, 200)
+                call(Command::Registry(RegistryCommand::List { type_name: t.clone(), full }), 200)
             }
             None => error(400, "type is required").into(),
         },
         ("GET", ["v1", "services", "resolve"]) => match (q.get("type"), q.get("id")) {
-            (Some(t), Some(id)) => call(Command::ServiceResolve { type_name: t.clone(), id: id.clone() }, 200),
+            (Some(t), Some(id)) => {
+                call(Command::Registry(RegistryCommand::Resolve { type_name: t.clone(), id: id.clone() }), 200)
+            }
             _ => error(400, "type and id are required").into(),
         },
-        ("GET", ["v1", "service-types"]) => call(Command::ServiceTypes, 200),
+        ("GET", ["v1", "service-types"]) => call(Command::Registry(RegistryCommand::Types), 200),
         ("GET", ["v1", "pools"]) => {
             let snap = ctx.control.snapshot.load();
             let pools: serde_json::Map<String, Value> =
@@ -161,7 +163,14 @@ pub fn route(ctx: &ApiContext, method: &Method, segments: &[&str], query: &str, 
                 let force = v.get("force").and_then(Value::as_bool).unwrap_or(false);
                 match (name, targets) {
                     (Some(n), Some(t)) if !n.is_empty() => match validate::pool(n, t) {
-                        Ok(()) => call(Command::PoolCreate { name: n.to_owned(), targets: t.to_owned(), force }, 201),
+                        Ok(()) => call(
+                            Command::Registry(RegistryCommand::PoolCreate {
+                                name: n.to_owned(),
+                                targets: t.to_owned(),
+                                force,
+                            }),
+                            201,
+                        ),
                         Err(m) => error(400, &m).into(),
                     },
                     _ => error(400, "name and targets (\"N,slotA,slotB;M,slotC;key=value\") are required").into(),
@@ -169,7 +178,9 @@ pub fn route(ctx: &ApiContext, method: &Method, segments: &[&str], query: &str, 
             }
             Err(r) => r.into(),
         },
-        ("DELETE", ["v1", "pools", name]) => call(Command::PoolDelete((*name).to_owned()), 200),
+        ("DELETE", ["v1", "pools", name]) => {
+            call(Command::Registry(RegistryCommand::PoolDelete((*name).to_owned())), 200)
+        }
         ("GET", ["v1", "pools", name, "next"]) => {
             let snap = ctx.control.snapshot.load();
             let mut rng = rand::rng();
@@ -219,7 +230,7 @@ pub fn route(ctx: &ApiContext, method: &Method, segments: &[&str], query: &str, 
             }
         }
         ("POST", ["v1", "volumes"]) => match body().and_then(|v| checked(v, "bad volume", validate::volume_create)) {
-            Ok(c) => call(Command::VolumeCreate(c), 201),
+            Ok(c) => call(Command::Volumes(VolumeCommand::Create(c)), 201),
             Err(r) => r.into(),
         },
         ("GET", ["v1", "volumes"]) => {
@@ -230,29 +241,29 @@ pub fn route(ctx: &ApiContext, method: &Method, segments: &[&str], query: &str, 
                     None => return Some(error(400, &format!("unknown state {s:?}")).into()),
                 },
             };
-            call(Command::VolumeList(state), 200)
+            call(Command::Volumes(VolumeCommand::List(state)), 200)
         }
         ("GET", ["v1", "volumes", id]) => match volume_id(id) {
-            Ok(n) => call(Command::VolumeGet(n), 200),
+            Ok(n) => call(Command::Volumes(VolumeCommand::Get(n)), 200),
             Err(r) => r.into(),
         },
         ("PATCH", ["v1", "volumes", id]) => {
             match volume_id(id)
                 .and_then(|n| Ok((n, body().and_then(|v| checked(v, "bad change", validate::volume_patch))?)))
             {
-                Ok((n, p)) => call(Command::VolumePatch(n, p), 200),
+                Ok((n, p)) => call(Command::Volumes(VolumeCommand::Patch(n, p)), 200),
                 Err(r) => r.into(),
             }
         }
         ("DELETE", ["v1", "volumes", id]) => match volume_id(id) {
-            Ok(n) => call(Command::VolumeDelete(n), 202),
+            Ok(n) => call(Command::Volumes(VolumeCommand::Delete(n)), 202),
             Err(r) => r.into(),
         },
         ("POST", ["v1", "volumes", id, "state"]) => {
             match volume_id(id)
                 .and_then(|n| Ok((n, body().and_then(|v| checked(v, "bad report", validate::volume_report))?)))
             {
-                Ok((n, r)) => call(Command::VolumeReport(n, r), 200),
+                Ok((n, r)) => call(Command::Volumes(VolumeCommand::Report(n, r)), 200),
                 Err(r) => r.into(),
             }
         }

@@ -313,7 +313,7 @@ impl Confd {
 
     /// Reloads the configuration file when it changed (the confd watch task); a broken file is
     /// reported once per distinct error and the previous configuration stays in use.
-    pub fn watch(self: &Arc<Confd>) -> impl FnMut(u64) -> Result<(), String> + Send + 'static {
+    pub fn watch(self: &Arc<Confd>) -> impl FnMut(u64) -> Result<(), crate::control::TaskError> + Send + 'static {
         let confd = self.clone();
         let mut last_error: Option<String> = None;
         move |_now| {
@@ -330,7 +330,7 @@ impl Confd {
                 Some(Err(e)) if last_error.as_ref() == Some(&e) => Ok(()),
                 Some(Err(e)) => {
                     last_error = Some(e.clone());
-                    Err(format!("confd configuration not reloaded: {e}"))
+                    Err(crate::control::TaskError(format!("confd configuration not reloaded: {e}")))
                 }
             }
         }

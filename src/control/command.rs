@@ -147,9 +147,22 @@ pub enum Reply {
 /// What a command answers.
 pub type CommandResult = Result<Reply, CommandError>;
 
-/// A request from the admin API to the control thread.
+/// A request from the admin API to the control thread, by the part that executes it.
 #[derive(Debug)]
 pub enum Command {
+    /// Amphorae and failovers.
+    Fleet(FleetCommand),
+    /// Services and pools.
+    Registry(RegistryCommand),
+    /// Volumes.
+    Volumes(VolumeCommand),
+    /// New settings (SIGHUP).
+    Reload(Box<super::ControlConfig>),
+}
+
+/// The amphora commands.
+#[derive(Debug)]
+pub enum FleetCommand {
     /// Start a failover of an amphora now.
     Failover(Uuid),
     /// Forget an amphora (it comes back as new if it beats again).
@@ -163,7 +176,7 @@ pub enum Command {
         /// `Some(None)` clears.
         load_balancer: Option<Option<Uuid>>,
     },
-    /// List failover records after `marker`, newest last.
+    /// List failover records after `marker`, oldest first.
     Failovers {
         /// Records with an id above this.
         marker: Option<u64>,
@@ -171,29 +184,32 @@ pub enum Command {
         limit: usize,
     },
     /// One failover record.
-    FailoverRecord(u64),
-    /// New settings (SIGHUP).
-    Reload(Box<super::ControlConfig>),
+    Record(u64),
+}
+
+/// The service registry's commands.
+#[derive(Debug)]
+pub enum RegistryCommand {
     /// Register, lock, unlock or deregister services.
-    ServicePush {
+    Push {
         /// What to do.
         action: PushAction,
         /// The services.
         entries: Vec<ServiceEntry>,
     },
     /// Remove every service of a type.
-    ServiceFlush(String),
+    Flush(String),
     /// The services of a type.
-    ServiceList {
+    List {
         /// Type.
         type_name: String,
         /// With `stat.*` tags.
         full: bool,
     },
     /// The configured service types.
-    ServiceTypes,
+    Types,
     /// The address of a service id.
-    ServiceResolve {
+    Resolve {
         /// Type.
         type_name: String,
         /// Service id.
@@ -210,18 +226,23 @@ pub enum Command {
     },
     /// Delete a pool.
     PoolDelete(String),
+}
+
+/// The scheduler's commands.
+#[derive(Debug)]
+pub enum VolumeCommand {
     /// Create a volume.
-    VolumeCreate(VolumeCreate),
+    Create(VolumeCreate),
     /// List volumes, optionally of one state.
-    VolumeList(Option<VolumeState>),
+    List(Option<VolumeState>),
     /// One volume.
-    VolumeGet(u64),
+    Get(u64),
     /// Resize or re-constrain a `ready` volume.
-    VolumePatch(u64, VolumePatch),
+    Patch(u64, VolumePatch),
     /// Delete a volume.
-    VolumeDelete(u64),
+    Delete(u64),
     /// A machine-side agent's report.
-    VolumeReport(u64, VolumeReport),
+    Report(u64, VolumeReport),
 }
 
 /// A command with its reply channel. The reply comes once the change is durable.

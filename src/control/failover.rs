@@ -318,29 +318,66 @@ fn run_with_retries(cfg: &FailoverConfig, rec: &FailoverRecord) -> Outcome {
             Ok(()) => return Outcome { id: rec.id, ok: true, attempts, error: None },
             Err(e) => {
                 tracing::warn!(amphora = %rec.amphora, failover = rec.id, attempt = attempts, error = %e, "failover action failed");
-                error = Some(e);
+                error = Some(e.to_string());
             }
         }
     }
     Outcome { id: rec.id, ok: false, attempts, error }
 }
 
-fn run_once(cfg: &FailoverConfig, rec: &FailoverRecord) -> Result<(), String> {
+/// Why one attempt of a failover action failed (kept, as text, in the record's `error`).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ActionError {
+    /// `action = "command"` with no `command`: fix the configuration.
+    NoCommand,
+    /// The command could not be started or waited for (not found, not executable).
+    Spawn(String, std::io::Error),
+    /// The command exited unsuccessfully.
+    Exit(String, std::process::ExitStatus),
+    /// The command or the HTTP request took longer than `failover.timeout`.
+    Timeout(String, Duration),
+    /// The webhook answered with a status outside 2xx.
+    Status(String, u16),
+    /// The webhook could not be reached.
+    Http(String, Box<ureq::Error>),
+    /// The configured action is none of `log`, `command`, `http`.
+    UnknownAction(String),
+}
+
+impl std::fmt::Display for ActionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActionError::NoCommand => f.write_str("no command configured"),
+            ActionError::Spawn(prog, e) => write!(f, "{prog}: {e}"),
+            ActionError::Exit(prog, status) => write!(f, "{prog} exited with {status}"),
+            ActionError::Timeout(what, t) => write!(f, "{what} timed out after {t:?}"),
+            ActionError::Status(url, code) => write!(f, "{url} answered {code}"),
+            ActionError::Http(url, e) => write!(f, "{url}: {e}"),
+            ActionError::UnknownAction(a) => write!(f, "unknown action {a:?}"),
+        }
+    }
+}
+
+impl std::error::Error for ActionError {}
+
+fn run_once(cfg: &FailoverConfig, rec: &FailoverRecord) -> Result<(), ActionError> {
     let timeout = Duration::from_nanos(secs_ns(cfg.timeout));
-    let body = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
+    // Serialising our own plain record cannot fail.
+    let body = serde_json::to_vec(rec).unwrap_or_default();
     match cfg.action.as_str() {
         "log" => {
             tracing::warn!(amphora = %rec.amphora, failover = rec.id, reason = ?rec.reason, "FAILOVER (action: log only)");
             Ok(())
         }
         "command" => {
-            let (prog, args) = cfg.command.split_first().ok_or("no command configured")?;
+            let (prog, args) = cfg.command.split_first().ok_or(ActionError::NoCommand)?;
             let mut child = Command::new(prog)
                 .args(args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .spawn()
-                .map_err(|e| format!("{prog}: {e}"))?;
+                .map_err(|e| ActionError::Spawn(prog.clone(), e))?;
             if let Some(mut stdin) = child.stdin.take() {
                 // A command that does not read its stdin is not an error.
                 let _ = stdin.write_all(&body);
@@ -349,14 +386,14 @@ fn run_once(cfg: &FailoverConfig, rec: &FailoverRecord) -> Result<(), String> {
             loop {
                 match child.try_wait() {
                     Ok(Some(status)) if status.success() => return Ok(()),
-                    Ok(Some(status)) => return Err(format!("{prog} exited with {status}")),
+                    Ok(Some(status)) => return Err(ActionError::Exit(prog.clone(), status)),
                     Ok(None) if start.elapsed() > timeout => {
                         let _ = child.kill();
                         let _ = child.wait();
-                        return Err(format!("{prog} timed out after {timeout:?}"));
+                        return Err(ActionError::Timeout(prog.clone(), timeout));
                     }
                     Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                    Err(e) => return Err(format!("{prog}: {e}")),
+                    Err(e) => return Err(ActionError::Spawn(prog.clone(), e)),
                 }
             }
         }
@@ -364,11 +401,12 @@ fn run_once(cfg: &FailoverConfig, rec: &FailoverRecord) -> Result<(), String> {
             let agent = ureq::AgentBuilder::new().timeout(timeout).build();
             match agent.post(&cfg.url).set("Content-Type", "application/json").send_bytes(&body) {
                 Ok(r) if (200..300).contains(&r.status()) => Ok(()),
-                Ok(r) => Err(format!("{} answered {}", cfg.url, r.status())),
-                Err(e) => Err(format!("{}: {e}", cfg.url)),
+                Ok(r) => Err(ActionError::Status(cfg.url.clone(), r.status())),
+                Err(ureq::Error::Status(code, _)) => Err(ActionError::Status(cfg.url.clone(), code)),
+                Err(e) => Err(ActionError::Http(cfg.url.clone(), Box::new(e))),
             }
         }
-        other => Err(format!("unknown action {other:?}")),
+        other => Err(ActionError::UnknownAction(other.to_owned())),
     }
 }
 

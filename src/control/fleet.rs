@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::command::{CommandError, Reply};
+use super::command::{CommandError, FleetCommand, Reply};
 use super::failover::{FailoverReason, FailoverRecord, FailoverState, Outcome, Runner};
 use super::liveness::{secs_ns, Live, Liveness, LivenessConfig, Signals, SuspendReason};
 use super::persist::Writes;
@@ -584,31 +584,4 @@ impl Fleet {
     pub fn stale_count(&self) -> usize {
         self.live.stale_count()
     }
-}
-
-/// The admin API's amphora commands, as the fleet executes them.
-#[derive(Debug)]
-pub enum FleetCommand {
-    /// Start a failover now.
-    Failover(Uuid),
-    /// Forget an amphora.
-    Forget(Uuid),
-    /// Set expected listeners and load balancer (`Some(None)` clears).
-    Configure {
-        /// Amphora.
-        id: Uuid,
-        /// Listeners a heartbeat must report.
-        expected_listeners: Option<Option<u32>>,
-        /// Its load balancer.
-        load_balancer: Option<Option<Uuid>>,
-    },
-    /// A page of records.
-    Failovers {
-        /// Records with an id above this.
-        marker: Option<u64>,
-        /// At most this many.
-        limit: usize,
-    },
-    /// One record.
-    Record(u64),
 }

@@ -45,7 +45,9 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
-pub use command::{call, Call, Command, CommandError, CommandResult, Reply};
+pub use command::{
+    call, Call, Command, CommandError, CommandResult, FleetCommand, RegistryCommand, Reply, VolumeCommand,
+};
 pub use fleet::StoredAmphora;
 pub use snapshot::{AmphoraHealth, Published, Rates, Snapshot, StoreStatus};
 
@@ -53,12 +55,13 @@ use crate::engine::{Clock, DropReason, Outputs, Totals};
 use crate::proto::service::ServiceBeat;
 use crate::store::{Key, StoreError, Table};
 use failover::{Executor, FailoverConfig, Runner};
-use fleet::{Fleet, FleetCommand};
+use fleet::Fleet;
 use liveness::{secs_ns, LivenessConfig, Signals, SuspendReason};
+pub use periodic::TaskError;
 use periodic::{Periodic, TaskId};
 use persist::{Durable, StoreDurable, Writes};
-use services::{ServiceCommand, ServiceHost};
-use volumes::{VolumeCommand, VolumeHost};
+use services::ServiceHost;
+use volumes::VolumeHost;
 
 /// A setting the control plane cannot run with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,7 +215,7 @@ pub struct ExtraTask {
     /// Interval, ns.
     pub spacing_ns: u64,
     /// The work; an `Err` is counted and logged, and the task keeps its schedule.
-    pub run: Box<dyn FnMut(u64) -> Result<(), String> + Send>,
+    pub run: Box<dyn FnMut(u64) -> Result<(), TaskError> + Send>,
 }
 
 impl std::fmt::Debug for ExtraTask {
@@ -463,39 +466,28 @@ impl Control {
     pub fn run_due(&mut self) {
         let now = self.clock.now_ns();
         self.fleet.collect_outcomes(now, &mut self.writes);
-        type TaskFn = fn(&mut Control, u64) -> Result<(), String>;
+        // The built-in tasks cannot fail: what goes wrong inside them (a store write) is
+        // reported where it happens.
+        type TaskFn = fn(&mut Control, u64);
         let builtin: [(TaskId, TaskFn); 9] = [
-            (self.tasks.health, |c, now| {
-                c.health_check(now);
-                Ok(())
-            }),
+            (self.tasks.health, Control::health_check),
             (self.tasks.rates, Control::task_rates),
             (self.tasks.summary, Control::task_summary),
             (self.tasks.report, Control::task_report),
-            (self.tasks.maintenance, |c, _| {
-                c.fleet.prune(c.cfg.lifecycle.failover_records_max, &mut c.writes);
-                Ok(())
-            }),
+            (self.tasks.maintenance, |c, _| c.fleet.prune(c.cfg.lifecycle.failover_records_max, &mut c.writes)),
             (self.tasks.flush, |c, _| {
                 c.flush(None);
-                Ok(())
             }),
-            (self.tasks.expiry, |c, now| {
-                c.services.expire(now / 1000, &mut c.writes);
-                Ok(())
-            }),
-            (self.tasks.world, |c, _| {
-                c.services.refresh_world();
-                Ok(())
-            }),
+            (self.tasks.expiry, |c, now| c.services.expire(now / 1000, &mut c.writes)),
+            (self.tasks.world, |c, _| c.services.refresh_world()),
             (self.tasks.scheduler, Control::task_scheduler),
         ];
         for (id, f) in builtin {
             let now = self.clock.now_ns();
             if self.periodic.is_due(id, now) {
-                let r = f(self, now);
+                f(self, now);
                 let end = self.clock.now_ns();
-                self.periodic.ran(id, now, end, r);
+                self.periodic.ran(id, now, end, Ok(()));
             }
         }
         for i in 0..self.extra.len() {
@@ -538,14 +530,13 @@ impl Control {
         self.fleet.health_check(now, signals, &self.engine.pipeline.shards, &mut self.writes);
     }
 
-    fn task_scheduler(&mut self, now: u64) -> Result<(), String> {
+    fn task_scheduler(&mut self, now: u64) {
         let machines =
             self.services.machines(&self.cfg.scheduler.machine_type, self.cfg.liveness.heartbeat_timeout, now);
         self.volumes.tick(now, &machines, &mut self.writes);
-        Ok(())
     }
 
-    fn task_rates(&mut self, _now: u64) -> Result<(), String> {
+    fn task_rates(&mut self, _now: u64) {
         let r = Ordering::Relaxed;
         let s = &self.engine;
         let rx: Vec<u64> = s.rx.iter().map(|c| c.packets.load(r)).collect();
@@ -566,10 +557,9 @@ impl Control {
         self.prev.worker = worker;
         self.prev.accepted = accepted;
         self.prev.rates_at = Some(Instant::now());
-        Ok(())
     }
 
-    fn task_summary(&mut self, _now: u64) -> Result<(), String> {
+    fn task_summary(&mut self, _now: u64) {
         let t = self.engine.totals();
         let p = &self.prev.summary_totals;
         let new_drops: Vec<String> = DropReason::ALL
@@ -585,12 +575,11 @@ impl Control {
             );
         }
         self.prev.summary_totals = t;
-        Ok(())
     }
 
     /// Cinder's `report_state`: heartsink's own record in the store. A failure is logged once
     /// and never stops the task.
-    fn task_report(&mut self, now: u64) -> Result<(), String> {
+    fn task_report(&mut self, now: u64) {
         self.report_count += 1;
         let t = self.engine.totals();
         let rates = self.published.rates.load();
@@ -624,7 +613,6 @@ impl Control {
             }
             self.prev.writer_failures = failures;
         }
-        Ok(())
     }
 
     /// Writes the queued rows and the marked amphorae (read from the shards, at most
@@ -688,47 +676,17 @@ impl Control {
         }
     }
 
-    /// Executes a command against the parts.
+    /// Executes a command against the part it is for.
     pub fn execute(&mut self, command: Command, now: u64) -> CommandResult {
         self.changed = true;
-        let shards = self.engine.pipeline.shards.clone();
-        let w = &mut self.writes;
-        let now_us = now / 1000;
         match command {
-            Command::Failover(id) => self.fleet.execute(FleetCommand::Failover(id), now, &shards, w),
-            Command::Forget(id) => self.fleet.execute(FleetCommand::Forget(id), now, &shards, w),
-            Command::Configure { id, expected_listeners, load_balancer } => {
-                self.fleet.execute(FleetCommand::Configure { id, expected_listeners, load_balancer }, now, &shards, w)
-            }
-            Command::Failovers { marker, limit } => {
-                self.fleet.execute(FleetCommand::Failovers { marker, limit }, now, &shards, w)
-            }
-            Command::FailoverRecord(id) => self.fleet.execute(FleetCommand::Record(id), now, &shards, w),
+            Command::Fleet(c) => self.fleet.execute(c, now, &self.engine.pipeline.shards, &mut self.writes),
+            Command::Registry(c) => self.services.execute(c, now / 1000, &mut self.writes),
+            Command::Volumes(c) => self.volumes.execute(c, now, &mut self.writes),
             Command::Reload(cfg) => {
                 self.reload(*cfg);
                 Ok(Reply::Reloaded { reloaded: true })
             }
-            Command::ServicePush { action, entries } => {
-                self.services.execute(ServiceCommand::Push { action, entries }, now_us, w)
-            }
-            Command::ServiceFlush(t) => self.services.execute(ServiceCommand::Flush(t), now_us, w),
-            Command::ServiceList { type_name, full } => {
-                self.services.execute(ServiceCommand::List { type_name, full }, now_us, w)
-            }
-            Command::ServiceTypes => self.services.execute(ServiceCommand::Types, now_us, w),
-            Command::ServiceResolve { type_name, id } => {
-                self.services.execute(ServiceCommand::Resolve { type_name, id }, now_us, w)
-            }
-            Command::PoolCreate { name, targets, force } => {
-                self.services.execute(ServiceCommand::PoolCreate { name, targets, force }, now_us, w)
-            }
-            Command::PoolDelete(name) => self.services.execute(ServiceCommand::PoolDelete(name), now_us, w),
-            Command::VolumeCreate(c) => self.volumes.execute(VolumeCommand::Create(c), now, w),
-            Command::VolumeList(s) => self.volumes.execute(VolumeCommand::List(s), now, w),
-            Command::VolumeGet(id) => self.volumes.execute(VolumeCommand::Get(id), now, w),
-            Command::VolumePatch(id, p) => self.volumes.execute(VolumeCommand::Patch(id, p), now, w),
-            Command::VolumeDelete(id) => self.volumes.execute(VolumeCommand::Delete(id), now, w),
-            Command::VolumeReport(id, r) => self.volumes.execute(VolumeCommand::Report(id, r), now, w),
         }
     }
 

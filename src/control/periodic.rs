@@ -16,6 +16,19 @@ use serde::Serialize;
 /// A task's handle.
 pub type TaskId = usize;
 
+/// Why a task's run failed: its message, kept as the task's `last_error`. The task keeps its
+/// schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskError(pub String);
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TaskError {}
+
 /// One task's schedule and history.
 #[derive(Clone, Debug, Serialize)]
 pub struct Task {
@@ -86,7 +99,7 @@ impl Periodic {
     }
 
     /// Records a run that started at `started` and ended at `ended`.
-    pub fn ran(&mut self, id: TaskId, started: u64, ended: u64, result: Result<(), String>) {
+    pub fn ran(&mut self, id: TaskId, started: u64, ended: u64, result: Result<(), TaskError>) {
         let jitter_frac: f64 = self.rng.random_range(0.0..1.0);
         let Some(t) = self.tasks.get_mut(id) else { return };
         t.runs += 1;
@@ -95,7 +108,7 @@ impl Periodic {
         if let Err(e) = result {
             t.failures += 1;
             tracing::error!(task = t.name, error = %e, "periodic task failed; it keeps running");
-            t.last_error = Some(e);
+            t.last_error = Some(e.0);
         }
         // oslo: last_run = now - ((now - last_run) % spacing) + jitter.
         let grid = match t.last_run_ns {
@@ -181,7 +194,7 @@ mod tests {
     fn failure_is_counted_and_the_task_keeps_running() {
         let mut p = Periodic::new(4);
         let id = p.add("t", 10 * S, 0, 0, 0);
-        p.ran(id, 0, 1, Err("boom".into()));
+        p.ran(id, 0, 1, Err(TaskError("boom".into())));
         assert_eq!((p.tasks[id].runs, p.tasks[id].failures), (1, 1));
         assert_eq!(p.tasks[id].last_error.as_deref(), Some("boom"));
         assert!(p.tasks[id].next_due_ns >= 10 * S);

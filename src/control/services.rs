@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{CommandError, Reply, ServiceOutcome};
+use super::command::{CommandError, RegistryCommand, Reply, ServiceOutcome};
 use super::persist::Writes;
 use crate::proto::service::{ServiceBeat, ServiceOp};
 use crate::registry::lb::{Pool, World};
@@ -86,47 +86,6 @@ fn reg_err(e: RegistryError) -> CommandError {
         RegistryError::UnknownType(_) => CommandError::Invalid(format!("bad service type: {e}")),
         other => CommandError::Invalid(other.to_string()),
     }
-}
-
-/// The registry's commands of the admin API.
-#[derive(Debug)]
-pub enum ServiceCommand {
-    /// Register, lock, unlock or deregister services.
-    Push {
-        /// What to do.
-        action: PushAction,
-        /// The services.
-        entries: Vec<ServiceEntry>,
-    },
-    /// Remove every service of a type.
-    Flush(String),
-    /// The services of a type (with `stat.*` tags when `full`).
-    List {
-        /// Type.
-        type_name: String,
-        /// With `stat.*` tags.
-        full: bool,
-    },
-    /// The configured service types.
-    Types,
-    /// The address of a service id.
-    Resolve {
-        /// Type.
-        type_name: String,
-        /// Service id.
-        id: String,
-    },
-    /// Create (or with `force` replace) a pool.
-    PoolCreate {
-        /// Name.
-        name: String,
-        /// Target string.
-        targets: String,
-        /// Replace an existing pool.
-        force: bool,
-    },
-    /// Delete a pool.
-    PoolDelete(String),
 }
 
 /// The service registry, its pools and the polling world.
@@ -338,8 +297,8 @@ impl ServiceHost {
     }
 
     /// Executes a registry command at `now_us`.
-    pub fn execute(&mut self, command: ServiceCommand, now_us: u64, out: &mut Writes) -> Result<Reply, CommandError> {
-        use ServiceCommand as C;
+    pub fn execute(&mut self, command: RegistryCommand, now_us: u64, out: &mut Writes) -> Result<Reply, CommandError> {
+        use RegistryCommand as C;
         let result = match command {
             C::Push { action, entries } => {
                 let mut services = Vec::with_capacity(entries.len());

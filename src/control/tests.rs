@@ -6,7 +6,7 @@ use super::liveness::{Live, LivenessConfig};
 use super::rig::{amphora, ControlRig, S};
 use super::services::{PushAction, ServiceEntry};
 use super::volumes::VolumeCreate;
-use super::{Command, CommandError, ControlConfig, Reply};
+use super::{Command, CommandError, ControlConfig, FleetCommand, RegistryCommand, Reply, VolumeCommand};
 use crate::engine::counters::bump;
 
 const T0: u64 = 1_000 * S;
@@ -179,24 +179,24 @@ fn commands_answer_typed_replies_and_errors() {
     let mut r = rig();
     r.beat([1]);
     r.advance(S);
-    match r.execute(Command::Failover(amphora(1))) {
+    match r.execute(Command::Fleet(FleetCommand::Failover(amphora(1)))) {
         Ok(Reply::Failover(rec)) => assert_eq!(rec.reason, FailoverReason::Manual),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(r.execute(Command::Failover(amphora(1))), Err(CommandError::Conflict(_))));
-    assert!(matches!(r.execute(Command::Failover(amphora(9))), Err(CommandError::NotFound(_))));
+    assert!(matches!(r.execute(Command::Fleet(FleetCommand::Failover(amphora(1)))), Err(CommandError::Conflict(_))));
+    assert!(matches!(r.execute(Command::Fleet(FleetCommand::Failover(amphora(9)))), Err(CommandError::NotFound(_))));
     let lb = amphora(100);
     let reply = r
-        .execute(Command::Configure {
+        .execute(Command::Fleet(FleetCommand::Configure {
             id: amphora(1),
             expected_listeners: Some(Some(2)),
             load_balancer: Some(Some(lb)),
-        })
+        }))
         .expect("configure");
     assert!(matches!(reply, Reply::Amphora(ref h) if h.load_balancer == Some(lb)));
     assert_eq!(r.state(1).and_then(|s| s.expected_listeners), Some(2));
     assert!(r.snapshot().load_balancers[&lb].contains(&amphora(1)));
-    assert!(matches!(r.execute(Command::Forget(amphora(1))), Ok(Reply::Forgotten { .. })));
+    assert!(matches!(r.execute(Command::Fleet(FleetCommand::Forget(amphora(1)))), Ok(Reply::Forgotten { .. })));
     assert!(r.state(1).is_none(), "forgotten from the shards too");
     assert!(r.snapshot().load_balancers.get(&lb).is_none());
 }
@@ -212,17 +212,19 @@ fn machine(name: &str, addr: &str, free: u64) -> ServiceEntry {
 fn registry_changes_reach_the_published_world_on_refresh() {
     let mut r = rig();
     let before = r.snapshot().world.clone();
-    let push =
-        Command::ServicePush { action: PushAction::Register, entries: vec![machine("m1", "127.0.0.1:7000", 10)] };
+    let push = Command::Registry(RegistryCommand::Push {
+        action: PushAction::Register,
+        entries: vec![machine("m1", "127.0.0.1:7000", 10)],
+    });
     assert!(matches!(r.execute(push), Ok(Reply::Services { ref services }) if services.len() == 1));
     assert_eq!(r.snapshot().services, 1);
     r.advance(2 * S);
     assert!(!std::sync::Arc::ptr_eq(&before, &r.snapshot().world), "the world was rebuilt");
     assert!(matches!(
-        r.execute(Command::ServicePush {
+        r.execute(Command::Registry(RegistryCommand::Push {
             action: PushAction::Register,
             entries: vec![ServiceEntry { type_name: "nope".into(), ..machine("x", "127.0.0.1:1", 0) }]
-        }),
+        })),
         Err(CommandError::Invalid(_))
     ));
 }
@@ -231,21 +233,24 @@ fn registry_changes_reach_the_published_world_on_refresh() {
 fn volumes_are_placed_on_live_machines_and_healed_when_they_die() {
     let mut r = rig();
     let m = |r: &mut ControlRig, name: &str, addr: &str| {
-        let push = Command::ServicePush { action: PushAction::Register, entries: vec![machine(name, addr, 1 << 40)] };
+        let push = Command::Registry(RegistryCommand::Push {
+            action: PushAction::Register,
+            entries: vec![machine(name, addr, 1 << 40)],
+        });
         r.execute(push).expect("register");
     };
     m(&mut r, "m1", "127.0.0.1:7001");
-    let v = match r.execute(Command::VolumeCreate(VolumeCreate {
+    let v = match r.execute(Command::Volumes(VolumeCommand::Create(VolumeCreate {
         name: "v".into(),
         size: 1 << 30,
         constraints: vec![],
         clone_of: None,
-    })) {
+    }))) {
         Ok(Reply::Volume(v)) => v.id,
         other => panic!("{other:?}"),
     };
     r.advance(2 * S);
-    let node = |r: &mut ControlRig| match r.execute(Command::VolumeGet(v)) {
+    let node = |r: &mut ControlRig| match r.execute(Command::Volumes(VolumeCommand::Get(v))) {
         Ok(Reply::Volume(v)) => v.node.clone(),
         other => panic!("{other:?}"),
     };
@@ -262,8 +267,12 @@ fn restore_brings_back_amphorae_and_reruns_unfinished_failovers() {
     run(&mut r, 6, &[], 10);
     run(&mut r, 6, &[5], 10);
     assert_eq!(r.started().len(), 1, "in progress, not finished");
-    r.execute(Command::Configure { id: amphora(1), expected_listeners: None, load_balancer: Some(Some(amphora(50))) })
-        .expect("configure");
+    r.execute(Command::Fleet(FleetCommand::Configure {
+        id: amphora(1),
+        expected_listeners: None,
+        load_balancer: Some(Some(amphora(50))),
+    }))
+    .expect("configure");
     r.advance(2 * S);
     let stored = r.store.clone();
     let before = r.snapshot();
@@ -286,10 +295,10 @@ fn a_machine_beating_every_second_with_a_1_5_s_timeout_never_dies() {
     c.liveness.heartbeat_timeout = 1.5;
     let mut r = ControlRig::with(c, T0 + 300_000_000, None);
     let beat = |r: &mut ControlRig| {
-        let push = Command::ServicePush {
+        let push = Command::Registry(RegistryCommand::Push {
             action: PushAction::Register,
             entries: vec![machine("m1", "127.0.0.1:7001", 1 << 40)],
-        };
+        });
         r.execute(push).expect("register");
     };
     beat(&mut r);

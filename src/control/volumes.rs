@@ -20,7 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{CommandError, Reply};
+use super::command::{CommandError, Reply, VolumeCommand};
 use super::persist::Writes;
 use crate::sched::lease::{Lease, LeaseState};
 use crate::sched::{Machine, Report, SchedError, Spec, Volume, VolumeState};
@@ -116,23 +116,6 @@ fn sched_err(e: SchedError) -> CommandError {
         SchedError::NotModified { .. } => CommandError::NotModified(msg),
         SchedError::InvalidRestore { .. } | SchedError::IdsExhausted => CommandError::Store(msg),
     }
-}
-
-/// The scheduler's commands of the admin API.
-#[derive(Debug)]
-pub enum VolumeCommand {
-    /// Create a volume.
-    Create(VolumeCreate),
-    /// List volumes, optionally of one state.
-    List(Option<VolumeState>),
-    /// One volume.
-    Get(u64),
-    /// Resize or re-constrain a `ready` volume.
-    Patch(u64, VolumePatch),
-    /// Delete a volume.
-    Delete(u64),
-    /// A machine-side agent's report.
-    Report(u64, VolumeReport),
 }
 
 /// The scheduler, its lease, and the volumes' durable copies.
