@@ -19,11 +19,17 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
+mod backend;
+mod writer;
 
-use crossbeam::channel::{self, Receiver, Sender};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+pub use backend::FAULTS_ENV;
+use backend::{Faults, FaultyBackend};
+pub use writer::{Done, Job, Pending, Writer, WriterStats, PENDING_SPILL_BYTES};
 
 const AMPHORAE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("amphorae");
 const FAILOVERS: TableDefinition<u64, &[u8]> = TableDefinition::new("failovers");
@@ -44,8 +50,15 @@ pub const DB_FILE: &str = "heartsink.redb";
 pub enum StoreError {
     /// The data directory could not be created or read.
     Dir(String),
-    /// The database could not be opened (corrupt file, another process holds it, wrong format).
+    /// The database could not be opened (another process holds it, no room to reopen it).
     Open(String),
+    /// The database file exists but is unreadable or corrupt: refused at start.
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A read or write transaction failed (I/O error, disk full).
     Transaction(String),
     /// A stored value is not the JSON the owning module expects (written by another version).
@@ -57,6 +70,12 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Dir(m) => write!(f, "data directory: {m}"),
             StoreError::Open(m) => write!(f, "opening the database: {m}"),
+            StoreError::Corrupt { path, reason } => write!(
+                f,
+                "the database {} is unreadable or corrupt ({reason}); restore it from a backup or move it \
+                 away, or start with --fresh-store to move it aside and start with an empty store",
+                path.display()
+            ),
             StoreError::Transaction(m) => write!(f, "database transaction: {m}"),
             StoreError::Decode(m) => write!(f, "stored value: {m}"),
         }
@@ -70,7 +89,7 @@ fn tx_err(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// A table of the store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     /// Amphora registry and last health (key: [`Key::Id`]).
     Amphorae,
@@ -128,6 +147,18 @@ impl WriteBatch {
         self.ops.push(Op { table, key, value: None });
     }
 
+    /// Whether every key fits its table (a batch that does not is a bug, refused whole).
+    pub fn fits(&self) -> bool {
+        self.ops.iter().all(|op| {
+            matches!(
+                (op.table, &op.key),
+                (Table::Amphorae, Key::Id(_))
+                    | (Table::Failovers | Table::Volumes, Key::Num(_))
+                    | (Table::Meta | Table::Services | Table::Pools, Key::Name(_))
+            )
+        })
+    }
+
     /// Number of writes.
     pub fn len(&self) -> usize {
         self.ops.len()
@@ -175,22 +206,102 @@ impl Loaded {
 }
 
 /// The open database.
+///
+/// redb latches the first I/O error of a [`Database`]: every later transaction fails with
+/// "Previous I/O error occurred. Please close and re-open the database" (`PreviousIo`), even
+/// once the disk has room again. So a failed commit drops the database, and the next attempt
+/// opens the file again (redb repairs it from its last durable commit) before committing.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    /// `None` after a failed commit, until the next attempt reopens the file.
+    db: parking_lot::Mutex<Option<Database>>,
     path: PathBuf,
+    faults: Arc<Faults>,
+}
+
+/// Why the file could not be opened, for [`StoreError::Corrupt`].
+fn open_file(path: &Path, faults: &Arc<Faults>, check: bool) -> Result<Database, String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let backend = FaultyBackend::new(file, faults.clone()).map_err(|e| e.to_string())?;
+    // redb may panic on a file altered outside it: a panic is a corrupt file, never a crash.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(check)
+            .create_with_backend(backend)
+            .map_err(|e| e.to_string())?;
+        if check {
+            // Read every row once: what the restore will read must be readable.
+            load_db(&db).map_err(|e| e.to_string())?;
+        }
+        Ok(db)
+    }));
+    match opened {
+        Ok(r) => r,
+        Err(panic) => Err(format!("redb failed reading it: {}", panic_message(&*panic))),
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// Where `--fresh-store` moves an unreadable database: `<file>.corrupt-<unix time>`.
+pub fn aside_path(path: &Path) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".corrupt-{secs}"));
+    PathBuf::from(name)
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `dir`.
+    /// Opens (creating if missing) the database in `dir`; an unreadable or corrupt file is
+    /// refused ([`StoreError::Corrupt`]).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, false)
+    }
+
+    /// As [`Store::open`]; with `fresh`, an unreadable or corrupt file is moved aside to
+    /// [`aside_path`] and the store starts empty (logged). A missing file is a first start
+    /// either way; a readable one is kept either way.
+    pub fn open_with(dir: &Path, fresh: bool) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir(format!("{}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
-        let store = Store { db, path };
+        let faults = Arc::new(Faults::from_env());
+        let checked = match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => open_file(&path, &faults, false),
+            Err(e) => Err(format!("cannot read it: {e}")),
+            Ok(m) if !m.is_file() => Err("not a regular file".into()),
+            Ok(m) if m.len() == 0 => Err("the file is empty (zero length)".into()),
+            Ok(_) => open_file(&path, &faults, true),
+        };
+        let db = match checked {
+            Ok(db) => db,
+            Err(reason) if fresh => {
+                let aside = aside_path(&path);
+                std::fs::rename(&path, &aside).map_err(|e| {
+                    StoreError::Open(format!("cannot move {} aside to {}: {e}", path.display(), aside.display()))
+                })?;
+                tracing::warn!(
+                    file = %path.display(),
+                    moved_to = %aside.display(),
+                    reason = %reason,
+                    "--fresh-store: the database was unreadable; moved it aside and starting with an empty store"
+                );
+                open_file(&path, &faults, false).map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?
+            }
+            Err(reason) => return Err(StoreError::Corrupt { path, reason }),
+        };
+        let store = Store { db: parking_lot::Mutex::new(Some(db)), path, faults };
         // Create the tables so that a first read finds them.
         store.commit(&WriteBatch::default())?;
         Ok(store)
@@ -201,6 +312,13 @@ impl Store {
         &self.path
     }
 
+    /// Test-only: the next `n` writes to the file fail with `ENOSPC` (each failed commit or
+    /// reopen uses one).
+    #[doc(hidden)]
+    pub fn inject_failures(&self, n: u64) {
+        self.faults.inject(n);
+    }
+
     /// Commits `batch` in one durable transaction.
     pub fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         self.commit_all(std::slice::from_ref(batch))
@@ -208,169 +326,103 @@ impl Store {
 
     /// Commits several batches, in order, in one durable transaction.
     pub fn commit_all(&self, batches: &[WriteBatch]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(tx_err)?;
-        {
-            let mut amphorae = txn.open_table(AMPHORAE).map_err(tx_err)?;
-            let mut failovers = txn.open_table(FAILOVERS).map_err(tx_err)?;
-            let mut meta = txn.open_table(META).map_err(tx_err)?;
-            let mut services = txn.open_table(SERVICES).map_err(tx_err)?;
-            let mut pools = txn.open_table(POOLS).map_err(tx_err)?;
-            let mut volumes = txn.open_table(VOLUMES).map_err(tx_err)?;
-            for op in batches.iter().flat_map(|b| &b.ops) {
-                let r = match (op.table, &op.key, &op.value) {
-                    (Table::Amphorae, Key::Id(k), Some(v)) => amphorae.insert(&k[..], &v[..]).map(drop),
-                    (Table::Amphorae, Key::Id(k), None) => amphorae.remove(&k[..]).map(drop),
-                    (Table::Failovers, Key::Num(k), Some(v)) => failovers.insert(k, &v[..]).map(drop),
-                    (Table::Failovers, Key::Num(k), None) => failovers.remove(k).map(drop),
-                    (Table::Volumes, Key::Num(k), Some(v)) => volumes.insert(k, &v[..]).map(drop),
-                    (Table::Volumes, Key::Num(k), None) => volumes.remove(k).map(drop),
-                    (Table::Meta, Key::Name(k), Some(v)) => meta.insert(k.as_str(), &v[..]).map(drop),
-                    (Table::Meta, Key::Name(k), None) => meta.remove(k.as_str()).map(drop),
-                    (Table::Services, Key::Name(k), Some(v)) => services.insert(k.as_str(), &v[..]).map(drop),
-                    (Table::Services, Key::Name(k), None) => services.remove(k.as_str()).map(drop),
-                    (Table::Pools, Key::Name(k), Some(v)) => pools.insert(k.as_str(), &v[..]).map(drop),
-                    (Table::Pools, Key::Name(k), None) => pools.remove(k.as_str()).map(drop),
-                    (t, k, _) => return Err(StoreError::Transaction(format!("key {k:?} does not fit table {t:?}"))),
-                };
-                r.map_err(tx_err)?;
-            }
+        self.commit_ops(batches.iter().flat_map(|b| &b.ops).map(|op| (op.table, &op.key, op.value.as_deref())))
+    }
+
+    /// Commits `ops` (table, key, value or `None` to delete) in one durable transaction. After
+    /// a failure the database is dropped and the next call opens the file again.
+    pub fn commit_ops<'a>(
+        &self,
+        ops: impl Iterator<Item = (Table, &'a Key, Option<&'a [u8]>)>,
+    ) -> Result<(), StoreError> {
+        let mut guard = self.db.lock();
+        if guard.is_none() {
+            let db = open_file(&self.path, &self.faults, false)
+                .map_err(|e| StoreError::Open(format!("reopening {}: {e}", self.path.display())))?;
+            tracing::info!(file = %self.path.display(), "store reopened after a failed write");
+            *guard = Some(db);
         }
-        txn.commit().map_err(tx_err)
+        let Some(db) = guard.as_ref() else { return Err(StoreError::Open("not open".into())) };
+        let r = commit_db(db, ops);
+        if r.is_err() {
+            // redb refuses every transaction after an I/O error until the file is reopened.
+            *guard = None;
+        }
+        r
     }
 
     /// Reads every table.
     pub fn load(&self) -> Result<Loaded, StoreError> {
-        let txn = self.db.begin_read().map_err(tx_err)?;
-        let mut rows = Vec::new();
-        for entry in txn.open_table(AMPHORAE).map_err(tx_err)?.iter().map_err(tx_err)? {
+        let guard = self.db.lock();
+        let db = guard.as_ref().ok_or_else(|| StoreError::Open("not open after a failed write".into()))?;
+        load_db(db)
+    }
+}
+
+fn commit_db<'a>(
+    db: &Database,
+    ops: impl Iterator<Item = (Table, &'a Key, Option<&'a [u8]>)>,
+) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(tx_err)?;
+    {
+        let mut amphorae = txn.open_table(AMPHORAE).map_err(tx_err)?;
+        let mut failovers = txn.open_table(FAILOVERS).map_err(tx_err)?;
+        let mut meta = txn.open_table(META).map_err(tx_err)?;
+        let mut services = txn.open_table(SERVICES).map_err(tx_err)?;
+        let mut pools = txn.open_table(POOLS).map_err(tx_err)?;
+        let mut volumes = txn.open_table(VOLUMES).map_err(tx_err)?;
+        for (table, key, value) in ops {
+            let r = match (table, key, value) {
+                (Table::Amphorae, Key::Id(k), Some(v)) => amphorae.insert(&k[..], v).map(drop),
+                (Table::Amphorae, Key::Id(k), None) => amphorae.remove(&k[..]).map(drop),
+                (Table::Failovers, Key::Num(k), Some(v)) => failovers.insert(k, v).map(drop),
+                (Table::Failovers, Key::Num(k), None) => failovers.remove(k).map(drop),
+                (Table::Volumes, Key::Num(k), Some(v)) => volumes.insert(k, v).map(drop),
+                (Table::Volumes, Key::Num(k), None) => volumes.remove(k).map(drop),
+                (Table::Meta, Key::Name(k), Some(v)) => meta.insert(k.as_str(), v).map(drop),
+                (Table::Meta, Key::Name(k), None) => meta.remove(k.as_str()).map(drop),
+                (Table::Services, Key::Name(k), Some(v)) => services.insert(k.as_str(), v).map(drop),
+                (Table::Services, Key::Name(k), None) => services.remove(k.as_str()).map(drop),
+                (Table::Pools, Key::Name(k), Some(v)) => pools.insert(k.as_str(), v).map(drop),
+                (Table::Pools, Key::Name(k), None) => pools.remove(k.as_str()).map(drop),
+                (t, k, _) => return Err(StoreError::Transaction(format!("key {k:?} does not fit table {t:?}"))),
+            };
+            r.map_err(tx_err)?;
+        }
+    }
+    txn.commit().map_err(tx_err)
+}
+
+fn load_db(db: &Database) -> Result<Loaded, StoreError> {
+    let txn = db.begin_read().map_err(tx_err)?;
+    let mut rows = Vec::new();
+    for entry in txn.open_table(AMPHORAE).map_err(tx_err)?.iter().map_err(tx_err)? {
+        let (k, v) = entry.map_err(tx_err)?;
+        let id: [u8; 16] = k
+            .value()
+            .try_into()
+            .map_err(|_| StoreError::Decode(format!("amphora key of {} bytes", k.value().len())))?;
+        rows.push((Table::Amphorae, Key::Id(id), v.value().to_vec()));
+    }
+    for (def, table) in [(FAILOVERS, Table::Failovers), (VOLUMES, Table::Volumes)] {
+        for entry in txn.open_table(def).map_err(tx_err)?.iter().map_err(tx_err)? {
             let (k, v) = entry.map_err(tx_err)?;
-            let id: [u8; 16] = k
-                .value()
-                .try_into()
-                .map_err(|_| StoreError::Decode(format!("amphora key of {} bytes", k.value().len())))?;
-            rows.push((Table::Amphorae, Key::Id(id), v.value().to_vec()));
-        }
-        for (def, table) in [(FAILOVERS, Table::Failovers), (VOLUMES, Table::Volumes)] {
-            for entry in txn.open_table(def).map_err(tx_err)?.iter().map_err(tx_err)? {
-                let (k, v) = entry.map_err(tx_err)?;
-                rows.push((table, Key::Num(k.value()), v.value().to_vec()));
-            }
-        }
-        for (def, table) in [(META, Table::Meta), (SERVICES, Table::Services), (POOLS, Table::Pools)] {
-            for entry in txn.open_table(def).map_err(tx_err)?.iter().map_err(tx_err)? {
-                let (k, v) = entry.map_err(tx_err)?;
-                rows.push((table, Key::Name(k.value().to_string()), v.value().to_vec()));
-            }
-        }
-        Ok(Loaded { rows })
-    }
-}
-
-/// Called by the writer thread with the outcome of the transaction that held a batch.
-pub type Done = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
-
-/// A batch for the writer thread, with an optional completion.
-pub struct Job {
-    /// What to write.
-    pub batch: WriteBatch,
-    /// Called with the outcome once the transaction holding the batch committed (or failed),
-    /// on the writer thread: whoever waits for durability is told without a thread of its own.
-    pub done: Option<Done>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("writes", &self.batch.len()).field("done", &self.done.is_some()).finish()
-    }
-}
-
-/// Counters of the writer thread.
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    /// Transactions committed.
-    pub commits: std::sync::atomic::AtomicU64,
-    /// Writes committed.
-    pub writes: std::sync::atomic::AtomicU64,
-    /// Transactions that failed (their batches are lost; the error is logged).
-    pub failures: std::sync::atomic::AtomicU64,
-    /// Duration of the latest commit, ns.
-    pub last_commit_ns: std::sync::atomic::AtomicU64,
-}
-
-/// The write-behind thread: merges the batches waiting into one transaction per commit.
-#[derive(Debug)]
-pub struct Writer {
-    tx: Option<Sender<Job>>,
-    handle: Option<JoinHandle<()>>,
-    /// Its counters.
-    pub stats: std::sync::Arc<WriterStats>,
-}
-
-impl Writer {
-    /// Starts the writer on `store`.
-    pub fn spawn(store: std::sync::Arc<Store>) -> std::io::Result<Writer> {
-        let (tx, rx) = channel::unbounded::<Job>();
-        let stats = std::sync::Arc::new(WriterStats::default());
-        let s = stats.clone();
-        let handle = std::thread::Builder::new().name("store".into()).spawn(move || writer_loop(&store, &rx, &s))?;
-        Ok(Writer { tx: Some(tx), handle: Some(handle), stats })
-    }
-
-    /// A handle to submit jobs.
-    pub fn sender(&self) -> Option<Sender<Job>> {
-        self.tx.clone()
-    }
-
-    /// Writes everything submitted, then stops the thread.
-    pub fn finish(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        self.tx = None;
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+            rows.push((table, Key::Num(k.value()), v.value().to_vec()));
         }
     }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn writer_loop(store: &Store, rx: &Receiver<Job>, stats: &WriterStats) {
-    use std::sync::atomic::Ordering::Relaxed;
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        jobs.extend(rx.try_iter());
-        let batches: Vec<WriteBatch> = jobs.iter_mut().map(|j| std::mem::take(&mut j.batch)).collect();
-        let writes: usize = batches.iter().map(WriteBatch::len).sum();
-        let start = std::time::Instant::now();
-        let outcome = store.commit_all(&batches);
-        stats.last_commit_ns.store(start.elapsed().as_nanos() as u64, Relaxed);
-        match &outcome {
-            Ok(()) => {
-                stats.commits.fetch_add(1, Relaxed);
-                stats.writes.fetch_add(writes as u64, Relaxed);
-            }
-            Err(e) => {
-                stats.failures.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, writes, "store commit failed; these writes are lost");
-            }
-        }
-        for j in jobs {
-            if let Some(done) = j.done {
-                done(outcome.as_ref().map(|_| ()));
-            }
+    for (def, table) in [(META, Table::Meta), (SERVICES, Table::Services), (POOLS, Table::Pools)] {
+        for entry in txn.open_table(def).map_err(tx_err)?.iter().map_err(tx_err)? {
+            let (k, v) = entry.map_err(tx_err)?;
+            rows.push((table, Key::Name(k.value().to_string()), v.value().to_vec()));
         }
     }
+    Ok(Loaded { rows })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crossbeam::channel;
 
     #[test]
     fn write_reopen_read_delete() {
@@ -427,5 +479,110 @@ mod tests {
         rx.recv().unwrap().unwrap();
         assert_eq!(store.load().unwrap().decode::<u64>(Table::Volumes).unwrap().len(), 11);
         w.finish();
+    }
+}
+
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+
+    fn volume(v: u64) -> WriteBatch {
+        let mut b = WriteBatch::default();
+        b.put_json(Table::Volumes, Key::Num(v), &v);
+        b
+    }
+
+    /// The root cause of a store stuck after `ENOSPC`: redb latches the first I/O error and
+    /// refuses every later transaction of that `Database`, room or not.
+    #[test]
+    fn redb_stays_broken_after_an_io_error_until_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        let db = open_file(&dir.path().join(DB_FILE), &faults, false).unwrap();
+        let b = volume(1);
+        let ops = || b.ops.iter().map(|op| (op.table, &op.key, op.value.as_deref()));
+        commit_db(&db, ops()).unwrap();
+        faults.inject(1);
+        assert!(commit_db(&db, ops()).is_err());
+        let again = commit_db(&db, ops()).unwrap_err().to_string();
+        assert!(again.contains("Previous I/O error"), "{again}");
+        drop(db);
+        let db = open_file(&dir.path().join(DB_FILE), &faults, false).unwrap();
+        commit_db(&db, ops()).unwrap();
+    }
+
+    #[test]
+    fn the_store_reopens_after_a_failed_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.commit(&volume(1)).unwrap();
+        store.inject_failures(1);
+        assert!(store.commit(&volume(2)).is_err());
+        store.commit(&volume(3)).unwrap();
+        let got: Vec<u64> =
+            store.load().unwrap().decode::<u64>(Table::Volumes).unwrap().into_iter().map(|r| r.1).collect();
+        assert_eq!(got, vec![1, 3], "the failed commit left nothing behind");
+    }
+
+    fn real_db(dir: &Path) -> Vec<u8> {
+        {
+            let store = Store::open(dir).unwrap();
+            // Enough rows that the middle of the file holds data.
+            for v in 0..300u64 {
+                let mut b = WriteBatch::default();
+                for i in 0..10 {
+                    b.put_json(Table::Meta, Key::Name(format!("row-{v}-{i}")), &"x".repeat(400));
+                }
+                b.put_json(Table::Volumes, Key::Num(v), &v);
+                store.commit(&b).unwrap();
+            }
+        }
+        std::fs::read(dir.join(DB_FILE)).unwrap()
+    }
+
+    #[test]
+    fn corrupt_files_are_refused_and_fresh_moves_them_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = real_db(dir.path());
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        for b in &mut flipped[mid - 2048..mid + 2048] {
+            *b ^= 0x5a;
+        }
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("zero-length", Vec::new()),
+            ("random", (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()),
+            ("truncated", good[..good.len() / 3].to_vec()),
+            ("flipped", flipped),
+        ];
+        for (name, bytes) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join(DB_FILE);
+            std::fs::write(&file, &bytes).unwrap();
+            let e = Store::open(dir.path()).expect_err(name);
+            assert!(matches!(e, StoreError::Corrupt { .. }), "{name}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains(&file.display().to_string()) && msg.contains("--fresh-store"), "{name}: {msg}");
+            assert_eq!(std::fs::read(&file).unwrap(), bytes, "{name}: refused without touching the file");
+            let store = Store::open_with(dir.path(), true).unwrap();
+            assert!(store.load().unwrap().rows.is_empty(), "{name}: fresh store is empty");
+            let aside: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("heartsink.redb.corrupt-"))
+                .collect();
+            assert_eq!(aside.len(), 1, "{name}");
+            assert_eq!(std::fs::read(aside[0].path()).unwrap(), bytes, "{name}: kept aside as it was");
+        }
+    }
+
+    #[test]
+    fn a_good_file_is_kept_with_fresh_and_a_missing_one_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        real_db(dir.path());
+        let store = Store::open_with(dir.path(), true).unwrap();
+        assert_eq!(store.load().unwrap().rows.len(), 3300);
+        let empty = tempfile::tempdir().unwrap();
+        assert!(Store::open(empty.path()).unwrap().load().unwrap().rows.is_empty());
     }
 }
