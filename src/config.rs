@@ -462,6 +462,7 @@ impl Config {
             seed: rand::random(),
             services: self.registry.clone(),
             scheduler: self.scheduler.clone(),
+            fresh_store: false,
         }
     }
 

@@ -36,6 +36,9 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     /// Flags that override the file.
     pub overrides: Overrides,
+    /// `--fresh-store`: an unreadable or corrupt database is moved aside
+    /// (`<file>.corrupt-<unix time>`) and the daemon starts empty, instead of refusing to start.
+    pub fresh_store: bool,
 }
 
 fn init_logging(cfg: &Config) {
@@ -114,7 +117,8 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let outputs = engine.take_outputs().ok_or("engine outputs taken twice")?;
 
     // The control plane: restores the durable state into the shards before any packet.
-    let ccfg = cfg.control();
+    let mut ccfg = cfg.control();
+    ccfg.fresh_store = args.fresh_store;
     let parts = Parts::open(&ccfg)?;
     let mut control = Control::new(ccfg, clock.clone(), engine.shared().clone(), published.clone(), parts)?;
     control.add_task(ExtraTask { name: "confd_config_watch", spacing_ns: 1_000_000_000, run: Box::new(confd.watch()) });

@@ -277,6 +277,10 @@ struct ServeCli {
     /// Do not serve confd.
     #[arg(long)]
     no_confd: bool,
+    /// If the database is unreadable or corrupt, move it aside to <file>.corrupt-<unix time>
+    /// and start with an empty store (without it, such a store is refused).
+    #[arg(long)]
+    fresh_store: bool,
 }
 
 fn main() -> ExitCode {
@@ -301,6 +305,7 @@ fn main() -> ExitCode {
                     confd_config: s.confd_config,
                     no_confd: s.no_confd,
                 },
+                fresh_store: s.fresh_store,
             };
             match daemon::run(&args) {
                 Ok(()) => ExitCode::SUCCESS,

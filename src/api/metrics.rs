@@ -122,6 +122,20 @@ impl Collector for EngineCollector {
                 ConstCounter::new(n).encode(m.encode_family(&[("reason", reason.label())])?)?;
             }
         }
+        if let Some(st) = &snap.store {
+            gauge(
+                &mut enc,
+                "heartsink_store_healthy",
+                "1 while the durable store writes, 0 while its commits fail.",
+                f64::from(u8::from(st.healthy)),
+            )?;
+            counter(
+                &mut enc,
+                "heartsink_store_failures",
+                "Store commit attempts that failed (each is retried).",
+                st.failures,
+            )?;
+        }
         let now = e.now_ns();
         gauge(
             &mut enc,

@@ -8,7 +8,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /healthz` | `200 {"status":"ok"}`, or `503` when the control thread missed its ticks |
+//! | `GET /healthz` | `200 {"status":"ok"}`; `503` when the control thread missed its ticks, or `{"status":"degraded","reason":"store: …"}` while the store cannot write |
 //! | `GET /v1/amphorae?limit=&marker=` | ids in order with operating status and liveness; `next_marker` when more |
 //! | `GET /v1/amphorae/{id}` | the whole health and stats model of one amphora; `404` if unknown |
 //! | `PATCH /v1/amphorae/{id}` | `{"expected_listeners": n\|null, "load_balancer": id\|null}` |
@@ -313,6 +313,9 @@ fn healthz(ctx: &ApiContext) -> Resp {
             503,
             &json!({"status": "unhealthy", "reason": "control thread missed its ticks", "last_tick_age_s": age.as_secs_f64()}),
         )
+    } else if let Some(e) = ctx.control.snapshot.load().store.as_ref().filter(|s| !s.healthy) {
+        let reason = format!("store: {}", e.error.as_deref().unwrap_or("writes are failing"));
+        json_response(503, &json!({"status": "degraded", "reason": reason}))
     } else {
         json_response(200, &json!({"status": "ok"}))
     }

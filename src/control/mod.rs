@@ -205,6 +205,9 @@ pub struct ControlConfig {
     pub services: services::ServicesConfig,
     /// The volume scheduler.
     pub scheduler: volumes::SchedulerConfig,
+    /// Start-up only (`--fresh-store`): move an unreadable or corrupt database aside and start
+    /// empty instead of refusing to start.
+    pub fresh_store: bool,
 }
 
 /// A task the layers above run on the control thread's schedule (the confd configuration
@@ -253,7 +256,7 @@ impl Parts {
                         .map_err(|e| ControlError::Store(StoreError::Dir(format!("{}: {e}", dir.display()))))?;
                     let lease =
                         crate::sched::lease::LocalLease::open(dir).map_err(|e| ControlError::Lease(e.to_string()))?;
-                    let store = StoreDurable::open(dir).map_err(ControlError::Store)?;
+                    let store = StoreDurable::open(dir, cfg.fresh_store).map_err(ControlError::Store)?;
                     (Box::new(lease), Some(Box::new(store)))
                 }
                 None => (Box::new(volumes::AlwaysLease), None),
@@ -293,7 +296,6 @@ struct Prev {
     worker: Vec<u64>,
     accepted: Vec<u64>,
     rates_at: Option<Instant>,
-    writer_failures: u64,
 }
 
 /// The control plane: its parts, composed, and the round that drives them.
@@ -577,8 +579,8 @@ impl Control {
         self.prev.summary_totals = t;
     }
 
-    /// Cinder's `report_state`: heartsink's own record in the store. A failure is logged once
-    /// and never stops the task.
+    /// Cinder's `report_state`: heartsink's own record in the store. A store failure never
+    /// stops the task: the writer retries.
     fn task_report(&mut self, now: u64) {
         self.report_count += 1;
         let t = self.engine.totals();
@@ -601,18 +603,8 @@ impl Control {
             "stale": self.fleet.stale_count(),
             "suspended": self.fleet.suspended().iter().map(SuspendReason::label).collect::<Vec<_>>(),
         });
+        // A failing store is logged by its writer thread, once per change, and published.
         self.writes.batch.put_json(Table::Meta, Key::Name("service".into()), &doc);
-        if let Some(d) = &self.durable {
-            let failures = d.failures();
-            if failures > self.prev.writer_failures && !self.store_failing {
-                self.store_failing = true;
-                tracing::error!("store writes are failing; reports and state are not being saved");
-            } else if failures == self.prev.writer_failures && self.store_failing {
-                self.store_failing = false;
-                tracing::info!("store writes recovered");
-            }
-            self.prev.writer_failures = failures;
-        }
     }
 
     /// Writes the queued rows and the marked amphorae (read from the shards, at most
@@ -628,6 +620,8 @@ impl Control {
             }
             return false;
         };
+        // Rows the writer let go of while failing (over its memory bound): read them again.
+        self.writes.amphorae.extend(durable.take_spilled());
         let mut batch = std::mem::take(&mut self.writes.batch);
         let shards = &self.engine.pipeline.shards;
         // Bounded work per flush: a million new amphorae are written over several flushes
@@ -692,6 +686,13 @@ impl Control {
 
     /// Publishes a new snapshot if anything changed.
     pub fn publish(&mut self) {
+        // The store's health is published as it changes, so `/healthz` reads it without locks.
+        // While failing, every round republishes (its failure count and error move).
+        let failing = self.durable.as_ref().is_some_and(|d| !d.healthy());
+        if failing || failing != self.store_failing {
+            self.store_failing = failing;
+            self.changed = true;
+        }
         let parts = [self.fleet.take_changed(), self.services.take_changed(), self.volumes.take_changed()];
         if !(self.changed || parts.contains(&true)) {
             return;
@@ -725,14 +726,16 @@ impl Control {
         let now = self.clock.now_ns();
         self.fleet.collect_outcomes(now, &mut self.writes);
         // Pending (not started) failovers stay pending in the store and run after a restart.
-        // Everything marked is written at a graceful stop, FLUSH_MAX rows at a time.
+        // Everything marked is written at a graceful stop, FLUSH_MAX rows at a time; a failing
+        // store is given its writer's stop budget, not the call timeout.
+        let wait = if self.store_failing { crate::store::STOP_RETRY } else { Duration::from_secs(30) };
         loop {
             let (tx, rx) = channel::bounded(1);
             let submitted = self.flush(Some(Box::new(move |r| {
                 let _ = tx.send(r.is_ok());
             })));
             if submitted {
-                let _ = rx.recv_timeout(Duration::from_secs(30));
+                let _ = rx.recv_timeout(wait);
             }
             if !submitted || self.writes.amphorae.is_empty() {
                 break;
@@ -743,7 +746,7 @@ impl Control {
         if self.flush(Some(Box::new(move |r| {
             let _ = tx.send(r.is_ok());
         }))) {
-            let _ = rx.recv_timeout(Duration::from_secs(30));
+            let _ = rx.recv_timeout(wait);
         }
         self.publish();
         if let Some(mut d) = self.durable.take() {

@@ -42,8 +42,13 @@ pub trait Durable: Send {
     fn submit(&mut self, batch: WriteBatch, done: Option<Done>);
     /// The store's figures.
     fn status(&self) -> Option<StoreStatus>;
-    /// Failed transactions so far.
-    fn failures(&self) -> u64;
+    /// False from a failed commit until the next successful one (the writer retries).
+    fn healthy(&self) -> bool;
+    /// Amphorae whose rows the writer dropped from its queue (over its memory bound) while
+    /// failing: the caller marks them to be written again from the shards.
+    fn take_spilled(&mut self) -> Vec<Uuid> {
+        Vec::new()
+    }
     /// Writes everything submitted and stops.
     fn finish(&mut self);
 }
@@ -56,9 +61,10 @@ pub struct StoreDurable {
 }
 
 impl StoreDurable {
-    /// Opens the store in `dir` and starts its writer thread.
-    pub fn open(dir: &std::path::Path) -> Result<StoreDurable, StoreError> {
-        let store = Arc::new(Store::open(dir)?);
+    /// Opens the store in `dir` and starts its writer thread; `fresh`: an unreadable or corrupt
+    /// database is moved aside instead of refused ([`Store::open_with`]).
+    pub fn open(dir: &std::path::Path, fresh: bool) -> Result<StoreDurable, StoreError> {
+        let store = Arc::new(Store::open_with(dir, fresh)?);
         let writer = Writer::spawn(store.clone()).map_err(|e| StoreError::Dir(format!("store thread: {e}")))?;
         Ok(StoreDurable { store, writer: Some(writer) })
     }
@@ -96,11 +102,19 @@ impl Durable for StoreDurable {
             writes: w.stats.writes.load(r),
             failures: w.stats.failures.load(r),
             last_commit_ms: w.stats.last_commit_ns.load(r) as f64 / 1e6,
+            healthy: !w.stats.failing.load(r),
+            error: w.stats.error(),
+            pending: w.stats.pending.load(r),
         })
     }
 
-    fn failures(&self) -> u64 {
-        self.writer.as_ref().map_or(0, |w| w.stats.failures.load(Ordering::Relaxed))
+    fn healthy(&self) -> bool {
+        self.writer.as_ref().is_some_and(|w| !w.stats.failing.load(Ordering::Relaxed))
+    }
+
+    fn take_spilled(&mut self) -> Vec<Uuid> {
+        let Some(w) = self.writer.as_ref() else { return Vec::new() };
+        w.stats.take_spilled().into_iter().map(Uuid::from_bytes).collect()
     }
 
     fn finish(&mut self) {
@@ -112,21 +126,57 @@ impl Durable for StoreDurable {
 
 /// Keeps every flushed batch in memory and completes at once. Clones share the batches, so a
 /// deterministic test keeps one handle and restores a new control plane from
-/// [`MemoryDurable::loaded`].
-#[derive(Clone, Debug, Default)]
+/// [`MemoryDurable::loaded`]. [`MemoryDurable::set_failing`] stands for a store that cannot
+/// write: batches are held, unacknowledged, until it writes again.
+#[derive(Clone, Default)]
 pub struct MemoryDurable {
-    batches: Arc<parking_lot::Mutex<Vec<WriteBatch>>>,
+    inner: Arc<parking_lot::Mutex<Memory>>,
+}
+
+#[derive(Default)]
+struct Memory {
+    batches: Vec<WriteBatch>,
+    held: Vec<(WriteBatch, Option<Done>)>,
+    failing: bool,
+    failures: u64,
+}
+
+impl std::fmt::Debug for MemoryDurable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.inner.lock();
+        f.debug_struct("MemoryDurable").field("batches", &m.batches.len()).field("held", &m.held.len()).finish()
+    }
 }
 
 impl MemoryDurable {
     /// What a store would hold now.
     pub fn loaded(&self) -> Loaded {
-        Loaded::from_batches(self.batches.lock().iter())
+        Loaded::from_batches(self.inner.lock().batches.iter())
     }
 
     /// Batches flushed so far.
     pub fn flushes(&self) -> usize {
-        self.batches.lock().len()
+        self.inner.lock().batches.len()
+    }
+
+    /// While `failing`, batches are held and not acknowledged; back to writing, the held
+    /// batches are written and acknowledged, in order.
+    pub fn set_failing(&self, failing: bool) {
+        let held = {
+            let mut m = self.inner.lock();
+            m.failing = failing;
+            if failing {
+                return;
+            }
+            let held = std::mem::take(&mut m.held);
+            m.batches.extend(held.iter().map(|(b, _)| b.clone()));
+            held
+        };
+        for (_, done) in held {
+            if let Some(done) = done {
+                done(Ok(()));
+            }
+        }
     }
 }
 
@@ -136,25 +186,35 @@ impl Durable for MemoryDurable {
     }
 
     fn submit(&mut self, batch: WriteBatch, done: Option<Done>) {
-        self.batches.lock().push(batch);
+        let mut m = self.inner.lock();
+        if m.failing {
+            m.failures += 1;
+            m.held.push((batch, done));
+            return;
+        }
+        m.batches.push(batch);
+        drop(m);
         if let Some(done) = done {
             done(Ok(()));
         }
     }
 
     fn status(&self) -> Option<StoreStatus> {
-        let b = self.batches.lock();
+        let m = self.inner.lock();
         Some(StoreStatus {
             path: "memory".into(),
-            commits: b.len() as u64,
-            writes: b.iter().map(WriteBatch::len).sum::<usize>() as u64,
-            failures: 0,
+            commits: m.batches.len() as u64,
+            writes: m.batches.iter().map(WriteBatch::len).sum::<usize>() as u64,
+            failures: m.failures,
             last_commit_ms: 0.0,
+            healthy: !m.failing,
+            error: m.failing.then(|| "memory store set failing".to_owned()),
+            pending: m.held.iter().map(|(b, _)| b.len() as u64).sum(),
         })
     }
 
-    fn failures(&self) -> u64 {
-        0
+    fn healthy(&self) -> bool {
+        !self.inner.lock().failing
     }
 
     fn finish(&mut self) {}

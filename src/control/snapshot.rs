@@ -92,6 +92,12 @@ pub struct StoreStatus {
     pub failures: u64,
     /// Latest commit, ms.
     pub last_commit_ms: f64,
+    /// False while commits fail (the writer retries; `/healthz` answers 503 degraded).
+    pub healthy: bool,
+    /// The latest failure, while failing.
+    pub error: Option<String>,
+    /// Rows waiting for a commit.
+    pub pending: u64,
 }
 
 impl Snapshot {

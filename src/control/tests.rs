@@ -317,3 +317,33 @@ fn a_machine_beating_every_second_with_a_1_5_s_timeout_never_dies() {
     let m = r.control.services.machines("machine", 1.5, last + 1_500_001_000);
     assert!(m.iter().all(|m| !m.alive), "{m:?}");
 }
+
+/// A store that cannot write: the admin write is not answered, the snapshot says the store is
+/// unhealthy; once it writes again the answer comes, the write is stored, the snapshot is
+/// healthy again.
+#[test]
+fn failing_store_holds_admin_answers_and_is_published() {
+    let mut r = rig();
+    r.beat([1]);
+    r.advance(S);
+    assert!(r.snapshot().store.as_ref().is_some_and(|s| s.healthy));
+    r.store.set_failing(true);
+    let (reply, answers) = crossbeam::channel::bounded(1);
+    let command = Command::Fleet(FleetCommand::Configure {
+        id: amphora(1),
+        expected_listeners: Some(Some(3)),
+        load_balancer: None,
+    });
+    r.control.command(super::Call { command, reply });
+    r.advance(S);
+    assert!(answers.try_recv().is_err(), "not answered while the store cannot write");
+    let st = r.snapshot().store.clone().expect("store status");
+    assert!(!st.healthy && st.error.is_some() && st.pending > 0, "{st:?}");
+    r.store.set_failing(false);
+    assert!(answers.try_recv().expect("answered once durable").is_ok());
+    r.advance(S);
+    assert!(r.snapshot().store.as_ref().is_some_and(|s| s.healthy && s.error.is_none()));
+    let restored = ControlRig::with(cfg(), r.now(), Some(&r.store));
+    let listeners = restored.snapshot().amphorae.get(&amphora(1)).and_then(|h| h.expected_listeners);
+    assert_eq!(listeners, Some(3), "the held write was stored");
+}

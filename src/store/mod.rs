@@ -29,7 +29,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 pub use backend::FAULTS_ENV;
 use backend::{Faults, FaultyBackend};
-pub use writer::{Done, Job, Pending, Writer, WriterStats, PENDING_SPILL_BYTES};
+pub use writer::{Done, Job, Pending, Writer, WriterStats, PENDING_SPILL_BYTES, RETRY_FIRST, RETRY_MAX, STOP_RETRY};
 
 const AMPHORAE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("amphorae");
 const FAILOVERS: TableDefinition<u64, &[u8]> = TableDefinition::new("failovers");
