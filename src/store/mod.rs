@@ -281,7 +281,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => open_file(&path, &faults, false),
             Err(e) => Err(format!("cannot read it: {e}")),
             Ok(m) if !m.is_file() => Err("not a regular file".into()),
-            Ok(m) if m.len() == 0 => Err("the file is empty (zero length)".into()),
+            Ok(m) if m.len() == 0 => Err("the file is empty: zero length".into()),
             Ok(_) => open_file(&path, &faults, true),
         };
         let db = match checked {

@@ -52,7 +52,14 @@ impl Daemon {
             "127.0.0.1:0",
         ];
         all.extend_from_slice(args);
-        Daemon::spawn(dir, &all, None)
+        Daemon::spawn(dir, &all, None, &[])
+    }
+
+    /// As [`Daemon::start_in`] with extra environment variables.
+    pub fn start_in_env(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut all = vec!["serve", "--heartbeat-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--no-confd"];
+        all.extend_from_slice(args);
+        Daemon::spawn(dir, &all, None, env)
     }
 
     /// As [`Daemon::start`] with confd on `confd_addr` (e.g. `127.0.0.2:1814`) instead of an
@@ -63,7 +70,7 @@ impl Daemon {
         let mut all =
             vec!["serve", "--heartbeat-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--confd-addr", confd_addr];
         all.extend_from_slice(args);
-        Daemon::spawn(&dir, &all, Some(tmp))
+        Daemon::spawn(&dir, &all, Some(tmp), &[])
     }
 
     /// The confd address (panics when confd is not served).
@@ -75,12 +82,13 @@ impl Daemon {
     pub fn start_raw(args: &[&str]) -> Daemon {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().to_owned();
-        Daemon::spawn(&dir, args, Some(tmp))
+        Daemon::spawn(&dir, args, Some(tmp), &[])
     }
 
-    fn spawn(dir: &std::path::Path, args: &[&str], tmp: Option<tempfile::TempDir>) -> Daemon {
+    fn spawn(dir: &std::path::Path, args: &[&str], tmp: Option<tempfile::TempDir>, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_heartsink"))
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
