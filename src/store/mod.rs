@@ -219,32 +219,79 @@ pub struct Store {
     faults: Arc<Faults>,
 }
 
-/// Why the file could not be opened, for [`StoreError::Corrupt`].
-fn open_file(path: &Path, faults: &Arc<Faults>, check: bool) -> Result<Database, String> {
+/// Why the database file could not be opened.
+#[derive(Debug)]
+struct OpenFailure {
+    reason: String,
+    /// The file itself is bad (refused, `--fresh-store` may move it aside); otherwise the
+    /// cause is around it (no room, permissions, a lock): fix that, the file is kept.
+    corrupt: bool,
+}
+
+impl std::fmt::Display for OpenFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Errors of the environment, not of the file's content.
+fn environmental(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull
+            | K::PermissionDenied
+            | K::ReadOnlyFilesystem
+            | K::QuotaExceeded
+            | K::OutOfMemory
+            | K::WouldBlock
+            | K::Interrupted
+            | K::ResourceBusy
+            | K::NotFound
+    ) || e.raw_os_error() == Some(libc::EIO)
+}
+
+fn db_failure(e: redb::DatabaseError) -> OpenFailure {
+    use redb::{DatabaseError as D, StorageError as S};
+    let corrupt = match &e {
+        D::Storage(S::Io(io)) => !environmental(io),
+        D::DatabaseAlreadyOpen | D::Storage(S::PreviousIo | S::LockPoisoned(_)) => false,
+        _ => true,
+    };
+    OpenFailure { reason: e.to_string(), corrupt }
+}
+
+fn io_failure(e: std::io::Error) -> OpenFailure {
+    OpenFailure { corrupt: !environmental(&e), reason: e.to_string() }
+}
+
+fn open_file(path: &Path, faults: &Arc<Faults>, check: bool) -> Result<Database, OpenFailure> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| e.to_string())?;
-    let backend = FaultyBackend::new(file, faults.clone()).map_err(|e| e.to_string())?;
+        .map_err(io_failure)?;
+    let backend = FaultyBackend::new(file, faults.clone()).map_err(db_failure)?;
     // redb may panic on a file altered outside it: a panic is a corrupt file, never a crash.
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .set_check_integrity_on_open(check)
             .create_with_backend(backend)
-            .map_err(|e| e.to_string())?;
+            .map_err(db_failure)?;
         if check {
             // Read every row once: what the restore will read must be readable.
-            load_db(&db).map_err(|e| e.to_string())?;
+            load_db(&db).map_err(|e| OpenFailure { reason: e.to_string(), corrupt: true })?;
         }
         Ok(db)
     }));
     match opened {
         Ok(r) => r,
-        Err(panic) => Err(format!("redb failed reading it: {}", panic_message(&*panic))),
+        Err(panic) => {
+            Err(OpenFailure { reason: format!("redb failed reading it: {}", panic_message(&*panic)), corrupt: true })
+        }
     }
 }
 
@@ -279,14 +326,22 @@ impl Store {
         let faults = Arc::new(Faults::from_env());
         let checked = match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => open_file(&path, &faults, false),
-            Err(e) => Err(format!("cannot read it: {e}")),
-            Ok(m) if !m.is_file() => Err("not a regular file".into()),
-            Ok(m) if m.len() == 0 => Err("the file is empty: zero length".into()),
+            Err(e) => Err(io_failure(e)),
+            Ok(m) if !m.is_file() => Err(OpenFailure { reason: "not a regular file".into(), corrupt: false }),
+            Ok(m) if m.len() == 0 => {
+                Err(OpenFailure { reason: "the file is empty: zero length".into(), corrupt: true })
+            }
             Ok(_) => open_file(&path, &faults, true),
         };
         let db = match checked {
             Ok(db) => db,
-            Err(reason) if fresh => {
+            Err(e) if !e.corrupt => {
+                return Err(StoreError::Open(format!(
+                    "{}: {e}; fix the cause (disk space, permissions, another process) and start again",
+                    path.display()
+                )))
+            }
+            Err(OpenFailure { reason, .. }) if fresh => {
                 let aside = aside_path(&path);
                 std::fs::rename(&path, &aside).map_err(|e| {
                     StoreError::Open(format!("cannot move {} aside to {}: {e}", path.display(), aside.display()))
@@ -299,7 +354,7 @@ impl Store {
                 );
                 open_file(&path, &faults, false).map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?
             }
-            Err(reason) => return Err(StoreError::Corrupt { path, reason }),
+            Err(OpenFailure { reason, .. }) => return Err(StoreError::Corrupt { path, reason }),
         };
         let store = Store { db: parking_lot::Mutex::new(Some(db)), path, faults };
         // Create the tables so that a first read finds them.
@@ -574,6 +629,16 @@ mod fault_tests {
             assert_eq!(aside.len(), 1, "{name}");
             assert_eq!(std::fs::read(aside[0].path()).unwrap(), bytes, "{name}: kept aside as it was");
         }
+    }
+
+    #[test]
+    fn a_file_held_by_another_store_is_not_called_corrupt_nor_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Store::open(dir.path()).unwrap();
+        let e = Store::open_with(dir.path(), true).unwrap_err();
+        assert!(matches!(e, StoreError::Open(_)), "{e}");
+        assert!(e.to_string().contains("fix the cause"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing moved aside");
     }
 
     #[test]
