@@ -177,18 +177,7 @@ fn serve_exits(dir: &Path, data: &Path, extra: &[&str]) -> (Option<i32>, String)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("serve did not exit on a corrupt store");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::wait_child(&mut child, Duration::from_secs(20), "serve on a corrupt store");
     let mut err = String::new();
     use std::io::Read;
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();

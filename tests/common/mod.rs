@@ -185,17 +185,7 @@ impl Daemon {
 
     /// Waits for the process to exit (bounded), returning its exit status.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("daemon did not exit within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_child(&mut self.child, timeout, "daemon")
     }
 
     pub fn stderr_text(&self) -> String {
@@ -220,6 +210,22 @@ impl Drop for Daemon {
 }
 
 /// Polls `f` every 50 ms until it returns a value, failing the test after `timeout`.
+/// Waits (bounded) for `child` to exit; kills it and panics naming `what` past `timeout`.
+pub fn wait_child(child: &mut Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
