@@ -16,6 +16,11 @@
 //! one transaction and commits it durably (fsync). A caller that must not answer before the
 //! data is on disk (an admin API write) passes a completion channel and waits for it. The
 //! durability contract is in the README ("Durable state").
+//!
+//! A failed commit is kept and retried with backoff ([`Writer`], [`Pending`]), reopening the
+//! database first (redb refuses every transaction of a handle after its first I/O error). An
+//! unreadable or corrupt file is refused at open ([`StoreError::Corrupt`]) unless the caller
+//! asks to start fresh ([`Store::open_with`]).
 
 #![forbid(unsafe_code)]
 
