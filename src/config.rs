@@ -37,6 +37,9 @@ pub enum ConfigError {
     Setting(crate::control::SettingError),
     /// The confd configuration (`config.data`) does not load; the message names the file.
     Confd(String),
+    /// A reload that would cut every sender or client off, refused: the running
+    /// configuration stays; the message says why and what to do.
+    ReloadRefused(String),
 }
 
 impl From<crate::control::SettingError> for ConfigError {
@@ -53,6 +56,7 @@ impl std::fmt::Display for ConfigError {
             ConfigError::Invalid(m) => write!(f, "invalid configuration: {m}"),
             ConfigError::Setting(e) => write!(f, "invalid configuration: {e}"),
             ConfigError::Confd(m) => write!(f, "confd configuration: {m}"),
+            ConfigError::ReloadRefused(m) => write!(f, "reload refused, the running configuration stays: {m}"),
         }
     }
 }
@@ -321,6 +325,16 @@ impl Config {
         Ok(c)
     }
 
+    /// Parses and checks a configuration file's text, as [`Config::load`] does for a file
+    /// (sans-IO: the `config` fuzz target runs it on arbitrary text). Key files and the confd
+    /// configuration it names are not read.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let mut c: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(PathBuf::from("<text>"), Box::new(e)))?;
+        c.validate()?;
+        Ok(c)
+    }
+
     /// Reads `path` (or the embedded default when `None`) and applies `o`, unchecked.
     fn read(path: Option<&Path>, o: &Overrides) -> Result<Config, ConfigError> {
         let mut c = match path {
@@ -506,6 +520,17 @@ impl Config {
     }
 }
 
+/// The keys a running daemon uses, to judge a reload ([`Validated::check_reload`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeysInUse {
+    /// Heartbeat keys.
+    pub keys: Vec<String>,
+    /// The heartbeat keyring is the built-in `insecure` key.
+    pub insecure_keys: bool,
+    /// confd uses the built-in `insecure` key.
+    pub insecure_confd: bool,
+}
+
 /// A configuration checked in full, with what it points at read: the only way to a running
 /// daemon's settings, at start and on reload.
 #[derive(Debug)]
@@ -535,6 +560,42 @@ impl Validated {
         let confd = ConfdState::load(confd_keys.iter().map(|k| HmacKey::new(k)).collect(), config.confd.config.clone())
             .map_err(ConfigError::Confd)?;
         Ok(Validated { config, keys, insecure_keys, confd, insecure_confd, warnings })
+    }
+
+    /// Whether this configuration may replace `running` on a reload. Refused: falling back to
+    /// the built-in `insecure` key (heartbeat or confd) when real keys are in use, which is what
+    /// an empty or truncated file written by configuration management looks like; and a
+    /// heartbeat keyring that keeps none of the running keys, which would drop every sender at
+    /// once (rotate in two steps: add the new key, reload, then drop the old one).
+    pub fn check_reload(&self, running: &KeysInUse) -> Result<(), ConfigError> {
+        let refuse = |m: String| Err(ConfigError::ReloadRefused(m));
+        if self.insecure_keys && !running.insecure_keys {
+            return refuse(format!(
+                "it configures no heartbeat key (heartbeat.keys, heartbeat.key_files or --key) and would fall \
+                 back to the built-in key \"insecure\" instead of the {} running",
+                running.keys.len()
+            ));
+        }
+        if !running.insecure_keys && !self.keys.iter().any(|k| running.keys.contains(k)) {
+            return refuse(
+                "it keeps none of the running heartbeat keys, so every sender would be dropped at once; rotate in \
+                 two steps (add the new key, reload, then remove the old one and reload again)"
+                    .into(),
+            );
+        }
+        if self.insecure_confd && !running.insecure_confd && self.config.confd.enabled {
+            return refuse(
+                "it configures no confd key file (confd.key_files or --confd-key-file) and would fall back to the \
+                 built-in key \"insecure\""
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The keys this configuration puts in use (kept by the daemon to judge the next reload).
+    pub fn keys_in_use(&self) -> KeysInUse {
+        KeysInUse { keys: self.keys.clone(), insecure_keys: self.insecure_keys, insecure_confd: self.insecure_confd }
     }
 
     /// The keyring of reload `generation`.
@@ -612,6 +673,25 @@ mod tests {
         let f = write("[[registry.types]]\nname = \"x\"\nscore_expr = \"((\"\n");
         let e = Config::load(Some(f.path()), &Overrides::default()).expect_err("bad expression");
         assert!(e.to_string().contains("registry.types"), "{e}");
+    }
+
+    #[test]
+    fn a_reload_never_falls_back_to_the_insecure_key_nor_drops_every_key() {
+        let keys = write("k1\nk2\n");
+        let o = Overrides { key_files: vec![keys.path().to_owned()], ..Overrides::default() };
+        let running = Validated::load(None, &o).expect("running").keys_in_use();
+        let empty = write("");
+        let truncated = Validated::load(Some(empty.path()), &Overrides::default()).expect("an empty file loads");
+        let e = truncated.check_reload(&running).expect_err("falls back to insecure");
+        assert!(e.to_string().contains("insecure"), "{e}");
+        let o = Overrides { keys: vec!["k9".into()], ..Overrides::default() };
+        let e = Validated::load(None, &o).expect("loads").check_reload(&running).expect_err("drops every key");
+        assert!(e.to_string().contains("none of the running heartbeat keys"), "{e}");
+        let o = Overrides { keys: vec!["k2".into(), "k3".into()], ..Overrides::default() };
+        assert!(Validated::load(None, &o).expect("loads").check_reload(&running).is_ok(), "a rotation keeps one");
+        let insecure = Validated::load(None, &Overrides::default()).expect("default");
+        let keys = Validated::load(None, &Overrides { keys: vec!["k".into()], ..Overrides::default() }).expect("keys");
+        assert!(keys.check_reload(&insecure.keys_in_use()).is_ok(), "adding keys to an insecure daemon is fine");
     }
 
     #[test]

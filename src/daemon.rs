@@ -96,6 +96,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     init_logging(&v.config);
     warn_insecure(&v);
     let keyring = v.keyring(0);
+    let mut in_use = v.keys_in_use();
     let info = keys_info(&keyring, v.insecure_keys);
     let mut cfg = v.config;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -174,7 +175,9 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
         // The same validation as at start; a failure keeps everything running as it is.
-        let new = match Validated::load(args.config.as_deref(), &args.overrides) {
+        let new = match Validated::load(args.config.as_deref(), &args.overrides)
+            .and_then(|new| new.check_reload(&in_use).map(|()| new))
+        {
             Ok(new) => new,
             Err(e) => {
                 tracing::error!(error = %e, "reload failed; keeping the running configuration");
@@ -189,6 +192,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         let keyring = new.keyring(generation);
         let info = keys_info(&keyring, new.insecure_keys);
+        in_use = new.keys_in_use();
         confd.state.store(Arc::new(new.confd));
         engine.reload(keyring, new.config.settings());
         if let Err(e) = ctx.call(Command::Reload(Box::new(new.config.control()))) {

@@ -232,6 +232,29 @@ fn sighup_with_a_broken_config_keeps_running() {
 }
 
 #[test]
+fn sighup_never_falls_back_to_the_insecure_key_nor_drops_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[heartbeat]\nkeys = [\"a\"]\n").unwrap();
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
+    // Configuration management truncated the file: the built-in key would take over.
+    std::fs::write(&cfg, "").unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_stderr("reload refused");
+    assert!(d.stderr_text().contains("insecure"), "{}", d.stderr_text());
+    // A keyring that keeps none of the running keys would drop every sender.
+    std::fs::write(&cfg, "[heartbeat]\nkeys = [\"b\"]\n").unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_stderr("none of the running heartbeat keys");
+    client().send_to(&heartbeat(1, 0, 1, "a"), d.heartbeat).unwrap();
+    client().send_to(&heartbeat(2, 0, 1, "insecure"), d.heartbeat).unwrap();
+    let stats = d.wait_processed(2);
+    assert_eq!(stats["accepted"], 1, "the running key still works: {stats}");
+    assert_eq!(stats["dropped"]["no_key_matched"], 1, "the built-in key was never taken: {stats}");
+    assert_eq!(d.stats()["keys"]["generation"], 0);
+}
+
+#[test]
 fn graceful_stop_applies_everything_received() {
     let mut d = Daemon::start(&["--key", "k", "--log-format", "json"]);
     let s = client();
@@ -312,4 +335,41 @@ fn several_rx_threads_share_the_port() {
     let rx: Vec<_> = stats["rx"].as_array().unwrap().iter().filter(|r| r["socket"] == "heartbeat").collect();
     assert_eq!(rx.len(), 2);
     assert_eq!(rx.iter().map(|r| r["packets"].as_u64().unwrap()).sum::<u64>(), 400);
+}
+
+#[test]
+fn startup_errors_name_the_socket_the_file_and_the_key() {
+    let run = |args: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_heartsink"));
+        cmd.arg("serve").arg("--data-dir").arg(dir.path());
+        if !args.contains(&"--admin-addr") {
+            cmd.args(["--admin-addr", "127.0.0.1:0"]);
+        }
+        let out = cmd.args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        assert_ne!(out.status.code(), Some(101), "{args:?} panicked");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().to_string();
+    let e = run(&["--heartbeat-addr", &port, "--no-confd"]);
+    assert!(e.contains(&format!("heartbeat socket to {port}/udp")), "{e}");
+    let e = run(&["--heartbeat-addr", "127.0.0.1:0", "--confd-addr", &port]);
+    assert!(e.contains(&format!("confd socket to {port}/udp")), "{e}");
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = tcp.local_addr().unwrap().to_string();
+    let e = run(&["--heartbeat-addr", "127.0.0.1:0", "--no-confd", "--admin-addr", &admin]);
+    assert!(e.contains(&format!("admin socket to {admin}/tcp")), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[heartbeat]\naddr = \"127.0.0.1:0\"\nworkers = \"two\"\n").unwrap();
+    let e = run(&["--config", cfg.to_str().unwrap()]);
+    assert!(e.contains(cfg.to_str().unwrap()) && e.contains("line 3, column 11"), "{e}");
+    std::fs::write(&cfg, "[liveness]\nheartbeat_timeout = 0\n").unwrap();
+    let e = run(&["--config", cfg.to_str().unwrap()]);
+    assert!(e.contains("liveness.heartbeat_timeout must be a positive number of seconds"), "{e}");
+    std::fs::write(&cfg, "[log]\nlevel = \"garbage\"\n").unwrap();
+    let e = run(&["--config", cfg.to_str().unwrap()]);
+    assert!(e.contains("log.level"), "{e}");
 }

@@ -194,7 +194,7 @@ pub fn registry(ctx: Arc<ApiContext>, admin: Arc<AdminCounters>) -> Registry {
 }
 
 /// Encodes the registry.
-pub fn render(registry: &Registry) -> Resp {
+pub(crate) fn render(registry: &Registry) -> Resp {
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
         return super::error(500, "metrics encoding failed");

@@ -20,7 +20,7 @@
 //! | `GET /v1/latency` | raw counts of the send-to-applied latency histogram (for interval differences) |
 //! | `GET /metrics` | the same counters as OpenMetrics text |
 
-mod metrics;
+pub mod metrics;
 mod plane;
 mod server;
 pub mod validate;
@@ -230,6 +230,34 @@ async fn handle(State(sh): State<Arc<ServerShared>>, req: axum::extract::Request
                 None => error(503, "the control thread did not answer").into_response(),
             }
         }
+    }
+}
+
+/// What the admin API makes of one request before anything reaches the control thread.
+#[derive(Debug)]
+pub enum Routed {
+    /// Answered at once with this status (a read, or a refusal: 400, 404, 405, 413, …).
+    Answer(u16),
+    /// The command it sends to the control thread, and the status of its success.
+    Call(Command, u16),
+}
+
+/// The request handling, sans-IO: method, path, query and body in, the answer's status or the
+/// command out. The server runs the same code on every request; the `admin` fuzz target runs it
+/// on arbitrary ones (nothing a request carries may panic).
+pub fn route_request(
+    ctx: &ApiContext,
+    registry: &prometheus_client::registry::Registry,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> Routed {
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Routed::Answer(400) };
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match route(ctx, registry, &method, &segments, query, body) {
+        Outcome::Reply(r) => Routed::Answer(r.status),
+        Outcome::Call(c, ok) => Routed::Call(c, ok),
     }
 }
 
