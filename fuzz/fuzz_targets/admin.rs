@@ -68,7 +68,7 @@ fn split(data: &[u8]) -> Option<Request<'_>> {
 }
 
 struct Ctx {
-    api: ApiContext,
+    api: Arc<ApiContext>,
     registry: prometheus_client::registry::Registry,
 }
 
@@ -94,7 +94,6 @@ fn ctx() -> &'static Ctx {
         };
         let api = Arc::new(api);
         let registry = heartsink::api::metrics::registry(api.clone(), Arc::new(AdminCounters::default()));
-        let api = Arc::try_unwrap(api).unwrap_or_else(|_| unreachable!("one owner after the registry"));
         Ctx { api, registry }
     })
 }
