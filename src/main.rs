@@ -277,6 +277,10 @@ struct ServeCli {
     /// Do not serve confd.
     #[arg(long)]
     no_confd: bool,
+    /// Serve with the built-in key "insecure" even on a non-loopback heartbeat or confd address
+    /// (refused otherwise).
+    #[arg(long)]
+    allow_insecure_key: bool,
 }
 
 fn main() -> ExitCode {
@@ -300,6 +304,7 @@ fn main() -> ExitCode {
                     confd_key_files: s.confd_key_files,
                     confd_config: s.confd_config,
                     no_confd: s.no_confd,
+                    allow_insecure_key: s.allow_insecure_key,
                 },
             };
             match daemon::run(&args) {
