@@ -4,9 +4,9 @@
 //! Each of `threads` sender threads has its own socket and a pool of pre-encoded, signed
 //! requests (the request mix in turn; timestamps taken at the start, valid for the 300 s clock
 //! window of the server, so runs are limited to 240 s). Request `i` of a pool carries the rsalt
-//! `t<thread>-<i>`, and when sent again `t<thread>.<pass>-<i>`, signed anew: the server
-//! answers each signed request once (its replay cache), so no packet is ever sent twice. A
-//! thread keeps up to `window` requests outstanding, sends with `sendmmsg`
+//! `t<thread>.<run>.<pass>-<i>` (`run` random per run, `pass` counting the times it was sent),
+//! signed anew for each pass: the server answers each signed request once (its replay cache),
+//! so no packet is ever sent twice, not even by two runs in the same second. A thread keeps up to `window` requests outstanding, sends with `sendmmsg`
 //! and receives with `recvmmsg`, and counts a reply when its salt names an outstanding request
 //! (the reply's salt is the request's rsalt). Every `verify_every`-th matched reply is also
 //! fully verified (magic, HMAC, schema: [`parse_reply`]); a failure counts as `bad`. When
@@ -118,7 +118,7 @@ impl From<std::io::Error> for ConfdLoadError {
     }
 }
 
-/// The pool index named by a reply's salt (`t<thread>-<i>`), read without parsing the JSON: the
+/// The pool index named by a reply's salt (`t<thread>.<run>.<pass>-<i>`), read without parsing the JSON: the
 /// outer `salt` member's value. Both the daemon's compact form and Python's spaced form work.
 pub fn reply_index(datagram: &[u8]) -> Option<usize> {
     const NEEDLE: &[u8] = b"\"salt\":";
@@ -144,6 +144,7 @@ pub fn run(cfg: &ConfdLoadConfig) -> Result<ConfdLoadReport, ConfdLoadError> {
         return Err(ConfdLoadError::Config(format!("at most {} s", MAX_DURATION.as_secs())));
     }
     let now = unix_now().as_secs() as i64;
+    let run_id: u64 = rand::random();
     // A pool far larger than the window, so a salt is reused only long after it was answered.
     let pool_len = (cfg.window * 16).max(1024);
     let mut sockets = Vec::with_capacity(cfg.threads);
@@ -163,7 +164,7 @@ pub fn run(cfg: &ConfdLoadConfig) -> Result<ConfdLoadReport, ConfdLoadError> {
         let (mix, key) = (cfg.mix.clone(), cfg.key.clone());
         let encode = move |i: usize, pass: u64| {
             let (kind, query) = &mix[i % mix.len()];
-            let rsalt = if pass == 0 { format!("t{t}-{i}") } else { format!("t{t}.{pass}-{i}") };
+            let rsalt = format!("t{t}.{run_id:x}.{pass}-{i}");
             encode_request(&Request::new(*kind, query.clone(), rsalt), now, &key)
         };
         let pool = Pool { packets: (0..pool_len).map(|i| encode(i, 0)).collect(), passes: vec![0; pool_len], encode };

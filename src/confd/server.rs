@@ -14,7 +14,7 @@
 //! |---|---|---|
 //! | 100 `AMPHORA_HEALTH` | amphora id | `{id, operating_status, liveness, last_refresh, load_balancer, failover}` |
 //! | 101 `LB_STATUS` | load balancer id (or an amphora id) | `{load_balancer, operating_status, amphorae: [{id, operating_status, liveness}]}` |
-//! | 102 `DOWN_SENDERS` | none, or the last id of the previous page | `{total, ids: [...≤ 500], next}` |
+//! | 102 `DOWN_SENDERS` | none, or the last id of the previous page | `{total, ids: [...≤ 150], next}` |
 //! | 103 `ENGINE_COUNTERS` | none | `{received, accepted, dropped, drops: {reason: n}, kernel_drops, amphorae, down, suspended, generation}` |
 //! | 104 `POOL_NEXT` | `NAME[?size=N&slot=S]`: a pool (one poll) or a service type | `{services: [{id, addr, location, ...}], flawed}` |
 //! | 105 `POOL_POLL` | `POOL[?avoid=id,id&known=id,id]` | as 104; `ERROR_UNKNOWN_ENTRY` for an unknown pool, `ERROR_INTERNAL` when it cannot be satisfied |
@@ -55,9 +55,8 @@ use super::replay::{ReplayCache, Seen};
 /// characters, two escaped quotes, a comma) keep it within [`DOWN_REPLY_MAX`].
 pub const DOWN_PAGE: usize = 150;
 
-/// The largest `DOWN_SENDERS` reply, bytes, not counting the request's `rsalt` (echoed twice:
-/// as the reply's salt, and nowhere else; the request carries it too, so it adds no
-/// amplification).
+/// The largest `DOWN_SENDERS` reply, bytes, not counting the request's `rsalt` (echoed as the
+/// reply's salt; the request carries it too, so it adds no amplification).
 pub const DOWN_REPLY_MAX: usize = 8192;
 
 /// The abuse bounds of a server: reloadable reply budget, and the replay cache's size (fixed at
