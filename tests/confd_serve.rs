@@ -26,14 +26,15 @@ const SILENCE: Duration = Duration::from_millis(300);
 
 /// A daemon with the test `config.data` and key, and heartbeat key `k`.
 fn serve() -> Daemon {
-    Daemon::start(&[
-        "--key",
-        "k",
-        "--confd-config",
-        &data_arg("config.data.json"),
-        "--confd-key-file",
-        &data_arg("hmac.key"),
-    ])
+    serve_with(&[])
+}
+
+/// As [`serve`], with `extra` flags.
+fn serve_with(extra: &[&str]) -> Daemon {
+    let (config, key) = (data_arg("config.data.json"), data_arg("hmac.key"));
+    let mut args = vec!["--key", "k", "--confd-config", &config, "--confd-key-file", &key];
+    args.extend_from_slice(extra);
+    Daemon::start(&args)
 }
 
 fn client(d: &Daemon, key: HmacKey) -> BlockingClient {
@@ -547,16 +548,7 @@ fn the_reply_budget_bounds_a_flood_per_source() {
          startup_grace = 0.5\nfailover_threshold = 1000\n",
     )
     .unwrap();
-    let d = Daemon::start(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--key",
-        "k",
-        "--confd-config",
-        &data_arg("config.data.json"),
-        "--confd-key-file",
-        &data_arg("hmac.key"),
-    ]);
+    let d = serve_with(&["--config", cfg.to_str().unwrap()]);
     // 400 amphorae beat once, then go silent: all down.
     let hb = common::client();
     for a in 1..=400 {
@@ -639,6 +631,13 @@ fn refused(args: &[&str]) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
+/// `serve` with the heartbeat and confd sockets on these addresses, and `extra` flags.
+fn serve_on(heartbeat: &str, confd: &str, extra: &[&str]) -> Daemon {
+    let mut args = vec!["serve", "--heartbeat-addr", heartbeat, "--admin-addr", "127.0.0.1:0", "--confd-addr", confd];
+    args.extend_from_slice(extra);
+    Daemon::start_raw(&args)
+}
+
 #[test]
 fn the_built_in_key_is_refused_on_non_loopback_sockets() {
     let err = refused(&["--heartbeat-addr", "0.0.0.0:0", "--confd-addr", "127.0.0.1:0"]);
@@ -652,29 +651,10 @@ fn the_built_in_key_is_refused_on_non_loopback_sockets() {
     let d = Daemon::start(&[]);
     assert_eq!(d.stats()["keys"]["insecure_default"], true);
     drop(d);
-    let d = Daemon::start_raw(&[
-        "serve",
-        "--heartbeat-addr",
-        "0.0.0.0:0",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--confd-addr",
-        "127.0.0.1:0",
-        "--key",
-        "k",
-    ]);
+    let d = serve_on("0.0.0.0:0", "127.0.0.1:0", &["--key", "k"]);
     assert_eq!(d.stats()["keys"]["insecure_default"], false);
     drop(d);
-    let d = Daemon::start_raw(&[
-        "serve",
-        "--heartbeat-addr",
-        "0.0.0.0:0",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--confd-addr",
-        "0.0.0.0:0",
-        "--allow-insecure-key",
-    ]);
+    let d = serve_on("0.0.0.0:0", "0.0.0.0:0", &["--allow-insecure-key"]);
     assert_eq!(d.stats()["keys"]["insecure_default"], true);
     let hb = common::client();
     let to = std::net::SocketAddr::from(([127, 0, 0, 1], d.heartbeat.port()));
@@ -687,17 +667,7 @@ fn a_reload_to_the_built_in_key_on_a_non_loopback_socket_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("heartsink.toml");
     std::fs::write(&cfg, "[heartbeat]\nkeys = [\"k\"]\n").unwrap();
-    let d = Daemon::start_raw(&[
-        "serve",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--heartbeat-addr",
-        "0.0.0.0:0",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--confd-addr",
-        "127.0.0.1:0",
-    ]);
+    let d = serve_on("0.0.0.0:0", "127.0.0.1:0", &["--config", cfg.to_str().unwrap()]);
     std::fs::write(&cfg, "").unwrap();
     d.signal(libc::SIGHUP);
     d.wait_stderr("refusing to serve the heartbeat socket on 0.0.0.0:");
