@@ -212,6 +212,30 @@ mod tests {
     }
 
     #[test]
+    fn shared_by_threads_each_signature_wins_once() {
+        let c = std::sync::Arc::new(ReplayCache::new(4096));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || (0..1000).filter(|&n| c.check(&mac(n), 1000, 1000) != Seen::Replay).count())
+            })
+            .collect();
+        let answered: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(answered, 1000, "each of 1000 requests sent by 4 threads answered once");
+    }
+
+    #[test]
+    fn cost_per_check() {
+        let c = ReplayCache::new(DEFAULT_CAPACITY);
+        let n = 200_000u64;
+        let t = std::time::Instant::now();
+        for k in 0..n {
+            std::hint::black_box(c.check(&mac(k), 1000, 1000));
+        }
+        eprintln!("replay cache: {:.0} ns per check", t.elapsed().as_nanos() as f64 / n as f64);
+    }
+
+    #[test]
     fn capacity_is_bounded_and_rounded() {
         assert_eq!(ReplayCache::new(0).capacity(), MIN_CAPACITY);
         assert_eq!(ReplayCache::new(100_000).capacity(), 131072);
