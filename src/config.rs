@@ -104,6 +104,13 @@ pub struct ConfdConfig {
     pub key_files: Vec<PathBuf>,
     /// A Ganeti `config.data` to answer request types 0–11 from (reloaded when it changes).
     pub config: Option<PathBuf>,
+    /// Replay cache entries (each answered request's signature, kept for its ±300 s window;
+    /// rounded up to a power of two; a restart applies a change).
+    pub replay_cache: usize,
+    /// Reply bytes per second per source address (0: unlimited).
+    pub reply_budget: u64,
+    /// Reply bytes per second for the whole server (0: unlimited).
+    pub reply_budget_total: u64,
 }
 
 impl Default for ConfdConfig {
@@ -113,6 +120,9 @@ impl Default for ConfdConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], crate::confd::proto::DEFAULT_PORT)),
             key_files: Vec::new(),
             config: None,
+            replay_cache: crate::confd::replay::DEFAULT_CAPACITY,
+            reply_budget: crate::confd::budget::DEFAULT_PER_SOURCE,
+            reply_budget_total: crate::confd::budget::DEFAULT_TOTAL,
         }
     }
 }
@@ -164,6 +174,9 @@ pub struct HeartbeatConfig {
     /// Sequence window restart gap, milliseconds: the silence after which a low `seq`, or two
     /// rising refused ones, count as an agent restart.
     pub restart_gap_ms: u64,
+    /// Serve with the built-in key `insecure` on a non-loopback address (heartbeat or confd
+    /// socket) anyway; `serve` refuses to otherwise.
+    pub allow_insecure_key: bool,
 }
 
 impl Default for HeartbeatConfig {
@@ -184,6 +197,7 @@ impl Default for HeartbeatConfig {
             shards: e.shards,
             inflate: e.inflate,
             restart_gap_ms: e.settings.restart_gap_ns / 1_000_000,
+            allow_insecure_key: false,
         }
     }
 }
@@ -314,6 +328,8 @@ pub struct Overrides {
     pub confd_config: Option<PathBuf>,
     /// `--no-confd`.
     pub no_confd: bool,
+    /// `--allow-insecure-key`.
+    pub allow_insecure_key: bool,
 }
 
 impl Config {
@@ -381,6 +397,9 @@ impl Config {
         if let Some(p) = &o.confd_config {
             c.confd.config = Some(p.clone());
         }
+        if o.allow_insecure_key {
+            c.heartbeat.allow_insecure_key = true;
+        }
         if o.no_confd {
             c.confd.enabled = false;
         }
@@ -400,6 +419,11 @@ impl Config {
         check((1..=1024).contains(&h.recv_batch), "heartbeat.recv_batch must be in 1..=1024")?;
         check((1..=65536).contains(&h.shards), "heartbeat.shards must be in 1..=65536")?;
         check(h.rcvbuf <= (1 << 30), "heartbeat.rcvbuf must be at most 1 GiB")?;
+        use crate::confd::replay::{MAX_CAPACITY, MIN_CAPACITY};
+        check(
+            (MIN_CAPACITY..=MAX_CAPACITY).contains(&self.confd.replay_cache),
+            &format!("confd.replay_cache must be in {MIN_CAPACITY}..={MAX_CAPACITY} entries"),
+        )?;
         self.admin.validate().map_err(ConfigError::Invalid)?;
         self.liveness.validate()?;
         self.failover.validate()?;
@@ -557,8 +581,14 @@ impl Validated {
         let warnings = config.validate()?;
         let (keys, insecure_keys) = config.keys()?;
         let (confd_keys, insecure_confd) = config.confd_keys()?;
-        let confd = ConfdState::load(confd_keys.iter().map(|k| HmacKey::new(k)).collect(), config.confd.config.clone())
-            .map_err(ConfigError::Confd)?;
+        let mut confd =
+            ConfdState::load(confd_keys.iter().map(|k| HmacKey::new(k)).collect(), config.confd.config.clone())
+                .map_err(ConfigError::Confd)?;
+        let c = &config.confd;
+        confd.limits = crate::confd::server::ConfdLimits {
+            reply: crate::confd::budget::ReplyLimits { per_source: c.reply_budget, total: c.reply_budget_total },
+            replay_cache: c.replay_cache,
+        };
         Ok(Validated { config, keys, insecure_keys, confd, insecure_confd, warnings })
     }
 
@@ -596,6 +626,38 @@ impl Validated {
     /// The keys this configuration puts in use (kept by the daemon to judge the next reload).
     pub fn keys_in_use(&self) -> KeysInUse {
         KeysInUse { keys: self.keys.clone(), insecure_keys: self.insecure_keys, insecure_confd: self.insecure_confd }
+    }
+
+    /// Refuses the built-in key `insecure` (Octavia's devstack default, known to anyone) on a
+    /// socket other machines can reach: `heartbeat` and `confd` (`None`: not served) are the
+    /// addresses the sockets bind (at start, the configured ones; on reload, the running ones). Loopback addresses are
+    /// fine; `[heartbeat] allow_insecure_key` (`--allow-insecure-key`) accepts the risk.
+    pub fn check_exposure(&self, heartbeat: SocketAddr, confd: Option<SocketAddr>) -> Result<(), ConfigError> {
+        if self.config.heartbeat.allow_insecure_key {
+            return Ok(());
+        }
+        let exposed = |a: SocketAddr| !a.ip().to_canonical().is_loopback();
+        let refuse = |socket: &str, addr: SocketAddr, fix: &str| {
+            ConfigError::Invalid(format!(
+                "refusing to serve the {socket} socket on {addr} (not a loopback address) with the built-in \
+                 key \"insecure\": anyone who knows Octavia's devstack default could use it. {fix}, or bind it \
+                 to 127.0.0.1, or pass --allow-insecure-key ([heartbeat] allow_insecure_key = true) to accept \
+                 the risk"
+            ))
+        };
+        if self.insecure_keys && exposed(heartbeat) {
+            return Err(refuse(
+                "heartbeat",
+                heartbeat,
+                "Configure a key (--key, --key-file, [heartbeat] keys or key_files)",
+            ));
+        }
+        match confd {
+            Some(a) if self.insecure_confd && exposed(a) => {
+                Err(refuse("confd", a, "Configure a key file (--confd-key-file, [confd] key_files)"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The keyring of reload `generation`.

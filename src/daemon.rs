@@ -93,6 +93,7 @@ struct Listening {
 pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     let v = Validated::load(args.config.as_deref(), &args.overrides)?;
+    v.check_exposure(v.config.heartbeat.addr, v.config.confd.enabled.then_some(v.config.confd.addr))?;
     init_logging(&v.config);
     warn_insecure(&v);
     let keyring = v.keyring(0);
@@ -175,8 +176,10 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
         // The same validation as at start; a failure keeps everything running as it is.
+        let running = (engine.local_addr(), engine.lane_addr("confd"));
         let new = match Validated::load(args.config.as_deref(), &args.overrides)
             .and_then(|new| new.check_reload(&in_use).map(|()| new))
+            .and_then(|new| new.check_exposure(running.0, running.1).map(|()| new))
         {
             Ok(new) => new,
             Err(e) => {
@@ -231,6 +234,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("heartbeat.max_datagram", new.heartbeat.max_datagram != old.heartbeat.max_datagram),
         ("log", new.log != old.log),
         ("confd.addr", new.confd.addr != old.confd.addr || new.confd.enabled != old.confd.enabled),
+        ("confd.replay_cache", new.confd.replay_cache != old.confd.replay_cache),
         ("store.data_dir", new.store.data_dir != old.store.data_dir),
         ("registry.types", new.registry.types != old.registry.types),
     ]

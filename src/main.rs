@@ -281,6 +281,10 @@ struct ServeCli {
     /// and start with an empty store (without it, such a store is refused).
     #[arg(long)]
     fresh_store: bool,
+    /// Serve with the built-in key "insecure" even on a non-loopback heartbeat or confd address
+    /// (refused otherwise).
+    #[arg(long)]
+    allow_insecure_key: bool,
 }
 
 fn main() -> ExitCode {
@@ -304,6 +308,7 @@ fn main() -> ExitCode {
                     confd_key_files: s.confd_key_files,
                     confd_config: s.confd_config,
                     no_confd: s.no_confd,
+                    allow_insecure_key: s.allow_insecure_key,
                 },
                 fresh_store: s.fresh_store,
             };

@@ -26,14 +26,15 @@ const SILENCE: Duration = Duration::from_millis(300);
 
 /// A daemon with the test `config.data` and key, and heartbeat key `k`.
 fn serve() -> Daemon {
-    Daemon::start(&[
-        "--key",
-        "k",
-        "--confd-config",
-        &data_arg("config.data.json"),
-        "--confd-key-file",
-        &data_arg("hmac.key"),
-    ])
+    serve_with(&[])
+}
+
+/// As [`serve`], with `extra` flags.
+fn serve_with(extra: &[&str]) -> Daemon {
+    let (config, key) = (data_arg("config.data.json"), data_arg("hmac.key"));
+    let mut args = vec!["--key", "k", "--confd-config", &config, "--confd-key-file", &key];
+    args.extend_from_slice(extra);
+    Daemon::start(&args)
 }
 
 fn client(d: &Daemon, key: HmacKey) -> BlockingClient {
@@ -472,4 +473,209 @@ fn sighup_reloads_the_confd_key() {
     assert_dropped(&d, &mut tally, "old key", &encode_request(&ping("old"), now(), &old), "bad_hmac");
     let (w, _) = c.query(RequestType::Ping, Query::Empty, Coverage::All, Duration::from_millis(500)).unwrap();
     assert!(w.timed_out && w.received == 0, "{w:?}");
+}
+
+/// Every reply that reaches any of `sockets` within [`SILENCE`] of the last one.
+fn replies(sockets: &[UdpSocket]) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let mut quiet_since = Instant::now();
+    for s in sockets {
+        s.set_nonblocking(true).unwrap();
+    }
+    while quiet_since.elapsed() < SILENCE {
+        let mut any = false;
+        for s in sockets {
+            while let Ok((n, _)) = s.recv_from(&mut buf) {
+                got.push(buf[..n].to_vec());
+                any = true;
+            }
+        }
+        if any {
+            quiet_since = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    got
+}
+
+#[test]
+fn a_replayed_request_is_answered_once_from_any_source() {
+    let d = serve();
+    let k = key();
+    let packet = encode_request(&ping("captured"), now(), &k);
+    // 25 times from the client's own socket, 25 times from other sockets (other source ports:
+    // other workers, as a spoofed source would be).
+    let own = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let others: Vec<UdpSocket> = (0..25).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    for i in 0..50 {
+        let s = if i % 2 == 0 { &own } else { &others[i / 2] };
+        s.send_to(&packet, d.confd_addr()).unwrap();
+    }
+    d.wait_stats("50 requests counted", |st| st["confd"]["requests"].as_u64() == Some(50));
+    let mut all = others;
+    all.push(own);
+    let got = replies(&all);
+    assert_eq!(got.len(), 1, "one reply for one request sent 50 times");
+    let (salt, r) = parse_reply(&got[0], &k).unwrap();
+    assert_eq!((salt.as_str(), r.status), ("captured", STATUS_OK));
+    assert_eq!(dropped(&d).get("replay"), Some(&49));
+
+    // Two distinct requests, even in the same second with the same query: both answered.
+    let mut tally = Tally::from([("replay".to_owned(), 49)]);
+    let t = now();
+    for rsalt in ["one", "two"] {
+        assert_answered(&d, rsalt, &encode_request(&ping(rsalt), t, &k), rsalt, &k);
+    }
+    // The same signature with its hex digits in upper case is the same request.
+    let text = String::from_utf8(encode_request(&ping("case"), t, &k)).unwrap();
+    assert_answered(&d, "lower case", text.as_bytes(), "case", &k);
+    let at = text.find("\"hmac\": \"").unwrap() + 9;
+    let upper = format!("{}{}{}", &text[..at], text[at..at + 40].to_uppercase(), &text[at + 40..]);
+    assert_dropped(&d, &mut tally, "upper case replay", upper.as_bytes(), "replay");
+    let drops: Tally = dropped(&d).into_iter().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(drops, tally);
+    assert_eq!(d.stats()["confd"]["replay_cache"]["evictions"], 0);
+}
+
+#[test]
+fn the_reply_budget_bounds_a_flood_per_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("heartsink.toml");
+    std::fs::write(
+        &cfg,
+        "[liveness]\nheartbeat_timeout = 1.0\nhealth_check_interval = 0.2\nheartbeat_interval = 0.5\n\
+         startup_grace = 0.5\nfailover_threshold = 1000\n",
+    )
+    .unwrap();
+    let d = serve_with(&["--config", cfg.to_str().unwrap()]);
+    // 400 amphorae beat once, then go silent: all down.
+    let hb = common::client();
+    for a in 1..=400 {
+        hb.send_to(&heartbeat(a, 1, 100, "k"), d.heartbeat).unwrap();
+        if a % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    d.wait_processed(400);
+    let k = key();
+    let mut c = client(&d, k.clone());
+    let r = ask_until(&mut c, RequestType::DownSenders, Query::Empty, "400 down", |r| r.answer["total"] == 400);
+    assert_eq!(r.answer["ids"].as_array().unwrap().len(), heartsink::confd::server::DOWN_PAGE);
+    let before = dropped(&d).get("reply_budget").copied().unwrap_or(0);
+    assert_eq!(before, 0);
+
+    // A flood of distinct DOWN_SENDERS queries from one source.
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let t = now();
+    let sent = 200u64;
+    let mut request_bytes = 0;
+    for i in 0..sent {
+        let p = encode_request(&Request::new(RequestType::DownSenders, Query::Empty, format!("f{i}")), t, &k);
+        request_bytes = p.len();
+        flood.send_to(&p, d.confd_addr()).unwrap();
+    }
+    let requests = confd_counter(&d, "requests");
+    let st = d.wait_stats("the flood counted", |st| {
+        st["confd"]["dropped"]["reply_budget"].as_u64().unwrap() + st["confd"]["replies"].as_u64().unwrap()
+            >= requests + sent - 1
+    });
+    let got = replies(std::slice::from_ref(&flood));
+    let reply_bytes: usize = got.iter().map(Vec::len).sum();
+    let limited = st["confd"]["dropped"]["reply_budget"].as_u64().unwrap();
+    eprintln!(
+        "flood: {sent} requests of {request_bytes} B, {} replies ({reply_bytes} B, largest {} B), {limited} over budget",
+        got.len(),
+        got.iter().map(Vec::len).max().unwrap_or(0)
+    );
+    assert!(got.iter().all(|g| g.len() <= heartsink::confd::server::DOWN_REPLY_MAX + 8));
+    // 64 KiB of burst, refilled at 64 KiB/s while the flood lasts (well under a second).
+    assert!((5..=25).contains(&got.len()), "{} replies", got.len());
+    assert!(reply_bytes <= 2 * 65536, "{reply_bytes} bytes");
+    assert_eq!(limited + got.len() as u64, sent);
+
+    // Another source is still answered.
+    let other = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let p = encode_request(&Request::new(RequestType::DownSenders, Query::Empty, "other"), now(), &k);
+    other.send_to(&p, d.confd_addr()).unwrap();
+    let got = replies(std::slice::from_ref(&other));
+    assert_eq!(got.len(), 1, "another source answered");
+    assert_eq!(parse_reply(&got[0], &k).unwrap().0, "other");
+    // The metric says so too.
+    let m = d.get_text("/metrics");
+    assert!(m.contains(&format!("heartsink_confd_drops_total{{reason=\"reply_budget\"}} {limited}")), "{m}");
+}
+
+/// Runs `serve` with `args` (ephemeral ports otherwise) and expects it to refuse to start.
+fn refused(args: &[&str]) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_heartsink"))
+        .args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve {args:?} did not refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{args:?}");
+    assert!(out.stdout.is_empty(), "nothing listened: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// `serve` with the heartbeat and confd sockets on these addresses, and `extra` flags.
+fn serve_on(heartbeat: &str, confd: &str, extra: &[&str]) -> Daemon {
+    let mut args = vec!["serve", "--heartbeat-addr", heartbeat, "--admin-addr", "127.0.0.1:0", "--confd-addr", confd];
+    args.extend_from_slice(extra);
+    Daemon::start_raw(&args)
+}
+
+#[test]
+fn the_built_in_key_is_refused_on_non_loopback_sockets() {
+    let err = refused(&["--heartbeat-addr", "0.0.0.0:0", "--confd-addr", "127.0.0.1:0"]);
+    assert!(err.contains("heartbeat socket on 0.0.0.0:0"), "{err}");
+    assert!(err.contains("--allow-insecure-key") && err.contains("\"insecure\""), "{err}");
+    let err = refused(&["--heartbeat-addr", "127.0.0.1:0", "--key", "k", "--confd-addr", "0.0.0.0:0"]);
+    assert!(err.contains("confd socket on 0.0.0.0:0") && err.contains("--confd-key-file"), "{err}");
+    assert!(err.contains("--allow-insecure-key"), "{err}");
+
+    // Loopback, a configured key, or the explicit opt-in: served.
+    let d = Daemon::start(&[]);
+    assert_eq!(d.stats()["keys"]["insecure_default"], true);
+    drop(d);
+    let d = serve_on("0.0.0.0:0", "127.0.0.1:0", &["--key", "k"]);
+    assert_eq!(d.stats()["keys"]["insecure_default"], false);
+    drop(d);
+    let d = serve_on("0.0.0.0:0", "0.0.0.0:0", &["--allow-insecure-key"]);
+    assert_eq!(d.stats()["keys"]["insecure_default"], true);
+    let hb = common::client();
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], d.heartbeat.port()));
+    hb.send_to(&heartbeat(1, 1, 100, "insecure"), to).unwrap();
+    d.wait_processed(1);
+}
+
+#[test]
+fn a_reload_to_the_built_in_key_on_a_non_loopback_socket_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("heartsink.toml");
+    std::fs::write(&cfg, "[heartbeat]\nkeys = [\"k\"]\n").unwrap();
+    let d = serve_on("0.0.0.0:0", "127.0.0.1:0", &["--config", cfg.to_str().unwrap()]);
+    std::fs::write(&cfg, "").unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_stderr("refusing to serve the heartbeat socket on 0.0.0.0:");
+    assert_eq!(d.stats()["keys"]["insecure_default"], false);
+    // Still running on the old key.
+    let hb = common::client();
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], d.heartbeat.port()));
+    hb.send_to(&heartbeat(1, 1, 100, "k"), to).unwrap();
+    let st = d.wait_processed(1);
+    assert_eq!(st["accepted"], 1);
 }

@@ -111,6 +111,12 @@ impl Collector for EngineCollector {
             let (requests, replies, _, drops) = self.0.confd.totals();
             counter(&mut enc, "heartsink_confd_requests", "confd requests received.", requests)?;
             counter(&mut enc, "heartsink_confd_replies", "confd replies sent.", replies)?;
+            counter(
+                &mut enc,
+                "heartsink_confd_replay_evictions",
+                "confd replay cache entries evicted while inside their window (the cache is too small).",
+                self.0.confd.replay.evictions(),
+            )?;
             let c = ConstCounter::new(0u64);
             let mut m = enc.encode_descriptor(
                 "heartsink_confd_drops",

@@ -581,6 +581,7 @@ fn confd_stats(ctx: &ApiContext) -> serde_json::Value {
         "dropped": drops,
         "keys": state.keys.len(),
         "config_serial": state.index.as_ref().map(|i| i.serial_no()),
+        "replay_cache": {"capacity": ctx.confd.replay.capacity(), "evictions": ctx.confd.replay.evictions()},
     })
 }
 

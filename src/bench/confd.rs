@@ -185,8 +185,15 @@ pub fn run(a: &ConfdBenchArgs, out: &Path) -> Result<(Value, Vec<String>), Error
     let key_file = data("hmac.key");
     let (config, key_file) = (config.to_str().ok_or("path not UTF-8")?, key_file.to_str().ok_or("path not UTF-8")?);
     // start_serve gives it a fresh data directory (the fleet must be new to it) and an
-    // ephemeral confd port.
-    let serve = start_serve(&out.join("serve-confd.log"), &["--confd-config", config, "--confd-key-file", key_file])?;
+    // ephemeral confd port. The load comes from two sources far above any client's rate: the
+    // reply budget is turned off (the replay cache stays on; the generator never resends).
+    let toml = out.join("serve-confd.toml");
+    std::fs::write(&toml, "[confd]\nreply_budget = 0\nreply_budget_total = 0\n")?;
+    let toml = toml.to_str().ok_or("path not UTF-8")?;
+    let serve = start_serve(
+        &out.join("serve-confd.log"),
+        &["--config", toml, "--confd-config", config, "--confd-key-file", key_file],
+    )?;
     let confd = serve.confd.ok_or("serve did not report a confd address")?;
     let stop = Arc::new(AtomicBool::new(false));
     // Pre-built (real level-9 envelopes, built before sending), so that the generator's own

@@ -4,7 +4,9 @@
 //! Each of `threads` sender threads has its own socket and a pool of pre-encoded, signed
 //! requests (the request mix in turn; timestamps taken at the start, valid for the 300 s clock
 //! window of the server, so runs are limited to 240 s). Request `i` of a pool carries the rsalt
-//! `t<thread>-<i>`; a thread keeps up to `window` requests outstanding, sends with `sendmmsg`
+//! `t<thread>.<run>.<pass>-<i>` (`run` random per run, `pass` counting the times it was sent),
+//! signed anew for each pass: the server answers each signed request once (its replay cache),
+//! so no packet is ever sent twice, not even by two runs in the same second. A thread keeps up to `window` requests outstanding, sends with `sendmmsg`
 //! and receives with `recvmmsg`, and counts a reply when its salt names an outstanding request
 //! (the reply's salt is the request's rsalt). Every `verify_every`-th matched reply is also
 //! fully verified (magic, HMAC, schema: [`parse_reply`]); a failure counts as `bad`. When
@@ -116,7 +118,7 @@ impl From<std::io::Error> for ConfdLoadError {
     }
 }
 
-/// The pool index named by a reply's salt (`t<thread>-<i>`), read without parsing the JSON: the
+/// The pool index named by a reply's salt (`t<thread>.<run>.<pass>-<i>`), read without parsing the JSON: the
 /// outer `salt` member's value. Both the daemon's compact form and Python's spaced form work.
 pub fn reply_index(datagram: &[u8]) -> Option<usize> {
     const NEEDLE: &[u8] = b"\"salt\":";
@@ -142,6 +144,7 @@ pub fn run(cfg: &ConfdLoadConfig) -> Result<ConfdLoadReport, ConfdLoadError> {
         return Err(ConfdLoadError::Config(format!("at most {} s", MAX_DURATION.as_secs())));
     }
     let now = unix_now().as_secs() as i64;
+    let run_id: u64 = rand::random();
     // A pool far larger than the window, so a salt is reused only long after it was answered.
     let pool_len = (cfg.window * 16).max(1024);
     let mut sockets = Vec::with_capacity(cfg.threads);
@@ -158,17 +161,18 @@ pub fn run(cfg: &ConfdLoadConfig) -> Result<ConfdLoadReport, ConfdLoadError> {
     let barrier = Arc::new(std::sync::Barrier::new(cfg.threads + 1));
     let mut handles = Vec::new();
     for (t, socket) in sockets.into_iter().enumerate() {
-        let pool: Vec<Vec<u8>> = (0..pool_len)
-            .map(|i| {
-                let (kind, query) = &cfg.mix[i % cfg.mix.len()];
-                encode_request(&Request::new(*kind, query.clone(), format!("t{t}-{i}")), now, &cfg.key)
-            })
-            .collect();
+        let (mix, key) = (cfg.mix.clone(), cfg.key.clone());
+        let encode = move |i: usize, pass: u64| {
+            let (kind, query) = &mix[i % mix.len()];
+            let rsalt = format!("t{t}.{run_id:x}.{pass}-{i}");
+            encode_request(&Request::new(*kind, query.clone(), rsalt), now, &key)
+        };
+        let pool = Pool { packets: (0..pool_len).map(|i| encode(i, 0)).collect(), passes: vec![0; pool_len], encode };
         let cfg = cfg.clone();
         let barrier = barrier.clone();
         handles.push(std::thread::spawn(move || {
             barrier.wait();
-            sender(&cfg, &socket, &pool)
+            sender(&cfg, &socket, pool)
         }));
     }
     barrier.wait();
@@ -188,7 +192,33 @@ pub fn run(cfg: &ConfdLoadConfig) -> Result<ConfdLoadReport, ConfdLoadError> {
     Ok(report)
 }
 
-fn sender(cfg: &ConfdLoadConfig, socket: &UdpSocket, pool: &[Vec<u8>]) -> Result<ConfdLoadReport, ConfdLoadError> {
+/// A thread's requests: pre-encoded for the first pass, signed anew for each later one.
+struct Pool<F> {
+    packets: Vec<Vec<u8>>,
+    passes: Vec<u64>,
+    encode: F,
+}
+
+impl<F: Fn(usize, u64) -> Vec<u8>> Pool<F> {
+    fn len(&self) -> usize {
+        self.packets.len()
+    }
+
+    /// Request `i`, never sent before.
+    fn take(&mut self, i: usize) -> &[u8] {
+        if self.passes[i] > 0 {
+            self.packets[i] = (self.encode)(i, self.passes[i]);
+        }
+        self.passes[i] += 1;
+        &self.packets[i]
+    }
+}
+
+fn sender<F: Fn(usize, u64) -> Vec<u8>>(
+    cfg: &ConfdLoadConfig,
+    socket: &UdpSocket,
+    mut pool: Pool<F>,
+) -> Result<ConfdLoadReport, ConfdLoadError> {
     use mio::{Events, Interest, Poll, Token};
     let mut r = ConfdLoadReport::default();
     let mut poll = Poll::new()?;
@@ -219,7 +249,8 @@ fn sender(cfg: &ConfdLoadConfig, socket: &UdpSocket, pool: &[Vec<u8>]) -> Result
             outstanding[i] = true;
             sent_epoch[i] = epoch;
             in_flight += 1;
-            send.push(&target, |b| b.extend_from_slice(&pool[i]));
+            let packet = pool.take(i);
+            send.push(&target, |b| b.extend_from_slice(packet));
             if send.is_full() {
                 r.sent += flush(&mut send, socket);
             }
@@ -284,5 +315,6 @@ mod tests {
         assert_eq!(reply_index(br#"plj0{"hmac":"ab","msg":"{}","salt":"x-1"}"#), None);
         assert_eq!(reply_index(br#"plj0{"hmac":"ab","msg":"{}","salt":"t1-"}"#), None);
         assert_eq!(reply_index(b"plj0"), None);
+        assert_eq!(reply_index(br#"plj0{"hmac":"ab","msg":"{}","salt":"t1.9-42"}"#), Some(42));
     }
 }

@@ -14,10 +14,12 @@
 //! from the address it was sent to.
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod ganeti;
 mod json;
 pub mod load;
 pub mod proto;
+pub mod replay;
 pub mod server;

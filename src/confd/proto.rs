@@ -39,6 +39,8 @@ pub const MAX_REQUEST_LEN: usize = 4096;
 pub const MAX_UDP_DATA_SIZE: usize = 61440;
 /// Length of the hex MAC.
 pub const HMAC_HEX_LEN: usize = 40;
+/// Length of the raw MAC (HMAC-SHA1).
+pub const HMAC_LEN: usize = 20;
 
 /// Reply status `CONFD_REPL_STATUS_OK`.
 pub const STATUS_OK: i64 = 0;
@@ -81,29 +83,43 @@ impl HmacKey {
         Ok(Self::new(&std::fs::read(path)?))
     }
 
-    /// Lowercase hex of HMAC-SHA1(key, salt ‖ msg).
-    pub fn sign(&self, salt: &str, msg: &str) -> [u8; HMAC_HEX_LEN] {
+    /// HMAC-SHA1(key, salt ‖ msg), raw.
+    pub fn digest(&self, salt: &str, msg: &str) -> [u8; HMAC_LEN] {
         let mut m = self.mac.clone();
         m.update(salt.as_bytes());
         m.update(msg.as_bytes());
+        m.finalize().into_bytes().into()
+    }
+
+    /// Lowercase hex of HMAC-SHA1(key, salt ‖ msg).
+    pub fn sign(&self, salt: &str, msg: &str) -> [u8; HMAC_HEX_LEN] {
         let mut out = [0u8; HMAC_HEX_LEN];
         // Cannot fail: 20 bytes make 40 hex digits.
-        let _ = hex::encode_to_slice(m.finalize().into_bytes(), &mut out);
+        let _ = hex::encode_to_slice(self.digest(salt, msg), &mut out);
         out
     }
 
     /// Checks a received hex MAC, case-insensitively (as both Ganeti peers do) and in constant
     /// time (which neither does).
     pub fn verify(&self, salt: &str, msg: &str, received: &str) -> bool {
+        self.verified(salt, msg, received).is_some()
+    }
+
+    /// [`HmacKey::verify`], returning the raw MAC it checked: the signature of the request
+    /// whatever the case of its hex digits or the layout of its envelope.
+    pub fn verified(&self, salt: &str, msg: &str, received: &str) -> Option<[u8; HMAC_LEN]> {
         let got = received.as_bytes();
         if got.len() != HMAC_HEX_LEN {
-            return false;
+            return None;
         }
         let mut lower = [0u8; HMAC_HEX_LEN];
         for (l, g) in lower.iter_mut().zip(got) {
             *l = g.to_ascii_lowercase();
         }
-        bool::from(self.sign(salt, msg).ct_eq(&lower))
+        let digest = self.digest(salt, msg);
+        let mut hex = [0u8; HMAC_HEX_LEN];
+        let _ = hex::encode_to_slice(digest, &mut hex);
+        bool::from(hex.ct_eq(&lower)).then_some(digest)
     }
 }
 
@@ -297,11 +313,15 @@ pub struct VerifiedRequest {
     pub timestamp: i64,
     /// Which of the keys verified it.
     pub key_index: usize,
+    /// Its signature: the raw MAC of its salt and `msg` (the replay cache's key).
+    pub mac: [u8; HMAC_LEN],
 }
 
 /// Why a request datagram is dropped. Each variant is one drop reason ([`RequestError::label`],
 /// listed in [`RequestError::ALL`]); the real daemon drops every one of these silently too,
-/// except [`RequestError::SurrogateEscape`], which it answers with undecodable bytes.
+/// except [`RequestError::SurrogateEscape`], which it answers with undecodable bytes, and
+/// heartsink's own [`RequestError::Replay`] and [`RequestError::ReplyBudget`] (decided by the
+/// server, not the parser), which it answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RequestError {
@@ -336,6 +356,14 @@ pub enum RequestError {
     StaleTimestamp,
     /// The timestamp is more than 300 s ahead of the server clock: a client clock ahead.
     FutureTimestamp,
+    /// heartsink only (the daemon answers it): a request with the signature of one already
+    /// answered within its timestamp's ±300 s window, i.e. a captured packet sent again, from
+    /// any source. Real clients never resend a packet (a retry is a new request).
+    Replay,
+    /// heartsink only: a valid request whose reply would exceed the reply budget of its source
+    /// address, or of the whole server (`confd.reply_budget`, `confd.reply_budget_total`); the
+    /// reply is not sent. A client asking too much, or replies reflected at a spoofed source.
+    ReplyBudget,
 }
 
 impl RequestError {
@@ -353,11 +381,13 @@ impl RequestError {
             RequestError::BadTimestamp => "bad_timestamp",
             RequestError::StaleTimestamp => "stale_timestamp",
             RequestError::FutureTimestamp => "future_timestamp",
+            RequestError::Replay => "replay",
+            RequestError::ReplyBudget => "reply_budget",
         }
     }
 
     /// Every variant, for counters.
-    pub const ALL: [RequestError; 11] = [
+    pub const ALL: [RequestError; 13] = [
         RequestError::Oversize,
         RequestError::BadMagic,
         RequestError::NotJson,
@@ -369,6 +399,8 @@ impl RequestError {
         RequestError::BadTimestamp,
         RequestError::StaleTimestamp,
         RequestError::FutureTimestamp,
+        RequestError::Replay,
+        RequestError::ReplyBudget,
     ];
 }
 
@@ -433,8 +465,11 @@ pub fn parse_request_with(
         (_, false) => RequestError::NotJson,
         (_, true) => RequestError::BadEnvelope,
     })?;
-    let key_index =
-        keys.iter().position(|k| k.verify(&signed.salt, &signed.msg, &signed.hmac)).ok_or(RequestError::BadHmac)?;
+    let (key_index, mac) = keys
+        .iter()
+        .enumerate()
+        .find_map(|(i, k)| k.verified(&signed.salt, &signed.msg, &signed.hmac).map(|m| (i, m)))
+        .ok_or(RequestError::BadHmac)?;
     let inner = json::parse(&signed.msg).map_err(|e| match e {
         JsonError::Surrogate => RequestError::SurrogateEscape,
         JsonError::Syntax => RequestError::MsgNotJson,
@@ -450,7 +485,7 @@ pub fn parse_request_with(
     }
     // In the window, so it fits.
     let timestamp = i64::try_from(ts).map_err(|_| RequestError::FutureTimestamp)?;
-    Ok(VerifiedRequest { request, timestamp, key_index })
+    Ok(VerifiedRequest { request, timestamp, key_index, mac })
 }
 
 fn int_of(v: &JValue) -> Option<i64> {
@@ -1000,7 +1035,9 @@ mod tests {
             E::SurrogateEscape => Some(E::BadTimestamp),
             E::BadTimestamp => Some(E::StaleTimestamp),
             E::StaleTimestamp => Some(E::FutureTimestamp),
-            E::FutureTimestamp => None,
+            E::FutureTimestamp => Some(E::Replay),
+            E::Replay => Some(E::ReplyBudget),
+            E::ReplyBudget => None,
         }
     }
 

@@ -14,13 +14,19 @@
 //! |---|---|---|
 //! | 100 `AMPHORA_HEALTH` | amphora id | `{id, operating_status, liveness, last_refresh, load_balancer, failover}` |
 //! | 101 `LB_STATUS` | load balancer id (or an amphora id) | `{load_balancer, operating_status, amphorae: [{id, operating_status, liveness}]}` |
-//! | 102 `DOWN_SENDERS` | none, or the last id of the previous page | `{total, ids: [...≤ 500], next}` |
+//! | 102 `DOWN_SENDERS` | none, or the last id of the previous page | `{total, ids: [...≤ 150], next}` |
 //! | 103 `ENGINE_COUNTERS` | none | `{received, accepted, dropped, drops: {reason: n}, kernel_drops, amphorae, down, suspended, generation}` |
 //! | 104 `POOL_NEXT` | `NAME[?size=N&slot=S]`: a pool (one poll) or a service type | `{services: [{id, addr, location, ...}], flawed}` |
 //! | 105 `POOL_POLL` | `POOL[?avoid=id,id&known=id,id]` | as 104; `ERROR_UNKNOWN_ENTRY` for an unknown pool, `ERROR_INTERNAL` when it cannot be satisfied |
 //!
 //! An unknown id is `STATUS_ERROR` with `ERROR_UNKNOWN_ENTRY`; a malformed query
 //! `ERROR_ARGUMENT`, as Ganeti's own types do.
+//!
+//! Not a reflector: each signed request is answered once ([`ReplayCache`], shared by the
+//! workers; a replay is dropped as `replay`), and reply bytes are bounded per source address and
+//! in total ([`ReplyBudget`], one per worker; a reply over budget is not sent and counted as
+//! `reply_budget`). A `DOWN_SENDERS` page holds at most [`DOWN_PAGE`] ids, so its reply stays
+//! within [`DOWN_REPLY_MAX`] bytes plus the request's own `rsalt`.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -31,10 +37,11 @@ use arc_swap::ArcSwap;
 
 use serde_json::json;
 
+use super::budget::{ReplyBudget, ReplyLimits};
 use super::ganeti::ConfigIndex;
 use super::proto::{
-    encode_reply_into, parse_request, HmacKey, Query, Reply, Request, RequestError, RequestType, ERROR_ARGUMENT,
-    ERROR_INTERNAL, ERROR_UNKNOWN_ENTRY, STATUS_ERROR,
+    encode_reply_into, parse_request, HmacKey, Query, Reply, Request, RequestError, RequestType, VerifiedRequest,
+    ERROR_ARGUMENT, ERROR_INTERNAL, ERROR_UNKNOWN_ENTRY, STATUS_ERROR,
 };
 use crate::control::{Published, Snapshot};
 use crate::engine::counters::bump;
@@ -42,8 +49,31 @@ use crate::engine::{Batch, Clock, DropReason, Lane, LaneFactory};
 use crate::proto::octavia::Uuid;
 use crate::util::rfc3339;
 
-/// Most ids in one `DOWN_SENDERS` answer (keeps a reply far below the 61440-byte limit).
-pub const DOWN_PAGE: usize = 500;
+use super::replay::{ReplayCache, Seen};
+
+/// Most ids in one `DOWN_SENDERS` answer: 150 ids of 41 bytes each in the signed reply (36
+/// characters, two escaped quotes, a comma) keep it within [`DOWN_REPLY_MAX`].
+pub const DOWN_PAGE: usize = 150;
+
+/// The largest `DOWN_SENDERS` reply, bytes, not counting the request's `rsalt` (echoed as the
+/// reply's salt; the request carries it too, so it adds no amplification).
+pub const DOWN_REPLY_MAX: usize = 8192;
+
+/// The abuse bounds of a server: reloadable reply budget, and the replay cache's size (fixed at
+/// start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfdLimits {
+    /// Reply bytes per second, per source address and in total.
+    pub reply: ReplyLimits,
+    /// Replay cache entries (a restart applies a change).
+    pub replay_cache: usize,
+}
+
+impl Default for ConfdLimits {
+    fn default() -> ConfdLimits {
+        ConfdLimits { reply: ReplyLimits::default(), replay_cache: super::replay::DEFAULT_CAPACITY }
+    }
+}
 
 /// What the server answers with: keys and the Ganeti configuration. Swapped whole on reload.
 #[derive(Debug, Default)]
@@ -56,6 +86,8 @@ pub struct ConfdState {
     pub config_path: Option<PathBuf>,
     /// Modification time and length of the file when loaded (change detection).
     pub config_stamp: Option<(SystemTime, u64)>,
+    /// Reply budget and replay cache size.
+    pub limits: ConfdLimits,
 }
 
 impl ConfdState {
@@ -69,7 +101,7 @@ impl ConfdState {
             }
             None => (None, None),
         };
-        Ok(ConfdState { keys, index, config_path: path, config_stamp: stamp })
+        Ok(ConfdState { keys, index, config_path: path, config_stamp: stamp, limits: ConfdLimits::default() })
     }
 
     /// If the configuration file changed since it was loaded, a state with it reloaded (same
@@ -82,6 +114,7 @@ impl ConfdState {
         }
         Some(ConfdState::load(self.keys.clone(), Some(path.clone())).map(|mut s| {
             s.config_stamp = stamp;
+            s.limits = self.limits;
             s
         }))
     }
@@ -231,20 +264,32 @@ pub fn answer(req: &Request, state: &ConfdState, snap: &Snapshot) -> Reply {
     }
 }
 
-/// Verifies one request datagram and writes the signed reply into `out`. `now` is unix seconds.
-/// A dropped request returns its reason and writes nothing.
+/// Verifies one request datagram, checks it against the replay cache (when given), and writes
+/// the signed reply into `out`. `now` is unix seconds. A dropped request returns its reason and
+/// writes nothing.
 pub fn handle(
     datagram: &[u8],
     now: i64,
     state: &ConfdState,
     snap: &Snapshot,
+    replay: Option<&ReplayCache>,
     out: &mut Vec<u8>,
 ) -> Result<(), RequestError> {
     let v = parse_request(datagram, &state.keys, now)?;
-    let reply = answer(&v.request, state, snap);
-    let key = &state.keys[v.key_index];
-    encode_reply_into(out, &reply, &v.request.rsalt, key);
+    if let Some(cache) = replay {
+        if cache.check(&v.mac, v.timestamp, now) == Seen::Replay {
+            return Err(RequestError::Replay);
+        }
+    }
+    reply_into(&v, state, snap, out);
     Ok(())
+}
+
+fn reply_into(v: &VerifiedRequest, state: &ConfdState, snap: &Snapshot, out: &mut Vec<u8>) {
+    let reply = answer(&v.request, state, snap);
+    if let Some(key) = state.keys.get(v.key_index) {
+        encode_reply_into(out, &reply, &v.request.rsalt, key);
+    }
 }
 
 /// The counters of one worker's responder.
@@ -268,12 +313,15 @@ pub struct Confd {
     pub state: ArcSwap<ConfdState>,
     /// One set of counters per worker.
     pub counters: Vec<Arc<ConfdCounters>>,
+    /// Signatures of the requests answered, shared by the workers.
+    pub replay: ReplayCache,
 }
 
 impl Confd {
     /// Shared state for `workers` responders.
     pub fn new(state: ConfdState, workers: usize) -> Confd {
         Confd {
+            replay: ReplayCache::new(state.limits.replay_cache),
             state: ArcSwap::from_pointee(state),
             counters: (0..workers.max(1)).map(|_| Arc::new(ConfdCounters::default())).collect(),
         }
@@ -299,7 +347,9 @@ impl Confd {
     pub fn lane(self: &Arc<Confd>, published: Arc<Published>, clock: Arc<dyn Clock>) -> LaneFactory {
         let confd = self.clone();
         Box::new(move |worker, socket| {
+            let workers = confd.counters.len();
             Box::new(Responder {
+                budget: ReplyBudget::new(workers),
                 socket,
                 confd: confd.clone(),
                 counters: confd.counters[worker % confd.counters.len()].clone(),
@@ -346,17 +396,26 @@ pub struct Responder {
     clock: Arc<dyn Clock>,
     send: crate::io::SendBatch,
     out: Vec<u8>,
+    budget: ReplyBudget,
 }
 
 impl Lane for Responder {
     fn process(&mut self, batch: &Batch) {
         let state = self.confd.state.load();
         let snap = self.published.snapshot.load();
-        let now = (self.clock.now_ns() / 1_000_000_000) as i64;
+        let now_ns = self.clock.now_ns();
+        let now = (now_ns / 1_000_000_000) as i64;
         let mut replies = 0;
         for (data, src) in batch.sourced() {
             let Some(src) = src else { continue };
-            match handle(data, now, &state, &snap, &mut self.out) {
+            self.out.clear();
+            let handled = handle(data, now, &state, &snap, Some(&self.confd.replay), &mut self.out).and_then(|()| {
+                match self.budget.allow(state.limits.reply, &src, self.out.len(), now_ns) {
+                    true => Ok(()),
+                    false => Err(RequestError::ReplyBudget),
+                }
+            });
+            match handled {
                 Ok(()) => {
                     if self.send.is_full() {
                         replies += self.flush();
@@ -427,7 +486,7 @@ mod tests {
         let req = Request::new(kind, query, "salty");
         let packet = encode_request(&req, 1000, &key);
         let mut out = Vec::new();
-        handle(&packet, 1000, state, &snap(), &mut out).expect("answered");
+        handle(&packet, 1000, state, &snap(), None, &mut out).expect("answered");
         let (rsalt, reply) = parse_reply(&out, &key).expect("signed reply");
         assert_eq!(rsalt, "salty");
         assert!(out.is_ascii());
@@ -474,11 +533,65 @@ mod tests {
     }
 
     #[test]
+    fn down_senders_pages_stay_within_the_bound() {
+        let mut big = snap();
+        for i in 0..1000u32 {
+            let mut b = [0xffu8; 16];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            big.down.insert(Uuid::from_bytes(b));
+        }
+        let key = HmacKey::new(b"k\n");
+        let (mut seen, mut after, mut pages) = (0, Query::Empty, 0);
+        loop {
+            let rsalt = "00000000-0000-4000-8000-000000000001";
+            let packet = encode_request(&Request::new(RequestType::DownSenders, after.clone(), rsalt), 1000, &key);
+            let mut out = Vec::new();
+            handle(&packet, 1000, &state(), &big, None, &mut out).expect("answered");
+            assert!(out.len() <= DOWN_REPLY_MAX + rsalt.len(), "{} bytes", out.len());
+            let (_, r) = parse_reply(&out, &key).expect("signed");
+            assert_eq!(r.answer["total"], 1001);
+            seen += r.answer["ids"].as_array().map_or(0, Vec::len);
+            pages += 1;
+            match r.answer["next"].as_str() {
+                Some(n) => after = Query::Plain(n.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!((seen, pages), (1001, 1001usize.div_ceil(DOWN_PAGE)));
+    }
+
+    #[test]
+    fn a_replayed_request_is_answered_once() {
+        let key = HmacKey::new(b"k\n");
+        let cache = ReplayCache::new(1024);
+        let packet = encode_request(&Request::new(RequestType::Ping, Query::Empty, "once"), 1000, &key);
+        let mut out = Vec::new();
+        assert_eq!(handle(&packet, 1000, &state(), &snap(), Some(&cache), &mut out), Ok(()));
+        for now in [1000, 1100, 1300] {
+            out.clear();
+            assert_eq!(handle(&packet, now, &state(), &snap(), Some(&cache), &mut out), Err(RequestError::Replay));
+            assert!(out.is_empty());
+        }
+        // The same signature with its hex digits in upper case is the same request.
+        let text = String::from_utf8(packet.clone()).expect("ascii");
+        let at = text.find("\"hmac\": \"").expect("hmac") + 10;
+        let upper = format!("{}{}{}", &text[..at], text[at..at + 40].to_uppercase(), &text[at + 40..]);
+        assert_ne!(upper.as_bytes(), &packet[..]);
+        assert_eq!(
+            handle(upper.as_bytes(), 1000, &state(), &snap(), Some(&cache), &mut out),
+            Err(RequestError::Replay)
+        );
+        // Another request is answered.
+        let other = encode_request(&Request::new(RequestType::Ping, Query::Empty, "twice"), 1000, &key);
+        assert_eq!(handle(&other, 1000, &state(), &snap(), Some(&cache), &mut out), Ok(()));
+    }
+
+    #[test]
     fn bad_hmac_is_dropped_without_reply() {
         let req = Request::new(RequestType::Ping, Query::Empty, "s");
         let packet = encode_request(&req, 1000, &HmacKey::new(b"other"));
         let mut out = Vec::new();
-        assert_eq!(handle(&packet, 1000, &state(), &snap(), &mut out), Err(RequestError::BadHmac));
+        assert_eq!(handle(&packet, 1000, &state(), &snap(), None, &mut out), Err(RequestError::BadHmac));
         assert!(out.is_empty());
     }
 }
