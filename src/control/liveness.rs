@@ -502,6 +502,10 @@ impl Liveness {
     /// new timeout as they expire.
     pub fn set_config(&mut self, cfg: LivenessConfig) {
         self.cfg = cfg;
+        let groups: Vec<u32> = self.groups.keys().copied().collect();
+        for g in groups {
+            self.regroup(g);
+        }
     }
 
     /// Tracked amphorae.
@@ -1194,5 +1198,69 @@ mod tests {
             t += 3;
         }
         assert_eq!(started, vec![id(1)], "one failover, after the grace; none for the handled one");
+    }
+
+    #[test]
+    fn the_usual_interval_is_learned_and_overdue_is_counted_then_cleared() {
+        let mut f = Fleet::new(cfg(), 2);
+        // The prior (10 s) probes at 20 s, then 40 s: the second read learns 3 s.
+        for t in (0..=45).step_by(3) {
+            f.beat(0, t * S);
+            f.beat(1, t * S);
+            f.check(t * S);
+        }
+        let usual = f.live.usual_interval(&id(0)).expect("learned");
+        assert!((usual - 3.0).abs() < 0.01, "{usual}");
+        // Amphora 1 falls silent after 45 s: overdue 2 × 3 s later, long before stale.
+        for t in (48..=57).step_by(3) {
+            f.beat(0, t * S);
+            f.check(t * S);
+        }
+        assert!(f.live.is_overdue(&id(1)) && !f.live.is_overdue(&id(0)));
+        assert_eq!((f.live.overdue_count(), f.live.stale_count()), (1, 0));
+        assert_eq!(f.live.group_counts(&GroupKey::Default), Some((2, 1, 0)));
+        // Its next beat is reported (the watch flag) and clears it at once.
+        f.beat(1, 58 * S);
+        assert_eq!(f.live.overdue_count(), 0);
+        assert_eq!(f.live.state(&id(1)), Some((Live::Alive, 58 * S)));
+    }
+
+    #[test]
+    fn a_group_in_partial_disruption_is_held_or_slowed_and_others_go_on() {
+        let c = LivenessConfig { startup_grace: Some(0.0), partition_min: 4, large_group_size: 6, ..cfg() };
+        let mut f = Fleet::new(c, 20);
+        for i in 0..10 {
+            f.live.set_group(&id(i), GroupKey::Zone("a".into()));
+        }
+        for i in 10..16 {
+            f.live.set_group(&id(i), GroupKey::Zone("b".into()));
+        }
+        // Zone a: 6 of 10 silent (partial, larger than 6: secondary rate). Zone b: 4 of 6
+        // silent (partial, small: held). Default: one of four silent (normal).
+        let silent = |i: u8| i < 6 || (10..14).contains(&i) || i == 19;
+        let mut started = Vec::new();
+        let mut reasons = Vec::new();
+        for t in (0..=90).step_by(3) {
+            for i in (0..20).filter(|i| !silent(*i) || t < 9) {
+                f.beat(i, t * S);
+            }
+            let c = f.check(t * S);
+            started.extend(c.start.iter().map(|s| (t, s.0)));
+            reasons = c.suspended.iter().map(|s| (s.label(), s.group().map(str::to_owned))).collect();
+        }
+        assert!(reasons.contains(&("partition", Some("zone:b".into()))), "{reasons:?}");
+        assert!(reasons.contains(&("secondary_rate", Some("zone:a".into()))), "{reasons:?}");
+        assert!(started.iter().all(|s| !(10..14).any(|i| id(i) == s.1)), "zone b held: {started:?}");
+        assert!(started.iter().any(|s| s.1 == id(19)), "the default group goes on: {started:?}");
+        // Zone a, stale from 66 s: one at once, then 0.1/s.
+        let a: Vec<u64> = started.iter().filter(|s| (0..6).any(|i| id(i) == s.1)).map(|s| s.0).collect();
+        assert_eq!(a.len(), 3, "{a:?}");
+    }
+
+    #[test]
+    fn unhealthy_zone_threshold_is_an_alias() {
+        let c: LivenessConfig = toml::from_str("unhealthy_zone_threshold = 0.6").expect("parses");
+        assert_eq!(c.partition_fraction, 0.6);
+        assert!(toml::from_str::<LivenessConfig>("nope = 1").is_err());
     }
 }
