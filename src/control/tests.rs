@@ -12,7 +12,7 @@ use crate::engine::counters::bump;
 const T0: u64 = 1_000 * S;
 
 /// Octavia's timing scaled down: timeout 6 s, checks every 1 s, beats every 2 s, no grace.
-fn cfg() -> ControlConfig {
+pub(super) fn cfg() -> ControlConfig {
     ControlConfig {
         liveness: LivenessConfig {
             heartbeat_timeout: 6.0,

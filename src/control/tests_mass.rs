@@ -2,7 +2,7 @@
 //! at once, a share of it dying, zones, the rate limiter, cancellation on return.
 
 use super::failover::FailoverState;
-use super::liveness::{LivenessConfig, SuspendReason};
+use super::liveness::SuspendReason;
 use super::rig::{amphora, ControlRig, S};
 use super::{Command, ControlConfig, FleetCommand};
 
@@ -12,16 +12,9 @@ const INTERVAL: u64 = 2 * S;
 const TIMEOUT: u64 = 10 * S;
 
 fn cfg() -> ControlConfig {
-    ControlConfig {
-        liveness: LivenessConfig {
-            heartbeat_timeout: 10.0,
-            health_check_interval: 1.0,
-            heartbeat_interval: 2.0,
-            startup_grace: Some(0.0),
-            ..LivenessConfig::default()
-        },
-        ..ControlConfig::default()
-    }
+    let mut c = super::tests::cfg();
+    c.liveness.heartbeat_timeout = 10.0;
+    c
 }
 
 /// A fleet of `n` amphorae beating every 2 s, spread over `phases` phases of the interval.
@@ -77,16 +70,23 @@ impl Mass {
         self.r.snapshot().failover_counts.iter().sum::<u64>() as usize
     }
 
-    fn zone(&mut self, ids: impl IntoIterator<Item = u64>, zone: &str) {
-        for i in ids {
-            let cmd = Command::Fleet(FleetCommand::Configure {
-                id: amphora(i),
-                expected_listeners: None,
-                load_balancer: None,
-                zone: Some(Some(zone.to_owned())),
-            });
-            self.r.execute(cmd).expect("configure");
+    /// A fleet of `n` in `zones` (ranges of ids), beating for 12 s.
+    fn zoned(n: u64, zones: &[(std::ops::Range<u64>, &str)]) -> Mass {
+        let mut m = Mass::new(n, 4);
+        m.run(4, |_| true, |_| {});
+        for (ids, zone) in zones {
+            for i in ids.clone() {
+                let cmd = Command::Fleet(FleetCommand::Configure {
+                    id: amphora(i),
+                    expected_listeners: None,
+                    load_balancer: None,
+                    zone: Some(Some((*zone).to_owned())),
+                });
+                m.r.execute(cmd).expect("configure");
+            }
         }
+        m.run(8, |_| true, |_| {});
+        m
     }
 }
 
@@ -193,13 +193,7 @@ fn sixty_percent_dying_goes_at_the_secondary_rate() {
 
 #[test]
 fn a_dark_zone_fails_over_at_the_normal_rate_and_changes_nothing_elsewhere() {
-    let mut m = Mass::new(110, 4);
-    m.run(4, |_| true, |_| {});
-    m.zone(0..20, "rack-a");
-    m.zone(20..60, "rack-b");
-    m.zone(60..100, "rack-c");
-    m.zone(100..110, "rack-d");
-    m.run(8, |_| true, |_| {});
+    let mut m = Mass::zoned(110, &[(0..20, "rack-a"), (20..60, "rack-b"), (60..100, "rack-c"), (100..110, "rack-d")]);
     // rack-a dark; one of rack-b dies; six of the ten of rack-d (a small zone: held).
     let dead = |i: u64| i < 20 || i == 33 || (100..106).contains(&i);
     m.run(20, |i| !dead(i), |r| r.finish_failovers(true));
@@ -217,11 +211,7 @@ fn a_dark_zone_fails_over_at_the_normal_rate_and_changes_nothing_elsewhere() {
 
 #[test]
 fn every_zone_dark_is_a_blind_sink() {
-    let mut m = Mass::new(60, 4);
-    m.run(4, |_| true, |_| {});
-    m.zone(0..30, "rack-a");
-    m.zone(30..60, "rack-b");
-    m.run(8, |_| true, |_| {});
+    let mut m = Mass::zoned(60, &[(0..30, "rack-a"), (30..60, "rack-b")]);
     m.run(20, |_| false, |_| {});
     assert!(m.labels().contains(&"sink_blind"));
     assert!(m.r.started().is_empty());
