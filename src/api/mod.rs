@@ -614,6 +614,22 @@ mod tests {
     }
 
     #[test]
+    fn patch_sets_and_clears_the_zone_and_refuses_a_bad_one() {
+        let id = Uuid::from_bytes([1; 16]);
+        let zone = |body: serde_json::Value| match configure_command(id, &body) {
+            Ok(Command::Fleet(FleetCommand::Configure { zone, .. })) => Ok(zone),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(zone(json!({"zone": "rack-1"})), Ok(Some(Some("rack-1".to_owned()))));
+        assert_eq!(zone(json!({"zone": null})), Ok(Some(None)));
+        assert_eq!(zone(json!({"expected_listeners": 1})), Ok(None));
+        for bad in [json!({"zone": ""}), json!({"zone": "a b"}), json!({"zone": 3}), json!({"zone": "x".repeat(65)})] {
+            assert!(zone(bad).is_err_and(|e| e.contains("zone")));
+        }
+    }
+
+    #[test]
     fn body_limits_per_route() {
         let seg = |p: &'static str| p.split('/').collect::<Vec<_>>();
         assert_eq!(body_limit(&Method::POST, &seg("v1/services")), (MAX_BODY as usize, true));

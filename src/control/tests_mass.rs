@@ -254,3 +254,13 @@ fn a_stopped_failover_whose_amphora_returns_is_cancelled() {
     assert_eq!((counts[1], counts[5]), (4, 4), "{counts:?}");
     assert!(m.r.started().iter().all(|s| (16..32).step_by(4).any(|d| amphora(d) == s.amphora)));
 }
+
+#[test]
+fn a_zone_is_stored_and_restored() {
+    let mut m = Mass::zoned(10, &[(0..5, "rack-a")]);
+    m.r.advance(2 * S);
+    let again = ControlRig::with(cfg(), m.r.now(), Some(&m.r.store));
+    let snap = again.snapshot();
+    assert_eq!(snap.amphorae[&amphora(0)].zone.as_deref(), Some("rack-a"));
+    assert_eq!(snap.amphorae[&amphora(7)].zone, None);
+}
