@@ -11,7 +11,7 @@
 //! | `GET /healthz` | `200 {"status":"ok"}`; `503` when the control thread missed its ticks, or `{"status":"degraded","reason":"store: …"}` while the store cannot write |
 //! | `GET /v1/amphorae?limit=&marker=` | ids in order with operating status and liveness; `next_marker` when more |
 //! | `GET /v1/amphorae/{id}` | the whole health and stats model of one amphora; `404` if unknown |
-//! | `PATCH /v1/amphorae/{id}` | `{"expected_listeners": n\|null, "load_balancer": id\|null}` |
+//! | `PATCH /v1/amphorae/{id}` | `{"expected_listeners": n\|null, "load_balancer": id\|null, "zone": name\|null}` |
 //! | `DELETE /v1/amphorae/{id}` | forget the amphora (it is new again if it beats) |
 //! | `POST /v1/amphorae/{id}/failover` | start a manual failover; `409` while one is running |
 //! | `GET /v1/failovers?limit=&marker=` | failover records in id order |
@@ -353,6 +353,7 @@ fn configure_command(id: Uuid, body: &serde_json::Value) -> Result<Command, Stri
     let Some(obj) = body.as_object() else { return Err("body must be a JSON object".into()) };
     let mut expected_listeners = None;
     let mut load_balancer = None;
+    let mut zone = None;
     for (k, v) in obj {
         match k.as_str() {
             "expected_listeners" => {
@@ -375,10 +376,17 @@ fn configure_command(id: Uuid, body: &serde_json::Value) -> Result<Command, Stri
                     _ => return Err("load_balancer must be a UUID or null".into()),
                 })
             }
-            other => return Err(format!("unknown field {other:?}; expected_listeners, load_balancer")),
+            "zone" => {
+                zone = Some(match v {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(s) => Some(validate::zone(s).map(|()| s.clone())?),
+                    _ => return Err("zone must be a string or null".into()),
+                })
+            }
+            other => return Err(format!("unknown field {other:?}; expected_listeners, load_balancer, zone")),
         }
     }
-    Ok(Command::Fleet(FleetCommand::Configure { id, expected_listeners, load_balancer }))
+    Ok(Command::Fleet(FleetCommand::Configure { id, expected_listeners, load_balancer, zone }))
 }
 
 /// `limit` and `marker` of a list request.
@@ -408,6 +416,7 @@ struct ListItem {
     liveness: crate::control::liveness::Live,
     last_refresh: String,
     load_balancer: Option<Uuid>,
+    zone: Option<String>,
     failover: Option<serde_json::Value>,
 }
 
@@ -430,6 +439,7 @@ fn list_amphorae(ctx: &ApiContext, query: &str) -> Resp {
             liveness: h.liveness,
             last_refresh: rfc3339(h.last_refresh_ns),
             load_balancer: h.load_balancer,
+            zone: h.zone.clone(),
             failover: h.failover.map(|(r, st)| json!({"id": r, "state": st.as_str()})),
         })
         .collect();
@@ -445,6 +455,7 @@ struct AmphoraView<'a> {
     last_seen_age_s: f64,
     liveness: Option<crate::control::liveness::Live>,
     load_balancer: Option<Uuid>,
+    zone: Option<String>,
     failover: Option<serde_json::Value>,
     #[serde(flatten)]
     state: &'a AmphoraState,
@@ -455,10 +466,12 @@ fn show_amphora(ctx: &ApiContext, id: &str) -> Resp {
         return error(404, &format!("no amphora {id:?} (not a UUID)"));
     };
     match ctx.engine.pipeline.shards.get(&uuid) {
-        Some(state) => {
+        Some(mut state) => {
             let now = ctx.engine.now_ns();
             let snap = ctx.control.snapshot.load();
             let h = snap.amphorae.get(&uuid);
+            // The shard's flag also watches overdue amphorae: show staleness as published.
+            state.stale = h.is_some_and(|h| h.liveness == crate::control::liveness::Live::Stale);
             json_response(
                 200,
                 &AmphoraView {
@@ -468,6 +481,7 @@ fn show_amphora(ctx: &ApiContext, id: &str) -> Resp {
                     last_seen_age_s: now.saturating_sub(state.last_seen_ns) as f64 / 1e9,
                     liveness: h.map(|h| h.liveness),
                     load_balancer: h.and_then(|h| h.load_balancer),
+                    zone: h.and_then(|h| h.zone.clone()),
                     failover: h.and_then(|h| h.failover).map(|(r, st)| json!({"id": r, "state": st.as_str()})),
                     state: &state,
                 },
@@ -557,7 +571,7 @@ fn liveness_stats(ctx: &ApiContext) -> serde_json::Value {
     json!({
         "tracked": snap.amphorae.len(),
         "stale": snap.down.len(),
-        "failovers_suspended": !snap.suspended.is_empty(),
+        "failovers_suspended": snap.suspended.iter().any(|s| s.group().is_none()),
         "suspended": snap.suspended,
         "failovers": failovers,
         "generation": snap.generation,
@@ -629,6 +643,22 @@ mod tests {
             assert_eq!(app.oneshot(get("/ok")).await.unwrap().status(), 200);
         });
         assert_eq!(counters.panics.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn patch_sets_and_clears_the_zone_and_refuses_a_bad_one() {
+        let id = Uuid::from_bytes([1; 16]);
+        let zone = |body: serde_json::Value| match configure_command(id, &body) {
+            Ok(Command::Fleet(FleetCommand::Configure { zone, .. })) => Ok(zone),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(zone(json!({"zone": "rack-1"})), Ok(Some(Some("rack-1".to_owned()))));
+        assert_eq!(zone(json!({"zone": null})), Ok(Some(None)));
+        assert_eq!(zone(json!({"expected_listeners": 1})), Ok(None));
+        for bad in [json!({"zone": ""}), json!({"zone": "a b"}), json!({"zone": 3}), json!({"zone": "x".repeat(65)})] {
+            assert!(zone(bad).is_err_and(|e| e.contains("zone")));
+        }
     }
 
     #[test]

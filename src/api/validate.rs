@@ -18,6 +18,7 @@
 //! | pool `name` | 1–[`MAX_NAME`] bytes of [`is_name_char`] |
 //! | pool `targets` | 1–[`MAX_TARGETS_LEN`] bytes, no control characters |
 //! | amphora `expected_listeners` | 0–[`MAX_EXPECTED_LISTENERS`] |
+//! | amphora `zone` | 1–[`MAX_LABEL`] bytes of [`is_name_char`] |
 
 use crate::control::services::ServiceEntry;
 use crate::control::volumes::{VolumeCreate, VolumePatch, VolumeReport};
@@ -148,7 +149,12 @@ pub fn pool(n: &str, targets: &str) -> Result<(), String> {
     text("targets", targets, 1, MAX_TARGETS_LEN)
 }
 
-/// `PATCH /v1/amphorae/{id}`.
+/// `PATCH /v1/amphorae/{id}`: an amphora's zone label.
+pub fn zone(z: &str) -> Result<(), String> {
+    name("zone", z, 1, MAX_LABEL)
+}
+
+/// `PATCH /v1/amphorae/{id}`: an amphora's expected listener count.
 pub fn expected_listeners(n: u32) -> Result<(), String> {
     if n > MAX_EXPECTED_LISTENERS {
         return Err(format!("expected_listeners must be in 0..={MAX_EXPECTED_LISTENERS} or null"));

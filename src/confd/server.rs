@@ -472,6 +472,7 @@ mod tests {
                     first_seen_ns: 0,
                     load_balancer: Some(Uuid::from_bytes([9; 16])),
                     expected_listeners: None,
+                    zone: None,
                     failover: None,
                 },
             );

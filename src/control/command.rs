@@ -167,7 +167,7 @@ pub enum FleetCommand {
     Failover(Uuid),
     /// Forget an amphora (it comes back as new if it beats again).
     Forget(Uuid),
-    /// Set an amphora's expected listener count and load balancer (`None`: leave as is).
+    /// Set an amphora's expected listener count, load balancer and zone (`None`: leave as is).
     Configure {
         /// Amphora.
         id: Uuid,
@@ -175,6 +175,9 @@ pub enum FleetCommand {
         expected_listeners: Option<Option<u32>>,
         /// `Some(None)` clears.
         load_balancer: Option<Option<Uuid>>,
+        /// The group its liveness is judged in; `Some(None)` clears (its load balancer's, or
+        /// the default group).
+        zone: Option<Option<String>>,
     },
     /// List failover records after `marker`, oldest first.
     Failovers {

@@ -2,7 +2,9 @@
 //!
 //! A record is created when the liveness rules pick a stale amphora (or an operator asks), and
 //! moves `pending → in_progress → done | failed`; a candidate held back by the circuit breaker
-//! is recorded as `stopped` and becomes `pending` when the breaker releases it. The action runs
+//! is recorded as `stopped` and becomes `pending` when the breaker releases it. A `pending` or
+//! `stopped` record of a stale amphora that is heard again before its action starts is
+//! `cancelled`, never executed. The action runs
 //! on a small pool of `failover_threads` threads, never on the control thread: log only (the
 //! default), a command that gets the record as JSON on stdin (exit status 0 = done), or an HTTP
 //! POST of the record (2xx = done). A failing action is retried `retries` times with
@@ -46,6 +48,8 @@ pub enum FailoverState {
     Failed,
     /// Held back by the circuit breaker (`failover_threshold`).
     Stopped,
+    /// Pending or stopped, never started: the amphora was heard again first.
+    Cancelled,
 }
 
 impl FailoverState {
@@ -57,16 +61,18 @@ impl FailoverState {
             FailoverState::Done => "done",
             FailoverState::Failed => "failed",
             FailoverState::Stopped => "stopped",
+            FailoverState::Cancelled => "cancelled",
         }
     }
 
     /// Every state.
-    pub const ALL: [FailoverState; 5] = [
+    pub const ALL: [FailoverState; 6] = [
         FailoverState::Pending,
         FailoverState::InProgress,
         FailoverState::Done,
         FailoverState::Failed,
         FailoverState::Stopped,
+        FailoverState::Cancelled,
     ];
 }
 

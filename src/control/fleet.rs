@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{CommandError, FleetCommand, Reply};
 use super::failover::{FailoverReason, FailoverRecord, FailoverState, Outcome, Runner};
-use super::liveness::{secs_ns, Live, Liveness, LivenessConfig, Signals, SuspendReason};
+use super::liveness::{GroupKey, Live, Liveness, LivenessConfig, Probed, Signals, SuspendReason};
 use super::persist::Writes;
 use super::snapshot::AmphoraHealth;
 use crate::engine::{Change, Shards};
@@ -35,6 +35,9 @@ pub struct StoredAmphora {
     pub stale_since_ns: Option<u64>,
     /// Whether its stale episode was handled (failover started or stopped).
     pub handled: bool,
+    /// Its zone (the group its liveness is judged in).
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 /// What a restore found.
@@ -126,9 +129,11 @@ impl Fleet {
                 first_seen_ns: state.first_seen_ns,
                 load_balancer: stored.load_balancer,
                 expected_listeners: state.expected_listeners,
+                zone: stored.zone.clone(),
                 failover: None,
             };
             self.live.track(id, state.last_refresh_ns, stored.stale_since_ns, stored.handled);
+            self.live.set_group(&id, GroupKey::of(stored.zone.as_deref(), stored.load_balancer));
             if stored.stale_since_ns.is_some() {
                 self.down.insert(id);
             }
@@ -185,6 +190,7 @@ impl Fleet {
                                 first_seen_ns: now,
                                 load_balancer: None,
                                 expected_listeners: None,
+                                zone: None,
                                 failover: None,
                             },
                         );
@@ -215,6 +221,7 @@ impl Fleet {
                             if revived <= LOG_EACH {
                                 tracing::info!(amphora = %id, "stale amphora is beating again");
                             }
+                            self.cancel_unstarted(id, now, out);
                         }
                     }
                 }
@@ -225,28 +232,49 @@ impl Fleet {
         }
     }
 
-    /// One health check: expired deadlines are probed in the shards (and marked stale there,
-    /// under the shard lock, so a concurrent heartbeat either re-arms or revives), suspension
-    /// is decided from `signals`, and failovers are decided.
+    /// A stale amphora was heard again: its failover record, if not started yet (`pending`,
+    /// or `stopped` by the breaker), is cancelled and will never run.
+    fn cancel_unstarted(&mut self, id: Uuid, now: u64, out: &mut Writes) {
+        let Some(&r) = self.latest_record.get(&id) else { return };
+        let Some(rec) = self.records.get_mut(&r) else { return };
+        if rec.reason != FailoverReason::Stale || !matches!(rec.state, FailoverState::Pending | FailoverState::Stopped)
+        {
+            return;
+        }
+        tracing::info!(amphora = %id, failover = r, was = rec.state.as_str(), "failover cancelled: the amphora is beating again");
+        rec.state = FailoverState::Cancelled;
+        rec.updated_ns = now;
+        self.touch_record(r, out);
+    }
+
+    /// One health check: expired deadlines are probed in the shards (and the overdue or stale
+    /// ones flagged there, under the shard lock, so a concurrent heartbeat either re-arms or
+    /// reports itself), suspension is decided from `signals` and the overdue shares, and
+    /// failovers are decided.
     pub fn health_check(&mut self, now: u64, signals: Signals, shards: &Shards, out: &mut Writes) {
-        let timeout = secs_ns(self.live.config().heartbeat_timeout);
-        let check = self.live.check(now, signals, |id| {
+        let check = self.live.check(now, signals, |id, watch_upto| {
             shards.with_mut(id, |s| {
-                if s.last_refresh_ns.saturating_add(timeout) <= now {
+                if s.last_refresh_ns <= watch_upto {
                     s.stale = true;
                 }
-                s.last_refresh_ns
+                Probed { last_refresh: s.last_refresh_ns, heartbeats: s.heartbeats }
             })
         });
         let was = std::mem::take(&mut self.suspended);
         self.suspended = check.suspended.clone();
-        let labels = |v: &[SuspendReason]| v.iter().map(SuspendReason::label).collect::<Vec<_>>();
-        if labels(&was) != labels(&self.suspended) {
+        let keys =
+            |v: &[SuspendReason]| v.iter().map(|s| (s.label(), s.group().map(str::to_owned))).collect::<Vec<_>>();
+        if keys(&was) != keys(&self.suspended) {
             self.changed = true;
             if self.suspended.is_empty() {
                 tracing::info!("automatic failovers resumed");
             } else {
-                tracing::warn!(reasons = ?labels(&self.suspended), detail = ?self.suspended, "automatic failovers suspended");
+                let reasons: Vec<String> = self
+                    .suspended
+                    .iter()
+                    .map(|s| s.group().map_or_else(|| s.label().to_owned(), |g| format!("{}({g})", s.label())))
+                    .collect();
+                tracing::warn!(?reasons, detail = ?self.suspended, "automatic failovers suspended or held back");
             }
         }
         for (id, last) in &check.rearmed {
@@ -414,7 +442,7 @@ impl Fleet {
         let finished: Vec<u64> = self
             .records
             .values()
-            .filter(|r| matches!(r.state, FailoverState::Done | FailoverState::Failed))
+            .filter(|r| matches!(r.state, FailoverState::Done | FailoverState::Failed | FailoverState::Cancelled))
             .map(|r| r.id)
             .collect();
         let excess = self.records.len().saturating_sub(max).min(finished.len());
@@ -436,6 +464,7 @@ impl Fleet {
             load_balancer: h.load_balancer,
             stale_since_ns: self.live.stale_since(id),
             handled: self.live.handled(id),
+            zone: h.zone.clone(),
         })
     }
 
@@ -487,7 +516,7 @@ impl Fleet {
                 tracing::info!(amphora = %id, "amphora forgotten");
                 Ok(Reply::Forgotten { forgotten: id })
             }
-            FleetCommand::Configure { id, expected_listeners, load_balancer } => {
+            FleetCommand::Configure { id, expected_listeners, load_balancer, zone } => {
                 let Some(h) = self.health.get_mut(&id) else {
                     return Err(CommandError::NotFound(format!("no amphora {id}")));
                 };
@@ -499,7 +528,12 @@ impl Fleet {
                 if let Some(lb) = load_balancer {
                     h.load_balancer = lb;
                 }
+                if let Some(z) = zone {
+                    h.zone = z;
+                }
+                let group = GroupKey::of(h.zone.as_deref(), h.load_balancer);
                 let reply = Reply::Amphora(h.clone());
+                self.live.set_group(&id, group);
                 if let Some(lb) = load_balancer {
                     if let Some(old) = old {
                         self.leave_lb(old, &id);
@@ -557,8 +591,8 @@ impl Fleet {
     }
 
     /// Records by state, in [`FailoverState::ALL`] order.
-    pub fn failover_counts(&self) -> [u64; 5] {
-        let mut counts = [0u64; 5];
+    pub fn failover_counts(&self) -> [u64; FailoverState::ALL.len()] {
+        let mut counts = [0u64; FailoverState::ALL.len()];
         for r in self.records.values() {
             counts[FailoverState::ALL.iter().position(|s| *s == r.state).unwrap_or(0)] += 1;
         }

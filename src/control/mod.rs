@@ -36,6 +36,8 @@ pub mod volumes;
 mod rig;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_mass;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

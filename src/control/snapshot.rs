@@ -36,6 +36,9 @@ pub struct AmphoraHealth {
     pub load_balancer: Option<Uuid>,
     /// Listeners a heartbeat must report to refresh liveness.
     pub expected_listeners: Option<u32>,
+    /// Its zone (set through the API): the group its liveness is judged in (else its load
+    /// balancer's).
+    pub zone: Option<String>,
     /// Its latest failover record, with that record's state.
     pub failover: Option<(u64, FailoverState)>,
 }
@@ -58,7 +61,7 @@ pub struct Snapshot {
     /// Why automatic failovers are suspended (empty: they are not).
     pub suspended: Vec<SuspendReason>,
     /// Failover records by state, in [`FailoverState::ALL`] order.
-    pub failover_counts: [u64; 5],
+    pub failover_counts: [u64; FailoverState::ALL.len()],
     /// The periodic tasks.
     pub tasks: Vec<periodic::Task>,
     /// Durable store figures, when there is a store.

@@ -180,8 +180,8 @@ pub struct AmphoraState {
     /// `expected_listeners`.
     #[serde(default)]
     pub listener_count_mismatches: u64,
-    /// Set by the control thread when it declares the amphora stale; the next heartbeat that
-    /// refreshes liveness clears it and tells the control thread ([`Applied::revived`]).
+    /// Set by the control thread when it finds the amphora overdue or stale; the next heartbeat
+    /// that refreshes liveness clears it and tells the control thread ([`Applied::revived`]).
     #[serde(default)]
     pub stale: bool,
     /// The highest accepted `seq` (the newest heartbeat's); it goes down only on a restart.
