@@ -33,6 +33,8 @@ pub enum ConfigError {
     Parse(PathBuf, Box<toml::de::Error>),
     /// A value is out of range; the message names the key and the expected form.
     Invalid(String),
+    /// A value in this file is out of range; the inner error names the key and the expected form.
+    InFile(PathBuf, Box<ConfigError>),
     /// A setting of the control plane is out of range.
     Setting(crate::control::SettingError),
     /// The confd configuration (`config.data`) does not load; the message names the file.
@@ -54,6 +56,7 @@ impl std::fmt::Display for ConfigError {
             ConfigError::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
             ConfigError::Parse(p, e) => write!(f, "invalid configuration in {}: {e}", p.display()),
             ConfigError::Invalid(m) => write!(f, "invalid configuration: {m}"),
+            ConfigError::InFile(p, e) => write!(f, "{}: {e}", p.display()),
             ConfigError::Setting(e) => write!(f, "invalid configuration: {e}"),
             ConfigError::Confd(m) => write!(f, "confd configuration: {m}"),
             ConfigError::ReloadRefused(m) => write!(f, "reload refused, the running configuration stays: {m}"),
@@ -337,7 +340,7 @@ impl Config {
     /// (see [`Validated::load`] for everything a daemon needs).
     pub fn load(path: Option<&Path>, o: &Overrides) -> Result<Config, ConfigError> {
         let mut c = Config::read(path, o)?;
-        c.validate()?;
+        c.validate().map_err(|e| in_file(path, e))?;
         Ok(c)
     }
 
@@ -573,12 +576,20 @@ pub struct Validated {
     pub warnings: Vec<String>,
 }
 
+/// A validation error, with the file it came from when there is one.
+fn in_file(path: Option<&Path>, e: ConfigError) -> ConfigError {
+    match path {
+        Some(p) => ConfigError::InFile(p.to_owned(), Box::new(e)),
+        None => e,
+    }
+}
+
 impl Validated {
     /// Reads and checks everything: the file (or the embedded default), the flags, the key
     /// files and the confd configuration.
     pub fn load(path: Option<&Path>, o: &Overrides) -> Result<Validated, ConfigError> {
         let mut config = Config::read(path, o)?;
-        let warnings = config.validate()?;
+        let warnings = config.validate().map_err(|e| in_file(path, e))?;
         let (keys, insecure_keys) = config.keys()?;
         let (confd_keys, insecure_confd) = config.confd_keys()?;
         let mut confd =
@@ -721,10 +732,14 @@ mod tests {
     #[test]
     fn out_of_range_values_are_rejected() {
         let f = write("[heartbeat]\nmax_datagram = 70000\n");
-        assert!(matches!(Config::load(Some(f.path()), &Overrides::default()), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            Config::load(Some(f.path()), &Overrides::default()),
+            Err(ConfigError::InFile(_, e)) if matches!(*e, ConfigError::Invalid(_))
+        ));
         let f = write("[liveness]\nheartbeat_timeout = -1\n");
         let e = Config::load(Some(f.path()), &Overrides::default()).expect_err("negative timeout");
         assert!(e.to_string().contains("liveness.heartbeat_timeout"), "{e}");
+        assert!(e.to_string().contains(&f.path().display().to_string()), "names the file: {e}");
         let f = write("[log]\nlevel = \"garbage\"\n");
         let e = Config::load(Some(f.path()), &Overrides::default()).expect_err("bad filter");
         assert!(e.to_string().contains("log.level"), "{e}");

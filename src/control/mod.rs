@@ -411,11 +411,19 @@ impl Control {
 
     fn restore(&mut self) -> Result<(), ControlError> {
         let Some(durable) = &self.durable else { return Ok(()) };
+        // A row that does not decode is a store this version cannot use: refused like a corrupt
+        // file, naming it and what to do.
+        let unusable = |e: StoreError| {
+            let file = durable.status().map(|s| s.path).unwrap_or_default();
+            ControlError::Store(StoreError::Decode(format!(
+                "{file}: {e}; this version cannot read it: restore a backup, or move the file away to start empty"
+            )))
+        };
         let loaded = durable.load().map_err(ControlError::Store)?;
         let shards = self.engine.pipeline.shards.clone();
-        let r = self.fleet.restore(&loaded, &shards).map_err(ControlError::Store)?;
-        self.services.restore(&loaded).map_err(ControlError::Store)?;
-        self.volumes.restore(&loaded).map_err(ControlError::Store)?;
+        let r = self.fleet.restore(&loaded, &shards).map_err(unusable)?;
+        self.services.restore(&loaded).map_err(unusable)?;
+        self.volumes.restore(&loaded).map_err(unusable)?;
         if let Ok(meta) = loaded.decode::<serde_json::Value>(Table::Meta) {
             for (k, v) in meta {
                 if k == Key::Name("service".into()) {
