@@ -358,7 +358,8 @@ impl Config {
     fn read(path: Option<&Path>, o: &Overrides) -> Result<Config, ConfigError> {
         let mut c = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read(p.to_owned(), e))?;
+                let text = crate::util::read_bounded_string(p, crate::util::MAX_CONFIG_FILE)
+                    .map_err(|e| ConfigError::Read(p.to_owned(), e))?;
                 toml::from_str(&text).map_err(|e| ConfigError::Parse(p.to_owned(), Box::new(e)))?
             }
             None => Config::default(),
@@ -469,7 +470,8 @@ impl Config {
     pub fn keys(&self) -> Result<(Vec<String>, bool), ConfigError> {
         let mut keys = self.heartbeat.keys.clone();
         for f in &self.heartbeat.key_files {
-            let text = std::fs::read_to_string(f).map_err(|e| ConfigError::Read(f.clone(), e))?;
+            let text = crate::util::read_bounded_string(f, crate::util::MAX_KEY_FILE)
+                .map_err(|e| ConfigError::Read(f.clone(), e))?;
             let before = keys.len();
             keys.extend(
                 text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l)).filter(|l| !l.is_empty()).map(str::to_owned),
@@ -516,7 +518,7 @@ impl Config {
         self.confd
             .key_files
             .iter()
-            .map(|f| match std::fs::read(f) {
+            .map(|f| match crate::util::read_bounded(f, crate::util::MAX_KEY_FILE) {
                 Ok(k) if !k.is_empty() => Ok(k),
                 Ok(_) => Err(ConfigError::Invalid(format!("confd key file {} is empty", f.display()))),
                 Err(e) => Err(ConfigError::Read(f.clone(), e)),

@@ -254,6 +254,33 @@ fn sighup_never_falls_back_to_the_insecure_key_nor_drops_every_key() {
     assert_eq!(d.stats()["keys"]["generation"], 0);
 }
 
+/// A key file or `config.data` that never ends (`/dev/zero`) or is huge used to be read whole on
+/// SIGHUP: gigabytes of memory and a reload thread that never returned (SIGTERM then hung).
+#[test]
+fn sighup_with_an_endless_key_file_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[heartbeat]\nkeys = [\"a\"]\n").unwrap();
+    let mut d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
+    for (i, extra) in [
+        "[heartbeat]\nkeys = [\"a\"]\nkey_files = [\"/dev/zero\"]\n",
+        "[heartbeat]\nkeys = [\"a\"]\n[confd]\nkey_files = [\"/dev/zero\"]\n",
+        "[heartbeat]\nkeys = [\"a\"]\n[confd]\nconfig = \"/dev/zero\"\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(&cfg, extra).unwrap();
+        d.signal(libc::SIGHUP);
+        common::wait_until("the reload refused", Duration::from_secs(10), || {
+            (d.stderr_text().matches("larger than").count() > i).then_some(())
+        });
+    }
+    assert_eq!(d.get("/healthz").0, 200);
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).success());
+}
+
 #[test]
 fn graceful_stop_applies_everything_received() {
     let mut d = Daemon::start(&["--key", "k", "--log-format", "json"]);

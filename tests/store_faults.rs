@@ -249,3 +249,24 @@ fn corrupt_or_unreadable_store_is_refused_unless_fresh_store() {
         assert!(d.wait_exit(Duration::from_secs(20)).success(), "{name}");
     }
 }
+
+/// The data directory removed while running: a write is never acknowledged into the unlinked
+/// file (it would be lost at the next start), `/healthz` says degraded with the reason, and no
+/// empty database is created in its place.
+#[test]
+fn a_data_dir_removed_while_running_degrades_and_acknowledges_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = Daemon::start_in(tmp.path(), &["--key", KEY, "--data-dir", data.to_str().unwrap()]);
+    let id = one_amphora(&d);
+    assert_eq!(d.get("/healthz").0, 200);
+    std::fs::remove_dir_all(&data).unwrap();
+    let (code, body) = patch(&d, &id, r#"{"expected_listeners": 3}"#, Duration::from_secs(3));
+    assert_ne!(code / 100, 2, "a write into a removed database was acknowledged: {body}");
+    let h = wait_until("healthz degraded", Duration::from_secs(10), || {
+        let (c, v) = d.get("/healthz");
+        (c == 503).then_some(v)
+    });
+    assert!(h["reason"].as_str().unwrap_or_default().contains("removed while running"), "{h}");
+    assert!(!data.join("heartsink.redb").exists(), "no empty database in its place");
+}

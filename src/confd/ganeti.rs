@@ -294,7 +294,8 @@ impl ConfigIndex {
     /// Loads `config.data` from a file.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, GanetiConfigError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        let bytes = crate::util::read_bounded(path, crate::util::MAX_GANETI_CONFIG)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
         Self::from_slice(&bytes)
     }
 

@@ -80,7 +80,7 @@ impl HmacKey {
 
     /// Reads a key file (`/var/lib/ganeti/hmac.key`) and uses all of its bytes.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> std::io::Result<Self> {
-        Ok(Self::new(&std::fs::read(path)?))
+        Ok(Self::new(&crate::util::read_bounded(path.as_ref(), crate::util::MAX_KEY_FILE)?))
     }
 
     /// HMAC-SHA1(key, salt ‖ msg), raw.

@@ -9,9 +9,40 @@
 //! * A run that overruns its spacing is counted; the next one is due at once but never queued
 //!   twice: runs never stack.
 //! * A failing run is counted, its error kept and logged, and the task keeps its schedule.
+//! * Overrun and failure log lines are at most one per task and kind every [`LOG_EVERY_NS`],
+//!   naming how many were left out: a tiny interval must not turn into a log flood.
 
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+
+/// Least time between two overrun (or two failure) log lines of one task, ns.
+pub const LOG_EVERY_NS: u64 = 10_000_000_000;
+
+/// Rate limit of one kind of log line.
+#[derive(Clone, Debug, Default)]
+struct LogLimit {
+    /// When the latest line was logged, ns.
+    last_ns: Option<u64>,
+    /// Events since then that were not logged.
+    skipped: u64,
+}
+
+impl LogLimit {
+    /// `Some(skipped)` when an event at `now` is to be logged (with the count left out before
+    /// it), `None` when it is left out.
+    fn admit(&mut self, now: u64) -> Option<u64> {
+        match self.last_ns {
+            Some(l) if now < l.saturating_add(LOG_EVERY_NS) => {
+                self.skipped += 1;
+                None
+            }
+            _ => {
+                self.last_ns = Some(now);
+                Some(std::mem::take(&mut self.skipped))
+            }
+        }
+    }
+}
 
 /// A task's handle.
 pub type TaskId = usize;
@@ -52,6 +83,10 @@ pub struct Task {
     pub max_duration_ns: u64,
     /// The latest failure.
     pub last_error: Option<String>,
+    #[serde(skip)]
+    overrun_log: LogLimit,
+    #[serde(skip)]
+    failure_log: LogLimit,
 }
 
 /// The task table.
@@ -81,6 +116,8 @@ impl Periodic {
             last_duration_ns: 0,
             max_duration_ns: 0,
             last_error: None,
+            overrun_log: LogLimit::default(),
+            failure_log: LogLimit::default(),
         });
         self.tasks.len() - 1
     }
@@ -107,7 +144,9 @@ impl Periodic {
         t.max_duration_ns = t.max_duration_ns.max(t.last_duration_ns);
         if let Err(e) = result {
             t.failures += 1;
-            tracing::error!(task = t.name, error = %e, "periodic task failed; it keeps running");
+            if let Some(skipped) = t.failure_log.admit(ended) {
+                tracing::error!(task = t.name, error = %e, skipped, "periodic task failed; it keeps running");
+            }
             t.last_error = Some(e.0);
         }
         // oslo: last_run = now - ((now - last_run) % spacing) + jitter.
@@ -120,11 +159,14 @@ impl Periodic {
         let next = grid.saturating_add(t.spacing_ns).saturating_add(jitter);
         if t.last_duration_ns > t.spacing_ns {
             t.overruns += 1;
-            tracing::warn!(
-                task = t.name,
-                took_ms = t.last_duration_ns / 1_000_000,
-                "periodic task overran its interval"
-            );
+            if let Some(skipped) = t.overrun_log.admit(ended) {
+                tracing::warn!(
+                    task = t.name,
+                    took_ms = t.last_duration_ns / 1_000_000,
+                    skipped,
+                    "periodic task overran its interval"
+                );
+            }
         }
         // Never in the past: an overrun runs once more at once, not once per missed slot.
         t.next_due_ns = next.max(ended);
@@ -175,6 +217,25 @@ mod tests {
         p.ran(id, 80 * S, 81 * S, Ok(()));
         let n2 = p.tasks[id].next_due_ns;
         assert!((120 * S..=123 * S).contains(&n2), "{n2}");
+    }
+
+    #[test]
+    fn overrun_and_failure_log_lines_are_rate_limited() {
+        // A 1 ns interval overruns at every run: one line per task and kind every 10 s, with
+        // the count of those left out, never a line per run (a flood of tens of MB/s).
+        let mut p = Periodic::new(5);
+        let id = p.add("t", 1, 0, 0, 0);
+        for i in 0..1000 {
+            p.ran(id, i * 1000, i * 1000 + 10, Err(TaskError("e".into())));
+        }
+        let t = &p.tasks[id];
+        assert_eq!((t.overruns, t.failures), (1000, 1000), "every one is counted");
+        assert_eq!((t.overrun_log.skipped, t.failure_log.skipped), (999, 999), "one of each logged");
+        let later = LOG_EVERY_NS + 10_000;
+        p.ran(id, later, later + 10, Err(TaskError("e".into())));
+        let t = &p.tasks[id];
+        assert_eq!((t.overrun_log.skipped, t.failure_log.skipped), (0, 0), "logged again, naming 999 left out");
+        assert_eq!((t.overrun_log.last_ns, t.failure_log.last_ns), (Some(later + 10), Some(later + 10)));
     }
 
     #[test]

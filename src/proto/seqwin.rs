@@ -123,6 +123,14 @@ impl SeqWindow {
         Err(refused)
     }
 
+    /// The window of a sender restored from the store at `seq`: every number at or below it
+    /// inside the window counts as accepted, since the bitmap was not stored. A replay of a
+    /// datagram accepted before the restart is then `replay`, never its deltas counted twice
+    /// (a reordered one first seen after the restart loses its deltas instead).
+    pub fn restored_at(seq: u64) -> SeqWindow {
+        SeqWindow { highest: seq, bits: u64::MAX, refused: None }
+    }
+
     fn starting_at(seq: u64) -> SeqWindow {
         SeqWindow { highest: seq, bits: 1, refused: None }
     }
@@ -204,6 +212,20 @@ mod tests {
         assert_eq!(w.check(103 - 63, 0, GAP), Ok(SeqOutcome::Reordered));
         assert_eq!(w.check(103 - 64, 0, GAP), Err(SeqError::Stale));
         assert_eq!(w.highest(), Some(103));
+    }
+
+    #[test]
+    fn a_restored_window_takes_nothing_at_or_below_its_seq() {
+        let mut w = SeqWindow::restored_at(100);
+        assert_eq!(w.highest(), Some(100));
+        for back in 0..WINDOW {
+            assert_eq!(w.check(100 - back, 0, GAP), Err(SeqError::Replay), "{back}");
+        }
+        assert_eq!(w.check(100 - WINDOW, 0, GAP), Err(SeqError::Stale));
+        assert_eq!(w.check(101, 0, GAP), Ok(SeqOutcome::Advanced));
+        assert_eq!(w.check(0, GAP, GAP), Ok(SeqOutcome::Restarted), "the restart rule still holds");
+        let mut w = SeqWindow::restored_at(u64::MAX);
+        assert_eq!(w.check(u64::MAX - 1, 0, GAP), Err(SeqError::Replay));
     }
 
     #[test]

@@ -331,12 +331,11 @@ impl AmphoraState {
     }
 
     /// A state read back from the durable store: the sequence window restarts at the stored
-    /// `seq`, so the amphora's next heartbeats (higher `seq`) are accepted and an old one is not.
+    /// `seq`, so the amphora's next heartbeats (higher `seq`) are accepted and an old one is not
+    /// (not even one inside the window: the bitmap was not stored, so a replay of a datagram
+    /// accepted before the restart must not add its deltas again).
     pub fn restored(mut self) -> AmphoraState {
-        self.window = SeqWindow::default();
-        if let Some(seq) = self.seq {
-            let _ = self.window.check(seq, 0, 0);
-        }
+        self.window = self.seq.map(SeqWindow::restored_at).unwrap_or_default();
         self
     }
 

@@ -234,6 +234,10 @@ fn a_restored_state_refuses_what_it_had_and_takes_what_is_newer() {
     let mut r = s.clone().restored();
     assert_eq!(r.window.highest(), Some(40));
     assert!(r.apply(&v3(40, "FULL", "UP", "UP", "UP", 1), 2, GAP).is_err());
+    // Inside the window below the stored seq: possibly accepted before the restart, so a
+    // replay, never its deltas counted twice.
+    assert_eq!(r.apply(&v3(39, "FULL", "UP", "UP", "UP", 1), 2, GAP).map(|a| a.seq), Err(SeqError::Replay));
+    assert_eq!(r.listeners[0].stats.tx, s.listeners[0].stats.tx);
     assert_eq!(r.apply(&v3(41, "OPEN", "UP", "UP", "UP", 1), 3, GAP).expect("newer").seq, Some(SeqOutcome::Advanced));
 }
 

@@ -5,9 +5,14 @@
 //! would, so the store's retry and reopen path runs against redb's real failure handling.
 //! Nothing fails unless a test asked for it: [`Store::inject_failures`](super::Store) or the
 //! environment variable [`FAULTS_ENV`] read when the store opens.
+//!
+//! Every sync also checks that the open file is still the one at the database's path: a
+//! file removed (or replaced) while open takes writes that no later start reads, so a sync
+//! then fails and no write is acknowledged into it.
 
 use std::io;
 use std::ops::Bound;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -66,12 +71,25 @@ impl Faults {
 pub struct FaultyBackend {
     inner: FileBackend,
     faults: Arc<Faults>,
+    /// The database's path, and the (device, inode) of the file opened there.
+    path: PathBuf,
+    id: (u64, u64),
 }
 
 impl FaultyBackend {
-    /// Wraps `file`.
-    pub fn new(file: std::fs::File, faults: Arc<Faults>) -> Result<FaultyBackend, redb::DatabaseError> {
-        Ok(FaultyBackend { inner: FileBackend::new(file)?, faults })
+    /// Wraps `file`, opened at `path`.
+    pub fn new(file: std::fs::File, faults: Arc<Faults>, path: PathBuf) -> Result<FaultyBackend, redb::DatabaseError> {
+        let m = file.metadata().map_err(|e| redb::DatabaseError::Storage(e.into()))?;
+        Ok(FaultyBackend { id: (m.dev(), m.ino()), inner: FileBackend::new(file)?, faults, path })
+    }
+
+    /// Fails unless the open file is still the one at the path.
+    fn still_linked(&self) -> io::Result<()> {
+        match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.id => Ok(()),
+            Ok(_) => Err(io::Error::other(format!("{} was replaced while open", self.path.display()))),
+            Err(e) => Err(io::Error::new(e.kind(), format!("{} was removed while open: {e}", self.path.display()))),
+        }
     }
 }
 
@@ -91,7 +109,8 @@ impl StorageBackend for FaultyBackend {
 
     fn sync_data(&self) -> io::Result<()> {
         self.faults.check()?;
-        self.inner.sync_data()
+        self.inner.sync_data()?;
+        self.still_linked()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {

@@ -271,14 +271,20 @@ fn io_failure(e: std::io::Error) -> OpenFailure {
 }
 
 fn open_file(path: &Path, faults: &Arc<Faults>, check: bool) -> Result<Database, OpenFailure> {
+    open_file_with(path, faults, check, true)
+}
+
+/// As [`open_file`]; without `create`, a missing file is an error (a reopen must never start
+/// an empty database in place of one removed while running).
+fn open_file_with(path: &Path, faults: &Arc<Faults>, check: bool, create: bool) -> Result<Database, OpenFailure> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
+        .create(create)
         .truncate(false)
         .open(path)
         .map_err(io_failure)?;
-    let backend = FaultyBackend::new(file, faults.clone()).map_err(db_failure)?;
+    let backend = FaultyBackend::new(file, faults.clone(), path.to_path_buf()).map_err(db_failure)?;
     // redb may panic on a file altered outside it: a panic is a corrupt file, never a crash.
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let db = redb::Builder::new()
@@ -397,8 +403,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut guard = self.db.lock();
         if guard.is_none() {
-            let db = open_file(&self.path, &self.faults, false)
-                .map_err(|e| StoreError::Open(format!("reopening {}: {e}", self.path.display())))?;
+            let db = open_file_with(&self.path, &self.faults, false, false).map_err(|e| {
+                StoreError::Open(format!(
+                    "reopening {}: {e}; if it was removed while running, restore it (or restart heartsink)",
+                    self.path.display()
+                ))
+            })?;
             tracing::info!(file = %self.path.display(), "store reopened after a failed write");
             *guard = Some(db);
         }
@@ -582,6 +592,35 @@ mod fault_tests {
         let got: Vec<u64> =
             store.load().unwrap().decode::<u64>(Table::Volumes).unwrap().into_iter().map(|r| r.1).collect();
         assert_eq!(got, vec![1, 3], "the failed commit left nothing behind");
+    }
+
+    /// A database file removed or replaced while open takes writes no later start reads: no
+    /// commit may succeed into it, and a reopen must not start an empty file in its place.
+    #[test]
+    fn a_database_file_removed_or_replaced_while_open_fails_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.commit(&volume(1)).unwrap();
+        std::fs::remove_file(store.path()).unwrap();
+        let e = store.commit(&volume(2)).unwrap_err().to_string();
+        assert!(e.contains("removed while open"), "{e}");
+        let e = store.commit(&volume(3)).unwrap_err().to_string();
+        assert!(e.contains("reopening") && e.contains("restore it"), "{e}");
+        assert!(!store.path().exists(), "no empty database created in its place");
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.commit(&volume(1)).unwrap();
+        let other = dir.path().join("other");
+        std::fs::copy(store.path(), &other).unwrap();
+        std::fs::rename(&other, store.path()).unwrap();
+        let e = store.commit(&volume(2)).unwrap_err().to_string();
+        assert!(e.contains("replaced while open"), "{e}");
+        // The reopen takes the file now at the path, and writes go on into it.
+        store.commit(&volume(3)).unwrap();
+        let got: Vec<u64> =
+            store.load().unwrap().decode::<u64>(Table::Volumes).unwrap().into_iter().map(|r| r.1).collect();
+        assert_eq!(got, vec![1, 3]);
     }
 
     fn real_db(dir: &Path) -> Vec<u8> {
