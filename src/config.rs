@@ -435,15 +435,15 @@ impl Config {
         warnings.extend(self.service.validate()?);
         let r = &self.registry;
         check(
-            r.world_refresh_interval.is_finite() && r.world_refresh_interval > 0.0,
-            "registry.world_refresh_interval must be a positive number of seconds",
+            r.world_refresh_interval.is_finite() && r.world_refresh_interval >= crate::control::MIN_INTERVAL_S,
+            "registry.world_refresh_interval must be a number of seconds, at least 0.01",
         )?;
         crate::registry::Registry::new(r.types.clone())
             .map_err(|e| ConfigError::Invalid(format!("registry.types: {e}")))?;
         let s = &self.scheduler;
         check(
-            s.tick_interval.is_finite() && s.tick_interval > 0.0,
-            "scheduler.tick_interval must be a positive number of seconds",
+            s.tick_interval.is_finite() && s.tick_interval >= crate::control::MIN_INTERVAL_S,
+            "scheduler.tick_interval must be a number of seconds, at least 0.01",
         )?;
         check(s.delay.is_finite() && s.delay >= 0.0, "scheduler.delay must be a non-negative number of seconds")?;
         // A bare word that is not a level parses as a target name and silently logs nothing

@@ -178,8 +178,9 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         // The same validation as at start; a failure keeps everything running as it is.
         let running = (engine.local_addr(), engine.lane_addr("confd"));
         let new = match Validated::load(args.config.as_deref(), &args.overrides)
-            .and_then(|new| new.check_reload(&in_use).map(|()| new))
+            // Exposure first: its message names the socket and the address at risk.
             .and_then(|new| new.check_exposure(running.0, running.1).map(|()| new))
+            .and_then(|new| new.check_reload(&in_use).map(|()| new))
         {
             Ok(new) => new,
             Err(e) => {

@@ -395,7 +395,7 @@ fn startup_errors_name_the_socket_the_file_and_the_key() {
     assert!(e.contains(cfg.to_str().unwrap()) && e.contains("line 3, column 11"), "{e}");
     std::fs::write(&cfg, "[liveness]\nheartbeat_timeout = 0\n").unwrap();
     let e = run(&["--config", cfg.to_str().unwrap()]);
-    assert!(e.contains("liveness.heartbeat_timeout must be a positive number of seconds"), "{e}");
+    assert!(e.contains("liveness.heartbeat_timeout must be a number of seconds, at least 0.01"), "{e}");
     std::fs::write(&cfg, "[log]\nlevel = \"garbage\"\n").unwrap();
     let e = run(&["--config", cfg.to_str().unwrap()]);
     assert!(e.contains("log.level"), "{e}");

@@ -175,6 +175,13 @@ fn command_response(r: CommandResult, ok: u16) -> Resp {
     }
 }
 
+/// Why the store cannot write now (`None`: it can, or there is none).
+fn store_failing(ctx: &ApiContext) -> Option<String> {
+    let snap = ctx.control.snapshot.load();
+    let st = snap.store.as_ref()?;
+    (!st.healthy).then(|| st.error.clone().unwrap_or_else(|| "failing".into()))
+}
+
 fn parse_amphora_id(id: &str) -> Result<Uuid, Resp> {
     Uuid::try_parse(id).map_err(|_| error(404, &format!("no amphora {id:?} (not a UUID)")))
 }
@@ -226,6 +233,14 @@ async fn handle(State(sh): State<Arc<ServerShared>>, req: axum::extract::Request
         Outcome::Call(c, ok) => {
             let commands = sh.ctx.commands.clone();
             match server::blocking(&sh, move || crate::control::call(&commands, c)).await {
+                Some(Err(crate::control::CommandError::Unavailable)) if store_failing(&sh.ctx).is_some() => {
+                    let why = store_failing(&sh.ctx).unwrap_or_default();
+                    let msg = format!(
+                        "the store is not writing ({why}): the change is queued and is stored once the store \
+                         recovers; read it back or retry later"
+                    );
+                    error(503, &msg).into_response()
+                }
                 Some(r) => command_response(r, ok).into_response(),
                 None => error(503, "the control thread did not answer").into_response(),
             }

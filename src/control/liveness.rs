@@ -143,8 +143,8 @@ impl LivenessConfig {
             ("health_check_interval", self.health_check_interval),
             ("heartbeat_interval", self.heartbeat_interval),
         ] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(SettingError::new(format!("liveness.{name}"), "a positive number of seconds"));
+            if !(v.is_finite() && v >= super::MIN_INTERVAL_S) {
+                return Err(SettingError::new(format!("liveness.{name}"), "a number of seconds, at least 0.01"));
             }
         }
         if self.failover_threads == 0 {

@@ -65,6 +65,10 @@ use persist::{Durable, StoreDurable, Writes};
 use services::ServiceHost;
 use volumes::VolumeHost;
 
+/// The shortest interval, timeout or task period accepted, seconds: shorter ones would keep the
+/// control thread busy for nothing (and flood the log with overruns).
+pub const MIN_INTERVAL_S: f64 = 0.01;
+
 /// A setting the control plane cannot run with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SettingError {
@@ -164,8 +168,8 @@ impl LifecycleConfig {
             ("periodic_interval", self.periodic_interval),
             ("store_flush_interval", self.store_flush_interval),
         ] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(SettingError::new(format!("service.{name}"), "a positive number of seconds"));
+            if !(v.is_finite() && v >= MIN_INTERVAL_S) {
+                return Err(SettingError::new(format!("service.{name}"), "a number of seconds, at least 0.01"));
             }
         }
         for (name, v) in [
