@@ -107,11 +107,6 @@ impl Fleet {
         std::mem::take(&mut self.changed)
     }
 
-    /// The runner (tests inspect a [`super::failover::ManualRunner`] through it).
-    pub fn runner_mut(&mut self) -> &mut dyn Runner {
-        &mut *self.runner
-    }
-
     /// Restores amphorae into the shards and failover records; pending and in-progress records
     /// are queued to run again (at least once).
     pub fn restore(&mut self, loaded: &Loaded, shards: &Shards) -> Result<Restored, StoreError> {

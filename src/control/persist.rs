@@ -154,11 +154,6 @@ impl MemoryDurable {
         Loaded::from_batches(self.inner.lock().batches.iter())
     }
 
-    /// Batches flushed so far.
-    pub fn flushes(&self) -> usize {
-        self.inner.lock().batches.len()
-    }
-
     /// While `failing`, batches are held and not acknowledged; back to writing, the held
     /// batches are written and acknowledged, in order.
     pub fn set_failing(&self, failing: bool) {

@@ -42,7 +42,6 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use counters::{BatchTally, DropReason, RxCounters, WorkerCounters};
 pub use pipeline::{Pipeline, PipelineShared, ServiceLane, Settings};
 pub use ring::{Batch, BatchKind, FreeList, Ring, RingRx, RingTx};
-pub use rx::HOLD;
 pub use shards::Shards;
 
 use crate::io::{bind_udp, RecvBatch};
