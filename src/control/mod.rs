@@ -278,6 +278,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// Change batches (one per worker batch, ≤ 128 changes each) applied per control round.
 const CHANGE_BATCHES_PER_ROUND: usize = 64;
 
+/// The longest a published snapshot's figures (counters, tasks, store) may lag, ns.
+const FIGURES_EVERY_NS: u64 = 1_000_000_000;
+
 /// Most amphora records written per flush.
 pub const FLUSH_MAX: usize = 20_000;
 
@@ -319,6 +322,8 @@ pub struct Control {
     tasks: Tasks,
     extra: Vec<(TaskId, ExtraTask)>,
     generation: u64,
+    /// When the latest snapshot was published, ns.
+    published_ns: u64,
     changed: bool,
     prev: Prev,
     started_ns: u64,
@@ -382,6 +387,7 @@ impl Control {
             tasks,
             extra: Vec::new(),
             generation: 0,
+            published_ns: 0,
             changed: true,
             prev: Prev::default(),
             started_ns: now,
@@ -708,14 +714,22 @@ impl Control {
             self.changed = true;
         }
         let parts = [self.fleet.take_changed(), self.services.take_changed(), self.volumes.take_changed()];
-        if !(self.changed || parts.contains(&true)) {
+        let changed = self.changed || parts.contains(&true);
+        // The figures (counters, tasks, store commits) move without a change of state: they are
+        // republished at least once a second, under the same generation.
+        let now = self.clock.now_ns();
+        let figures_due = now >= self.published_ns.saturating_add(FIGURES_EVERY_NS);
+        if !(changed || figures_due) {
             return;
         }
         self.changed = false;
-        self.generation += 1;
+        self.published_ns = now;
+        if changed {
+            self.generation += 1;
+        }
         let snap = Snapshot {
             generation: self.generation,
-            taken_ns: self.clock.now_ns(),
+            taken_ns: now,
             amphorae: self.fleet.health().clone(),
             down: self.fleet.down().clone(),
             load_balancers: self.fleet.load_balancers().clone(),

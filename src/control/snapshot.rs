@@ -46,7 +46,9 @@ pub struct AmphoraHealth {
 /// The control thread's published view: immutable, cheap to clone, read without locks.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// Increases with every published change (the confd serial).
+    /// Increases with every change of the fleet, registry or volumes (the confd serial). The
+    /// figures (totals, tasks, store) are republished at least once a second under the same
+    /// generation.
     pub generation: u64,
     /// When it was published, ns.
     pub taken_ns: u64,

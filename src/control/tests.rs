@@ -353,3 +353,18 @@ fn failing_store_holds_admin_answers_and_is_published() {
     let listeners = restored.snapshot().amphorae.get(&amphora(1)).and_then(|h| h.expected_listeners);
     assert_eq!(listeners, Some(3), "the held write was stored");
 }
+
+#[test]
+fn figures_are_republished_within_a_second_in_a_steady_fleet() {
+    let mut r = rig();
+    r.beat(0..3);
+    r.advance(S);
+    let before = r.snapshot();
+    bump(&r.engine.rx[0].packets, 7);
+    r.advance(S / 2);
+    r.advance(S / 2 + 1);
+    let after = r.snapshot();
+    assert_eq!(after.generation, before.generation, "no change of state, no new generation");
+    assert_eq!(after.totals.received, before.totals.received + 7, "the counters are current");
+    assert!(after.taken_ns > before.taken_ns);
+}
