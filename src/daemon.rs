@@ -3,9 +3,11 @@
 //! and the surfaces (admin API, confd responder) from one validated configuration, starts them
 //! in order, fans a reload out to each, and stops them in order.
 //!
-//! Start order: signals; configuration validated in full (nothing binds before); sockets bound;
-//! the durable state restored into the shards; the control thread; the workers and rx threads;
-//! the admin API.
+//! Start order: signals; configuration validated in full (nothing binds before); the engine's
+//! shards; the durable state restored into them; the heartbeat and lane sockets bound; the
+//! control thread; the workers and rx threads (reading the sockets at once); the admin API. A
+//! restore of a million amphorae thus never leaves a bound socket unread, and the start-up
+//! grace counts from the end of the restore.
 //!
 //! Start: signals are registered first (so a SIGHUP never kills a starting daemon), then the
 //! sockets are bound and the threads started, then exactly one JSON line goes to stdout with
@@ -103,7 +105,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let published = Arc::new(Published::new(clock.now_ns()));
 
-    // The data plane: sockets bound, no thread yet.
+    // The data plane: shards and rings, no socket and no thread yet.
     let ecfg = cfg.engine(keyring);
     let confd = Arc::new(Confd::new(v.confd, ecfg.workers));
     let mut lanes = Vec::new();
@@ -115,7 +117,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             factory: confd.lane(published.clone(), clock.clone()),
         });
     }
-    let mut engine = Engine::bind(ecfg, lanes, clock.clone())?;
+    let mut engine = Engine::new(ecfg, lanes, clock.clone())?;
     let outputs = engine.take_outputs().ok_or("engine outputs taken twice")?;
 
     // The control plane: restores the durable state into the shards before any packet.
@@ -125,6 +127,10 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut control = Control::new(ccfg, clock.clone(), engine.shared().clone(), published.clone(), parts)?;
     control.add_task(ExtraTask { name: "confd_config_watch", spacing_ns: 1_000_000_000, run: Box::new(confd.watch()) });
     let commands = control.commands();
+    // The sockets are bound only now, after the restore, and read at once: no heartbeat waits
+    // in a socket nobody reads, and the start-up grace (counted from the restore's end) is not
+    // eaten by it.
+    engine.bind_sockets()?;
     let control_thread = crate::control::spawn(control, outputs)?;
     engine.start()?;
 
@@ -152,7 +158,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         writeln!(out, "{}", serde_json::to_string(&line)?)?;
         out.flush()?;
     }
-    let rb = engine.shared().rcvbuf;
+    let rb = engine.shared().rcvbuf();
     tracing::info!(
         heartbeat = %engine.local_addr(),
         admin = %admin.local_addr(),

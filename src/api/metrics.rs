@@ -153,7 +153,7 @@ impl Collector for EngineCollector {
             &mut enc,
             "heartsink_rcvbuf_bytes",
             "Effective SO_RCVBUF of the heartbeat socket.",
-            e.rcvbuf.effective as f64,
+            e.rcvbuf().effective as f64,
         )?;
         gauge(
             &mut enc,

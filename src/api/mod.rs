@@ -561,7 +561,7 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
         "amphorae": ctx.control.amphora_count(),
         "status_changes": ctx.control.status_changes.load(r),
         "control": {"tick_us_last": ctx.control.tick_ns_last.load(r) as f64 / 1000.0, "tick_us_max": ctx.control.tick_ns_max.load(r) as f64 / 1000.0},
-        "rcvbuf": e.rcvbuf,
+        "rcvbuf": e.rcvbuf(),
         "workers": workers,
         "rx": rx,
         "keys": &**ctx.keys.load(),

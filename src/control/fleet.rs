@@ -68,6 +68,8 @@ pub struct Fleet {
     changed: bool,
     /// Amphora status transitions applied.
     pub status_changes: u64,
+    /// Where the store sweep stopped (the next one starts after this id).
+    sweep_after: Option<Uuid>,
 }
 
 impl Fleet {
@@ -88,6 +90,7 @@ impl Fleet {
             suspended,
             changed: true,
             status_changes: 0,
+            sweep_after: None,
         }
     }
 
@@ -109,14 +112,26 @@ impl Fleet {
 
     /// Restores amphorae into the shards and failover records; pending and in-progress records
     /// are queued to run again (at least once).
-    pub fn restore(&mut self, loaded: &Loaded, shards: &Shards) -> Result<Restored, StoreError> {
-        let amphorae: Vec<(Key, StoredAmphora)> = loaded.decode(Table::Amphorae)?;
-        let mut report = Restored { amphorae: amphorae.len(), ..Restored::default() };
-        for (key, stored) in amphorae {
+    ///
+    /// An amphora's row is written on its transitions and by the sweep, not on every
+    /// heartbeat, so its stored last refresh may be old; `heard_at` is when the sink last
+    /// recorded itself running (its `report_state` record): an amphora not stale then had
+    /// refreshed within `heartbeat_timeout` of it, so its last refresh is restored as at least
+    /// `heard_at − heartbeat_timeout`.
+    pub fn restore(&mut self, loaded: &Loaded, heard_at: Option<u64>, shards: &Shards) -> Result<Restored, StoreError> {
+        let floor = heard_at.map_or(0, |t| t.saturating_sub(self.live.config().timeout_ns()));
+        let mut report = Restored::default();
+        // Row by row: a million rows are never decoded into one vector next to their bytes.
+        for row in loaded.rows_of(Table::Amphorae) {
+            let (key, stored): (Key, StoredAmphora) = row?;
             let Key::Id(bytes) = key else { continue };
+            report.amphorae += 1;
             let id = Uuid::from_bytes(bytes);
             let mut state = stored.state.restored();
             state.stale = stored.stale_since_ns.is_some();
+            if !state.stale && state.last_refresh_ns > 0 {
+                state.last_refresh_ns = state.last_refresh_ns.max(floor);
+            }
             let health = AmphoraHealth {
                 operating_status: state.operating_status,
                 liveness: if state.stale { Live::Stale } else { Live::Alive },
@@ -272,11 +287,11 @@ impl Fleet {
                 tracing::warn!(?reasons, detail = ?self.suspended, "automatic failovers suspended or held back");
             }
         }
+        // A re-armed deadline is no transition: published, not written to the store.
         for (id, last) in &check.rearmed {
             if let Some(h) = self.health.get_mut(id) {
                 h.last_refresh_ns = *last;
             }
-            out.amphora(*id);
             self.changed = true;
         }
         for (i, (id, last)) in check.newly_stale.iter().enumerate() {
@@ -429,6 +444,44 @@ impl Fleet {
     pub fn stop(&mut self, now: u64, out: &mut Writes) {
         let outcomes = self.runner.stop();
         self.apply_outcomes(outcomes, now, out);
+    }
+
+    /// Marks up to `n` amphorae for rewriting, in id order from where the last sweep stopped
+    /// (wrapping around): their heartbeat counts and statistics reach the store at a fixed
+    /// rate, whatever the fleet's size. Returns how many were marked.
+    pub fn sweep(&mut self, n: usize, out: &mut Writes) -> usize {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let n = n.min(self.health.len());
+        let mut marked = 0;
+        while marked < n {
+            let from = self.sweep_after.map_or(Unbounded, Excluded);
+            let mut last = None;
+            for (id, _) in self.health.range((from, Unbounded)).take(n - marked) {
+                out.amphora(*id);
+                last = Some(*id);
+                marked += 1;
+            }
+            // Past the end: on from the first id.
+            self.sweep_after = if marked < n { None } else { last };
+            if last.is_none() && from == Unbounded {
+                break;
+            }
+        }
+        marked
+    }
+
+    /// Marks every amphora for rewriting (a graceful stop: the store gets every count).
+    pub fn mark_all(&self, out: &mut Writes) {
+        for id in self.health.keys() {
+            out.amphora(*id);
+        }
+    }
+
+    /// The start-up grace counts from `now`: heartbeats are read from now on.
+    pub fn restart_grace(&mut self, now: u64) {
+        self.live.restart_grace(now);
+        self.suspended = self.live.suspension(now);
+        self.changed = true;
     }
 
     /// Prunes the oldest finished records beyond `max`.

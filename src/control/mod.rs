@@ -143,6 +143,11 @@ pub struct LifecycleConfig {
     pub store_flush_interval: f64,
     /// Failover records kept (oldest finished ones are pruned by maintenance).
     pub failover_records_max: usize,
+    /// Amphora rows rewritten per second by the store sweep, in id order, so their heartbeat
+    /// counts and statistics reach the store at a rate independent of the fleet's size
+    /// (transitions are written at once regardless; 0: only transitions and the graceful
+    /// stop).
+    pub amphora_sweep_rate: f64,
 }
 
 impl Default for LifecycleConfig {
@@ -155,6 +160,7 @@ impl Default for LifecycleConfig {
             graceful_shutdown_timeout: 60.0,
             store_flush_interval: 1.0,
             failover_records_max: 10_000,
+            amphora_sweep_rate: 100.0,
         }
     }
 }
@@ -176,6 +182,7 @@ impl LifecycleConfig {
             ("periodic_fuzzy_delay", self.periodic_fuzzy_delay),
             ("graceful_shutdown_timeout", self.graceful_shutdown_timeout),
             ("service_down_time", self.service_down_time),
+            ("amphora_sweep_rate", self.amphora_sweep_rate),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(SettingError::new(format!("service.{name}"), "a non-negative number of seconds"));
@@ -284,6 +291,9 @@ const FIGURES_EVERY_NS: u64 = 1_000_000_000;
 /// Most amphora records written per flush.
 pub const FLUSH_MAX: usize = 20_000;
 
+/// Most amphora rows read from one shard under one lock at a flush.
+const FLUSH_LOCK_ROWS: usize = 64;
+
 struct Tasks {
     health: TaskId,
     flush: TaskId,
@@ -329,6 +339,9 @@ pub struct Control {
     started_ns: u64,
     report_count: u64,
     store_failing: bool,
+    /// Amphora rows the sweep may mark (fractional credit carried between flushes).
+    sweep_credit: f64,
+    swept_ns: u64,
     commands_tx: Sender<Call>,
     commands: Receiver<Call>,
 }
@@ -393,6 +406,8 @@ impl Control {
             started_ns: now,
             report_count: 0,
             store_failing: false,
+            sweep_credit: 0.0,
+            swept_ns: now,
             clock,
             engine,
             published,
@@ -401,6 +416,10 @@ impl Control {
             cfg,
         };
         c.restore()?;
+        // The grace counts from the end of the restore: the caller binds and reads the sockets
+        // right after (a long restore must not eat it).
+        let now = c.clock.now_ns();
+        c.fleet.restart_grace(now);
         c.prev.totals = c.engine.totals();
         c.prev.summary_totals = c.prev.totals.clone();
         c.publish();
@@ -429,18 +448,25 @@ impl Control {
                 "{file}: {e}; this version cannot read it: restore a backup, or move the file away to start empty"
             )))
         };
-        let loaded = durable.load().map_err(ControlError::Store)?;
-        let shards = self.engine.pipeline.shards.clone();
-        let r = self.fleet.restore(&loaded, &shards).map_err(unusable)?;
-        self.services.restore(&loaded).map_err(unusable)?;
-        self.volumes.restore(&loaded).map_err(unusable)?;
+        let mut loaded = durable.load().map_err(ControlError::Store)?;
+        let mut heard_at = None;
         if let Ok(meta) = loaded.decode::<serde_json::Value>(Table::Meta) {
             for (k, v) in meta {
                 if k == Key::Name("service".into()) {
                     self.report_count = v.get("report_count").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                    heard_at = v.get("updated_at_ns").and_then(serde_json::Value::as_u64);
                 }
             }
         }
+        let shards = self.engine.pipeline.shards.clone();
+        let r = self.fleet.restore(&loaded, heard_at, &shards).map_err(unusable)?;
+        loaded.drop_table(Table::Amphorae);
+        self.services.restore(&loaded).map_err(unusable)?;
+        self.volumes.restore(&loaded).map_err(unusable)?;
+        drop(loaded);
+        // The rows' bytes are freed: hand the pages back, so a restarted daemon is no larger
+        // than one that filled up live.
+        crate::io::release_free_memory();
         tracing::info!(
             amphorae = r.amphorae,
             failovers = r.records,
@@ -497,7 +523,8 @@ impl Control {
             (self.tasks.summary, Control::task_summary),
             (self.tasks.report, Control::task_report),
             (self.tasks.maintenance, |c, _| c.fleet.prune(c.cfg.lifecycle.failover_records_max, &mut c.writes)),
-            (self.tasks.flush, |c, _| {
+            (self.tasks.flush, |c, now| {
+                c.sweep(now);
                 c.flush(None);
             }),
             (self.tasks.expiry, |c, now| c.services.expire(now / 1000, &mut c.writes)),
@@ -627,6 +654,23 @@ impl Control {
         self.writes.batch.put_json(Table::Meta, Key::Name("service".into()), &doc);
     }
 
+    /// The store sweep's share of this flush: `amphora_sweep_rate` rows a second, whatever the
+    /// fleet's size.
+    fn sweep(&mut self, now: u64) {
+        let rate = self.cfg.lifecycle.amphora_sweep_rate;
+        let dt = now.saturating_sub(self.swept_ns) as f64 / 1e9;
+        self.swept_ns = now;
+        // Credit for at most one flush's worth beyond the interval (after a stall, no burst).
+        let cap = rate * self.cfg.lifecycle.store_flush_interval.max(1.0) * 2.0;
+        self.sweep_credit = (self.sweep_credit + rate * dt).min(cap);
+        let n = self.sweep_credit.floor();
+        if n >= 1.0 {
+            let marked = self.fleet.sweep(n as usize, &mut self.writes);
+            // A fleet smaller than the credit does not bank the rest.
+            self.sweep_credit = if marked < n as usize { 0.0 } else { self.sweep_credit - n };
+        }
+    }
+
     /// Writes the queued rows and the marked amphorae (read from the shards, at most
     /// [`FLUSH_MAX`] a flush) behind; `done` is called once they are durable (at once when
     /// nothing is stored). Returns whether anything was submitted.
@@ -648,12 +692,15 @@ impl Control {
         // instead of stalling the control thread for seconds.
         let mut ids: Vec<(usize, crate::proto::octavia::Uuid)> =
             self.writes.amphorae.iter().take(FLUSH_MAX).map(|id| (shards.index(id), *id)).collect();
-        // One lock per shard, as the workers take them, instead of one per amphora.
+        // Grouped by shard, the lock taken once per FLUSH_LOCK_ROWS rows: a worker never waits
+        // longer than that many clones for its shard.
         ids.sort_unstable();
         let mut states = Vec::with_capacity(ids.len());
         for run in ids.chunk_by(|a, b| a.0 == b.0) {
-            let shard = shards.shard(run[0].0).lock();
-            states.extend(run.iter().filter_map(|(_, id)| shard.get(id).map(|s| (*id, s.clone()))));
+            for part in run.chunks(FLUSH_LOCK_ROWS) {
+                let shard = shards.shard(part[0].0).lock();
+                states.extend(part.iter().filter_map(|(_, id)| shard.get(id).map(|s| (*id, s.clone()))));
+            }
         }
         for (_, id) in &ids {
             self.writes.amphorae.remove(id);
@@ -753,6 +800,9 @@ impl Control {
     pub fn finish(mut self) {
         let now = self.clock.now_ns();
         self.fleet.collect_outcomes(now, &mut self.writes);
+        // Every amphora's counts reach the store at a graceful stop (between transitions only
+        // the sweep writes them).
+        self.fleet.mark_all(&mut self.writes);
         // Pending (not started) failovers stay pending in the store and run after a restart.
         // Everything marked is written at a graceful stop, FLUSH_MAX rows at a time; a failing
         // store is given its writer's stop budget, not the call timeout.

@@ -154,6 +154,11 @@ impl MemoryDurable {
         Loaded::from_batches(self.inner.lock().batches.iter())
     }
 
+    /// Puts and deletes of rows of `table` in every batch written so far.
+    pub fn ops(&self, table: crate::store::Table) -> usize {
+        self.inner.lock().batches.iter().map(|b| b.ops.iter().filter(|o| o.table == table).count()).sum()
+    }
+
     /// While `failing`, batches are held and not acknowledged; back to writing, the held
     /// batches are written and acknowledged, in order.
     pub fn set_failing(&self, failing: bool) {

@@ -264,3 +264,51 @@ fn a_zone_is_stored_and_restored() {
     assert_eq!(snap.amphorae[&amphora(0)].zone.as_deref(), Some("rack-a"));
     assert_eq!(snap.amphorae[&amphora(7)].zone, None);
 }
+
+/// Amphora rows the store received so far.
+fn amphora_writes(r: &ControlRig) -> usize {
+    r.store.ops(crate::store::Table::Amphorae)
+}
+
+/// Store writes of amphora rows over 60 s of a steady fleet of `n`, sweeping `sweep` rows/s.
+fn steady_writes(n: u64, sweep: f64) -> usize {
+    let mut c = cfg();
+    c.lifecycle.amphora_sweep_rate = sweep;
+    let mut m = Mass { r: ControlRig::with(c, T0, None), n, phases: 4, tick: 0, last: vec![0; n as usize] };
+    // Fill, and let the first writes (new amphorae) and the learning settle.
+    m.run(30, |_| true, |_| {});
+    let before = amphora_writes(&m.r);
+    m.run(60, |_| true, |_| {});
+    assert_eq!(m.r.snapshot().failover_counts.iter().sum::<u64>(), 0);
+    amphora_writes(&m.r) - before
+}
+
+#[test]
+fn a_steady_fleet_writes_no_amphora_row_without_the_sweep() {
+    assert_eq!(steady_writes(1_000, 0.0), 0);
+    assert_eq!(steady_writes(4_000, 0.0), 0);
+}
+
+#[test]
+fn the_sweep_writes_at_its_rate_whatever_the_fleet_size() {
+    let (small, large) = (steady_writes(1_000, 100.0), steady_writes(4_000, 100.0));
+    // 100 rows a second for 60 s, give or take a flush.
+    for w in [small, large] {
+        assert!((5_800..=6_200).contains(&w), "{w} rows in 60 s");
+    }
+}
+
+#[test]
+fn a_restored_amphora_is_heard_as_late_as_the_sinks_last_report() {
+    let mut c = cfg();
+    c.lifecycle.amphora_sweep_rate = 0.0;
+    c.lifecycle.report_interval = 5.0;
+    let mut m = Mass { r: ControlRig::with(c.clone(), T0, None), n: 10, phases: 1, tick: 0, last: vec![0; 10] };
+    m.run(120, |_| true, |_| {});
+    let again = ControlRig::with(c, m.r.now(), Some(&m.r.store));
+    let restored = again.state(3).map(|s| s.last_refresh_ns).unwrap_or(0);
+    // Stored at its first beat (T0), refreshed since; the last report was at most 5 s ago, so
+    // its refresh is restored as at least that report minus heartbeat_timeout.
+    assert!(restored >= m.r.now() - 5 * S - TIMEOUT, "{}", (m.r.now() - restored) as f64 / 1e9);
+    assert!(restored <= m.r.now());
+}

@@ -193,8 +193,8 @@ pub struct Shared {
     pub rx_names: Vec<&'static str>,
     rings: Vec<RingRx>,
     ring_batches: usize,
-    /// Socket buffer information (of the first socket).
-    pub rcvbuf: RcvBufInfo,
+    /// Socket buffer information of the first socket, once bound.
+    rcvbuf: std::sync::OnceLock<RcvBufInfo>,
     /// When the engine was built.
     pub started: Instant,
     stopping: Arc<AtomicBool>,
@@ -246,10 +246,15 @@ impl Shared {
             rx_names: vec!["heartbeat"],
             rings: (0..workers.max(1)).map(|_| rx.clone()).collect(),
             ring_batches: ring_batches.max(1),
-            rcvbuf: RcvBufInfo { requested: 0, effective: 0, kernel_drop_counter: false },
+            rcvbuf: std::sync::OnceLock::new(),
             started: Instant::now(),
             stopping: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Socket buffer information of the first heartbeat socket (zeros before it is bound).
+    pub fn rcvbuf(&self) -> RcvBufInfo {
+        self.rcvbuf.get().copied().unwrap_or(RcvBufInfo { requested: 0, effective: 0, kernel_drop_counter: false })
     }
 
     /// Sums the counters.
@@ -350,33 +355,29 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Binds the heartbeat sockets and each lane's socket and builds the shared state; no
     /// thread runs yet, so the caller can fill the shards before any packet is processed.
+    /// [`Engine::new`] then [`Engine::bind_sockets`].
     pub fn bind(cfg: EngineConfig, lanes: Vec<LaneSpec>, clock: Arc<dyn Clock>) -> Result<Engine, EngineError> {
+        let mut e = Engine::new(cfg, lanes, clock)?;
+        e.bind_sockets()?;
+        Ok(e)
+    }
+
+    /// Builds the shared state (shards, counters, rings) without binding anything: the daemon
+    /// restores the store into the shards before the heartbeat socket exists, so no datagram
+    /// waits in (or overflows) a socket nobody reads.
+    pub fn new(cfg: EngineConfig, lanes: Vec<LaneSpec>, clock: Arc<dyn Clock>) -> Result<Engine, EngineError> {
         let workers_n = cfg.workers.max(1);
         let rx_n = cfg.rx_threads.max(1);
-        let bind_err = |socket, addr| move |source| EngineError::Bind { socket, addr, source };
-        let first =
-            bind_udp(cfg.heartbeat_addr, cfg.rcvbuf, rx_n > 1).map_err(bind_err("heartbeat", cfg.heartbeat_addr))?;
-        let rcvbuf = RcvBufInfo {
-            requested: first.rcvbuf_requested,
-            effective: first.rcvbuf_effective,
-            kernel_drop_counter: first.rxq_ovfl,
-        };
-        let local = first.local;
-        let mut locals = vec![local];
-        let mut bound = vec![Bound { socket: first.socket, kind: BatchKind::Heartbeat, name: "heartbeat" }];
-        for _ in 1..rx_n {
-            let b = bind_udp(local, cfg.rcvbuf, true).map_err(bind_err("heartbeat", local))?;
-            locals.push(b.local);
-            bound.push(Bound { socket: b.socket, kind: BatchKind::Heartbeat, name: "heartbeat" });
+        if lanes.len() > 256 {
+            return Err(EngineError::Start(io::Error::other("more than 256 lanes")));
         }
-        let mut lane_locals = Vec::new();
+        let rx_total = rx_n + lanes.len();
+        let mut rx_kinds = vec![BatchKind::Heartbeat; rx_n];
+        let mut rx_names = vec!["heartbeat"; rx_n];
         for (i, lane) in lanes.iter().enumerate() {
-            let n = u8::try_from(i).map_err(|_| EngineError::Start(io::Error::other("more than 256 lanes")))?;
-            let b = bind_udp(lane.addr, lane.rcvbuf, false).map_err(bind_err(lane.name, lane.addr))?;
-            lane_locals.push((lane.name, b.local));
-            bound.push(Bound { socket: b.socket, kind: BatchKind::Lane(n), name: lane.name });
+            rx_kinds.push(BatchKind::Lane(i as u8));
+            rx_names.push(lane.name);
         }
-        let rx_total = bound.len();
         let free = FreeList::new(
             workers_n * (cfg.ring_batches + 2) + rx_total * workers_n,
             cfg.batch_packets,
@@ -396,20 +397,20 @@ impl Engine {
             pipeline,
             workers: (0..workers_n).map(|_| Arc::new(WorkerCounters::default())).collect(),
             rx: (0..rx_total).map(|_| Arc::new(RxCounters::default())).collect(),
-            rx_kinds: bound.iter().map(|b| b.kind).collect(),
-            rx_names: bound.iter().map(|b| b.name).collect(),
+            rx_kinds,
+            rx_names,
             rings: ring_rx.clone(),
             ring_batches: cfg.ring_batches.max(1),
-            rcvbuf,
+            rcvbuf: std::sync::OnceLock::new(),
             started: Instant::now(),
             stopping: Arc::new(AtomicBool::new(false)),
         });
         Ok(Engine {
             cfg,
             shared,
-            locals,
-            lane_locals,
-            bound,
+            locals: Vec::new(),
+            lane_locals: Vec::new(),
+            bound: Vec::new(),
             lanes,
             ring_tx,
             ring_rx,
@@ -421,13 +422,51 @@ impl Engine {
         })
     }
 
+    /// Binds the heartbeat sockets and each lane's socket (once; errors name the socket and
+    /// the address). Nothing reads them until [`Engine::start`].
+    pub fn bind_sockets(&mut self) -> Result<(), EngineError> {
+        if !self.locals.is_empty() {
+            return Ok(());
+        }
+        let cfg = &self.cfg;
+        let rx_n = cfg.rx_threads.max(1);
+        let bind_err = |socket, addr| move |source| EngineError::Bind { socket, addr, source };
+        let first =
+            bind_udp(cfg.heartbeat_addr, cfg.rcvbuf, rx_n > 1).map_err(bind_err("heartbeat", cfg.heartbeat_addr))?;
+        let _ = self.shared.rcvbuf.set(RcvBufInfo {
+            requested: first.rcvbuf_requested,
+            effective: first.rcvbuf_effective,
+            kernel_drop_counter: first.rxq_ovfl,
+        });
+        let local = first.local;
+        let mut locals = vec![local];
+        let mut bound = vec![Bound { socket: first.socket, kind: BatchKind::Heartbeat, name: "heartbeat" }];
+        for _ in 1..rx_n {
+            let b = bind_udp(local, cfg.rcvbuf, true).map_err(bind_err("heartbeat", local))?;
+            locals.push(b.local);
+            bound.push(Bound { socket: b.socket, kind: BatchKind::Heartbeat, name: "heartbeat" });
+        }
+        let mut lane_locals = Vec::new();
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let b = bind_udp(lane.addr, lane.rcvbuf, false).map_err(bind_err(lane.name, lane.addr))?;
+            lane_locals.push((lane.name, b.local));
+            bound.push(Bound { socket: b.socket, kind: BatchKind::Lane(i as u8), name: lane.name });
+        }
+        self.locals = locals;
+        self.lane_locals = lane_locals;
+        self.bound = bound;
+        Ok(())
+    }
+
     /// The channels the control thread reads (once; `None` after the first call).
     pub fn take_outputs(&mut self) -> Option<Outputs> {
         self.outputs.take()
     }
 
-    /// Starts the workers, then the rx threads. Call once.
+    /// Starts the workers, then the rx threads (binding the sockets first if
+    /// [`Engine::bind_sockets`] was not called). Call once.
     pub fn start(&mut self) -> Result<(), EngineError> {
+        self.bind_sockets()?;
         let cfg = &self.cfg;
         let Some(changes_tx) = self.changes_tx.take() else { return Ok(()) };
         for (i, ring) in self.ring_rx.drain(..).enumerate() {
@@ -466,9 +505,9 @@ impl Engine {
         Ok(())
     }
 
-    /// The bound heartbeat address.
+    /// The bound heartbeat address (the configured one before [`Engine::bind_sockets`]).
     pub fn local_addr(&self) -> SocketAddr {
-        self.locals[0]
+        self.locals.first().copied().unwrap_or(self.cfg.heartbeat_addr)
     }
 
     /// The bound address of lane `name`.

@@ -196,6 +196,25 @@ impl Loaded {
         Loaded { rows }
     }
 
+    /// The rows of one table, decoded one at a time; a row that does not decode is an error
+    /// naming its key.
+    pub fn rows_of<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+    ) -> impl Iterator<Item = Result<(Key, T), StoreError>> + '_ {
+        self.rows.iter().filter(move |(t, _, _)| *t == table).map(move |(_, k, v)| {
+            serde_json::from_slice(v)
+                .map(|t| (k.clone(), t))
+                .map_err(|e| StoreError::Decode(format!("{table:?} {k:?}: {e}")))
+        })
+    }
+
+    /// Drops the rows of one table (restored: their bytes are no longer needed).
+    pub fn drop_table(&mut self, table: Table) {
+        self.rows.retain(|(t, _, _)| *t != table);
+        self.rows.shrink_to_fit();
+    }
+
     /// The rows of one table, decoded; a row that does not decode is an error naming its key.
     pub fn decode<T: serde::de::DeserializeOwned>(&self, table: Table) -> Result<Vec<(Key, T)>, StoreError> {
         self.rows

@@ -122,7 +122,8 @@ impl LivenessConfig {
         Ok(())
     }
 
-    pub(super) fn timeout_ns(&self) -> u64 {
+    /// `heartbeat_timeout`, ns.
+    pub fn timeout_ns(&self) -> u64 {
         secs_ns(self.heartbeat_timeout)
     }
 

@@ -2,15 +2,17 @@
 //! (reference `octavia-heartbeat.md` §4), with heartsink's self-awareness on top and
 //! Kubernetes' node lifecycle controller as the model for mass staleness.
 //!
-//! **Deadlines.** Every tracked amphora has one deadline in a deadline-ordered index: while it
-//! is on time, `last_refresh + overdue_after`; once overdue, `last_refresh + heartbeat_timeout`.
-//! A health check pops only the deadlines that passed and asks the probe (the amphora's shard)
-//! for the current `last_refresh` and heartbeat count: if it moved, the deadline is re-armed;
-//! if not, the amphora is overdue, or stale. The probe also sets the shard's watch flag on an
-//! overdue or stale amphora, so its next refreshing heartbeat is reported at once
-//! ([`Liveness::revived`]). A beating amphora is therefore probed once per `overdue_after`,
-//! never once per heartbeat and never in a scan of the fleet, and reported for the store about
-//! once per `heartbeat_timeout` ([`Check::rearmed`]).
+//! **Deadlines.** Every tracked amphora has one deadline in a coarse timer wheel ([`wheel`]):
+//! while it is on time, `last_refresh + overdue_after`; once overdue, `last_refresh +
+//! heartbeat_timeout`. A heartbeat never touches it. A health check expires only the wheel's
+//! slots that began, and asks the probe (the amphora's shard) for the current `last_refresh`
+//! and heartbeat count of each entry whose deadline passed: if it moved, the deadline is
+//! re-armed (a push onto a slot, O(1)); if not, the amphora is overdue, or stale. The probe
+//! also sets the shard's watch flag on an overdue or stale amphora, so its next refreshing
+//! heartbeat is reported at once ([`Liveness::revived`]). A beating amphora is therefore probed
+//! once per `overdue_after`, never once per heartbeat and never in a scan of the fleet; its
+//! new refresh time is published ([`Check::rearmed`]) but not written to the store: the store
+//! is written on transitions only.
 //!
 //! **Overdue.** Each amphora's usual interval is learned from what the probes see (refresh time
 //! and heartbeat count moved together: an average gap over several beats), as an EWMA kept in
@@ -48,11 +50,14 @@ mod config;
 #[cfg(test)]
 mod tests;
 mod vocab;
+pub mod wheel;
 
 pub use config::{secs_ns, LivenessConfig};
 pub use vocab::{GroupKey, Live, Probed, Signals, SuspendReason};
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use wheel::Wheel;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -65,12 +70,22 @@ pub const EXPIRED_PER_CHECK: usize = 250_000;
 
 /// Most groups listed one by one in the suspension reasons of one check.
 const GROUPS_LISTED: usize = 16;
+
+/// Wheel slots per health check interval: a deadline is seen at most this fraction of an
+/// interval late by the check after it.
+const SLOTS_PER_CHECK: u64 = 8;
+
+/// The wheel for `cfg`, its first slot holding `now`.
+fn wheel_for(cfg: &LivenessConfig, now: u64) -> Wheel {
+    let width = (secs_ns(cfg.health_check_interval) / SLOTS_PER_CHECK).max(1_000_000);
+    Wheel::new(width, cfg.timeout_ns(), now)
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Track {
+    /// The deadline in the wheel (meaningless while stale: a stale amphora has none).
     deadline: u64,
     last_refresh: u64,
-    /// The refresh last reported in [`Check::rearmed`] (or tracked with).
-    reported: u64,
     stale_since: Option<u64>,
     /// Learned usual interval, µs (0: not yet, the prior applies).
     usual_us: u32,
@@ -109,9 +124,8 @@ enum Pace {
 pub struct Check {
     /// Amphorae that became stale in this check, with their last refresh.
     pub newly_stale: Vec<(Uuid, u64)>,
-    /// Deadlines that passed and had been refreshed, reported when the previous report would
-    /// otherwise grow older than `heartbeat_timeout` before the next probe (store writes), with
-    /// the new last refresh.
+    /// Deadlines that passed and had been refreshed, with the new last refresh (published,
+    /// not stored).
     pub rearmed: Vec<(Uuid, u64)>,
     /// Deadlines probed in this check.
     pub probed: usize,
@@ -128,7 +142,7 @@ pub struct Check {
 pub struct Liveness {
     cfg: LivenessConfig,
     tracks: FxHashMap<Uuid, Track>,
-    deadlines: BTreeSet<(u64, Uuid)>,
+    wheel: Wheel,
     /// Stale and not yet handled, by when they went stale.
     candidates: BTreeMap<(u64, Uuid), u64>,
     stale: usize,
@@ -156,9 +170,9 @@ impl Liveness {
     /// A liveness machine started at `now`.
     pub fn new(cfg: LivenessConfig, now: u64) -> Liveness {
         Liveness {
+            wheel: wheel_for(&cfg, now),
             cfg,
             tracks: FxHashMap::default(),
-            deadlines: BTreeSet::new(),
             candidates: BTreeMap::new(),
             stale: 0,
             overdue: 0,
@@ -188,7 +202,19 @@ impl Liveness {
     /// New settings (on reload). Existing deadlines keep their times and are re-armed with the
     /// new timeout as they expire.
     pub fn set_config(&mut self, cfg: LivenessConfig) {
+        let rebuild = cfg.health_check_interval != self.cfg.health_check_interval
+            || cfg.heartbeat_timeout != self.cfg.heartbeat_timeout;
         self.cfg = cfg;
+        if rebuild {
+            // Another slot width or horizon: every armed deadline moves into the new wheel.
+            let now = self.last_check.unwrap_or(self.started);
+            self.wheel = wheel_for(&self.cfg, now);
+            for (id, t) in &self.tracks {
+                if t.stale_since.is_none() {
+                    self.wheel.arm(*id, t.deadline);
+                }
+            }
+        }
         let groups: Vec<u32> = self.groups.keys().copied().collect();
         for g in groups {
             self.regroup(g);
@@ -228,6 +254,17 @@ impl Liveness {
     /// Its learned usual interval, seconds (`None`: not learned yet).
     pub fn usual_interval(&self, id: &Uuid) -> Option<f64> {
         self.tracks.get(id).filter(|t| t.usual_us > 0).map(|t| f64::from(t.usual_us) / 1e6)
+    }
+
+    /// Entries in the deadline wheel (armed deadlines and the leftovers of re-arms).
+    pub fn wheel_entries(&self) -> usize {
+        self.wheel.entries()
+    }
+
+    /// Starts the start-up grace again at `now`: the restore is over and heartbeats are read
+    /// from now on, so the grace counts from here, not from the process start.
+    pub fn restart_grace(&mut self, now: u64) {
+        self.started = now;
     }
 
     /// A group's tracked, overdue and stale counts.
@@ -312,7 +349,6 @@ impl Liveness {
         let mut t = Track {
             deadline: 0,
             last_refresh,
-            reported: last_refresh,
             stale_since,
             usual_us: 0,
             beats: 0,
@@ -327,7 +363,7 @@ impl Liveness {
             }
         } else {
             t.deadline = last_refresh.saturating_add(self.cfg.overdue_after(0));
-            self.deadlines.insert((t.deadline, id));
+            self.wheel.arm(id, t.deadline);
         }
         self.count(&t, 1);
         self.tracks.insert(id, t);
@@ -350,7 +386,7 @@ impl Liveness {
     /// Stops tracking (the amphora was forgotten).
     pub fn forget(&mut self, id: &Uuid) {
         if let Some(t) = self.tracks.remove(id) {
-            self.deadlines.remove(&(t.deadline, *id));
+            // Its wheel entry is left behind and skipped when its slot expires.
             if let Some(since) = t.stale_since {
                 self.candidates.remove(&(since, *id));
             }
@@ -367,7 +403,6 @@ impl Liveness {
             return false;
         }
         let was_stale = t.stale_since.is_some();
-        self.deadlines.remove(&(t.deadline, id));
         if let Some(since) = t.stale_since {
             self.candidates.remove(&(since, id));
         }
@@ -383,7 +418,7 @@ impl Liveness {
             t.counted = false;
             t.deadline = deadline;
         });
-        self.deadlines.insert((deadline, id));
+        self.wheel.arm(id, deadline);
         was_stale
     }
 
@@ -516,58 +551,35 @@ impl Liveness {
         // checks instead of one long one.
         let timeout = self.cfg.timeout_ns();
         let mut budget = EXPIRED_PER_CHECK;
-        while let Some(&(deadline, id)) = self.deadlines.first() {
-            if deadline > now || budget == 0 {
-                break;
-            }
-            budget -= 1;
-            self.deadlines.pop_first();
-            let Some(t) = self.tracks.get(&id).copied() else { continue };
-            out.probed += 1;
-            let overdue_after = self.cfg.overdue_after(t.usual_us);
-            let read = probe(&id, now.saturating_sub(overdue_after));
-            let refreshed = read.map_or(t.last_refresh, |p| p.last_refresh).max(t.last_refresh);
-            let mut next = t;
-            next.last_refresh = refreshed;
-            if let Some(p) = read {
-                // Learn the usual interval from refresh time and heartbeat count moved together.
-                let beats = p.heartbeats as u32;
-                let n = beats.wrapping_sub(t.beats);
-                if t.counted && refreshed > t.last_refresh && n > 0 && n < u32::MAX / 2 {
-                    let sample = ((refreshed - t.last_refresh) / 1000 / u64::from(n)).clamp(1, u64::from(u32::MAX));
-                    let sample = sample as u32;
-                    next.usual_us = if t.usual_us == 0 {
-                        sample
-                    } else {
-                        // EWMA, weight 1/4.
-                        ((u64::from(t.usual_us) * 3 + u64::from(sample)) / 4) as u32
-                    };
+        self.wheel.skip_empty(now);
+        'slots: while budget > 0 {
+            let Some((slot, ids)) = self.wheel.expire_next(now) else { break };
+            let mut rest = ids.into_iter();
+            for id in rest.by_ref() {
+                // Entries left behind by a re-arm, a staleness or a forget are skipped.
+                let Some(t) = self.tracks.get(&id).copied() else { continue };
+                if t.stale_since.is_some() {
+                    continue;
                 }
-                next.beats = beats;
-                next.counted = true;
-            }
-            if refreshed.saturating_add(timeout) <= now {
-                next.stale_since = Some(now);
-                next.overdue = true;
-                next.handled = false;
-                self.candidates.insert((now, id), refreshed);
-                out.newly_stale.push((id, refreshed));
-            } else if refreshed.saturating_add(overdue_after) <= now {
-                next.overdue = true;
-                next.deadline = refreshed.saturating_add(timeout);
-                self.deadlines.insert((next.deadline, id));
-            } else {
-                next.overdue = false;
-                next.deadline = refreshed.saturating_add(self.cfg.overdue_after(next.usual_us));
-                self.deadlines.insert((next.deadline, id));
-                // Reported now if the next probe would leave the reported refresh more than
-                // heartbeat_timeout old: the store's copy is never older than that.
-                if next.deadline > t.reported.saturating_add(timeout) {
-                    next.reported = refreshed;
-                    out.rearmed.push((id, refreshed));
+                let at = self.wheel.slot_of(t.deadline);
+                if at > slot {
+                    if self.wheel.laps_ahead(slot, t.deadline) {
+                        self.wheel.arm(id, t.deadline);
+                    }
+                    continue;
+                }
+                if t.deadline > now {
+                    // In the slot holding `now`, not due yet: into the next slot.
+                    self.wheel.arm(id, t.deadline);
+                    continue;
+                }
+                budget -= 1;
+                self.expire(id, t, now, timeout, &mut probe, &mut out);
+                if budget == 0 {
+                    self.wheel.put_back(slot, rest.collect());
+                    break 'slots;
                 }
             }
-            self.update(&id, |t| *t = next);
         }
 
         if self.blind_now() {
@@ -620,6 +632,60 @@ impl Liveness {
             }
         }
         out
+    }
+
+    /// Probes one amphora whose deadline passed and moves it on: re-armed, overdue, or stale.
+    fn expire(
+        &mut self,
+        id: Uuid,
+        t: Track,
+        now: u64,
+        timeout: u64,
+        probe: &mut impl FnMut(&Uuid, u64) -> Option<Probed>,
+        out: &mut Check,
+    ) {
+        out.probed += 1;
+        let overdue_after = self.cfg.overdue_after(t.usual_us);
+        let read = probe(&id, now.saturating_sub(overdue_after));
+        let refreshed = read.map_or(t.last_refresh, |p| p.last_refresh).max(t.last_refresh);
+        let mut next = t;
+        next.last_refresh = refreshed;
+        if let Some(p) = read {
+            // Learn the usual interval from refresh time and heartbeat count moved together.
+            let beats = p.heartbeats as u32;
+            let n = beats.wrapping_sub(t.beats);
+            if t.counted && refreshed > t.last_refresh && n > 0 && n < u32::MAX / 2 {
+                let sample = ((refreshed - t.last_refresh) / 1000 / u64::from(n)).clamp(1, u64::from(u32::MAX));
+                let sample = sample as u32;
+                next.usual_us = if t.usual_us == 0 {
+                    sample
+                } else {
+                    // EWMA, weight 1/4.
+                    ((u64::from(t.usual_us) * 3 + u64::from(sample)) / 4) as u32
+                };
+            }
+            next.beats = beats;
+            next.counted = true;
+        }
+        if refreshed.saturating_add(timeout) <= now {
+            next.stale_since = Some(now);
+            next.overdue = true;
+            next.handled = false;
+            self.candidates.insert((now, id), refreshed);
+            out.newly_stale.push((id, refreshed));
+        } else if refreshed.saturating_add(overdue_after) <= now {
+            next.overdue = true;
+            next.deadline = refreshed.saturating_add(timeout);
+            self.wheel.arm(id, next.deadline);
+        } else {
+            next.overdue = false;
+            next.deadline = refreshed.saturating_add(self.cfg.overdue_after(next.usual_us));
+            self.wheel.arm(id, next.deadline);
+            if refreshed > t.last_refresh {
+                out.rearmed.push((id, refreshed));
+            }
+        }
+        self.update(&id, |t| *t = next);
     }
 
     /// When an amphora went stale, if it is.

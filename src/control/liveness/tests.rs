@@ -112,17 +112,24 @@ fn stale_after_timeout_not_before_and_once() {
 #[test]
 fn tick_touches_only_expired_deadlines() {
     let mut f = Fleet::new(cfg(), 200);
-    // Everyone beats every 10 s until 100 s.
-    let mut rearmed = 0;
+    // Everyone beats every 3 s until 99 s; a check every 3 s.
+    let (mut probed, mut checks) = (0, 0);
     for t in (0..=99).step_by(3) {
         for i in 0..200 {
             f.beat(i, t * S);
         }
         let c = f.check(t * S);
-        rearmed += c.rearmed.len();
+        probed += c.probed;
+        checks += 1;
+        assert!(c.newly_stale.is_empty());
     }
-    // Deadlines at 60 s, then each re-armed once per ~60 s: 200 re-arms, not 200 per check.
-    assert_eq!(rearmed, 200);
+    // First deadlines at 20 s (the prior interval of 10 s, × 2), then once per learned
+    // overdue_after (2 × 3 s): about (99 − 20) / 6 + 2 ≈ 15 probes each, never one per check
+    // (34 checks) nor one per heartbeat.
+    assert_eq!(checks, 34);
+    let per = probed as f64 / 200.0;
+    assert!((10.0..=18.0).contains(&per), "{per} probes per amphora");
+    assert_eq!(f.live.overdue_count(), 0);
 }
 
 #[test]
