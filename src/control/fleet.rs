@@ -287,31 +287,7 @@ impl Fleet {
                 tracing::warn!(?reasons, detail = ?self.suspended, "automatic failovers suspended or held back");
             }
         }
-        // A re-armed deadline is no transition: published, not written to the store.
-        for (id, last) in &check.rearmed {
-            if let Some(h) = self.health.get_mut(id) {
-                h.last_refresh_ns = *last;
-            }
-            self.changed = true;
-        }
-        for (i, (id, last)) in check.newly_stale.iter().enumerate() {
-            if let Some(h) = self.health.get_mut(id) {
-                h.liveness = Live::Stale;
-                h.last_refresh_ns = *last;
-            }
-            self.down.insert(*id);
-            out.amphora(*id);
-            self.changed = true;
-            if i < LOG_EACH {
-                tracing::warn!(amphora = %id, silent_s = now.saturating_sub(*last) as f64 / 1e9, "amphora is stale");
-            }
-        }
-        if check.newly_stale.len() > LOG_EACH {
-            tracing::warn!(
-                more = check.newly_stale.len() - LOG_EACH,
-                "more amphorae are stale (not logged one by one)"
-            );
-        }
+        self.absorb(&check, now, out);
         if !check.stopped.is_empty() {
             tracing::error!(
                 stale = check.stopped.len(),
@@ -343,6 +319,50 @@ impl Fleet {
                 None => self.new_record(id, FailoverReason::Stale, FailoverState::Pending, last, since, now, out),
             };
             self.queue.push_back(rid);
+        }
+    }
+
+    /// Expires passed deadlines between health checks (each control round), at most
+    /// `budget`: re-armed refreshes are published, newly stale amphorae recorded; failovers
+    /// are still decided only by [`Fleet::health_check`].
+    pub fn advance(&mut self, now: u64, budget: usize, shards: &Shards, out: &mut Writes) {
+        let check = self.live.advance(now, budget, |id, watch_upto| {
+            shards.with_mut(id, |s| {
+                if s.last_refresh_ns <= watch_upto {
+                    s.stale = true;
+                }
+                Probed { last_refresh: s.last_refresh_ns, heartbeats: s.heartbeats }
+            })
+        });
+        self.absorb(&check, now, out);
+    }
+
+    /// The re-armed and newly stale amphorae of an expiry.
+    fn absorb(&mut self, check: &super::liveness::Check, now: u64, out: &mut Writes) {
+        // A re-armed deadline is no transition: published, not written to the store.
+        for (id, last) in &check.rearmed {
+            if let Some(h) = self.health.get_mut(id) {
+                h.last_refresh_ns = *last;
+            }
+            self.changed = true;
+        }
+        for (i, (id, last)) in check.newly_stale.iter().enumerate() {
+            if let Some(h) = self.health.get_mut(id) {
+                h.liveness = Live::Stale;
+                h.last_refresh_ns = *last;
+            }
+            self.down.insert(*id);
+            out.amphora(*id);
+            self.changed = true;
+            if i < LOG_EACH {
+                tracing::warn!(amphora = %id, silent_s = now.saturating_sub(*last) as f64 / 1e9, "amphora is stale");
+            }
+        }
+        if check.newly_stale.len() > LOG_EACH {
+            tracing::warn!(
+                more = check.newly_stale.len() - LOG_EACH,
+                "more amphorae are stale (not logged one by one)"
+            );
         }
     }
 

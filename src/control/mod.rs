@@ -283,13 +283,15 @@ impl Parts {
 const TICK: Duration = Duration::from_millis(250);
 
 /// Change batches (one per worker batch, ≤ 128 changes each) applied per control round.
-const CHANGE_BATCHES_PER_ROUND: usize = 64;
+const CHANGE_BATCHES_PER_ROUND: usize = 32;
 
 /// The longest a published snapshot's figures (counters, tasks, store) may lag, ns.
 const FIGURES_EVERY_NS: u64 = 1_000_000_000;
 
-/// Most amphora records written per flush.
-pub const FLUSH_MAX: usize = 20_000;
+/// Most amphora records written per flush (a flush serializes them on the control thread: about
+/// 10 ms at this size, so a round stays short). A larger backlog (a fleet filling up) is
+/// flushed again every round until it is below this, not only every `store_flush_interval`.
+pub const FLUSH_MAX: usize = 4_096;
 
 /// Most amphora rows read from one shard under one lock at a flush.
 const FLUSH_LOCK_ROWS: usize = 64;
@@ -514,6 +516,9 @@ impl Control {
     pub fn run_due(&mut self) {
         let now = self.clock.now_ns();
         self.fleet.collect_outcomes(now, &mut self.writes);
+        // Deadlines that passed since the last round, a bounded number: the health check then
+        // finds little left to expire, whatever the fleet's phase.
+        self.fleet.advance(now, liveness::EXPIRED_PER_CHECK, &self.engine.pipeline.shards, &mut self.writes);
         // The built-in tasks cannot fail: what goes wrong inside them (a store write) is
         // reported where it happens.
         type TaskFn = fn(&mut Control, u64);
@@ -550,6 +555,14 @@ impl Control {
         }
         let now = self.clock.now_ns();
         self.fleet.dispatch(now, &mut self.writes);
+    }
+
+    /// Flushes a backlog of marked amphorae larger than one flush (a fleet filling up) without
+    /// waiting for the flush task, one bounded flush per round.
+    pub fn flush_backlog(&mut self) {
+        if self.writes.amphorae.len() >= FLUSH_MAX {
+            self.flush(None);
+        }
     }
 
     /// When the next task is due.
@@ -704,6 +717,10 @@ impl Control {
         }
         for (_, id) in &ids {
             self.writes.amphorae.remove(id);
+        }
+        if self.writes.amphorae.is_empty() && self.writes.amphorae.capacity() > 4 * FLUSH_MAX {
+            // A fill of new amphorae grew the set to the fleet's size: let it go.
+            self.writes.amphorae.shrink_to(FLUSH_MAX);
         }
         for (id, state) in states {
             if let Some(stored) = self.fleet.stored(&id, state) {
@@ -885,6 +902,7 @@ pub fn run(mut ctl: Control, outputs: &Outputs) {
         let start = Instant::now();
         published.last_tick_ns.store(ctl.clock.now_ns(), r);
         ctl.run_due();
+        ctl.flush_backlog();
         ctl.publish();
         published.record_round(elapsed(start));
     }

@@ -170,7 +170,10 @@ fn one_dead_amphora_is_failed_over_within_timeout_plus_one_check() {
     let mut m = Mass::new(100, 20);
     m.run(12, |_| true, |_| {});
     m.run(14, |i| i != 37, |_| {});
-    on_time(&m, &[37], 0);
+    // Found stale by the round its deadline passed in, started by the next check.
+    on_time(&m, &[37], S);
+    let s = &m.r.started()[0];
+    assert!(s.created_ns <= m.last[37] + TIMEOUT + S, "{s:?}");
 }
 
 #[test]

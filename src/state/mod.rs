@@ -222,6 +222,9 @@ fn upsert<T>(v: &mut Vec<T>, id: Uuid, key: impl Fn(&T) -> Uuid, make: impl FnOn
     let i = match v.binary_search_by_key(&id, key) {
         Ok(i) => i,
         Err(i) => {
+            // Exact capacity: a fleet's million amphorae each hold a listener or two, and the
+            // default growth (to 4) would triple their memory. A new entry is rare.
+            v.reserve_exact(1);
             v.insert(i, make());
             i
         }
@@ -336,6 +339,12 @@ impl AmphoraState {
     /// accepted before the restart must not add its deltas again).
     pub fn restored(mut self) -> AmphoraState {
         self.window = self.seq.map(SeqWindow::restored_at).unwrap_or_default();
+        // Decoded vectors grow by doubling: keep exactly what is held, as live ones do.
+        self.listeners.shrink_to_fit();
+        self.pools.shrink_to_fit();
+        for p in &mut self.pools {
+            p.members.shrink_to_fit();
+        }
         self
     }
 

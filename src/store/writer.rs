@@ -22,6 +22,9 @@ use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 
 use super::{Key, Store, StoreError, Table, WriteBatch};
 
+/// Rows committed at once after which the allocator's free pages are returned to the kernel.
+const TRIM_AFTER_ROWS: usize = 4096;
+
 /// Called by the writer thread with the outcome of the transaction that held a batch.
 pub type Done = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 
@@ -159,6 +162,11 @@ impl Pending {
         self.bytes = 0;
         for done in self.done.drain(..) {
             done(Ok(()));
+        }
+        if n >= TRIM_AFTER_ROWS {
+            // A large commit (a fleet filling up, a graceful stop) freed many row buffers:
+            // hand their pages back rather than keep them resident for good.
+            crate::io::release_free_memory();
         }
         Ok(n)
     }

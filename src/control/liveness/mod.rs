@@ -65,8 +65,9 @@ use crate::proto::octavia::Uuid;
 
 const S: u64 = 1_000_000_000;
 
-/// Most expired deadlines one health check handles; the rest wait for the next check.
-pub const EXPIRED_PER_CHECK: usize = 250_000;
+/// Most expired deadlines one health check, or one control round between checks
+/// ([`Liveness::advance`]), handles (about 20 ms of probes); the rest wait for the next one.
+pub const EXPIRED_PER_CHECK: usize = 20_000;
 
 /// Most groups listed one by one in the suspension reasons of one check.
 const GROUPS_LISTED: usize = 16;
@@ -546,41 +547,9 @@ impl Liveness {
             self.lag_until = now.saturating_add(interval);
         }
 
-        // Expired deadlines only, at most EXPIRED_PER_CHECK of them: a fleet whose deadlines
-        // all fall at once (a million senders started together) is worked through over a few
-        // checks instead of one long one.
-        let timeout = self.cfg.timeout_ns();
-        let mut budget = EXPIRED_PER_CHECK;
-        self.wheel.skip_empty(now);
-        'slots: while budget > 0 {
-            let Some((slot, ids)) = self.wheel.expire_next(now) else { break };
-            let mut rest = ids.into_iter();
-            for id in rest.by_ref() {
-                // Entries left behind by a re-arm, a staleness or a forget are skipped.
-                let Some(t) = self.tracks.get(&id).copied() else { continue };
-                if t.stale_since.is_some() {
-                    continue;
-                }
-                let at = self.wheel.slot_of(t.deadline);
-                if at > slot {
-                    if self.wheel.laps_ahead(slot, t.deadline) {
-                        self.wheel.arm(id, t.deadline);
-                    }
-                    continue;
-                }
-                if t.deadline > now {
-                    // In the slot holding `now`, not due yet: into the next slot.
-                    self.wheel.arm(id, t.deadline);
-                    continue;
-                }
-                budget -= 1;
-                self.expire(id, t, now, timeout, &mut probe, &mut out);
-                if budget == 0 {
-                    self.wheel.put_back(slot, rest.collect());
-                    break 'slots;
-                }
-            }
-        }
+        // Expired deadlines only, at most EXPIRED_PER_CHECK of them (the control rounds between
+        // checks expire more, see [`Liveness::advance`]).
+        self.expire_due(now, EXPIRED_PER_CHECK, &mut probe, &mut out);
 
         if self.blind_now() {
             self.blind_until = now.saturating_add(self.cfg.blind_tail_ns().max(1));
@@ -632,6 +601,58 @@ impl Liveness {
             }
         }
         out
+    }
+
+    /// Expires up to `budget` passed deadlines between health checks (each control round), so
+    /// that a fleet whose deadlines fall together (a million senders started at once) is worked
+    /// through in short rounds rather than in one long check. Only `newly_stale`, `rearmed` and
+    /// `probed` of the returned [`Check`] are filled: failovers are decided by
+    /// [`Liveness::check`] alone.
+    pub fn advance(&mut self, now: u64, budget: usize, mut probe: impl FnMut(&Uuid, u64) -> Option<Probed>) -> Check {
+        let mut out = Check::default();
+        self.expire_due(now, budget, &mut probe, &mut out);
+        out
+    }
+
+    fn expire_due(
+        &mut self,
+        now: u64,
+        budget: usize,
+        probe: &mut impl FnMut(&Uuid, u64) -> Option<Probed>,
+        out: &mut Check,
+    ) {
+        let timeout = self.cfg.timeout_ns();
+        let mut budget = budget;
+        self.wheel.skip_empty(now);
+        'slots: while budget > 0 {
+            let Some((slot, ids)) = self.wheel.expire_next(now) else { break };
+            let mut rest = ids.into_iter();
+            for id in rest.by_ref() {
+                // Entries left behind by a re-arm, a staleness or a forget are skipped.
+                let Some(t) = self.tracks.get(&id).copied() else { continue };
+                if t.stale_since.is_some() {
+                    continue;
+                }
+                let at = self.wheel.slot_of(t.deadline);
+                if at > slot {
+                    if self.wheel.laps_ahead(slot, t.deadline) {
+                        self.wheel.arm(id, t.deadline);
+                    }
+                    continue;
+                }
+                if t.deadline > now {
+                    // In the slot holding `now`, not due yet: into the next slot.
+                    self.wheel.arm(id, t.deadline);
+                    continue;
+                }
+                budget -= 1;
+                self.expire(id, t, now, timeout, probe, out);
+                if budget == 0 {
+                    self.wheel.put_back(slot, rest.collect());
+                    break 'slots;
+                }
+            }
+        }
     }
 
     /// Probes one amphora whose deadline passed and moves it on: re-armed, overdue, or stale.
