@@ -77,6 +77,21 @@ fn fail_and_recover(d: &mut Daemon, dir: &Path, data: &Path, make_fail: impl Fn(
     assert!(reason.starts_with("store: "), "{degraded}");
     assert!(reason.contains("No space left on device"), "{degraded}");
     assert_eq!(metric(d, "heartsink_store_healthy"), Some(0.0));
+    // The control thread never waits for the store: 2,000 new amphorae (each a row to write)
+    // are all applied while it cannot write, none dropped `ring_full`.
+    let sock = common::client();
+    let accepted = d.stats()["accepted"].as_u64().unwrap();
+    for n in 0..2_000u64 {
+        sock.send_to(&common::heartbeat(100 + n, 1, 1, KEY), d.heartbeat).unwrap();
+        if n % 200 == 199 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    wait_until("2,000 new amphorae applied", Duration::from_secs(10), || {
+        (d.stats()["accepted"].as_u64().unwrap() >= accepted + 2_000).then_some(())
+    });
+    assert_eq!(d.stats()["dropped"]["ring_full"].as_u64().unwrap_or(0), 0);
+    assert!(rx.try_recv().is_err());
     // A few retries later: still one log line for the change, and the write unanswered.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(metric(d, "heartsink_store_failures_total").unwrap() >= 2.0);

@@ -285,8 +285,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// Change batches (one per worker batch, ≤ 128 changes each) applied per control round.
 const CHANGE_BATCHES_PER_ROUND: usize = 32;
 
-/// The longest a published snapshot's figures (counters, tasks, store) may lag, ns.
-const FIGURES_EVERY_NS: u64 = 1_000_000_000;
+/// The longest a published snapshot's figures (counters, tasks, store) may lag, ns: one idle
+/// tick ([`TICK`]).
+const FIGURES_EVERY_NS: u64 = 250_000_000;
 
 /// Most amphora records written per flush (a flush serializes them on the control thread: about
 /// 10 ms at this size, so a round stays short). A larger backlog (a fleet filling up) is
