@@ -218,12 +218,15 @@ fn real_database() -> Vec<u8> {
 #[test]
 fn corrupt_or_unreadable_store_is_refused_unless_fresh_store() {
     let good = real_database();
-    // Flip bytes in the middle of the data (the file's middle may be unused space).
+    // Flip 4 KiB at five places across the data (redb's copy-on-write leaves freed pages with
+    // old bytes, so one place may be unused space).
     let used: Vec<usize> = good.iter().enumerate().skip(4096).filter(|(_, b)| **b != 0).map(|(i, _)| i).collect();
-    let mid = used[used.len() / 2];
     let mut flipped = good.clone();
-    for b in &mut flipped[mid.saturating_sub(2048)..(mid + 2048).min(good.len())] {
-        *b ^= 0xff;
+    for k in 1..=5 {
+        let at = used[used.len() * k / 6];
+        for b in &mut flipped[at.saturating_sub(2048)..(at + 2048).min(good.len())] {
+            *b ^= 0xff;
+        }
     }
     let random: Vec<u8> = (0..200_000u64).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8).collect();
     let cases: [(&str, Vec<u8>); 4] = [

@@ -579,6 +579,7 @@ impl Control {
         let ring_fill = fill.iter().copied().max().unwrap_or(0) as f64 / cap.max(1) as f64;
         let s = Signals {
             received: t.received.saturating_sub(p.received),
+            accepted: t.accepted.saturating_sub(p.accepted),
             drops: own(&t).saturating_sub(own(p)),
             late: t.drop_count(DropReason::Late).saturating_sub(p.drop_count(DropReason::Late)),
             ring_fill,

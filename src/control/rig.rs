@@ -82,7 +82,8 @@ impl ControlRig {
             services: Arc::new(ServiceLane::new(None)),
         };
         let engine = Arc::new(crate::engine::Shared::detached(pipeline_shared.clone(), 1, 8));
-        let counters = Arc::new(WorkerCounters::default());
+        // The engine's own worker counters: the control plane reads what the pipeline applied.
+        let counters = engine.workers.first().cloned().unwrap_or_else(|| Arc::new(WorkerCounters::default()));
         let pipeline = Pipeline::new(pipeline_shared, Backend::Libdeflate, counters, None);
         let store = restore_from.cloned().unwrap_or_default();
         let runner = ManualRunner::default();

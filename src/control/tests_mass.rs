@@ -113,11 +113,14 @@ fn whole_fleet_quiet(n: u64, phases: u64, coarse: bool) {
     assert!(m.r.started().is_empty(), "{n}: failed over while blind: {}", m.r.started().len());
     assert_eq!(m.records(), 0);
     // Back: every amphora beats again within an interval; nothing is failed over on the way,
-    // and the suspension lifts overdue_factor × heartbeat_interval (4 s) later.
+    // and the suspension lasts heartbeat_timeout + one check after the sink hears again.
     m.run(if coarse { 2 } else { 6 }, |_| true, |_| {});
     let snap = m.r.snapshot();
     assert!(snap.down.is_empty());
     if !coarse {
+        assert_eq!(m.labels(), vec!["sink_blind"], "still suspended for a full timeout");
+        m.run((TIMEOUT / S) + 1, |_| true, |_| {});
+        let snap = m.r.snapshot();
         assert!(snap.suspended.is_empty(), "{:?}", snap.suspended);
     }
     assert!(m.r.started().is_empty(), "{n}: failed over on return: {}", m.r.started().len());
@@ -314,4 +317,53 @@ fn a_restored_amphora_is_heard_as_late_as_the_sinks_last_report() {
     // its refresh is restored as at least that report minus heartbeat_timeout.
     assert!(restored >= m.r.now() - 5 * S - TIMEOUT, "{}", (m.r.now() - restored) as f64 / 1e9);
     assert!(restored <= m.r.now());
+}
+
+/// The fleet beats every 1.6 s though the sink is told 1 s, with `heartbeat_timeout` 4 s and
+/// checks every 0.5 s: learned intervals near 1.6 s make amphorae overdue only 3.2 s after
+/// their last beat, so when the fleet goes dark the first is stale before 90 % are overdue.
+/// The rate rule (the sink hears almost nothing of what its fleet sends) reads the sink as
+/// blind within an interval, before any amphora can be stale: no failover, going dark or
+/// coming back.
+#[test]
+fn a_fleet_slower_than_configured_going_dark_is_seen_blind_by_its_rate() {
+    let mut c = super::tests::cfg();
+    c.liveness.heartbeat_interval = 1.0;
+    c.liveness.heartbeat_timeout = 4.0;
+    c.liveness.health_check_interval = 0.5;
+    let mut r = ControlRig::with(c, T0, None);
+    let n = 2_000u64;
+    let step = S / 10;
+    let every = 16; // steps: 1.6 s
+    let mut tick = 0u64;
+    let beat = |r: &mut ControlRig, tick: u64| {
+        let ids: Vec<u64> = (0..n).filter(|i| i % every == tick % every).collect();
+        r.beat(ids);
+    };
+    for _ in 0..200 {
+        beat(&mut r, tick);
+        tick += 1;
+        r.advance(step);
+    }
+    assert!(r.snapshot().suspended.is_empty(), "{:?}", r.snapshot().suspended);
+    // Dark for 10 s.
+    let mut blind_first = true;
+    for _ in 0..100 {
+        r.advance(step);
+        let snap = r.snapshot();
+        if !snap.down.is_empty() && !snap.suspended.iter().any(|s| s.label() == "sink_blind") {
+            blind_first = false;
+        }
+    }
+    assert!(blind_first, "an amphora went stale before the sink read as blind");
+    assert_eq!(r.snapshot().down.len(), n as usize);
+    // Back for 10 s: everything revives, nothing is failed over.
+    for _ in 0..100 {
+        beat(&mut r, tick);
+        tick += 1;
+        r.advance(step);
+    }
+    assert!(r.snapshot().down.is_empty());
+    assert!(r.started().is_empty(), "failed over: {}", r.started().len());
+    assert_eq!(r.snapshot().failover_counts.iter().sum::<u64>(), 0);
 }

@@ -151,6 +151,6 @@ impl LivenessConfig {
 
     /// How long failovers stay suspended after the sink stops looking blind.
     pub(super) fn blind_tail_ns(&self) -> u64 {
-        secs_ns(self.overdue_factor * self.heartbeat_interval)
+        secs_ns(self.heartbeat_timeout + self.health_check_interval)
     }
 }

@@ -164,6 +164,10 @@ pub struct Liveness {
     stall_until: u64,
     stall_gap: u64,
     blind_until: u64,
+    /// Heartbeats applied per check over the last `heartbeat_interval`: (from, to, count).
+    heard: std::collections::VecDeque<(u64, u64, u64)>,
+    /// The sink hears almost nothing of its fleet (the rate rule of [`SuspendReason::SinkBlind`]).
+    deaf: bool,
     in_flight: usize,
 }
 
@@ -191,6 +195,8 @@ impl Liveness {
             stall_until: 0,
             stall_gap: 0,
             blind_until: 0,
+            heard: std::collections::VecDeque::new(),
+            deaf: false,
             in_flight: 0,
         }
     }
@@ -446,8 +452,37 @@ impl Liveness {
     /// Whether the fleet reads as the sink being blind now: at least `sink_blind_fraction` of
     /// it (and `partition_min` amphorae) overdue.
     fn blind_now(&self) -> bool {
-        self.overdue >= self.cfg.partition_min.max(1)
-            && self.overdue as f64 >= self.cfg.sink_blind_fraction * self.tracks.len() as f64
+        self.deaf
+            || (self.overdue >= self.cfg.partition_min.max(1)
+                && self.overdue as f64 >= self.cfg.sink_blind_fraction * self.tracks.len() as f64)
+    }
+
+    /// The rate rule: over the last `heartbeat_interval` (at least half of it seen), the
+    /// heartbeats applied fall short of `1 − sink_blind_fraction` of what the amphorae still
+    /// expected to beat (tracked, less the stale ones already failed over) send in that time,
+    /// with enough of them (`partition_min`, and twice that many beats expected) for the share
+    /// to mean something. When the sink's own network fails, this sees it within about one
+    /// interval, before any amphora can be stale; a dying rack or zone only lowers the rate by
+    /// its share.
+    fn hears_almost_nothing(&mut self, last: Option<u64>, now: u64, accepted: u64) -> bool {
+        let window = secs_ns(self.cfg.heartbeat_interval).max(1);
+        if let Some(from) = last {
+            self.heard.push_back((from, now, accepted));
+        }
+        while self.heard.front().is_some_and(|&(_, to, _)| to.saturating_add(window) <= now) {
+            self.heard.pop_front();
+        }
+        let Some(&(from, _, _)) = self.heard.front() else { return false };
+        let span = now.saturating_sub(from).min(window);
+        let heard: u64 = self.heard.iter().map(|e| e.2).sum();
+        let handled_stale = self.stale.saturating_sub(self.candidates.len());
+        let expecting = self.tracks.len().saturating_sub(handled_stale);
+        let min = self.cfg.partition_min.max(1);
+        let expected = expecting as f64 * span as f64 / window as f64;
+        expecting >= min
+            && span >= window / 2
+            && expected >= 2.0 * min as f64
+            && (heard as f64) < (1.0 - self.cfg.sink_blind_fraction) * expected
     }
 
     /// How a group is failed over now.
@@ -528,6 +563,7 @@ impl Liveness {
         let mut out = Check::default();
         let interval = secs_ns(self.cfg.heartbeat_interval);
         // Self-awareness signals first.
+        self.deaf = self.hears_almost_nothing(self.last_check, now, signals.accepted);
         if let Some(last) = self.last_check {
             let gap = now.saturating_sub(last);
             let expected = secs_ns(self.cfg.health_check_interval);

@@ -23,6 +23,8 @@ struct Shard {
 struct Fleet {
     live: Liveness,
     refresh: FxHashMap<Uuid, Shard>,
+    /// Beats since the last check (the `accepted` signal).
+    beats: u64,
 }
 
 impl Fleet {
@@ -33,12 +35,13 @@ impl Fleet {
             live.track(id(i), 0, None, false);
             refresh.insert(id(i), Shard::default());
         }
-        Fleet { live, refresh }
+        Fleet { live, refresh, beats: 0 }
     }
     fn beat(&mut self, i: u8, at: u64) {
         let s = self.refresh.entry(id(i)).or_default();
         s.last = at;
         s.beats += 1;
+        self.beats += 1;
         if std::mem::take(&mut s.watch) {
             self.live.revived(id(i), at);
         }
@@ -53,7 +56,8 @@ impl Fleet {
         })
     }
     fn check(&mut self, at: u64) -> Check {
-        self.check_with(at, Signals::default())
+        let accepted = std::mem::take(&mut self.beats);
+        self.check_with(at, Signals { accepted, ..Signals::default() })
     }
     /// Checks every 3 s from `from` to `to` (as the control thread does), merging the
     /// outcomes; `suspended` is the last check's.
@@ -150,7 +154,7 @@ fn revived_before_end_of_suspension_is_not_failed_over() {
     let mut f = Fleet::new(LivenessConfig { startup_grace: Some(0.0), ..cfg() }, 2);
     assert!(f.run(0, 57).newly_stale.is_empty());
     // Overload at 60 s: drops above the fraction.
-    let c = f.check_with(60 * S, Signals { received: 100, drops: 50, late: 0, ring_fill: 0.0 });
+    let c = f.check_with(60 * S, Signals { received: 100, drops: 50, ..Signals::default() });
     assert_eq!(c.newly_stale.len(), 2);
     assert!(c.start.is_empty());
     assert_eq!(c.suspended[0].label(), "overloaded");

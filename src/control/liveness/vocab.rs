@@ -71,8 +71,12 @@ pub enum SuspendReason {
         /// Seconds until the suspension lifts.
         remaining_s: f64,
     },
-    /// Nearly the whole fleet is overdue at once: the sink's own network or switch is likelier
-    /// than the fleet dying. Every group stops (Kubernetes: every zone in full disruption).
+    /// Nearly the whole fleet is overdue at once, or the sink hears almost none of the
+    /// heartbeats its fleet sends in an interval: the sink's own network or switch is likelier
+    /// than the fleet dying. Every group stops (Kubernetes: every zone in full disruption),
+    /// and stays stopped for `heartbeat_timeout` after it sees again (Kubernetes resets every
+    /// node's probe time when it leaves full disruption), so every amphora has a full timeout
+    /// to be heard before it can be failed over.
     SinkBlind {
         /// Overdue amphorae (stale ones included).
         overdue: usize,
@@ -148,6 +152,10 @@ impl SuspendReason {
 pub struct Signals {
     /// Datagrams received.
     pub received: u64,
+    /// Heartbeats applied (verified, in time) since the last check: the fleet the sink still
+    /// hears. Far fewer than the fleet's usual rate means the sink is blind
+    /// ([`SuspendReason::SinkBlind`]).
+    pub accepted: u64,
     /// Kernel and ring drops.
     pub drops: u64,
     /// Heartbeats dropped as `late`.
