@@ -82,9 +82,14 @@ struct BenchCli {
     /// Skip the Octavia measurements.
     #[arg(long)]
     skip_octavia: bool,
-    /// Scale mode: memory per tracked amphora and control tick cost with N senders.
-    #[arg(long, value_name = "N")]
-    senders: Option<u64>,
+    /// Scale mode, one fresh daemon per size (comma-separated, e.g. 10000,100000,1000000): the
+    /// fill of N senders (time, rate, drops), 30 s at 20,000 heartbeats/s spread over them with
+    /// heartbeat_interval = N/20000 s (RSS per amphora, control tick and health check maxima,
+    /// store writes/s, receive-to-applied p99, drops, CPU per heartbeat, false failovers), then a
+    /// SIGTERM restart under that load (restart time, RSS, kernel drops, failovers). Writes
+    /// OUT/scale.json and prints a Markdown table.
+    #[arg(long, value_name = "N[,N…]", value_delimiter = ',')]
+    senders: Vec<u64>,
     /// Only run the in-process pipeline on N heartbeats (for the instruction-count gate).
     #[arg(long, value_name = "N")]
     pipeline_only: Option<u64>,

@@ -19,13 +19,18 @@
 //!    and of the real `ganeti-confd` on the same `config.data`, and their ratio;
 //!    `--confd-only` runs just this section (merged into an existing bench.json).
 //!
-//! `--senders N` instead measures scale: memory per tracked amphora (RSS ÷ amphorae) and the
-//! control thread's tick cost with N tracked senders. `--pipeline-only N` runs just the
+//! `--senders N[,N…]` instead measures scale ([`scale`]): for each size, a fresh daemon is
+//! filled with N senders (time, rate, drops), then held at 20,000 heartbeats/s spread over the
+//! N senders for 30 s (RSS per tracked amphora, control tick and health check maxima, store
+//! writes/s, receive-to-applied p99, drops, CPU per heartbeat, false failovers), then
+//! restarted under that load (restart time, RSS after, kernel drops, failovers); the report is
+//! `scale.json` and a Markdown table. `--pipeline-only N` runs just the
 //! in-process pipeline on N heartbeats (the function `in_process_run`), for the instruction
 //! count gate in `scripts/instructions.sh`.
 
 mod chart;
 pub mod confd;
+pub mod scale;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -59,8 +64,8 @@ pub struct BenchArgs {
     pub amphorae: u64,
     /// Skip the Octavia measurements.
     pub skip_octavia: bool,
-    /// Scale mode: this many senders.
-    pub senders: Option<u64>,
+    /// Scale mode: one measurement per size, this many senders each (empty: not scale mode).
+    pub senders: Vec<u64>,
     /// Just the in-process pipeline on this many heartbeats.
     pub pipeline_only: Option<u64>,
     /// Offered-load steps as fractions of heartsink's saturated rate.
@@ -388,8 +393,8 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         println!("{}", json!({"heartbeats": n, "accepted": accepted}));
         return Ok(());
     }
-    if let Some(n) = args.senders {
-        return scale(args, n);
+    if !args.senders.is_empty() {
+        return scale::run(args);
     }
     if args.confd_only {
         let (section, lines) = confd::run(&args.confd(), &args.out)?;
@@ -533,15 +538,6 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn task_ms(stats: &Value, name: &str, field: &str) -> f64 {
-    stats["liveness"]["tasks"]
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["name"] == name))
-        .and_then(|t| t[field].as_f64())
-        .unwrap_or(0.0)
-        / 1e6
-}
-
 /// Time from a sender's last heartbeat to its failover record: 100 amphorae beat for 3 s and
 /// stop; heartbeat_timeout 5 s, health_check_interval 1 s (the delay is timeout + up to one
 /// interval, whatever the values).
@@ -591,91 +587,4 @@ fn failover_delay(args: &BenchArgs) -> Result<Value, Error> {
         // Last refresh → failover record started (at most failover_threads per check).
         "to_record_s": gaps("created_ns"),
     }))
-}
-
-fn scale(args: &BenchArgs, n: u64) -> Result<(), Error> {
-    // Deadlines of 60 s (no failovers: a long grace): the fill takes less, and the second pass
-    // below re-arms all of them when they expire.
-    let cfg = args.out.join("scale.toml");
-    std::fs::write(&cfg, "[liveness]\nheartbeat_timeout = 60.0\nstartup_grace = 3600.0\n")?;
-    let serve = start_serve(&args.out.join("serve-scale.log"), &["--config", cfg.to_str().ok_or("path")?])?;
-    let pid = serve.child.id();
-    std::thread::sleep(Duration::from_millis(300));
-    let rss0 = rss_kib(pid);
-    let t0 = Instant::now();
-    let mut pass = 0;
-    let stats = loop {
-        let cfg = LoadConfig {
-            target: serve.heartbeat,
-            key: KEY.into(),
-            amphorae: n,
-            rate: Some(150_000.0),
-            duration: None,
-            count: Some(n),
-            first_seq: pass,
-            // Built before sending: sending then costs only sendmmsg, and the fill is short.
-            prebuilt: true,
-            ..LoadConfig::default()
-        };
-        eprintln!("bench: scale pass {pass}: one heartbeat from each of {n} senders …");
-        crate::load::run(&cfg, &AtomicBool::new(false), true)?;
-        std::thread::sleep(Duration::from_millis(500));
-        let s = get(serve.admin, "/v1/stats")?;
-        pass += 1;
-        if u(&s, &["amphorae"]) >= n || pass >= 4 {
-            break s;
-        }
-    };
-    let amphorae = u(&stats, &["amphorae"]);
-    let rss1 = rss_kib(pid);
-    // Idle ticks with every sender tracked.
-    let mut ticks = Vec::new();
-    for _ in 0..8 {
-        std::thread::sleep(Duration::from_millis(300));
-        ticks.push(get(serve.admin, "/v1/stats")?["control"]["tick_us_last"].as_f64().unwrap_or(0.0));
-    }
-    let idle = get(serve.admin, "/v1/stats")?;
-    let idle_check_ms = task_ms(&idle, "health_check", "last_duration_ns");
-    // Every deadline expires 20 s after the fill; the senders beat once more before that, so
-    // the health check after it re-arms all of them: the worst case of a fleet on one period.
-    let cfg = LoadConfig {
-        target: serve.heartbeat,
-        key: KEY.into(),
-        amphorae: n,
-        rate: Some(150_000.0),
-        count: Some(n),
-        first_seq: 1000,
-        prebuilt: true,
-        ..LoadConfig::default()
-    };
-    eprintln!("bench: scale: a second heartbeat from each sender, then every deadline expires …");
-    crate::load::run(&cfg, &AtomicBool::new(false), true)?;
-    let wait = Duration::from_secs(62).saturating_sub(t0.elapsed());
-    std::thread::sleep(wait + Duration::from_secs(4));
-    let after = get(serve.admin, "/v1/stats")?;
-    let rearm_check_ms = task_ms(&after, "health_check", "max_duration_ns");
-    let flush_ms = task_ms(&after, "store_flush", "max_duration_ns");
-    let per = (rss1.saturating_sub(rss0) as f64 * 1024.0) / amphorae.max(1) as f64;
-    let failover = failover_delay(args)?;
-    let doc = json!({
-        "health_check_ms_idle": idle_check_ms,
-        "health_check_ms_all_deadlines_rearmed": rearm_check_ms,
-        "store_flush_ms_max": flush_ms,
-        "stale_after_rearm": after["liveness"]["stale"],
-        "store": after["liveness"]["store"],
-        "failover_delay": failover,
-        "machine": machine(),
-        "senders": n,
-        "amphorae_tracked": amphorae,
-        "passes": pass,
-        "fill_seconds": t0.elapsed().as_secs_f64(),
-        "rss_before_kib": rss0,
-        "rss_after_kib": rss1,
-        "bytes_per_amphora": per,
-        "control_tick_us_idle": ticks,
-        "control_tick_us_max": stats["control"]["tick_us_max"],
-    });
-    std::fs::write(args.out.join("scale.json"), serde_json::to_vec_pretty(&doc)?)?;
-    println!("{}", serde_json::to_string_pretty(&doc)?);
-    Ok(())
 }

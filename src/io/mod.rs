@@ -1,5 +1,6 @@
 //! Sockets: socket2 set-up, batched receive (`recvmmsg`) and send (`sendmmsg`), the kernel's
-//! drop counter (`SO_RXQ_OVFL`); and `statvfs` for the agent's volume stats. This is the only
+//! drop counter (`SO_RXQ_OVFL`); `statvfs` for the agent's volume stats; and signals and CPU time of
+//! child processes for the benches. This is the only
 //! module with `unsafe`; each block says why it is sound.
 
 mod udp;
@@ -25,6 +26,28 @@ pub fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Sends signal `sig` (e.g. `libc::SIGTERM`) to process `pid`; false when it could not be sent.
+pub fn signal(pid: u32, sig: i32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from `/proc/PID/stat`; `None`
+/// when the process is gone or the file does not read as expected.
+pub fn process_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields are counted after the
+    // last ')'. Field 3 (state) comes first; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf(3) has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
 /// Size and free space of a filesystem, from `statvfs(3)`.

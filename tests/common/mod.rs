@@ -85,6 +85,12 @@ impl Daemon {
         Daemon::spawn(&dir, args, Some(tmp), &[])
     }
 
+    /// Starts the binary with exactly `args` in working directory `dir` (for restarts on fixed
+    /// addresses, e.g. the same heartbeat port while a load keeps sending to it).
+    pub fn start_raw_in(dir: &std::path::Path, args: &[&str]) -> Daemon {
+        Daemon::spawn(dir, args, None, &[])
+    }
+
     fn spawn(dir: &std::path::Path, args: &[&str], tmp: Option<tempfile::TempDir>, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_heartsink"))
             .args(args)
