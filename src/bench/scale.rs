@@ -9,8 +9,8 @@
 //! 2. **Steady state.** The load generator (built at send time, so every heartbeat carries its
 //!    send time) sends 20,000 heartbeats/s spread over the N senders, so that each beats at its
 //!    configured interval: `heartbeat_interval = N / 20000` s, `heartbeat_timeout = 3 ×` that
-//!    (at least 5 s), `health_check_interval = 1` s, `startup_grace` left at its default (the
-//!    timeout). After a 2 s warm-up, over a 30 s window:
+//!    (at least 5 s), `health_check_interval = 1` s, `startup_grace = 2` s (over before the
+//!    steady window: the rules are in force). After a 2 s warm-up, over a 30 s window:
 //!    - bytes of RSS per tracked amphora ((RSS at the window's end − RSS of the empty daemon)
 //!      ÷ tracked; `VmRSS` of `/proc/PID/status`);
 //!    - the control thread's longest tick and the health check's longest run in the window.
@@ -29,9 +29,9 @@
 //!    kernel and ring drops of the new process in its first 10 s (read when it first answers,
 //!    if its start took longer), and 10 s later with its stale count and failover records.
 //!
-//! With the default `startup_grace` (one `heartbeat_timeout`: 150 s at 1M) the whole run of
-//! the larger sizes is inside the grace, so the failover counts there show records the rules
-//! created despite it (none expected), not what the rules would do after it.
+//! At 1M the timeout (150 s) is longer than the whole run, so no amphora can go stale there:
+//! its failover count shows nothing about the rules; 10k and 100k (timeouts of 5 and 15 s)
+//! do.
 //!
 //! Each size takes about a minute (10k) to three (1M). The report goes to
 //! `OUT/scale.json` (rewritten after each size) and stdout, with a Markdown table at the end.
@@ -446,7 +446,8 @@ fn measure(out: &Path, n: u64) -> Result<Value, Error> {
     std::fs::write(
         &config,
         format!(
-            "[liveness]\nheartbeat_interval = {interval}\nheartbeat_timeout = {timeout}\nhealth_check_interval = 1.0\n"
+            "[liveness]\nheartbeat_interval = {interval}\nheartbeat_timeout = {timeout}\nhealth_check_interval = 1.0\n\
+             startup_grace = 2.0\n"
         ),
     )?;
     let data_dir = dir.join("data");
@@ -479,7 +480,7 @@ fn measure(out: &Path, n: u64) -> Result<Value, Error> {
     Ok(json!({
         "senders": n,
         "config": {"heartbeat_interval": interval, "heartbeat_timeout": timeout, "health_check_interval": 1.0,
-                   "startup_grace": timeout, "steady_rate": STEADY_RATE},
+                   "startup_grace": 2.0, "steady_rate": STEADY_RATE},
         "rss_kib_empty": rss_empty,
         "rss_kib_filled": rss_filled,
         "fill": fill,

@@ -110,49 +110,33 @@ impl Fleet {
         std::mem::take(&mut self.changed)
     }
 
-    /// Restores amphorae into the shards and failover records; pending and in-progress records
-    /// are queued to run again (at least once).
+    /// Restores amphorae into the shards, one stored row at a time, then the failover records;
+    /// pending and in-progress records are queued to run again (at least once). `amphorae`
+    /// calls its argument with each stored amphora row (the store streams them: a million rows
+    /// are never held in memory at once).
     ///
     /// An amphora's row is written on its transitions and by the sweep, not on every
     /// heartbeat, so its stored last refresh may be old; `heard_at` is when the sink last
     /// recorded itself running (its `report_state` record): an amphora not stale then had
     /// refreshed within `heartbeat_timeout` of it, so its last refresh is restored as at least
     /// `heard_at − heartbeat_timeout`.
-    pub fn restore(&mut self, loaded: &Loaded, heard_at: Option<u64>, shards: &Shards) -> Result<Restored, StoreError> {
+    pub fn restore(
+        &mut self,
+        amphorae: impl FnOnce(&mut crate::store::RowVisitor<'_>) -> Result<(), StoreError>,
+        loaded: &Loaded,
+        heard_at: Option<u64>,
+        shards: &Shards,
+    ) -> Result<Restored, StoreError> {
         let floor = heard_at.map_or(0, |t| t.saturating_sub(self.live.config().timeout_ns()));
         let mut report = Restored::default();
-        // Row by row: a million rows are never decoded into one vector next to their bytes.
-        for row in loaded.rows_of(Table::Amphorae) {
-            let (key, stored): (Key, StoredAmphora) = row?;
-            let Key::Id(bytes) = key else { continue };
+        amphorae(&mut |key, bytes| {
+            let Key::Id(raw) = key else { return Ok(()) };
+            let stored: StoredAmphora = serde_json::from_slice(bytes)
+                .map_err(|e| StoreError::Decode(format!("{:?} {key:?}: {e}", Table::Amphorae)))?;
             report.amphorae += 1;
-            let id = Uuid::from_bytes(bytes);
-            let mut state = stored.state.restored();
-            state.stale = stored.stale_since_ns.is_some();
-            if !state.stale && state.last_refresh_ns > 0 {
-                state.last_refresh_ns = state.last_refresh_ns.max(floor);
-            }
-            let health = AmphoraHealth {
-                operating_status: state.operating_status,
-                liveness: if state.stale { Live::Stale } else { Live::Alive },
-                last_refresh_ns: state.last_refresh_ns,
-                first_seen_ns: state.first_seen_ns,
-                load_balancer: stored.load_balancer,
-                expected_listeners: state.expected_listeners,
-                zone: stored.zone.clone(),
-                failover: None,
-            };
-            self.live.track(id, state.last_refresh_ns, stored.stale_since_ns, stored.handled);
-            self.live.set_group(&id, GroupKey::of(stored.zone.as_deref(), stored.load_balancer));
-            if stored.stale_since_ns.is_some() {
-                self.down.insert(id);
-            }
-            if let Some(lb) = stored.load_balancer {
-                self.lbs.entry(lb).or_default().insert(id);
-            }
-            self.health.insert(id, health);
-            shards.insert_if_absent(id, state);
-        }
+            self.restore_amphora(Uuid::from_bytes(raw), stored, floor, shards);
+            Ok(())
+        })?;
         let records: Vec<(Key, FailoverRecord)> = loaded.decode(Table::Failovers)?;
         report.records = records.len();
         for (_, mut r) in records {
@@ -171,6 +155,34 @@ impl Fleet {
         }
         self.changed = true;
         Ok(report)
+    }
+
+    fn restore_amphora(&mut self, id: Uuid, stored: StoredAmphora, floor: u64, shards: &Shards) {
+        let mut state = stored.state.restored();
+        state.stale = stored.stale_since_ns.is_some();
+        if !state.stale && state.last_refresh_ns > 0 {
+            state.last_refresh_ns = state.last_refresh_ns.max(floor);
+        }
+        let health = AmphoraHealth {
+            operating_status: state.operating_status,
+            liveness: if state.stale { Live::Stale } else { Live::Alive },
+            last_refresh_ns: state.last_refresh_ns,
+            first_seen_ns: state.first_seen_ns,
+            load_balancer: stored.load_balancer,
+            expected_listeners: state.expected_listeners,
+            zone: stored.zone.clone(),
+            failover: None,
+        };
+        self.live.track(id, state.last_refresh_ns, stored.stale_since_ns, stored.handled);
+        self.live.set_group(&id, GroupKey::of(stored.zone.as_deref(), stored.load_balancer));
+        if stored.stale_since_ns.is_some() {
+            self.down.insert(id);
+        }
+        if let Some(lb) = stored.load_balancer {
+            self.lbs.entry(lb).or_default().insert(id);
+        }
+        self.health.insert(id, health);
+        shards.insert_if_absent(id, state);
     }
 
     /// Applies batches of change records from the workers. `shards` is read once per new

@@ -294,6 +294,9 @@ const FIGURES_EVERY_NS: u64 = 250_000_000;
 /// flushed again every round until it is below this, not only every `store_flush_interval`.
 pub const FLUSH_MAX: usize = 4_096;
 
+/// Rows a graceful stop lets wait in the writer's queue before it waits for their commit.
+const STOP_QUEUE_ROWS: usize = 100_000;
+
 /// Most amphora rows read from one shard under one lock at a flush.
 const FLUSH_LOCK_ROWS: usize = 64;
 
@@ -451,7 +454,7 @@ impl Control {
                 "{file}: {e}; this version cannot read it: restore a backup, or move the file away to start empty"
             )))
         };
-        let mut loaded = durable.load().map_err(ControlError::Store)?;
+        let loaded = durable.load().map_err(ControlError::Store)?;
         let mut heard_at = None;
         if let Ok(meta) = loaded.decode::<serde_json::Value>(Table::Meta) {
             for (k, v) in meta {
@@ -462,8 +465,7 @@ impl Control {
             }
         }
         let shards = self.engine.pipeline.shards.clone();
-        let r = self.fleet.restore(&loaded, heard_at, &shards).map_err(unusable)?;
-        loaded.drop_table(Table::Amphorae);
+        let r = self.fleet.restore(|f| durable.each_amphora(f), &loaded, heard_at, &shards).map_err(unusable)?;
         self.services.restore(&loaded).map_err(unusable)?;
         self.volumes.restore(&loaded).map_err(unusable)?;
         drop(loaded);
@@ -561,9 +563,15 @@ impl Control {
     /// Flushes a backlog of marked amphorae larger than one flush (a fleet filling up) without
     /// waiting for the flush task, one bounded flush per round.
     pub fn flush_backlog(&mut self) {
-        if self.writes.amphorae.len() >= FLUSH_MAX {
+        if self.has_backlog() {
             self.flush(None);
         }
+    }
+
+    /// Whether more amphorae are marked than one flush writes: the control loop then comes
+    /// round again at once rather than after an idle tick.
+    pub fn has_backlog(&self) -> bool {
+        self.writes.amphorae.len() >= FLUSH_MAX
     }
 
     /// When the next task is due.
@@ -823,18 +831,29 @@ impl Control {
         // the sweep writes them).
         self.fleet.mark_all(&mut self.writes);
         // Pending (not started) failovers stay pending in the store and run after a restart.
-        // Everything marked is written at a graceful stop, FLUSH_MAX rows at a time; a failing
-        // store is given its writer's stop budget, not the call timeout.
+        // Everything marked is written at a graceful stop, FLUSH_MAX rows a flush, without
+        // waiting for each commit: the writer merges what waits into one transaction. Only
+        // when STOP_QUEUE_ROWS rows wait does the stop wait for them, which bounds the memory
+        // of a million rows in flight. A failing store is given its writer's stop budget, not
+        // the call timeout.
         let wait = if self.store_failing { crate::store::STOP_RETRY } else { Duration::from_secs(30) };
+        let mut queued = 0usize;
         loop {
-            let (tx, rx) = channel::bounded(1);
-            let submitted = self.flush(Some(Box::new(move |r| {
-                let _ = tx.send(r.is_ok());
-            })));
-            if submitted {
-                let _ = rx.recv_timeout(wait);
-            }
-            if !submitted || self.writes.amphorae.is_empty() {
+            let last = self.writes.amphorae.len() <= FLUSH_MAX;
+            queued += self.writes.amphorae.len().min(FLUSH_MAX);
+            if last || queued >= STOP_QUEUE_ROWS {
+                let (tx, rx) = channel::bounded(1);
+                let submitted = self.flush(Some(Box::new(move |r| {
+                    let _ = tx.send(r.is_ok());
+                })));
+                if submitted {
+                    let _ = rx.recv_timeout(wait);
+                }
+                queued = 0;
+                if !submitted || self.writes.amphorae.is_empty() {
+                    break;
+                }
+            } else if !self.flush(None) {
                 break;
             }
         }
@@ -874,7 +893,11 @@ pub fn run(mut ctl: Control, outputs: &Outputs) {
     let elapsed = |start: Instant| start.elapsed().as_nanos() as u64;
     loop {
         let now = ctl.clock.now_ns();
-        let wait = ctl.next_due().map_or(TICK, |due| Duration::from_nanos(due.saturating_sub(now)).min(TICK));
+        let wait = if ctl.has_backlog() {
+            Duration::ZERO
+        } else {
+            ctl.next_due().map_or(TICK, |due| Duration::from_nanos(due.saturating_sub(now)).min(TICK))
+        };
         let mut stop = false;
         crossbeam::select! {
             recv(changes) -> msg => match msg {

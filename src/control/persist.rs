@@ -16,7 +16,7 @@ use rustc_hash::FxHashSet;
 
 use super::snapshot::StoreStatus;
 use crate::proto::octavia::Uuid;
-use crate::store::{Done, Job, Loaded, Store, StoreError, WriteBatch, Writer};
+use crate::store::{Done, Job, Loaded, Store, StoreError, Table, WriteBatch, Writer};
 
 /// What the parts of the control plane queued for the store in this round.
 #[derive(Debug, Default)]
@@ -36,8 +36,10 @@ impl Writes {
 
 /// Where flushed batches go.
 pub trait Durable: Send {
-    /// Everything stored, for the restore at start.
+    /// Everything stored but the amphora rows, for the restore at start.
     fn load(&self) -> Result<Loaded, StoreError>;
+    /// Calls `f` with each stored amphora row (key, JSON), streamed from the store.
+    fn each_amphora(&self, f: &mut crate::store::RowVisitor<'_>) -> Result<(), StoreError>;
     /// Writes `batch` behind; `done` is called with the outcome once it is durable.
     fn submit(&mut self, batch: WriteBatch, done: Option<Done>);
     /// The store's figures.
@@ -72,7 +74,11 @@ impl StoreDurable {
 
 impl Durable for StoreDurable {
     fn load(&self) -> Result<Loaded, StoreError> {
-        self.store.load()
+        self.store.load_small()
+    }
+
+    fn each_amphora(&self, f: &mut crate::store::RowVisitor<'_>) -> Result<(), StoreError> {
+        self.store.each_amphora(f)
     }
 
     fn submit(&mut self, batch: WriteBatch, done: Option<Done>) {
@@ -183,6 +189,15 @@ impl MemoryDurable {
 impl Durable for MemoryDurable {
     fn load(&self) -> Result<Loaded, StoreError> {
         Ok(self.loaded())
+    }
+
+    fn each_amphora(&self, f: &mut crate::store::RowVisitor<'_>) -> Result<(), StoreError> {
+        for (table, key, value) in self.loaded().rows {
+            if table == Table::Amphorae {
+                f(key, &value)?;
+            }
+        }
+        Ok(())
     }
 
     fn submit(&mut self, batch: WriteBatch, done: Option<Done>) {

@@ -367,3 +367,35 @@ fn a_fleet_slower_than_configured_going_dark_is_seen_blind_by_its_rate() {
     assert!(r.started().is_empty(), "failed over: {}", r.started().len());
     assert_eq!(r.snapshot().failover_counts.iter().sum::<u64>(), 0);
 }
+
+/// A fleet beating every 8 s though the sink is told 1 s (timeout 30 s): the rate rule judges
+/// by learned intervals, so the sink does not read as blind, and one amphora that dies is
+/// failed over on time.
+#[test]
+fn a_fleet_slower_than_configured_is_not_blind_and_its_dead_are_failed_over() {
+    let mut c = super::tests::cfg();
+    c.liveness.heartbeat_interval = 1.0;
+    c.liveness.heartbeat_timeout = 30.0;
+    c.liveness.health_check_interval = 1.0;
+    let mut r = ControlRig::with(c, T0, None);
+    let n = 400u64;
+    let every = 8u64; // steps of 1 s
+    let mut last_beat_of_7 = 0;
+    for tick in 0..120u64 {
+        let dead = tick >= 60;
+        let ids: Vec<u64> = (0..n).filter(|i| i % every == tick % every && !(dead && *i == 7)).collect();
+        if ids.contains(&7) {
+            last_beat_of_7 = r.now();
+        }
+        r.beat(ids);
+        r.advance(S);
+        if tick >= 30 {
+            let labels: Vec<&str> = r.snapshot().suspended.iter().map(|s| s.label()).collect();
+            assert!(labels.is_empty(), "at {tick} s: {labels:?}");
+        }
+    }
+    let started = r.started();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0].amphora, amphora(7));
+    assert!(started[0].created_ns <= last_beat_of_7 + 31 * S, "{:?}", started[0]);
+}

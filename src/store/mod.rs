@@ -47,6 +47,9 @@ const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
 /// daemon's memory for the fleet (redb's default is 1 GiB).
 pub const CACHE_BYTES: usize = 32 << 20;
 
+/// A visitor of stored rows (key, JSON value); an error stops the walk and is returned.
+pub type RowVisitor<'a> = dyn FnMut(Key, &[u8]) -> Result<(), StoreError> + 'a;
+
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "heartsink.redb";
 
@@ -196,25 +199,6 @@ impl Loaded {
         Loaded { rows }
     }
 
-    /// The rows of one table, decoded one at a time; a row that does not decode is an error
-    /// naming its key.
-    pub fn rows_of<T: serde::de::DeserializeOwned>(
-        &self,
-        table: Table,
-    ) -> impl Iterator<Item = Result<(Key, T), StoreError>> + '_ {
-        self.rows.iter().filter(move |(t, _, _)| *t == table).map(move |(_, k, v)| {
-            serde_json::from_slice(v)
-                .map(|t| (k.clone(), t))
-                .map_err(|e| StoreError::Decode(format!("{table:?} {k:?}: {e}")))
-        })
-    }
-
-    /// Drops the rows of one table (restored: their bytes are no longer needed).
-    pub fn drop_table(&mut self, table: Table) {
-        self.rows.retain(|(t, _, _)| *t != table);
-        self.rows.shrink_to_fit();
-    }
-
     /// The rows of one table, decoded; a row that does not decode is an error naming its key.
     pub fn decode<T: serde::de::DeserializeOwned>(&self, table: Table) -> Result<Vec<(Key, T)>, StoreError> {
         self.rows
@@ -312,8 +296,10 @@ fn open_file_with(path: &Path, faults: &Arc<Faults>, check: bool, create: bool) 
             .create_with_backend(backend)
             .map_err(db_failure)?;
         if check {
-            // Read every row once: what the restore will read must be readable.
-            load_db(&db).map_err(|e| OpenFailure { reason: e.to_string(), corrupt: true })?;
+            // Read every row once (nothing kept): what the restore will read must be readable.
+            each_amphora_db(&db, &mut |_, _| Ok(()))
+                .and_then(|()| load_db(&db, false))
+                .map_err(|e| OpenFailure { reason: e.to_string(), corrupt: true })?;
         }
         Ok(db)
     }));
@@ -444,7 +430,22 @@ impl Store {
     pub fn load(&self) -> Result<Loaded, StoreError> {
         let guard = self.db.lock();
         let db = guard.as_ref().ok_or_else(|| StoreError::Open("not open after a failed write".into()))?;
-        load_db(db)
+        load_db(db, true)
+    }
+
+    /// Everything stored but the amphora rows (read with [`Store::each_amphora`]).
+    pub fn load_small(&self) -> Result<Loaded, StoreError> {
+        let guard = self.db.lock();
+        let db = guard.as_ref().ok_or_else(|| StoreError::Open("not open after a failed write".into()))?;
+        load_db(db, false)
+    }
+
+    /// Calls `f` with each stored amphora row, in key order, straight from one read
+    /// transaction: no copy of the table is held.
+    pub fn each_amphora(&self, f: &mut RowVisitor<'_>) -> Result<(), StoreError> {
+        let guard = self.db.lock();
+        let db = guard.as_ref().ok_or_else(|| StoreError::Open("not open after a failed write".into()))?;
+        each_amphora_db(db, f)
     }
 }
 
@@ -482,17 +483,28 @@ fn commit_db<'a>(
     txn.commit().map_err(tx_err)
 }
 
-fn load_db(db: &Database) -> Result<Loaded, StoreError> {
+fn each_amphora_db(db: &Database, f: &mut RowVisitor<'_>) -> Result<(), StoreError> {
     let txn = db.begin_read().map_err(tx_err)?;
-    let mut rows = Vec::new();
     for entry in txn.open_table(AMPHORAE).map_err(tx_err)?.iter().map_err(tx_err)? {
         let (k, v) = entry.map_err(tx_err)?;
         let id: [u8; 16] = k
             .value()
             .try_into()
             .map_err(|_| StoreError::Decode(format!("amphora key of {} bytes", k.value().len())))?;
-        rows.push((Table::Amphorae, Key::Id(id), v.value().to_vec()));
+        f(Key::Id(id), v.value())?;
     }
+    Ok(())
+}
+
+fn load_db(db: &Database, amphorae: bool) -> Result<Loaded, StoreError> {
+    let mut rows = Vec::new();
+    if amphorae {
+        each_amphora_db(db, &mut |k, v| {
+            rows.push((Table::Amphorae, k, v.to_vec()));
+            Ok(())
+        })?;
+    }
+    let txn = db.begin_read().map_err(tx_err)?;
     for (def, table) in [(FAILOVERS, Table::Failovers), (VOLUMES, Table::Volumes)] {
         for entry in txn.open_table(def).map_err(tx_err)?.iter().map_err(tx_err)? {
             let (k, v) = entry.map_err(tx_err)?;

@@ -149,6 +149,13 @@ impl LivenessConfig {
         secs_ns(self.overdue_factor * usual.max(self.health_check_interval)).min(self.timeout_ns())
     }
 
+    /// Heartbeats per second of an amphora whose learned usual interval is `usual_us` (0: not
+    /// learned, `heartbeat_interval`).
+    pub(super) fn usual_rate(&self, usual_us: u32) -> f64 {
+        let usual = if usual_us == 0 { self.heartbeat_interval } else { f64::from(usual_us) / 1e6 };
+        1.0 / usual.max(1e-3)
+    }
+
     /// How long failovers stay suspended after the sink stops looking blind.
     pub(super) fn blind_tail_ns(&self) -> u64 {
         secs_ns(self.heartbeat_timeout + self.health_check_interval)

@@ -76,6 +76,16 @@ const GROUPS_LISTED: usize = 16;
 /// interval late by the check after it.
 const SLOTS_PER_CHECK: u64 = 8;
 
+/// A learned interval updated with `sample` (µs): the sample itself first, then an EWMA of
+/// weight 1/4.
+fn ewma_us(usual_us: u32, sample: u32) -> u32 {
+    if usual_us == 0 {
+        sample
+    } else {
+        ((u64::from(usual_us) * 3 + u64::from(sample)) / 4) as u32
+    }
+}
+
 /// The wheel for `cfg`, its first slot holding `now`.
 fn wheel_for(cfg: &LivenessConfig, now: u64) -> Wheel {
     let width = (secs_ns(cfg.health_check_interval) / SLOTS_PER_CHECK).max(1_000_000);
@@ -168,6 +178,11 @@ pub struct Liveness {
     heard: std::collections::VecDeque<(u64, u64, u64)>,
     /// The sink hears almost nothing of its fleet (the rate rule of [`SuspendReason::SinkBlind`]).
     deaf: bool,
+    /// Amphorae expected to beat (tracked, less the stale ones already failed over).
+    expecting: usize,
+    /// Their heartbeats per second, from their learned usual intervals (the prior where not
+    /// learned yet).
+    expected_rate: f64,
     in_flight: usize,
 }
 
@@ -197,6 +212,8 @@ impl Liveness {
             blind_until: 0,
             heard: std::collections::VecDeque::new(),
             deaf: false,
+            expecting: 0,
+            expected_rate: 0.0,
             in_flight: 0,
         }
     }
@@ -212,6 +229,13 @@ impl Liveness {
         let rebuild = cfg.health_check_interval != self.cfg.health_check_interval
             || cfg.heartbeat_timeout != self.cfg.heartbeat_timeout;
         self.cfg = cfg;
+        // The prior rate of amphorae not learned yet may have changed.
+        self.expected_rate = self
+            .tracks
+            .values()
+            .filter(|t| !(t.stale_since.is_some() && t.handled))
+            .map(|t| self.cfg.usual_rate(t.usual_us))
+            .sum();
         if rebuild {
             // Another slot width or horizon: every armed deadline moves into the new wheel.
             let now = self.last_check.unwrap_or(self.started);
@@ -295,6 +319,13 @@ impl Liveness {
     /// Adds (`sign` 1) or removes (-1) a track's contribution to its group's counts.
     fn count(&mut self, t: &Track, sign: isize) {
         let candidate = t.stale_since.is_some() && !t.handled;
+        if !(t.stale_since.is_some() && t.handled) {
+            // Still expected to beat: its usual rate counts towards what the sink should hear.
+            let rate = self.cfg.usual_rate(t.usual_us);
+            self.expecting = self.expecting.saturating_add_signed(sign);
+            self.expected_rate =
+                if self.expecting == 0 { 0.0 } else { (self.expected_rate + sign as f64 * rate).max(0.0) };
+        }
         let Some(g) = self.groups.get_mut(&t.group) else { return };
         let add = |n: &mut usize, on: bool| {
             if on {
@@ -415,12 +446,22 @@ impl Liveness {
         }
         let cfg = &self.cfg;
         let last = last_refresh.max(t.last_refresh);
-        let deadline = last.saturating_add(cfg.overdue_after(t.usual_us));
+        // An overdue (not stale) amphora's first refreshing beat after the probe that found it
+        // silent is one interval after the refresh that probe read: a sample of its usual
+        // interval. Without it, a fleet beating slower than `heartbeat_interval` would never
+        // learn its interval (every probe would find it overdue, every beat revive it).
+        let mut usual_us = t.usual_us;
+        if !was_stale && t.last_refresh > 0 && last > t.last_refresh {
+            let sample = ((last - t.last_refresh) / 1000).clamp(1, u64::from(u32::MAX)) as u32;
+            usual_us = ewma_us(t.usual_us, sample);
+        }
+        let deadline = last.saturating_add(cfg.overdue_after(usual_us));
         self.update(&id, |t| {
             t.stale_since = None;
             t.overdue = false;
             t.handled = false;
             t.last_refresh = last;
+            t.usual_us = usual_us;
             // The count read with the old refresh no longer matches: learn from the next pair.
             t.counted = false;
             t.deadline = deadline;
@@ -457,15 +498,22 @@ impl Liveness {
                 && self.overdue as f64 >= self.cfg.sink_blind_fraction * self.tracks.len() as f64)
     }
 
-    /// The rate rule: over the last `heartbeat_interval` (at least half of it seen), the
-    /// heartbeats applied fall short of `1 − sink_blind_fraction` of what the amphorae still
-    /// expected to beat (tracked, less the stale ones already failed over) send in that time,
-    /// with enough of them (`partition_min`, and twice that many beats expected) for the share
-    /// to mean something. When the sink's own network fails, this sees it within about one
-    /// interval, before any amphora can be stale; a dying rack or zone only lowers the rate by
-    /// its share.
+    /// The rate rule: over the last usual interval of the fleet (its mean learned interval, at
+    /// least `heartbeat_interval`'s floor of one check, at most half the timeout; at least half
+    /// of it seen), the heartbeats applied fall short of `1 − sink_blind_fraction` of what the
+    /// amphorae still expected to beat (tracked, less the stale ones already failed over) send
+    /// in that time at their learned rates, with enough of them (`partition_min`, and twice
+    /// that many beats expected) for the share to mean something. When the sink's own network
+    /// fails, this sees it within about one interval, before any amphora can be stale; a dying
+    /// rack or zone only lowers the rate by its share. Learned rates, not the configured
+    /// interval, so a fleet beating slower than configured does not read as blind.
     fn hears_almost_nothing(&mut self, last: Option<u64>, now: u64, accepted: u64) -> bool {
-        let window = secs_ns(self.cfg.heartbeat_interval).max(1);
+        let mean_s = if self.expected_rate > 0.0 {
+            self.expecting as f64 / self.expected_rate
+        } else {
+            self.cfg.heartbeat_interval
+        };
+        let window = secs_ns(mean_s.max(self.cfg.health_check_interval)).min(self.cfg.timeout_ns() / 2).max(1);
         if let Some(from) = last {
             self.heard.push_back((from, now, accepted));
         }
@@ -475,11 +523,9 @@ impl Liveness {
         let Some(&(from, _, _)) = self.heard.front() else { return false };
         let span = now.saturating_sub(from).min(window);
         let heard: u64 = self.heard.iter().map(|e| e.2).sum();
-        let handled_stale = self.stale.saturating_sub(self.candidates.len());
-        let expecting = self.tracks.len().saturating_sub(handled_stale);
         let min = self.cfg.partition_min.max(1);
-        let expected = expecting as f64 * span as f64 / window as f64;
-        expecting >= min
+        let expected = self.expected_rate * span as f64 / 1e9;
+        self.expecting >= min
             && span >= window / 2
             && expected >= 2.0 * min as f64
             && (heard as f64) < (1.0 - self.cfg.sink_blind_fraction) * expected
@@ -713,13 +759,7 @@ impl Liveness {
             let n = beats.wrapping_sub(t.beats);
             if t.counted && refreshed > t.last_refresh && n > 0 && n < u32::MAX / 2 {
                 let sample = ((refreshed - t.last_refresh) / 1000 / u64::from(n)).clamp(1, u64::from(u32::MAX));
-                let sample = sample as u32;
-                next.usual_us = if t.usual_us == 0 {
-                    sample
-                } else {
-                    // EWMA, weight 1/4.
-                    ((u64::from(t.usual_us) * 3 + u64::from(sample)) / 4) as u32
-                };
+                next.usual_us = ewma_us(t.usual_us, sample as u32);
             }
             next.beats = beats;
             next.counted = true;
