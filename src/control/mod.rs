@@ -290,12 +290,16 @@ const CHANGE_BATCHES_PER_ROUND: usize = 32;
 const FIGURES_EVERY_NS: u64 = 250_000_000;
 
 /// Most amphora records written per flush (a flush serializes them on the control thread: about
-/// 10 ms at this size, so a round stays short). A larger backlog (a fleet filling up) is
+/// 5 ms at this size, so a round stays short). A larger backlog (a fleet filling up) is
 /// flushed again every round until it is below this, not only every `store_flush_interval`.
-pub const FLUSH_MAX: usize = 4_096;
+pub const FLUSH_MAX: usize = 2_048;
+
+/// Rows in flight to the store writer (submitted, not committed) above which a backlog waits
+/// for the flush task instead of being flushed every round.
+const BACKLOG_IN_FLIGHT: usize = 32_768;
 
 /// Rows a graceful stop lets wait in the writer's queue before it waits for their commit.
-const STOP_QUEUE_ROWS: usize = 100_000;
+const STOP_QUEUE_ROWS: usize = BACKLOG_IN_FLIGHT;
 
 /// Most amphora rows read from one shard under one lock at a flush.
 const FLUSH_LOCK_ROWS: usize = 64;
@@ -345,6 +349,8 @@ pub struct Control {
     started_ns: u64,
     report_count: u64,
     store_failing: bool,
+    /// Rows submitted to the store and not yet committed.
+    unacked: Arc<std::sync::atomic::AtomicUsize>,
     /// Amphora rows the sweep may mark (fractional credit carried between flushes).
     sweep_credit: f64,
     swept_ns: u64,
@@ -412,6 +418,7 @@ impl Control {
             started_ns: now,
             report_count: 0,
             store_failing: false,
+            unacked: Arc::default(),
             sweep_credit: 0.0,
             swept_ns: now,
             clock,
@@ -571,7 +578,7 @@ impl Control {
     /// Whether more amphorae are marked than one flush writes: the control loop then comes
     /// round again at once rather than after an idle tick.
     pub fn has_backlog(&self) -> bool {
-        self.writes.amphorae.len() >= FLUSH_MAX
+        self.writes.amphorae.len() >= FLUSH_MAX && self.unacked.load(Ordering::Relaxed) < BACKLOG_IN_FLIGHT
     }
 
     /// When the next task is due.
@@ -743,7 +750,20 @@ impl Control {
             }
             return false;
         }
-        durable.submit(batch, done);
+        // Rows in flight to the writer, until their commit: the backlog flushes wait while
+        // many are (a store slower than the control thread is not fed rows it would spill).
+        let rows = batch.len();
+        let unacked = self.unacked.clone();
+        unacked.fetch_add(rows, Ordering::Relaxed);
+        durable.submit(
+            batch,
+            Some(Box::new(move |r| {
+                unacked.fetch_sub(rows, Ordering::Relaxed);
+                if let Some(done) = done {
+                    done(r);
+                }
+            })),
+        );
         true
     }
 
