@@ -118,8 +118,10 @@ impl Fleet {
     /// An amphora's row is written on its transitions and by the sweep, not on every
     /// heartbeat, so its stored last refresh may be old; `heard_at` is when the sink last
     /// recorded itself running (its `report_state` record): an amphora not stale then had
-    /// refreshed within `heartbeat_timeout` of it, so its last refresh is restored as at least
-    /// `heard_at − heartbeat_timeout`.
+    /// refreshed within about `heartbeat_timeout` of it (expiry may lag a little), so its last
+    /// refresh is shown as at least `heard_at − heartbeat_timeout`. Liveness does not judge by
+    /// it: the restart treats every amphora not stale as heard at the restore's end
+    /// ([`Fleet::restart_grace`]).
     pub fn restore(
         &mut self,
         amphorae: impl FnOnce(&mut crate::store::RowVisitor<'_>) -> Result<(), StoreError>,
@@ -129,14 +131,27 @@ impl Fleet {
     ) -> Result<Restored, StoreError> {
         let floor = heard_at.map_or(0, |t| t.saturating_sub(self.live.config().timeout_ns()));
         let mut report = Restored::default();
+        let mut health = Vec::new();
         amphorae(&mut |key, bytes| {
             let Key::Id(raw) = key else { return Ok(()) };
             let stored: StoredAmphora = serde_json::from_slice(bytes)
                 .map_err(|e| StoreError::Decode(format!("{:?} {key:?}: {e}", Table::Amphorae)))?;
             report.amphorae += 1;
-            self.restore_amphora(Uuid::from_bytes(raw), stored, floor, shards);
+            let id = Uuid::from_bytes(raw);
+            health.push((id, self.restore_amphora(id, stored, floor, shards)));
             Ok(())
         })?;
+        // The rows come in id order; inserted in that order, the published B-tree would keep
+        // every node half full (each split leaves its left half alone for good), half as large
+        // again as the same map filled by live traffic. Inserted in a hashed order instead.
+        health.sort_unstable_by_key(|(id, _)| {
+            let b = id.as_bytes();
+            u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]])
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        });
+        for (id, h) in health {
+            self.health.insert(id, h);
+        }
         let records: Vec<(Key, FailoverRecord)> = loaded.decode(Table::Failovers)?;
         report.records = records.len();
         for (_, mut r) in records {
@@ -157,7 +172,9 @@ impl Fleet {
         Ok(report)
     }
 
-    fn restore_amphora(&mut self, id: Uuid, stored: StoredAmphora, floor: u64, shards: &Shards) {
+    /// Restores one amphora into the shards and the liveness machine; returns its published
+    /// health (inserted by the caller).
+    fn restore_amphora(&mut self, id: Uuid, stored: StoredAmphora, floor: u64, shards: &Shards) -> AmphoraHealth {
         let mut state = stored.state.restored();
         state.stale = stored.stale_since_ns.is_some();
         if !state.stale && state.last_refresh_ns > 0 {
@@ -181,8 +198,8 @@ impl Fleet {
         if let Some(lb) = stored.load_balancer {
             self.lbs.entry(lb).or_default().insert(id);
         }
-        self.health.insert(id, health);
         shards.insert_if_absent(id, state);
+        health
     }
 
     /// Applies batches of change records from the workers. `shards` is read once per new
@@ -337,7 +354,8 @@ impl Fleet {
     /// Expires passed deadlines between health checks (each control round), at most
     /// `budget`: re-armed refreshes are published, newly stale amphorae recorded; failovers
     /// are still decided only by [`Fleet::health_check`].
-    pub fn advance(&mut self, now: u64, budget: usize, shards: &Shards, out: &mut Writes) {
+    /// Returns whether passed deadlines are left beyond `budget`.
+    pub fn advance(&mut self, now: u64, budget: usize, shards: &Shards, out: &mut Writes) -> bool {
         let check = self.live.advance(now, budget, |id, watch_upto| {
             shards.with_mut(id, |s| {
                 if s.last_refresh_ns <= watch_upto {
@@ -347,6 +365,7 @@ impl Fleet {
             })
         });
         self.absorb(&check, now, out);
+        self.live.behind()
     }
 
     /// The re-armed and newly stale amphorae of an expiry.

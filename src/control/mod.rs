@@ -182,11 +182,13 @@ impl LifecycleConfig {
             ("periodic_fuzzy_delay", self.periodic_fuzzy_delay),
             ("graceful_shutdown_timeout", self.graceful_shutdown_timeout),
             ("service_down_time", self.service_down_time),
-            ("amphora_sweep_rate", self.amphora_sweep_rate),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(SettingError::new(format!("service.{name}"), "a non-negative number of seconds"));
             }
+        }
+        if !(self.amphora_sweep_rate.is_finite() && self.amphora_sweep_rate >= 0.0) {
+            return Err(SettingError::new("service.amphora_sweep_rate", "a non-negative number of rows per second"));
         }
         if self.service_down_time <= self.report_interval {
             let fixed = (self.report_interval * 2.5).floor();
@@ -349,6 +351,8 @@ pub struct Control {
     started_ns: u64,
     report_count: u64,
     store_failing: bool,
+    /// The last expiry left passed deadlines beyond its budget: the loop comes round at once.
+    expiry_behind: bool,
     /// Rows submitted to the store and not yet committed.
     unacked: Arc<std::sync::atomic::AtomicUsize>,
     /// Amphora rows the sweep may mark (fractional credit carried between flushes).
@@ -419,6 +423,7 @@ impl Control {
             report_count: 0,
             store_failing: false,
             unacked: Arc::default(),
+            expiry_behind: false,
             sweep_credit: 0.0,
             swept_ns: now,
             clock,
@@ -528,7 +533,8 @@ impl Control {
         self.fleet.collect_outcomes(now, &mut self.writes);
         // Deadlines that passed since the last round, a bounded number: the health check then
         // finds little left to expire, whatever the fleet's phase.
-        self.fleet.advance(now, liveness::EXPIRED_PER_CHECK, &self.engine.pipeline.shards, &mut self.writes);
+        self.expiry_behind =
+            self.fleet.advance(now, liveness::EXPIRED_PER_CHECK, &self.engine.pipeline.shards, &mut self.writes);
         // The built-in tasks cannot fail: what goes wrong inside them (a store write) is
         // reported where it happens.
         type TaskFn = fn(&mut Control, u64);
@@ -575,10 +581,12 @@ impl Control {
         }
     }
 
-    /// Whether more amphorae are marked than one flush writes: the control loop then comes
-    /// round again at once rather than after an idle tick.
+    /// Whether more amphorae are marked than one flush writes (and the writer keeps up), or
+    /// passed deadlines wait beyond an expiry's budget: the control loop then comes round again
+    /// at once rather than after an idle tick.
     pub fn has_backlog(&self) -> bool {
-        self.writes.amphorae.len() >= FLUSH_MAX && self.unacked.load(Ordering::Relaxed) < BACKLOG_IN_FLIGHT
+        self.expiry_behind
+            || (self.writes.amphorae.len() >= FLUSH_MAX && self.unacked.load(Ordering::Relaxed) < BACKLOG_IN_FLIGHT)
     }
 
     /// When the next task is due.
@@ -751,9 +759,11 @@ impl Control {
             return false;
         }
         // Rows in flight to the writer, until their commit: the backlog flushes wait while
-        // many are (a store slower than the control thread is not fed rows it would spill).
+        // many are (a store slower than the control thread is not fed faster than it writes).
+        // Only an admin write is awaited: other rows stay spillable under the writer's bound.
         let rows = batch.len();
         let unacked = self.unacked.clone();
+        let awaited = done.is_some();
         unacked.fetch_add(rows, Ordering::Relaxed);
         durable.submit(
             batch,
@@ -763,6 +773,7 @@ impl Control {
                     done(r);
                 }
             })),
+            awaited,
         );
         true
     }
@@ -810,7 +821,7 @@ impl Control {
         let parts = [self.fleet.take_changed(), self.services.take_changed(), self.volumes.take_changed()];
         let changed = self.changed || parts.contains(&true);
         // The figures (counters, tasks, store commits) move without a change of state: they are
-        // republished at least once a second, under the same generation.
+        // republished at least every tick (FIGURES_EVERY_NS), under the same generation.
         let now = self.clock.now_ns();
         let figures_due = now >= self.published_ns.saturating_add(FIGURES_EVERY_NS);
         if !(changed || figures_due) {
@@ -848,15 +859,18 @@ impl Control {
         let now = self.clock.now_ns();
         self.fleet.collect_outcomes(now, &mut self.writes);
         // Every amphora's counts reach the store at a graceful stop (between transitions only
-        // the sweep writes them).
-        self.fleet.mark_all(&mut self.writes);
+        // the sweep writes them), unless the store is failing: then only what was marked is
+        // queued, within the writer's stop budget.
+        if !self.store_failing {
+            self.fleet.mark_all(&mut self.writes);
+        }
         // Pending (not started) failovers stay pending in the store and run after a restart.
         // Everything marked is written at a graceful stop, FLUSH_MAX rows a flush, without
         // waiting for each commit: the writer merges what waits into one transaction. Only
         // when STOP_QUEUE_ROWS rows wait does the stop wait for them, which bounds the memory
         // of a million rows in flight. A failing store is given its writer's stop budget, not
         // the call timeout.
-        let wait = if self.store_failing { crate::store::STOP_RETRY } else { Duration::from_secs(30) };
+        let mut wait = if self.store_failing { crate::store::STOP_RETRY } else { Duration::from_secs(30) };
         let mut queued = 0usize;
         loop {
             let last = self.writes.amphorae.len() <= FLUSH_MAX;
@@ -866,8 +880,10 @@ impl Control {
                 let submitted = self.flush(Some(Box::new(move |r| {
                     let _ = tx.send(r.is_ok());
                 })));
-                if submitted {
-                    let _ = rx.recv_timeout(wait);
+                if submitted && rx.recv_timeout(wait).is_err() {
+                    // The store does not keep up (or fails): queue the rest without waiting,
+                    // so the stop stays within its budget.
+                    wait = Duration::ZERO;
                 }
                 queued = 0;
                 if !submitted || self.writes.amphorae.is_empty() {

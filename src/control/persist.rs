@@ -40,8 +40,9 @@ pub trait Durable: Send {
     fn load(&self) -> Result<Loaded, StoreError>;
     /// Calls `f` with each stored amphora row (key, JSON), streamed from the store.
     fn each_amphora(&self, f: &mut crate::store::RowVisitor<'_>) -> Result<(), StoreError>;
-    /// Writes `batch` behind; `done` is called with the outcome once it is durable.
-    fn submit(&mut self, batch: WriteBatch, done: Option<Done>);
+    /// Writes `batch` behind; `done` is called with the outcome once it is durable. With
+    /// `awaited` a caller waits for it: its rows are never spilled.
+    fn submit(&mut self, batch: WriteBatch, done: Option<Done>, awaited: bool);
     /// The store's figures.
     fn status(&self) -> Option<StoreStatus>;
     /// False from a failed commit until the next successful one (the writer retries).
@@ -81,11 +82,11 @@ impl Durable for StoreDurable {
         self.store.each_amphora(f)
     }
 
-    fn submit(&mut self, batch: WriteBatch, done: Option<Done>) {
+    fn submit(&mut self, batch: WriteBatch, done: Option<Done>, awaited: bool) {
         let sender = self.writer.as_ref().and_then(Writer::sender);
         match sender {
             Some(tx) => {
-                if let Err(e) = tx.send(Job { batch, done }) {
+                if let Err(e) = tx.send(Job { batch, done, awaited }) {
                     if let Some(done) = e.into_inner().done {
                         done(Err(&StoreError::Transaction("the store thread has stopped".into())));
                     }
@@ -200,7 +201,7 @@ impl Durable for MemoryDurable {
         Ok(())
     }
 
-    fn submit(&mut self, batch: WriteBatch, done: Option<Done>) {
+    fn submit(&mut self, batch: WriteBatch, done: Option<Done>, _awaited: bool) {
         let mut m = self.inner.lock();
         if m.failing {
             m.failures += 1;

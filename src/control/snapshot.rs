@@ -47,7 +47,7 @@ pub struct AmphoraHealth {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Increases with every change of the fleet, registry or volumes (the confd serial). The
-    /// figures (totals, tasks, store) are republished at least once a second under the same
+    /// figures (totals, tasks, store) are republished at least every 250 ms under the same
     /// generation.
     pub generation: u64,
     /// When it was published, ns.

@@ -399,3 +399,26 @@ fn a_fleet_slower_than_configured_is_not_blind_and_its_dead_are_failed_over() {
     assert_eq!(started[0].amphora, amphora(7));
     assert!(started[0].created_ns <= last_beat_of_7 + 31 * S, "{:?}", started[0]);
 }
+
+/// After an unclean restart, rows older than the sink's last report (written only on
+/// transitions) do not make the fleet stale before it could beat: every amphora not stale is
+/// treated as heard at the restore's end, and gets a full interval and timeout from there.
+#[test]
+fn a_restart_from_old_rows_declares_nothing_stale_before_the_fleet_can_beat() {
+    let mut c = cfg();
+    c.lifecycle.amphora_sweep_rate = 0.0;
+    c.lifecycle.report_interval = 5.0;
+    let mut m = Mass { r: ControlRig::with(c.clone(), T0, None), n: 50, phases: 1, tick: 0, last: vec![0; 50] };
+    m.run(120, |_| true, |_| {});
+    // Restarted 2 s later (kill -9: no final write); nobody beats for 3 s.
+    let mut again = ControlRig::with(c, m.r.now() + 2 * S, Some(&m.r.store));
+    for _ in 0..3 {
+        again.advance(S);
+    }
+    let snap = again.snapshot();
+    assert_eq!(snap.amphorae.len(), 50);
+    assert!(snap.down.is_empty(), "{} stale right after the restart", snap.down.len());
+    // Still silent a full timeout later: now they are stale (and the grace holds failovers).
+    again.run_for(TIMEOUT, S, |_| {});
+    assert_eq!(again.snapshot().down.len(), 50);
+}

@@ -224,7 +224,9 @@ fn upsert<T>(v: &mut Vec<T>, id: Uuid, key: impl Fn(&T) -> Uuid, make: impl FnOn
         Err(i) => {
             // Exact capacity: a fleet's million amphorae each hold a listener or two, and the
             // default growth (to 4) would triple their memory. A new entry is rare.
-            v.reserve_exact(1);
+            if v.len() < 16 {
+                v.reserve_exact(1);
+            }
             v.insert(i, make());
             i
         }

@@ -569,14 +569,14 @@ mod tests {
         for i in 0..10u64 {
             let mut b = WriteBatch::default();
             b.put_json(Table::Volumes, Key::Num(i), &i);
-            w.sender().unwrap().send(Job { batch: b, done: None }).unwrap();
+            w.sender().unwrap().send(Job { batch: b, done: None, awaited: false }).unwrap();
         }
         let mut b = WriteBatch::default();
         b.put_json(Table::Volumes, Key::Num(99), &99);
         let done: Done = Box::new(move |r| {
             let _ = tx.send(r.map_err(|e| e.to_string()));
         });
-        w.sender().unwrap().send(Job { batch: b, done: Some(done) }).unwrap();
+        w.sender().unwrap().send(Job { batch: b, done: Some(done), awaited: true }).unwrap();
         rx.recv().unwrap().unwrap();
         assert_eq!(store.load().unwrap().decode::<u64>(Table::Volumes).unwrap().len(), 11);
         w.finish();

@@ -25,6 +25,9 @@ use super::{Key, Store, StoreError, Table, WriteBatch};
 /// Rows committed at once after which the allocator's free pages are returned to the kernel.
 const TRIM_AFTER_ROWS: usize = 4096;
 
+/// The least time between two such trims.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
 /// Called by the writer thread with the outcome of the transaction that held a batch.
 pub type Done = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 
@@ -45,6 +48,9 @@ pub struct Job {
     /// writer gave up at a stop), on the writer thread: whoever waits for durability is told
     /// without a thread of its own.
     pub done: Option<Done>,
+    /// A caller waits for these rows (an admin write): they are never spilled. Rows of a job
+    /// that is only notified (the control thread counting rows in flight) may be.
+    pub awaited: bool,
 }
 
 impl std::fmt::Debug for Job {
@@ -67,6 +73,8 @@ pub struct Pending {
     done: Vec<Done>,
     bytes: usize,
     spill_at: usize,
+    /// When the allocator was last trimmed after a large commit.
+    trimmed: Option<Instant>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -97,7 +105,7 @@ impl Pending {
             }
             return Vec::new();
         }
-        let awaited = job.done.is_some();
+        let awaited = job.awaited;
         for op in job.batch.ops {
             let len = op.value.as_ref().map_or(0, Vec::len);
             self.bytes += len;
@@ -163,10 +171,12 @@ impl Pending {
         for done in self.done.drain(..) {
             done(Ok(()));
         }
-        if n >= TRIM_AFTER_ROWS {
+        if n >= TRIM_AFTER_ROWS && self.trimmed.is_none_or(|t| t.elapsed() >= TRIM_EVERY) {
             // A large commit (a fleet filling up, a graceful stop) freed many row buffers:
-            // hand their pages back rather than keep them resident for good.
+            // hand their pages back rather than keep them resident for good (at most every
+            // TRIM_EVERY: a trim walks and locks every arena in turn).
             crate::io::release_free_memory();
+            self.trimmed = Some(Instant::now());
         }
         Ok(n)
     }
@@ -362,7 +372,8 @@ mod tests {
     fn job(table: Table, key: Key, v: u64, done: Option<Done>) -> Job {
         let mut batch = WriteBatch::default();
         batch.put_json(table, key, &v);
-        Job { batch, done }
+        let awaited = done.is_some();
+        Job { batch, done, awaited }
     }
 
     fn counter() -> (Arc<AtomicU64>, impl Fn() -> Done) {
@@ -387,7 +398,7 @@ mod tests {
         assert_eq!(p.len(), 10);
         let mut d = WriteBatch::default();
         d.delete(Table::Volumes, Key::Num(3));
-        p.merge(Job { batch: d, done: None });
+        p.merge(Job { batch: d, done: None, awaited: false });
         assert_eq!(p.len(), 10, "a delete replaces the put");
         assert_eq!(p.bytes(), 9 * 2);
     }
@@ -400,7 +411,7 @@ mod tests {
         let mut batch = WriteBatch::default();
         batch.put_json(Table::Volumes, Key::Num(1), &1);
         batch.put_json(Table::Amphorae, Key::Num(1), &1);
-        p.merge(Job { batch, done: Some(Box::new(move |r| t.store(r.is_err(), Relaxed))) });
+        p.merge(Job { batch, done: Some(Box::new(move |r| t.store(r.is_err(), Relaxed))), awaited: true });
         assert!(told.load(Relaxed));
         assert!(p.is_empty());
     }

@@ -42,9 +42,9 @@
 //! trust its own view ([`SuspendReason`]): during the start-up grace (one `heartbeat_timeout`),
 //! while it drops packets itself (kernel or ring drops) or applies heartbeats late, for one
 //! `heartbeat_interval` after either (every live sender gets a beat through in that time),
-//! after a stall of the control thread, and while nearly the whole fleet is overdue at once
-//! (`sink_blind`: the sink's own network is likelier than the fleet dying), until
-//! `overdue_factor × heartbeat_interval` after that.
+//! after a stall of the control thread, and while nearly the whole fleet is overdue at once or
+//! the sink hears under a tenth of what its fleet sends (`sink_blind`: the sink's own network
+//! is likelier than the fleet dying), until `heartbeat_timeout` + one check after that.
 
 mod config;
 #[cfg(test)]
@@ -178,6 +178,8 @@ pub struct Liveness {
     heard: std::collections::VecDeque<(u64, u64, u64)>,
     /// The sink hears almost nothing of its fleet (the rate rule of [`SuspendReason::SinkBlind`]).
     deaf: bool,
+    /// The last expiry stopped at its budget with deadlines left.
+    expired_out: bool,
     /// Amphorae expected to beat (tracked, less the stale ones already failed over).
     expecting: usize,
     /// Their heartbeats per second, from their learned usual intervals (the prior where not
@@ -212,6 +214,7 @@ impl Liveness {
             blind_until: 0,
             heard: std::collections::VecDeque::new(),
             deaf: false,
+            expired_out: false,
             expecting: 0,
             expected_rate: 0.0,
             in_flight: 0,
@@ -294,8 +297,34 @@ impl Liveness {
 
     /// Starts the start-up grace again at `now`: the restore is over and heartbeats are read
     /// from now on, so the grace counts from here, not from the process start.
+    ///
+    /// Every amphora not stale is also treated as heard now (as Kubernetes resets every node's
+    /// probe time): its stored last refresh may be old (rows are written on transitions), and
+    /// it gets a full interval, and a full timeout, from here before it can be overdue or stale.
     pub fn restart_grace(&mut self, now: u64) {
         self.started = now;
+        let ids: Vec<Uuid> = self.tracks.iter().filter(|(_, t)| t.stale_since.is_none()).map(|(id, _)| *id).collect();
+        for id in ids {
+            let Some(t) = self.tracks.get(&id).copied() else { continue };
+            let deadline = now.saturating_add(self.cfg.overdue_after(t.usual_us));
+            self.update(&id, |t| {
+                t.last_refresh = t.last_refresh.max(now);
+                t.overdue = false;
+                t.counted = false;
+                t.deadline = deadline;
+            });
+            self.wheel.arm(id, deadline);
+        }
+    }
+
+    /// Whether a suspension without a group holds at `now` (the sink cannot trust what it
+    /// hears, so a silence then says nothing about an amphora's own interval).
+    fn globally_suspended(&self, now: u64) -> bool {
+        now < self.started.saturating_add(self.cfg.grace_ns())
+            || now < self.overload_until
+            || now < self.lag_until
+            || now < self.stall_until
+            || now < self.blind_until
     }
 
     /// A group's tracked, overdue and stale counts.
@@ -450,10 +479,13 @@ impl Liveness {
         // silent is one interval after the refresh that probe read: a sample of its usual
         // interval. Without it, a fleet beating slower than `heartbeat_interval` would never
         // learn its interval (every probe would find it overdue, every beat revive it).
+        // Not while the sink itself was suspect (the silence may be its own), and at most
+        // twice the current estimate per sample, so one long gap cannot jump it.
         let mut usual_us = t.usual_us;
-        if !was_stale && t.last_refresh > 0 && last > t.last_refresh {
-            let sample = ((last - t.last_refresh) / 1000).clamp(1, u64::from(u32::MAX)) as u32;
-            usual_us = ewma_us(t.usual_us, sample);
+        if !was_stale && t.last_refresh > 0 && last > t.last_refresh && !self.globally_suspended(last) {
+            let current = if t.usual_us == 0 { secs_ns(cfg.heartbeat_interval) / 1000 } else { u64::from(t.usual_us) };
+            let sample = ((last - t.last_refresh) / 1000).clamp(1, current.saturating_mul(2).max(1));
+            usual_us = ewma_us(t.usual_us, sample.min(u64::from(u32::MAX)) as u32);
         }
         let deadline = last.saturating_add(cfg.overdue_after(usual_us));
         self.update(&id, |t| {
@@ -491,7 +523,8 @@ impl Liveness {
     }
 
     /// Whether the fleet reads as the sink being blind now: at least `sink_blind_fraction` of
-    /// it (and `partition_min` amphorae) overdue.
+    /// it (and `partition_min` amphorae) overdue, or the rate rule ([`Liveness::hears_almost_nothing`])
+    /// holds.
     fn blind_now(&self) -> bool {
         self.deaf
             || (self.overdue >= self.cfg.partition_min.max(1)
@@ -696,6 +729,11 @@ impl Liveness {
         out
     }
 
+    /// Whether the last expiry stopped at its budget with passed deadlines left.
+    pub fn behind(&self) -> bool {
+        self.expired_out
+    }
+
     fn expire_due(
         &mut self,
         now: u64,
@@ -705,8 +743,9 @@ impl Liveness {
     ) {
         let timeout = self.cfg.timeout_ns();
         let mut budget = budget;
+        self.expired_out = false;
         self.wheel.skip_empty(now);
-        'slots: while budget > 0 {
+        while budget > 0 {
             let Some((slot, ids)) = self.wheel.expire_next(now) else { break };
             let mut rest = ids.into_iter();
             for id in rest.by_ref() {
@@ -731,7 +770,8 @@ impl Liveness {
                 self.expire(id, t, now, timeout, probe, out);
                 if budget == 0 {
                     self.wheel.put_back(slot, rest.collect());
-                    break 'slots;
+                    self.expired_out = true;
+                    return;
                 }
             }
         }
