@@ -28,6 +28,26 @@ pub fn release_free_memory() {
     }
 }
 
+/// Lowers the calling thread's scheduling priority to nice `nice` (Linux: priorities are per
+/// thread). Background work (the store writer) then yields the CPU to the packet path when
+/// both want it. Returns false when the kernel refused.
+pub fn lower_thread_priority(nice: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid(2) and setpriority(2) take plain integers and touch no memory of ours.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid);
+            let Ok(tid) = libc::id_t::try_from(tid) else { return false };
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = nice;
+        false
+    }
+}
+
 /// Sends signal `sig` (e.g. `libc::SIGTERM`) to process `pid`; false when it could not be sent.
 pub fn signal(pid: u32, sig: i32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else { return false };

@@ -280,7 +280,14 @@ fn merge(pending: &mut Pending, job: Job, stats: &WriterStats) {
     }
 }
 
+/// The store writer's nice value: below the workers, so that writing a million new amphorae
+/// never takes the CPU the packet path needs (the rows wait, bounded, in memory).
+const WRITER_NICE: i32 = 10;
+
 fn writer_loop(store: &Store, rx: &Receiver<Job>, stats: &WriterStats) {
+    if !crate::io::lower_thread_priority(WRITER_NICE) {
+        tracing::debug!("store writer: could not lower its priority");
+    }
     let mut pending = Pending::new(PENDING_SPILL_BYTES);
     // While failing: when to try again, the current delay, when the failure began.
     let mut retry: Option<(Instant, Duration, Instant)> = None;
