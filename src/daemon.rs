@@ -98,6 +98,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     v.check_exposure(v.config.heartbeat.addr, v.config.confd.enabled.then_some(v.config.confd.addr))?;
     init_logging(&v.config);
     warn_insecure(&v);
+    warn_liveness(&v.config.liveness);
     let keyring = v.keyring(0);
     let mut in_use = v.keys_in_use();
     let info = keys_info(&keyring, v.insecure_keys);
@@ -228,6 +229,27 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let _ = control_thread.join();
     tracing::info!(received = t.received, accepted = t.accepted, dropped = t.dropped(), "stopped");
     Ok(())
+}
+
+/// Warns of liveness settings that work against the rules: a fleet going quiet is seen before
+/// its first member is stale only when `heartbeat_timeout ≥ 3 × heartbeat_interval +
+/// health_check_interval` (Octavia's 60 ≥ 33), and a timeout at or below the interval makes
+/// every sender flap stale between two beats.
+fn warn_liveness(l: &crate::control::liveness::LivenessConfig) {
+    let floor = 3.0 * l.heartbeat_interval + l.health_check_interval;
+    if l.heartbeat_timeout <= l.heartbeat_interval {
+        tracing::warn!(
+            heartbeat_timeout = l.heartbeat_timeout,
+            heartbeat_interval = l.heartbeat_interval,
+            "liveness.heartbeat_timeout is not above heartbeat_interval: every sender will go stale between two beats"
+        );
+    } else if l.heartbeat_timeout < floor {
+        tracing::warn!(
+            heartbeat_timeout = l.heartbeat_timeout,
+            recommended_at_least = floor,
+            "liveness.heartbeat_timeout is below 3 × heartbeat_interval + health_check_interval: a fleet going quiet may have members stale before the sink reads as blind"
+        );
+    }
 }
 
 /// The settings that changed between `old` and `new` and take effect only after a restart.

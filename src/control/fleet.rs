@@ -70,6 +70,8 @@ pub struct Fleet {
     pub status_changes: u64,
     /// Where the store sweep stopped (the next one starts after this id).
     sweep_after: Option<Uuid>,
+    /// Revivals logged in the current second: (second, logged one by one, not logged).
+    revived_log: (u64, usize, usize),
 }
 
 impl Fleet {
@@ -91,6 +93,7 @@ impl Fleet {
             changed: true,
             status_changes: 0,
             sweep_after: None,
+            revived_log: (0, 0, 0),
         }
     }
 
@@ -211,7 +214,19 @@ impl Fleet {
         shards: &Shards,
         out: &mut Writes,
     ) {
-        let mut revived = 0usize;
+        // One window a second: LOG_EACH revivals logged one by one, the rest summed up when
+        // the window ends (a fleet coming back at once is one summary line a second, not one
+        // line per amphora).
+        let second = now / 1_000_000_000;
+        if self.revived_log.0 != second {
+            if self.revived_log.2 > 0 {
+                tracing::info!(
+                    more = self.revived_log.2,
+                    "more stale amphorae are beating again (not logged one by one)"
+                );
+            }
+            self.revived_log = (second, 0, 0);
+        }
         for batch in batches {
             for c in batch {
                 self.changed = true;
@@ -256,18 +271,17 @@ impl Fleet {
                             }
                             self.down.remove(&id);
                             out.amphora(id);
-                            revived += 1;
-                            if revived <= LOG_EACH {
+                            if self.revived_log.1 < LOG_EACH {
+                                self.revived_log.1 += 1;
                                 tracing::info!(amphora = %id, "stale amphora is beating again");
+                            } else {
+                                self.revived_log.2 += 1;
                             }
                             self.cancel_unstarted(id, now, out);
                         }
                     }
                 }
             }
-        }
-        if revived > LOG_EACH {
-            tracing::info!(more = revived - LOG_EACH, "more stale amphorae are beating again (not logged one by one)");
         }
     }
 
