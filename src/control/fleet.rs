@@ -24,6 +24,18 @@ use crate::store::{Key, Loaded, StoreError, Table};
 /// Amphorae logged one by one per event (stale, back) in one round; the rest are summed up.
 const LOG_EACH: usize = 16;
 
+/// Reads an amphora's refresh time and heartbeat count from its shard for the liveness
+/// machine, and sets its watch flag if it refreshed at or before `watch_upto` (overdue or
+/// stale), under the shard lock: a concurrent heartbeat either is read here or reports itself.
+fn probe(shards: &Shards, id: &Uuid, watch_upto: u64) -> Option<Probed> {
+    shards.with_mut(id, |s| {
+        if s.last_refresh_ns <= watch_upto {
+            s.stale = true;
+        }
+        Probed { last_refresh: s.last_refresh_ns, heartbeats: s.heartbeats }
+    })
+}
+
 /// What is stored of an amphora.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StoredAmphora {
@@ -305,14 +317,7 @@ impl Fleet {
     /// reports itself), suspension is decided from `signals` and the overdue shares, and
     /// failovers are decided.
     pub fn health_check(&mut self, now: u64, signals: Signals, shards: &Shards, out: &mut Writes) {
-        let check = self.live.check(now, signals, |id, watch_upto| {
-            shards.with_mut(id, |s| {
-                if s.last_refresh_ns <= watch_upto {
-                    s.stale = true;
-                }
-                Probed { last_refresh: s.last_refresh_ns, heartbeats: s.heartbeats }
-            })
-        });
+        let check = self.live.check(now, signals, |id, watch_upto| probe(shards, id, watch_upto));
         let was = std::mem::take(&mut self.suspended);
         self.suspended = check.suspended.clone();
         let keys =
@@ -370,14 +375,7 @@ impl Fleet {
     /// are still decided only by [`Fleet::health_check`].
     /// Returns whether passed deadlines are left beyond `budget`.
     pub fn advance(&mut self, now: u64, budget: usize, shards: &Shards, out: &mut Writes) -> bool {
-        let check = self.live.advance(now, budget, |id, watch_upto| {
-            shards.with_mut(id, |s| {
-                if s.last_refresh_ns <= watch_upto {
-                    s.stale = true;
-                }
-                Probed { last_refresh: s.last_refresh_ns, heartbeats: s.heartbeats }
-            })
-        });
+        let check = self.live.advance(now, budget, |id, watch_upto| probe(shards, id, watch_upto));
         self.absorb(&check, now, out);
         self.live.behind()
     }

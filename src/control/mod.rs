@@ -481,8 +481,8 @@ impl Control {
         self.services.restore(&loaded).map_err(unusable)?;
         self.volumes.restore(&loaded).map_err(unusable)?;
         drop(loaded);
-        // The rows' bytes are freed: hand the pages back, so a restarted daemon is no larger
-        // than one that filled up live.
+        // The restore's short-lived decode buffers are freed: hand their pages back, so a
+        // restarted daemon is no larger than one that filled up live.
         crate::io::release_free_memory();
         tracing::info!(
             amphorae = r.amphorae,
@@ -576,17 +576,20 @@ impl Control {
     /// Flushes a backlog of marked amphorae larger than one flush (a fleet filling up) without
     /// waiting for the flush task, one bounded flush per round.
     pub fn flush_backlog(&mut self) {
-        if self.has_backlog() {
+        if self.store_backlog() {
             self.flush(None);
         }
     }
 
-    /// Whether more amphorae are marked than one flush writes (and the writer keeps up), or
-    /// passed deadlines wait beyond an expiry's budget: the control loop then comes round again
-    /// at once rather than after an idle tick.
+    /// Whether more amphorae are marked than one flush writes, and the writer keeps up.
+    fn store_backlog(&self) -> bool {
+        self.writes.amphorae.len() >= FLUSH_MAX && self.unacked.load(Ordering::Relaxed) < BACKLOG_IN_FLIGHT
+    }
+
+    /// Whether a store backlog or passed deadlines beyond an expiry's budget wait: the control
+    /// loop then comes round again at once rather than after an idle tick.
     pub fn has_backlog(&self) -> bool {
-        self.expiry_behind
-            || (self.writes.amphorae.len() >= FLUSH_MAX && self.unacked.load(Ordering::Relaxed) < BACKLOG_IN_FLIGHT)
+        self.expiry_behind || self.store_backlog()
     }
 
     /// When the next task is due.

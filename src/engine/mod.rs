@@ -168,7 +168,7 @@ impl std::error::Error for EngineError {
 }
 
 /// What the socket set-up granted.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct RcvBufInfo {
     /// Asked for, bytes.
     pub requested: usize,
@@ -254,7 +254,7 @@ impl Shared {
 
     /// Socket buffer information of the first heartbeat socket (zeros before it is bound).
     pub fn rcvbuf(&self) -> RcvBufInfo {
-        self.rcvbuf.get().copied().unwrap_or(RcvBufInfo { requested: 0, effective: 0, kernel_drop_counter: false })
+        self.rcvbuf.get().copied().unwrap_or_default()
     }
 
     /// Sums the counters.

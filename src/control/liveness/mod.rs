@@ -72,8 +72,8 @@ pub const EXPIRED_PER_CHECK: usize = 20_000;
 /// Most groups listed one by one in the suspension reasons of one check.
 const GROUPS_LISTED: usize = 16;
 
-/// Wheel slots per health check interval: a deadline is seen at most this fraction of an
-/// interval late by the check after it.
+/// Wheel slots per health check interval: a passed deadline waits at most one slot (this
+/// fraction of an interval) for the round that expires it.
 const SLOTS_PER_CHECK: u64 = 8;
 
 /// A learned interval updated with `sample` (µs): the sample itself first, then an EWMA of
@@ -288,11 +288,6 @@ impl Liveness {
     /// Its learned usual interval, seconds (`None`: not learned yet).
     pub fn usual_interval(&self, id: &Uuid) -> Option<f64> {
         self.tracks.get(id).filter(|t| t.usual_us > 0).map(|t| f64::from(t.usual_us) / 1e6)
-    }
-
-    /// Entries in the deadline wheel (armed deadlines and the leftovers of re-arms).
-    pub fn wheel_entries(&self) -> usize {
-        self.wheel.entries()
     }
 
     /// Starts the start-up grace again at `now`: the restore is over and heartbeats are read

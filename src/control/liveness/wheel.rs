@@ -35,11 +35,6 @@ impl Wheel {
         Wheel { width, slots: (0..len).map(|_| Vec::new()).collect(), cursor: now / width, entries: 0 }
     }
 
-    /// Slot width, ns.
-    pub fn width(&self) -> u64 {
-        self.width
-    }
-
     /// Entries held (live and left behind).
     pub fn entries(&self) -> usize {
         self.entries
