@@ -5,7 +5,7 @@
 //! Each module imports only modules to its left (a test of a module may use those too):
 //!
 //! ```text
-//! util, io  <  proto (wire)  <  state, registry, sched, store (models)  <  engine (data plane)
+//! util, io  <  proto (wire)  <  state, registry, sched, store, etcd (models)  <  engine (data plane)
 //!   <  control (control plane)  <  api, confd (surfaces)  <  config, daemon  <  commands
 //!      (main: serve, load, bench, agent, confd)
 //! ```
@@ -27,6 +27,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod engine;
+pub mod etcd;
 #[allow(unsafe_code)] // the one exception: the syscalls, each block with a SAFETY line
 pub mod io;
 pub mod load;
