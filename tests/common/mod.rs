@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 pub mod confd;
+pub mod etcd;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
