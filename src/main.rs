@@ -115,9 +115,10 @@ struct BenchCli {
 
 #[derive(clap::Args, Debug)]
 struct LoadCli {
-    /// Where to send heartbeats.
-    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:5555")]
-    target: SocketAddr,
+    /// Where to send heartbeats (repeatable: each amphora sends to the targets in turn,
+    /// round-robin, as an amphora does over Octavia's controller_ip_port_list).
+    #[arg(long = "target", value_name = "IP:PORT", default_value = "127.0.0.1:5555")]
+    targets: Vec<SocketAddr>,
     /// Heartbeat key.
     #[arg(long, default_value = "insecure")]
     key: String,
@@ -198,7 +199,7 @@ fn load(l: LoadCli) -> ExitCode {
         (None, None) => Some(std::time::Duration::from_secs(10)),
     };
     let cfg = LoadConfig {
-        target: l.target,
+        targets: l.targets,
         key: l.key,
         amphorae: l.amphorae,
         shape: Shape { listeners: l.listeners, pools: l.pools, members: l.members },

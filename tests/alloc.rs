@@ -118,3 +118,34 @@ fn service_beat_reparse_allocates_nothing() {
     assert_eq!(beat.ignored_tags, 1);
     assert_eq!(ALLOCS.swap(0, Ordering::SeqCst), 0, "allocations in steady state");
 }
+
+/// The load generator's send loop allocates nothing per packet, with one target or several:
+/// a run of 10× the packets allocates as often as a short one (only the set-up allocates).
+#[test]
+fn load_sender_allocates_nothing_per_packet() {
+    use heartsink::load::{run, LoadConfig};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sinks: Vec<std::net::UdpSocket> = (0..3).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    let addrs: Vec<std::net::SocketAddr> = sinks.iter().map(|s| s.local_addr().unwrap()).collect();
+    for targets in [vec![addrs[0]], addrs.clone()] {
+        let allocs = |count: u64| {
+            let cfg = LoadConfig {
+                targets: targets.clone(),
+                key: "k".into(),
+                amphorae: 50,
+                count: Some(count),
+                duration: None,
+                ..LoadConfig::default()
+            };
+            ALLOCS.store(0, Ordering::SeqCst);
+            COUNTING.store(true, Ordering::SeqCst);
+            let report = run(&cfg, &AtomicBool::new(false), false).unwrap();
+            COUNTING.store(false, Ordering::SeqCst);
+            assert_eq!(report.total, count);
+            assert_eq!(report.targets.iter().map(|t| t.sent + t.errors).sum::<u64>(), count);
+            ALLOCS.swap(0, Ordering::SeqCst)
+        };
+        let (short, long) = (allocs(500), allocs(5000));
+        assert!(long <= short + 2, "{} target(s): {short} allocations for 500 packets, {long} for 5000", targets.len());
+    }
+}

@@ -200,7 +200,7 @@ pub fn run(a: &ConfdBenchArgs, out: &Path) -> Result<(Value, Vec<String>), Error
     // compression does not compete with the servers for the two cores: enough for both
     // heartsink measurements with their warm-ups, and some to spare.
     let ingest_cfg = LoadConfig {
-        target: serve.heartbeat,
+        targets: vec![serve.heartbeat],
         key: KEY.into(),
         amphorae: a.amphorae,
         rate: Some(a.ingest_rate),

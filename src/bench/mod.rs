@@ -240,7 +240,7 @@ fn prebuilt(mut cfg: LoadConfig, seconds: f64) -> LoadConfig {
 }
 
 fn measure_heartsink(s: &Serve, mut cfg: LoadConfig, run: u64) -> Result<Step, Error> {
-    cfg.target = s.heartbeat;
+    cfg.targets = vec![s.heartbeat];
     cfg.first_seq = run * 1_000_000_000;
     let before = get(s.admin, "/v1/stats")?;
     let lat0 = latency(s.admin)?;
@@ -325,7 +325,7 @@ fn measure_octavia(
     let mut lines = BufReader::new(child.0.stdout.take().ok_or("no stdout")?).lines();
     let first: Value = serde_json::from_str(&lines.next().ok_or("octavia_bench.py printed nothing")??)?;
     let port = first["port"].as_u64().ok_or("no port")? as u16;
-    cfg.target = SocketAddr::from(([127, 0, 0, 1], port));
+    cfg.targets = vec![SocketAddr::from(([127, 0, 0, 1], port))];
     cfg.duration = Some(Duration::from_secs_f64(seconds + 0.5));
     crate::load::run(&cfg, &AtomicBool::new(false), false)?;
     // The script ends `--idle-exit` after the last packet.
@@ -550,7 +550,7 @@ fn failover_delay(args: &BenchArgs) -> Result<Value, Error> {
     let cfg_s = cfg.to_str().ok_or("path")?;
     let serve = start_serve(&args.out.join("serve-failover.log"), &["--config", cfg_s])?;
     let load = LoadConfig {
-        target: serve.heartbeat,
+        targets: vec![serve.heartbeat],
         key: KEY.into(),
         amphorae: 100,
         rate: Some(500.0),

@@ -237,7 +237,7 @@ fn fill(d: &Daemon, n: u64) -> Result<Value, Error> {
     while tracked < n && passes.len() < FILL_PASSES {
         let pass = passes.len() as u64;
         let cfg = LoadConfig {
-            target: d.heartbeat,
+            targets: vec![d.heartbeat],
             key: KEY.into(),
             amphorae: n,
             rate: Some(rate),
@@ -460,7 +460,7 @@ fn measure(out: &Path, n: u64) -> Result<Value, Error> {
     let rss_filled = rss_kib(d.pid());
     eprintln!("bench: scale {n}: steady state at {STEADY_RATE}/s for {WINDOW:?} …");
     let load = Load::start(LoadConfig {
-        target: d.heartbeat,
+        targets: vec![d.heartbeat],
         key: KEY.into(),
         amphorae: n,
         rate: Some(STEADY_RATE),

@@ -16,6 +16,13 @@
 //! Amphorae are spread over up to 256 source sockets per thread (consecutive amphorae share a
 //! socket), so the receiver's one-source-one-worker routing sees many sources.
 //!
+//! With several targets each amphora sends each heartbeat to the next target in the list,
+//! round-robin, as an Octavia amphora does over `controller_ip_port_list` (`health_sender.py`:
+//! one controller per message, not all of them). Amphora `a` sends its `k`-th packet to target
+//! `(a + k) mod targets`: a real fleet starts its rotations at random times, so the starting
+//! points are spread as well, and every target gets an even share from the first round on. The
+//! report counts the packets per target.
+//!
 //! Fault mixes replace a share of the packets: `bad_tag` (a tag with a non-hex character),
 //! `garbage` (random bytes), `replay` (the thread's previous good packet again), `oversize`
 //! (a signed zip bomb that inflates to 2 MiB), `wrong_key` (signed with another key).
@@ -46,8 +53,10 @@ pub const SEND_BATCH: usize = 64;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum LoadError {
-    /// The target is not a loopback address and `--allow-remote` was not given.
+    /// A target is not a loopback address and `--allow-remote` was not given.
     RemoteTarget(SocketAddr),
+    /// No target, or targets of both address families (the senders' sockets are of one).
+    BadTargets(String),
     /// A fault percentage is out of 0..=100, or they add up to more than 100.
     BadFaultMix(String),
     /// Zero amphorae, threads, or an unusable shape.
@@ -60,6 +69,7 @@ impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LoadError::RemoteTarget(a) => write!(f, "{a} is not a loopback address; pass --allow-remote to send there"),
+            LoadError::BadTargets(m) => write!(f, "bad targets: {m}"),
             LoadError::BadFaultMix(m) => write!(f, "bad fault mix: {m}"),
             LoadError::BadShape(m) => write!(f, "bad fleet shape: {m}"),
             LoadError::Io(e) => write!(f, "socket error: {e}"),
@@ -139,8 +149,8 @@ impl Kind {
 /// A load run.
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
-    /// Where to send.
-    pub target: SocketAddr,
+    /// Where to send: each amphora sends to these in turn, round-robin (one target: all there).
+    pub targets: Vec<SocketAddr>,
     /// The heartbeat key.
     pub key: String,
     /// Simulated amphorae.
@@ -170,7 +180,7 @@ pub struct LoadConfig {
 impl Default for LoadConfig {
     fn default() -> LoadConfig {
         LoadConfig {
-            target: SocketAddr::from(([127, 0, 0, 1], 5555)),
+            targets: vec![SocketAddr::from(([127, 0, 0, 1], 5555))],
             key: crate::proto::keyring::INSECURE_DEFAULT_KEY.into(),
             amphorae: 1000,
             shape: Shape::default(),
@@ -187,11 +197,24 @@ impl Default for LoadConfig {
     }
 }
 
+/// What one target was sent.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TargetReport {
+    /// The target's address.
+    pub target: String,
+    /// Packets sent there, of every kind.
+    pub sent: u64,
+    /// Send errors there.
+    pub errors: u64,
+}
+
 /// The end-of-run report (`--json`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LoadReport {
-    /// Target address.
+    /// The target addresses, comma-separated (one address with one target).
     pub target: String,
+    /// Packets per target, in the order given.
+    pub targets: Vec<TargetReport>,
     /// Packets sent, by kind.
     pub sent: std::collections::BTreeMap<&'static str, u64>,
     /// All packets sent.
@@ -388,8 +411,17 @@ impl Builder {
 
 /// Checks a configuration before any socket is opened.
 pub fn validate(cfg: &LoadConfig) -> Result<(), LoadError> {
-    if !cfg.allow_remote && !cfg.target.ip().is_loopback() {
-        return Err(LoadError::RemoteTarget(cfg.target));
+    let Some(first) = cfg.targets.first() else {
+        return Err(LoadError::BadTargets("at least one target is needed".into()));
+    };
+    if cfg.targets.iter().any(|t| t.is_ipv4() != first.is_ipv4()) {
+        return Err(LoadError::BadTargets("targets must all be IPv4 or all be IPv6".into()));
+    }
+    if cfg.targets.len() > u32::MAX as usize {
+        return Err(LoadError::BadTargets("too many targets".into()));
+    }
+    if let Some(remote) = cfg.targets.iter().find(|t| !t.ip().is_loopback()).filter(|_| !cfg.allow_remote) {
+        return Err(LoadError::RemoteTarget(*remote));
     }
     let f = cfg.faults;
     let all = [f.bad_tag, f.garbage, f.replay, f.oversize, f.wrong_key];
@@ -417,6 +449,8 @@ pub fn validate(cfg: &LoadConfig) -> Result<(), LoadError> {
 struct ThreadCounts {
     sent: [AtomicU64; 6],
     errors: AtomicU64,
+    /// Packets sent and send errors per target.
+    per_target: Vec<(AtomicU64, AtomicU64)>,
 }
 
 /// Runs a load until its duration or count is reached or `stop` is set. With `progress`, a
@@ -424,7 +458,14 @@ struct ThreadCounts {
 pub fn run(cfg: &LoadConfig, stop: &AtomicBool, progress: bool) -> Result<LoadReport, LoadError> {
     validate(cfg)?;
     let threads = cfg.threads.min(cfg.amphorae as usize).max(1);
-    let counts: Vec<Arc<ThreadCounts>> = (0..threads).map(|_| Arc::new(ThreadCounts::default())).collect();
+    let counts: Vec<Arc<ThreadCounts>> = (0..threads)
+        .map(|_| {
+            Arc::new(ThreadCounts {
+                per_target: cfg.targets.iter().map(|_| Default::default()).collect(),
+                ..ThreadCounts::default()
+            })
+        })
+        .collect();
     let t_build = Instant::now();
     let barrier = std::sync::Barrier::new(threads + 1);
     let mut senders = Vec::new();
@@ -432,7 +473,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool, progress: bool) -> Result<LoadRe
         let lo = cfg.amphorae * t as u64 / threads as u64;
         let hi = cfg.amphorae * (t as u64 + 1) / threads as u64;
         let budget = cfg.count.map(|c| c * (t as u64 + 1) / threads as u64 - c * t as u64 / threads as u64);
-        let sockets = open_sockets(cfg.target, ((hi - lo) as usize).clamp(1, MAX_SOCKETS_PER_THREAD))?;
+        let sockets = open_sockets(&cfg.targets, ((hi - lo) as usize).clamp(1, MAX_SOCKETS_PER_THREAD))?;
         senders.push(Sender {
             cfg,
             lo,
@@ -470,7 +511,17 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool, progress: bool) -> Result<LoadRe
     });
     let elapsed = start.elapsed().as_secs_f64();
     let mut report = LoadReport {
-        target: cfg.target.to_string(),
+        target: cfg.targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        targets: cfg
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| TargetReport {
+                target: t.to_string(),
+                sent: counts.iter().map(|c| c.per_target[i].0.load(Ordering::Relaxed)).sum(),
+                errors: counts.iter().map(|c| c.per_target[i].1.load(Ordering::Relaxed)).sum(),
+            })
+            .collect(),
         amphorae: cfg.amphorae,
         threads,
         duration_s: elapsed,
@@ -487,8 +538,13 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool, progress: bool) -> Result<LoadRe
     Ok(report)
 }
 
-fn open_sockets(target: SocketAddr, n: usize) -> Result<Vec<UdpSocket>, LoadError> {
-    let bind: IpAddr = match (target.ip(), target.ip().is_loopback()) {
+/// `n` sockets of the targets' family (checked to be one), on loopback when every target is.
+fn open_sockets(targets: &[SocketAddr], n: usize) -> Result<Vec<UdpSocket>, LoadError> {
+    let Some(first) = targets.first() else {
+        return Err(LoadError::BadTargets("at least one target is needed".into()));
+    };
+    let loopback = targets.iter().all(|t| t.ip().is_loopback());
+    let bind: IpAddr = match (first.ip(), loopback) {
         (IpAddr::V4(_), true) => Ipv4Addr::LOCALHOST.into(),
         (IpAddr::V4(_), false) => Ipv4Addr::UNSPECIFIED.into(),
         (IpAddr::V6(_), true) => Ipv6Addr::LOCALHOST.into(),
@@ -585,6 +641,12 @@ impl Sender<'_> {
         let deadline = self.cfg.duration.map(|d| start + d);
         let mut sent = 0u64;
         let mut cursor = 0u64;
+        // Times the cursor went round the thread's amphorae: amphora `lo + c` sends its packet
+        // of round `r` to target `(lo + c + r) mod targets`.
+        let mut round = 0u64;
+        let targets = &self.cfg.targets[..];
+        let ntargets = targets.len() as u64;
+        let mut to = [0u32; SEND_BATCH];
         let socket_of = |c: u64| (c * self.sockets.len() as u64 / n) as usize;
         loop {
             if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -611,28 +673,34 @@ impl Sender<'_> {
             let now = clock.now_ns();
             let mut k = 0;
             while (k as u64) < allowed && socket_of(cursor) == sock {
+                let t = if ntargets == 1 { 0 } else { ((self.lo + cursor + round) % ntargets) as usize };
                 let kind = match &plan {
                     Some(p) => {
                         let (bytes, kind) = p.get((sent as usize) + k);
-                        batch.push(&self.cfg.target, |buf| buf.extend_from_slice(bytes));
+                        batch.push(&targets[t], |buf| buf.extend_from_slice(bytes));
                         kind
                     }
                     None => {
                         let mut kind = Kind::Good;
-                        batch.push(&self.cfg.target, |buf| {
+                        batch.push(&targets[t], |buf| {
                             kind = self.next_packet(&mut builder, &mut seqs, cursor, Some(now), &last_good, buf)
                         });
                         kind
                     }
                 };
                 kinds[k] = kind;
+                to[k] = t as u32;
                 k += 1;
-                cursor = (cursor + 1) % n;
+                cursor += 1;
+                if cursor == n {
+                    cursor = 0;
+                    round += 1;
+                }
             }
             if let Some(i) = kinds[..k].iter().rposition(|k| *k == Kind::Good) {
                 batch.copy_out(i, &mut last_good);
             }
-            match batch.flush(&self.sockets[sock]) {
+            let m = match batch.flush(&self.sockets[sock]) {
                 Ok(m) => {
                     for kind in &kinds[..m.min(k)] {
                         bump(&self.counts.sent[*kind as usize], 1);
@@ -641,10 +709,22 @@ impl Sender<'_> {
                         bump(&self.counts.errors, (k - m) as u64);
                         batch.clear();
                     }
+                    m.min(k)
                 }
                 Err(_) => {
                     bump(&self.counts.errors, k as u64);
                     batch.clear();
+                    0
+                }
+            };
+            let per_target = &self.counts.per_target;
+            if ntargets == 1 {
+                bump(&per_target[0].0, m as u64);
+                bump(&per_target[0].1, (k - m) as u64);
+            } else {
+                for (i, t) in to[..k].iter().enumerate() {
+                    let (ok, err) = &per_target[*t as usize];
+                    bump(if i < m { ok } else { err }, 1);
                 }
             }
             sent += k as u64;
