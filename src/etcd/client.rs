@@ -184,16 +184,22 @@ impl Client {
             if revision == 0 {
                 revision = page.revision;
             }
-            let more = page.more;
-            all.extend(page.kvs);
-            match all.last() {
-                Some(last) if more => {
-                    // The next page starts just after the last key read.
-                    key = last.key.clone();
-                    key.push(0);
-                }
-                _ => return Ok((all, revision)),
+            if !page.more {
+                all.extend(page.kvs);
+                return Ok((all, revision));
             }
+            // The next page starts just after the last key read, which must move forward (a
+            // server that says "more" without doing so would keep this loop going).
+            let next = match page.kvs.last() {
+                Some(last) if last.key >= key => {
+                    let mut next = last.key.clone();
+                    next.push(0);
+                    next
+                }
+                _ => return Err(EtcdError::Decode("range: \"more\" without progress".into())),
+            };
+            all.extend(page.kvs);
+            key = next;
         }
     }
 
