@@ -92,6 +92,8 @@ pub struct Config {
     pub registry: crate::control::services::ServicesConfig,
     /// `[scheduler]`: the volume scheduler.
     pub scheduler: crate::control::volumes::SchedulerConfig,
+    /// `[cluster]`: cluster mode on etcd (no `etcd` endpoint: the embedded single node).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[confd]`.
@@ -333,6 +335,10 @@ pub struct Overrides {
     pub no_confd: bool,
     /// `--allow-insecure-key`.
     pub allow_insecure_key: bool,
+    /// `--etcd`, repeatable.
+    pub etcd: Vec<String>,
+    /// `--node`.
+    pub node: Option<String>,
 }
 
 impl Config {
@@ -407,6 +413,17 @@ impl Config {
         if o.no_confd {
             c.confd.enabled = false;
         }
+        if !o.etcd.is_empty() {
+            c.cluster.etcd = o.etcd.clone();
+        }
+        if let Some(n) = &o.node {
+            c.cluster.node = n.clone();
+        }
+        if c.cluster.enabled() && c.cluster.node.is_empty() {
+            c.cluster.node = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".into());
+        }
         Ok(c)
     }
 
@@ -430,6 +447,7 @@ impl Config {
         )?;
         self.admin.validate().map_err(ConfigError::Invalid)?;
         self.liveness.validate()?;
+        self.cluster.validate(self.liveness.heartbeat_timeout).map_err(ConfigError::Invalid)?;
         self.failover.validate()?;
         let mut warnings = Vec::new();
         warnings.extend(self.service.validate()?);

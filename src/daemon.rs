@@ -89,6 +89,8 @@ struct Listening {
     #[serde(skip_serializing_if = "Option::is_none")]
     confd: Option<String>,
     data_dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -121,11 +123,31 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut engine = Engine::new(ecfg, lanes, clock.clone())?;
     let outputs = engine.take_outputs().ok_or("engine outputs taken twice")?;
 
+    // Cluster mode: the etcd client and the leader-write channel first (the failover threads
+    // and the store are wired to them); its threads start once the addresses are bound.
+    let cluster_shared = if cfg.cluster.enabled() {
+        Arc::new(crate::control::cluster::Shared::new(true, cfg.cluster.node.clone(), cfg.cluster.etcd.clone()))
+    } else {
+        crate::control::cluster::Shared::single()
+    };
+    let prepared = if cfg.cluster.enabled() {
+        Some(crate::cluster::agent::Prepared::new(cfg.cluster.clone(), cluster_shared.clone())?)
+    } else {
+        None
+    };
+    let (cluster_tx, cluster_rx) = crossbeam::channel::unbounded();
+
     // The control plane: restores the durable state into the shards before any packet.
     let mut ccfg = cfg.control();
     ccfg.fresh_store = args.fresh_store;
-    let parts = Parts::open(&ccfg)?;
+    let mut parts = Parts::open_claiming(&ccfg, prepared.as_ref().map(|p| p.claim()))?;
+    if let Some(p) = &prepared {
+        parts.durable = Some(p.durable(parts.durable.take()));
+        let lock = std::mem::replace(&mut parts.lease, Box::new(crate::control::volumes::AlwaysLease));
+        parts.lease = Box::new(crate::control::cluster::ClusterLease(cluster_shared.clone(), lock));
+    }
     let mut control = Control::new(ccfg, clock.clone(), engine.shared().clone(), published.clone(), parts)?;
+    control.set_cluster(cluster_shared.clone(), cluster_rx, prepared.as_ref().map(|p| p.writes()));
     control.add_task(ExtraTask { name: "confd_config_watch", spacing_ns: 1_000_000_000, run: Box::new(confd.watch()) });
     let commands = control.commands();
     // The sockets are bound only now, after the restore, and read at once: no heartbeat waits
@@ -142,16 +164,43 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         commands,
         confd: confd.clone(),
         keys: arc_swap::ArcSwap::from_pointee(info),
+        cluster: crate::api::ClusterLink {
+            shared: cluster_shared.clone(),
+            input: prepared.is_some().then(|| cluster_tx.clone()),
+            clock: clock.clone(),
+        },
     });
     let admin = AdminServer::start_with(cfg.admin.addr, ctx.clone(), cfg.admin.limits())
         .map_err(|e| format!("cannot bind the admin socket to {}/tcp: {e}", cfg.admin.addr))?;
 
+    let agent = match prepared {
+        Some(p) => {
+            let me = crate::control::cluster::Member {
+                node: cfg.cluster.node.clone(),
+                heartbeat: engine.local_addr().to_string(),
+                admin: admin.local_addr().to_string(),
+                confd: engine.lane_addr("confd").map(|a| a.to_string()),
+                joined: 0,
+                ready: true,
+            };
+            let wiring = crate::cluster::agent::Wiring {
+                me,
+                control: cluster_tx,
+                clock: clock.clone(),
+                engine: engine.shared().clone(),
+                keys: engine.shared().pipeline.keyring.clone(),
+            };
+            Some(p.start(wiring)?)
+        }
+        None => None,
+    };
     let line = Listening {
         event: "listening",
         heartbeat: engine.local_addr().to_string(),
         admin: admin.local_addr().to_string(),
         confd: engine.lane_addr("confd").map(|a| a.to_string()),
         data_dir: cfg.store.data_dir.display().to_string(),
+        node: cfg.cluster.enabled().then(|| cfg.cluster.node.clone()),
     };
     {
         use std::io::Write;
@@ -224,6 +273,11 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         })?;
     }
     admin.stop();
+    // A leader gives its lead and lease up first: a successor within one campaign round, while
+    // this member still writes its state down.
+    if let Some(a) = agent {
+        a.stop();
+    }
     let t = engine.shutdown();
     // The workers are gone, so the control thread applies their last changes and exits.
     let _ = control_thread.join();
@@ -266,6 +320,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("confd.replay_cache", new.confd.replay_cache != old.confd.replay_cache),
         ("store.data_dir", new.store.data_dir != old.store.data_dir),
         ("registry.types", new.registry.types != old.registry.types),
+        ("cluster", new.cluster != old.cluster),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))

@@ -22,6 +22,7 @@
 pub mod agent;
 pub mod api;
 pub mod bench;
+pub mod cluster;
 pub mod confd;
 pub mod config;
 pub mod control;

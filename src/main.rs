@@ -291,6 +291,12 @@ struct ServeCli {
     /// (refused otherwise).
     #[arg(long)]
     allow_insecure_key: bool,
+    /// Cluster mode: an etcd client URL (repeatable; replaces `[cluster] etcd`).
+    #[arg(long = "etcd", value_name = "URL")]
+    etcd: Vec<String>,
+    /// Cluster mode: this member's node name (default: `[cluster] node`, else the host name).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -315,6 +321,8 @@ fn main() -> ExitCode {
                     confd_config: s.confd_config,
                     no_confd: s.no_confd,
                     allow_insecure_key: s.allow_insecure_key,
+                    etcd: s.etcd,
+                    node: s.node,
                 },
                 fresh_store: s.fresh_store,
             };

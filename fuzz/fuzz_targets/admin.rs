@@ -18,6 +18,8 @@ use libfuzzer_sys::fuzz_target;
 const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/v1/stats"),
+    ("GET", "/v1/cluster"),
+    ("POST", "/v1/cluster/digest"),
     ("GET", "/metrics"),
     ("GET", "/v1/latency"),
     ("GET", "/v1/amphorae"),
@@ -91,6 +93,7 @@ fn ctx() -> &'static Ctx {
             commands,
             confd: Arc::new(Confd::new(ConfdState::default(), 1)),
             keys: Default::default(),
+            cluster: heartsink::api::ClusterLink::single(Arc::new(heartsink::engine::ManualClock::new(0))),
         };
         let api = Arc::new(api);
         let registry = heartsink::api::metrics::registry(api.clone(), Arc::new(AdminCounters::default()));

@@ -79,6 +79,74 @@ impl Collector for EngineCollector {
             }
         }
         gauge(&mut enc, "heartsink_amphorae", "Amphorae known.", ctl.amphora_count() as f64)?;
+        {
+            let c = &self.0.cluster.shared;
+            let view = c.view.load();
+            let leading = c.enabled && c.is_leader(self.0.cluster.clock.now_ns());
+            gauge(&mut enc, "heartsink_cluster_enabled", "1 in cluster mode.", f64::from(u8::from(c.enabled)))?;
+            gauge(
+                &mut enc,
+                "heartsink_cluster_leader",
+                "1 while this member leads the cluster.",
+                f64::from(u8::from(leading)),
+            )?;
+            gauge(
+                &mut enc,
+                "heartsink_cluster_members",
+                "Members whose keys are alive in etcd.",
+                view.members.len() as f64,
+            )?;
+            gauge(
+                &mut enc,
+                "heartsink_cluster_term",
+                "The leader's term (its key's create revision).",
+                view.term as f64,
+            )?;
+            gauge(
+                &mut enc,
+                "heartsink_cluster_etcd_reachable",
+                "1 while etcd answers this member.",
+                f64::from(u8::from(c.etcd_ok())),
+            )?;
+            let r = Ordering::Relaxed;
+            counter(
+                &mut enc,
+                "heartsink_cluster_leader_changes",
+                "Leadership gained or lost by this member.",
+                c.leader_changes.load(r),
+            )?;
+            counter(
+                &mut enc,
+                "heartsink_cluster_etcd_writes",
+                "Keys written to etcd by this member.",
+                c.etcd_writes.load(r),
+            )?;
+            counter(
+                &mut enc,
+                "heartsink_cluster_etcd_write_bytes",
+                "Bytes written to etcd by this member.",
+                c.etcd_write_bytes.load(r),
+            )?;
+            counter(
+                &mut enc,
+                "heartsink_cluster_fenced_writes_refused",
+                "Leader writes refused: this member's term was over.",
+                c.fenced_refused.load(r),
+            )?;
+            counter(&mut enc, "heartsink_cluster_digests_sent", "Digests sent to peers.", c.digests_sent.load(r))?;
+            counter(
+                &mut enc,
+                "heartsink_cluster_digests_received",
+                "Peer digests applied.",
+                c.digests_received.load(r),
+            )?;
+            counter(
+                &mut enc,
+                "heartsink_cluster_digests_refused",
+                "Peer digests refused (bad signature or malformed).",
+                c.digests_refused.load(r),
+            )?;
+        }
         let snap = ctl.snapshot.load();
         gauge(
             &mut enc,

@@ -65,6 +65,26 @@ pub struct ApiContext {
     pub confd: Arc<Confd>,
     /// Current keyring fingerprints and generation, updated on reload.
     pub keys: arc_swap::ArcSwap<KeysInfo>,
+    /// Cluster mode's state, and where peers' digests go (single mode: never used).
+    pub cluster: ClusterLink,
+}
+
+/// What the API needs of cluster mode.
+#[derive(Debug)]
+pub struct ClusterLink {
+    /// The shared cluster state.
+    pub shared: Arc<crate::control::cluster::Shared>,
+    /// The control thread's cluster input (digests from peers go there); `None` in single mode.
+    pub input: Option<crossbeam::channel::Sender<crate::control::cluster::ClusterInput>>,
+    /// The control clock (a digest's ages become times on it).
+    pub clock: Arc<dyn crate::engine::Clock>,
+}
+
+impl ClusterLink {
+    /// Single mode.
+    pub fn single(clock: Arc<dyn crate::engine::Clock>) -> ClusterLink {
+        ClusterLink { shared: crate::control::cluster::Shared::single(), input: None, clock }
+    }
 }
 
 impl ApiContext {
@@ -151,6 +171,7 @@ pub fn body_limit(method: &Method, segments: &[&str]) -> (usize, bool) {
         ["v1", "pools"] if m == Method::POST => (16 << 10, true),
         ["v1", "pools", _, "poll"] if m == Method::POST => (MEDIUM, true),
         ["v1", "volumes"] | ["v1", "volumes", _, "state"] if m == Method::POST => (MEDIUM, true),
+        ["v1", "cluster", "digest"] if m == Method::POST => (crate::cluster::digest::MAX_BYTES, true),
         ["v1", "volumes", _] if m == Method::PATCH => (MEDIUM, true),
         _ => (SMALL, false),
     }
@@ -170,7 +191,9 @@ fn command_response(r: CommandResult, ok: u16) -> Resp {
         Err(e @ CommandError::NotFound(_)) => error(404, &e.to_string()),
         Err(e @ CommandError::Invalid(_)) => error(400, &e.to_string()),
         Err(e @ CommandError::Conflict(_)) => error(409, &e.to_string()),
-        Err(e @ (CommandError::Store(_) | CommandError::Unavailable)) => error(503, &e.to_string()),
+        Err(e @ (CommandError::Store(_) | CommandError::Unavailable | CommandError::NotLeader(_))) => {
+            error(503, &e.to_string())
+        }
         Err(e @ CommandError::NotModified(_)) => error(304, &e.to_string()),
     }
 }
@@ -325,6 +348,8 @@ fn route(
             Err(_) => error(404, &format!("no failover record {id:?}")),
         },
         ["v1", "stats"] if get => json_response(200, &stats(ctx)),
+        ["v1", "cluster"] if get => json_response(200, &cluster_view(ctx)),
+        ["v1", "cluster", "digest"] if method == Method::POST => cluster_digest(ctx, body),
         ["v1", "latency"] if get => json_response(
             200,
             &json!({
@@ -345,6 +370,51 @@ fn route(
         _ => error(404, "no such resource"),
     };
     r.into()
+}
+
+/// `GET /v1/cluster`: the cluster as this member sees it.
+fn cluster_view(ctx: &ApiContext) -> serde_json::Value {
+    let c = &ctx.cluster.shared;
+    let mut v = serde_json::to_value(&**c.view.load()).unwrap_or_default();
+    if !c.enabled {
+        v["mode"] = json!("single");
+        v["leader"] = serde_json::Value::Null;
+    }
+    let now = ctx.cluster.clock.now_ns();
+    v["leading"] = json!(c.enabled && c.is_leader(now));
+    v["etcd"]["writes"] = json!(c.etcd_writes.load(Ordering::Relaxed));
+    v["etcd"]["write_bytes"] = json!(c.etcd_write_bytes.load(Ordering::Relaxed));
+    v["fenced_writes_refused"] = json!(c.fenced_refused.load(Ordering::Relaxed));
+    v["leader_changes"] = json!(c.leader_changes.load(Ordering::Relaxed));
+    v["digests"] = json!({
+        "sent": c.digests_sent.load(Ordering::Relaxed),
+        "received": c.digests_received.load(Ordering::Relaxed),
+        "refused": c.digests_refused.load(Ordering::Relaxed),
+    });
+    v
+}
+
+/// `POST /v1/cluster/digest`: a peer's digest (signed with the heartbeat key).
+fn cluster_digest(ctx: &ApiContext, body: &[u8]) -> Resp {
+    let link = &ctx.cluster;
+    let Some(input) = &link.input else { return error(404, "not in cluster mode") };
+    let keys = ctx.engine.pipeline.keyring.load();
+    match crate::cluster::digest::decode(body, &keys) {
+        Ok(d) => {
+            let now = link.clock.now_ns();
+            let heard =
+                d.heard.iter().map(|h| (h.id, now.saturating_sub(u64::from(h.age_ms) * 1_000_000), h.status)).collect();
+            link.shared.digests_received.fetch_add(1, Ordering::Relaxed);
+            let _ =
+                input.send(crate::control::cluster::ClusterInput::Digest { node: d.node, impaired: d.impaired, heard });
+            json_response(200, &json!({"accepted": d.heard.len()}))
+        }
+        Err(e) => {
+            link.shared.digests_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "peer digest refused");
+            error(if e == crate::cluster::digest::DigestError::BadTag { 403 } else { 400 }, &e.to_string())
+        }
+    }
 }
 
 fn healthz(ctx: &ApiContext) -> Resp {

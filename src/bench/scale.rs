@@ -276,9 +276,34 @@ fn fill(d: &Daemon, n: u64) -> Result<Value, Error> {
         }));
         rate /= 2.0;
     }
-    let after = d.stats()?;
     // From the first datagram sent to every sender tracked, pre-building left out.
     let fill_s = (start.elapsed().as_secs_f64() - build_s).max(1e-9);
+    let after = d.stats()?;
+    // The same senders again, now known, at the first pass's rate: what the data plane takes
+    // from known senders on this machine, beside what it took from new ones.
+    let known = {
+        let cfg = LoadConfig {
+            targets: vec![d.heartbeat],
+            key: KEY.into(),
+            amphorae: n,
+            rate: Some(FILL_RATE),
+            duration: None,
+            count: Some(n),
+            first_seq: passes.len() as u64 + 1,
+            prebuilt: true,
+            threads: 2,
+            ..LoadConfig::default()
+        };
+        eprintln!("bench: scale {n}: the same senders again, known, at {FILL_RATE:.0}/s …");
+        let s0 = d.stats()?;
+        let report = crate::load::run(&cfg, &AtomicBool::new(false), false)?;
+        wait_for("the known pass to settle", Duration::from_secs(60), || {
+            let s = d.stats()?;
+            Ok(u(&s, &["received"]) == u(&s, &["accepted"]) + u(&s, &["dropped_total"]))
+        })?;
+        let s1 = d.stats()?;
+        json!({"rate": FILL_RATE, "sent_rate": report.rate, "drops": drops(&s0, &s1)})
+    };
     Ok(json!({
         "passes": passes,
         "tracked": tracked,
@@ -287,6 +312,7 @@ fn fill(d: &Daemon, n: u64) -> Result<Value, Error> {
         "senders_per_s": tracked as f64 / fill_s,
         "build_s": build_s,
         "drops": drops(&before, &after),
+        "known": known,
     }))
 }
 
@@ -498,7 +524,7 @@ fn opt(v: &Value, digits: usize) -> String {
 /// The Markdown table: one row per figure, one column per size.
 fn table(sizes: &[Value]) -> Vec<String> {
     type Row = (&'static str, fn(&Value) -> String);
-    let rows: [Row; 22] = [
+    let rows: [Row; 24] = [
         ("fill: seconds to track all", |s| opt(&s["fill"]["seconds"], 2)),
         ("fill: senders tracked/s", |s| opt(&s["fill"]["senders_per_s"], 0)),
         ("fill: passes (halving rate from 150k/s), all tracked", |s| {
@@ -506,6 +532,13 @@ fn table(sizes: &[Value]) -> Vec<String> {
         }),
         ("fill: ring_full / kernel drops", |s| {
             format!("{} / {}", s["fill"]["drops"]["ring_full"], s["fill"]["drops"]["kernel"])
+        }),
+        ("fill: first pass, new senders at 150k/s: ring_full", |s| {
+            s["fill"]["passes"][0]["drops"]["ring_full"].to_string()
+        }),
+        ("then the same senders, known, at 150k/s: ring_full / kernel", |s| {
+            let d = &s["fill"]["known"]["drops"];
+            format!("{} / {}", d["ring_full"], d["kernel"])
         }),
         ("heartbeat interval / timeout, s", |s| {
             format!("{} / {}", opt(&s["config"]["heartbeat_interval"], 1), opt(&s["config"]["heartbeat_timeout"], 1))

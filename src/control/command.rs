@@ -34,6 +34,9 @@ pub enum CommandError {
     Store(String),
     /// The control thread did not answer in time (stopping, or stalled). Retry later.
     Unavailable,
+    /// Cluster mode: only the leader acts on this; the message names the leader if one is
+    /// known. Retry (on the leader, or once one is elected).
+    NotLeader(String),
 }
 
 impl std::fmt::Display for CommandError {
@@ -45,6 +48,7 @@ impl std::fmt::Display for CommandError {
             | CommandError::NotModified(m) => f.write_str(m),
             CommandError::Store(m) => write!(f, "the store did not confirm the write: {m}"),
             CommandError::Unavailable => f.write_str("the control thread is not answering"),
+            CommandError::NotLeader(m) => write!(f, "not the leader: {m}"),
         }
     }
 }
@@ -158,6 +162,21 @@ pub enum Command {
     Volumes(VolumeCommand),
     /// New settings (SIGHUP).
     Reload(Box<super::ControlConfig>),
+}
+
+impl Command {
+    /// Whether it only reads: answered at once, without waiting for a store commit of rows
+    /// that other changes marked (a read has no writes of its own to make durable).
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Command::Fleet(FleetCommand::Failovers { .. } | FleetCommand::Record(_))
+                | Command::Registry(
+                    RegistryCommand::List { .. } | RegistryCommand::Types | RegistryCommand::Resolve { .. }
+                )
+                | Command::Volumes(VolumeCommand::List(_) | VolumeCommand::Get(_))
+        )
+    }
 }
 
 /// The amphora commands.

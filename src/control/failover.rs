@@ -175,7 +175,15 @@ pub struct Outcome {
     pub attempts: u32,
     /// Last error.
     pub error: Option<String>,
+    /// Cluster mode: the action was not run because this member could not claim the record
+    /// under its term (it no longer leads); the record stays pending for the leader.
+    pub fenced: bool,
 }
+
+/// Cluster mode: called on a failover thread before a record's action runs; it commits the
+/// record as `in_progress` under this member's leader term (a fenced etcd transaction) and
+/// fails when the member no longer leads, so no deposed leader runs an action.
+pub type Claim = Arc<dyn Fn(&FailoverRecord) -> Result<(), String> + Send + Sync>;
 
 /// What runs failover actions: the [`Executor`]'s threads in the daemon, a
 /// [`ManualRunner`] in deterministic tests.
@@ -260,6 +268,11 @@ pub struct Executor {
 impl Executor {
     /// Starts `threads` failover threads.
     pub fn spawn(config: FailoverConfig, threads: usize) -> std::io::Result<Executor> {
+        Executor::spawn_claiming(config, threads, None)
+    }
+
+    /// Starts `threads` failover threads that first [`Claim`] each record (cluster mode).
+    pub fn spawn_claiming(config: FailoverConfig, threads: usize, claim: Option<Claim>) -> std::io::Result<Executor> {
         let (tx, rx) = channel::unbounded::<FailoverRecord>();
         let (out_tx, results) = channel::unbounded();
         let config = Arc::new(ArcSwap::from_pointee(config));
@@ -268,9 +281,17 @@ impl Executor {
             let rx = rx.clone();
             let out = out_tx.clone();
             let cfg = config.clone();
+            let claim = claim.clone();
             handles.push(std::thread::Builder::new().name(format!("failover-{i}")).spawn(move || {
                 while let Ok(rec) = rx.recv() {
-                    let outcome = run_with_retries(&cfg.load(), &rec);
+                    let claimed = claim.as_ref().map_or(Ok(()), |c| c(&rec));
+                    let outcome = match claimed {
+                        Ok(()) => run_with_retries(&cfg.load(), &rec),
+                        Err(e) => {
+                            tracing::warn!(amphora = %rec.amphora, failover = rec.id, error = %e, "failover not run: this member could not claim it as leader");
+                            Outcome { id: rec.id, ok: false, attempts: 0, error: Some(e), fenced: true }
+                        }
+                    };
                     if out.send(outcome).is_err() {
                         break;
                     }
@@ -321,14 +342,14 @@ fn run_with_retries(cfg: &FailoverConfig, rec: &FailoverRecord) -> Outcome {
         }
         attempts += 1;
         match run_once(cfg, rec) {
-            Ok(()) => return Outcome { id: rec.id, ok: true, attempts, error: None },
+            Ok(()) => return Outcome { id: rec.id, ok: true, attempts, error: None, fenced: false },
             Err(e) => {
                 tracing::warn!(amphora = %rec.amphora, failover = rec.id, attempt = attempts, error = %e, "failover action failed");
                 error = Some(e.to_string());
             }
         }
     }
-    Outcome { id: rec.id, ok: false, attempts, error }
+    Outcome { id: rec.id, ok: false, attempts, error, fenced: false }
 }
 
 /// Why one attempt of a failover action failed (kept, as text, in the record's `error`).

@@ -29,10 +29,11 @@ const LOG_EACH: usize = 16;
 /// stale), under the shard lock: a concurrent heartbeat either is read here or reports itself.
 fn probe(shards: &Shards, id: &Uuid, watch_upto: u64) -> Option<Probed> {
     shards.with_mut(id, |s| {
-        if s.last_refresh_ns <= watch_upto {
+        let refreshed = s.refreshed_ns();
+        if refreshed <= watch_upto {
             s.stale = true;
         }
-        Probed { last_refresh: s.last_refresh_ns, heartbeats: s.heartbeats }
+        Probed { last_refresh: refreshed, heartbeats: s.heartbeats.wrapping_add(s.remote_refreshes) }
     })
 }
 
@@ -78,6 +79,12 @@ pub struct Fleet {
     suspended: Vec<SuspendReason>,
     /// Something published changed since the last [`Fleet::take_changed`].
     changed: bool,
+    /// Bulk updates since `changed` was last taken (published when due, not at once).
+    held: usize,
+    /// Scratch: the new amphorae of one round of changes.
+    new_ids: Vec<Uuid>,
+    /// Whether this member runs failovers (single mode: always; cluster mode: the leader).
+    leading: bool,
     /// Amphora status transitions applied.
     pub status_changes: u64,
     /// Where the store sweep stopped (the next one starts after this id).
@@ -103,6 +110,9 @@ impl Fleet {
             lbs: imbl::OrdMap::new(),
             suspended,
             changed: true,
+            held: 0,
+            new_ids: Vec::new(),
+            leading: true,
             status_changes: 0,
             sweep_after: None,
             revived_log: (0, 0, 0),
@@ -122,7 +132,69 @@ impl Fleet {
 
     /// Whether anything published changed since the last call.
     pub fn take_changed(&mut self) -> bool {
+        self.held = 0;
         std::mem::take(&mut self.changed)
+    }
+
+    /// Cluster mode: the reasons from outside this member's own signals (see
+    /// [`Liveness::set_external`]).
+    pub fn set_external(&mut self, reasons: Vec<SuspendReason>) {
+        self.live.set_external(reasons);
+    }
+
+    /// Cluster mode: whether this member leads (runs failovers). While it does not, no record
+    /// is dispatched; manual failovers are refused.
+    pub fn set_leading(&mut self, leading: bool) {
+        self.leading = leading;
+    }
+
+    /// Whether this member runs failovers.
+    pub fn leading(&self) -> bool {
+        self.leading
+    }
+
+    /// Cluster mode: takes the failover records etcd holds as this member's. A member that does
+    /// not lead serves them as they are; a new leader also queues the pending and in-progress
+    /// ones to run (an in-progress one's leader died or lost its term mid-action: it runs again,
+    /// once). Record ids continue after the highest.
+    pub fn mirror_records(&mut self, records: Vec<FailoverRecord>, leading: bool, now: u64) {
+        self.records = records.into_iter().map(|r| (r.id, r)).collect();
+        self.latest_record.clear();
+        for r in self.records.values() {
+            self.latest_record.insert(r.amphora, r.id);
+        }
+        if let Some(max) = self.records.keys().next_back() {
+            self.next_record = self.next_record.max(max + 1);
+        }
+        for (amphora, id) in &self.latest_record {
+            if let (Some(h), Some(r)) = (self.health.get_mut(amphora), self.records.get(id)) {
+                if h.failover != Some((*id, r.state)) {
+                    h.failover = Some((*id, r.state));
+                }
+            }
+        }
+        if leading {
+            self.queue.clear();
+            for r in self.records.values_mut() {
+                if matches!(r.state, FailoverState::Pending | FailoverState::InProgress) {
+                    r.state = FailoverState::Pending;
+                    r.updated_ns = now;
+                    self.queue.push_back(r.id);
+                }
+            }
+        }
+        self.changed = true;
+    }
+
+    /// Whether a transition changed what is published since the last [`Fleet::take_changed`].
+    pub fn is_changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Bulk updates (new amphorae, re-armed refresh times) since the last
+    /// [`Fleet::take_changed`].
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     /// Restores amphorae into the shards, one stored row at a time, then the failover records;
@@ -241,29 +313,12 @@ impl Fleet {
         }
         for batch in batches {
             for c in batch {
-                self.changed = true;
                 match c {
-                    Change::New(id) => {
-                        self.live.track(id, now, None, false);
-                        let operating_status =
-                            shards.with(&id, |s| s.operating_status).unwrap_or(OperatingStatus::Offline);
-                        self.health.insert(
-                            id,
-                            AmphoraHealth {
-                                operating_status,
-                                liveness: Live::Alive,
-                                last_refresh_ns: now,
-                                first_seen_ns: now,
-                                load_balancer: None,
-                                expected_listeners: None,
-                                zone: None,
-                                failover: None,
-                            },
-                        );
-                        out.amphora(id);
-                        tracing::debug!(amphora = %id, "new amphora");
-                    }
+                    // Inserted after the loop, in id order: neighbouring inserts share the
+                    // upper nodes of the published map (a fill costs fewer cache misses).
+                    Change::New(id) => self.new_ids.push(id),
                     Change::Status { id, from, to } => {
+                        self.changed = true;
                         self.status_changes += 1;
                         if let Some(h) = self.health.get_mut(&id) {
                             h.operating_status = to;
@@ -275,26 +330,107 @@ impl Fleet {
                             tracing::info!(amphora = %id, from = from.as_str(), to = to.as_str(), "amphora status changed");
                         }
                     }
-                    Change::Revived(id) => {
-                        if self.live.revived(id, now) {
-                            if let Some(h) = self.health.get_mut(&id) {
-                                h.liveness = Live::Alive;
-                                h.last_refresh_ns = now;
-                            }
-                            self.down.remove(&id);
-                            out.amphora(id);
-                            if self.revived_log.1 < LOG_EACH {
-                                self.revived_log.1 += 1;
-                                tracing::info!(amphora = %id, "stale amphora is beating again");
-                            } else {
-                                self.revived_log.2 += 1;
-                            }
-                            self.cancel_unstarted(id, now, out);
-                        }
-                    }
+                    Change::Revived(id) => self.revive(id, now, out),
                 }
             }
         }
+        // New amphorae: the shard holds their latest status (a status change that came in the
+        // same round, before this insert, is already there).
+        let mut new_ids = std::mem::take(&mut self.new_ids);
+        new_ids.sort_unstable();
+        for id in new_ids.drain(..) {
+            self.add_new(id, now, shards, out);
+        }
+        if new_ids.capacity() > 4096 {
+            new_ids = Vec::new();
+        }
+        self.new_ids = new_ids;
+    }
+
+    /// Starts tracking a new amphora first heard (here or by a peer) at `now`.
+    fn add_new(&mut self, id: Uuid, now: u64, shards: &Shards, out: &mut Writes) {
+        self.held += 1;
+        self.live.track(id, now, None, false);
+        let operating_status = shards.with(&id, |s| s.operating_status).unwrap_or(OperatingStatus::Offline);
+        self.health.insert(
+            id,
+            AmphoraHealth {
+                operating_status,
+                liveness: Live::Alive,
+                last_refresh_ns: now,
+                first_seen_ns: now,
+                load_balancer: None,
+                expected_listeners: None,
+                zone: None,
+                failover: None,
+            },
+        );
+        out.amphora(id);
+        tracing::debug!(amphora = %id, "new amphora");
+    }
+
+    /// An overdue or stale amphora refreshed at `at` (its watch flag was set): alive again.
+    fn revive(&mut self, id: Uuid, at: u64, out: &mut Writes) {
+        if !self.live.revived(id, at) {
+            return;
+        }
+        self.changed = true;
+        if let Some(h) = self.health.get_mut(&id) {
+            h.liveness = Live::Alive;
+            h.last_refresh_ns = at;
+        }
+        self.down.remove(&id);
+        out.amphora(id);
+        if self.revived_log.1 < LOG_EACH {
+            self.revived_log.1 += 1;
+            tracing::info!(amphora = %id, "stale amphora is beating again");
+        } else {
+            self.revived_log.2 += 1;
+        }
+        self.cancel_unstarted(id, at, out);
+    }
+
+    /// Cluster mode: applies a peer's digest (amphora, heard at, status). Each refresh newer
+    /// than any known is taken into the shard (liveness reads the newest of this member's and
+    /// its peers'); an amphora only a peer heard is tracked as new. Returns the refreshes taken.
+    pub fn apply_remote(
+        &mut self,
+        heard: &[(Uuid, u64, OperatingStatus)],
+        now: u64,
+        shards: &Shards,
+        out: &mut Writes,
+    ) -> u64 {
+        let mut taken = 0;
+        for &(id, at, status) in heard {
+            // Never in the future of this member's clock.
+            let at = at.min(now);
+            match shards.with_mut(&id, |s| s.heard_remotely(at, status)) {
+                Some((revived, changed)) => {
+                    taken += 1;
+                    if changed {
+                        self.changed = true;
+                        self.status_changes += 1;
+                        if let Some(h) = self.health.get_mut(&id) {
+                            h.operating_status = status;
+                        }
+                        out.amphora(id);
+                    }
+                    if revived {
+                        self.revive(id, at, out);
+                    }
+                }
+                None => {
+                    let mut st = AmphoraState::new(at);
+                    st.remote_refresh_ns = at;
+                    st.remote_refreshes = 1;
+                    st.operating_status = status;
+                    shards.insert_if_absent(id, st);
+                    self.add_new(id, at, shards, out);
+                    taken += 1;
+                }
+            }
+        }
+        taken
     }
 
     /// A stale amphora was heard again: its failover record, if not started yet (`pending`,
@@ -352,6 +488,20 @@ impl Fleet {
             }
         }
         for (id, last, since) in check.start {
+            // A record made for this silence already (by this member, or by a leader before it:
+            // a new leader's view of an amphora its predecessor failed over): never a second
+            // one. A record covers the silence when it was made after the amphora's last
+            // refresh (member clocks are assumed to agree to well within a timeout).
+            let covered = self.latest_record.get(&id).and_then(|r| self.records.get(r)).is_some_and(|r| {
+                r.reason == FailoverReason::Stale
+                    && r.state != FailoverState::Cancelled
+                    && r.state != FailoverState::Stopped
+                    && r.created_ns >= last
+            });
+            if covered {
+                self.live.mark_handled(&id);
+                continue;
+            }
             let existing = self
                 .record_for_episode(id, since)
                 .filter(|r| self.records.get(r).is_some_and(|r| r.state == FailoverState::Stopped));
@@ -387,7 +537,7 @@ impl Fleet {
             if let Some(h) = self.health.get_mut(id) {
                 h.last_refresh_ns = *last;
             }
-            self.changed = true;
+            self.held += 1;
         }
         for (i, (id, last)) in check.newly_stale.iter().enumerate() {
             if let Some(h) = self.health.get_mut(id) {
@@ -463,6 +613,9 @@ impl Fleet {
 
     /// Starts queued failovers while fewer than `failover_threads` run.
     pub fn dispatch(&mut self, now: u64, out: &mut Writes) {
+        if !self.leading {
+            return;
+        }
         while self.live.in_flight() < self.live.config().failover_threads.max(1) {
             let Some(id) = self.queue.pop_front() else { break };
             let Some(rec) = self.records.get_mut(&id) else { continue };
@@ -488,6 +641,16 @@ impl Fleet {
     fn apply_outcomes(&mut self, outcomes: Vec<Outcome>, now: u64, out: &mut Writes) {
         for o in outcomes {
             self.live.failover_finished();
+            if o.fenced {
+                // Not run: this member lost its term. The record stays pending in etcd for
+                // the leader, which resumes it; here it is pending again, not failed.
+                if let Some(rec) = self.records.get_mut(&o.id) {
+                    rec.state = FailoverState::Pending;
+                    rec.error = o.error;
+                }
+                self.changed = true;
+                continue;
+            }
             if let Some(rec) = self.records.get_mut(&o.id) {
                 rec.state = if o.ok { FailoverState::Done } else { FailoverState::Failed };
                 rec.attempts = o.attempts;
@@ -587,8 +750,11 @@ impl Fleet {
         shards: &Shards,
         out: &mut Writes,
     ) -> Result<Reply, CommandError> {
-        self.changed = true;
+        self.changed |= !matches!(command, FleetCommand::Failovers { .. } | FleetCommand::Record(_));
         match command {
+            FleetCommand::Failover(_) if !self.leading => {
+                Err(CommandError::NotLeader("manual failovers run on the leader; see GET /v1/cluster".into()))
+            }
             FleetCommand::Failover(id) => {
                 let Some(h) = self.health.get(&id) else {
                     return Err(CommandError::NotFound(format!("no amphora {id}")));

@@ -201,7 +201,8 @@ impl Durable for MemoryDurable {
         Ok(())
     }
 
-    fn submit(&mut self, batch: WriteBatch, done: Option<Done>, _awaited: bool) {
+    fn submit(&mut self, mut batch: WriteBatch, done: Option<Done>, _awaited: bool) {
+        batch.encode();
         let mut m = self.inner.lock();
         if m.failing {
             m.failures += 1;

@@ -187,7 +187,7 @@ impl ControlRig {
             .started
             .iter()
             .filter(|s| self.completed.insert(s.id))
-            .map(|s| Outcome { id: s.id, ok, attempts: 1, error: None })
+            .map(|s| Outcome { id: s.id, ok, attempts: 1, error: None, fenced: false })
             .collect();
         runs.finished.extend(done);
     }

@@ -52,8 +52,12 @@ pub struct Snapshot {
     pub generation: u64,
     /// When it was published, ns.
     pub taken_ns: u64,
-    /// Every known amphora, in id order.
+    /// Every known amphora, in id order. While more than a thousand new amphorae or re-armed
+    /// refresh times wait, they may appear here up to a second late
+    /// ([`crate::control::HOLD_NS`]); transitions never wait.
     pub amphorae: imbl::OrdMap<Uuid, AmphoraHealth>,
+    /// Amphorae tracked at publication (new ones included before they appear in `amphorae`).
+    pub tracked: usize,
     /// Stale amphorae.
     pub down: imbl::OrdSet<Uuid>,
     /// Load balancer → its amphorae (only those configured with one).
@@ -176,7 +180,7 @@ impl Published {
 
     /// Amphorae known, as of the latest snapshot.
     pub fn amphora_count(&self) -> usize {
-        self.snapshot.load().amphorae.len()
+        self.snapshot.load().tracked
     }
 }
 

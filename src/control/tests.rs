@@ -368,3 +368,78 @@ fn figures_are_republished_within_a_second_in_a_steady_fleet() {
     assert_eq!(after.totals.received, before.totals.received + 7, "the counters are current");
     assert!(after.taken_ns > before.taken_ns);
 }
+
+/// One control loop round at the rig's clock, publishing as the loop does.
+fn round(r: &mut ControlRig, ns: u64) {
+    r.clock.advance(ns);
+    r.control.run_due();
+    r.control.publish_round();
+}
+
+#[test]
+fn a_fill_of_new_amphorae_is_published_held_back_and_counted_at_once() {
+    let mut r = rig();
+    r.beat(0..10);
+    r.advance(S);
+    assert_eq!(r.snapshot().amphorae.len(), 10);
+    // More than HOLD_FEW new amphorae: held up to HOLD_MANY_NS, counted in `tracked` at once.
+    let many = super::HOLD_FEW as u64 + 100;
+    r.beat(10..10 + many);
+    round(&mut r, super::HOLD_MANY_NS / 20);
+    let s = r.snapshot();
+    assert_eq!(s.amphorae.len(), 10, "the bulk of new amphorae waits");
+    assert_eq!(s.tracked, 10 + many as usize, "the count does not wait");
+    assert_eq!(r.published.amphora_count(), 10 + many as usize);
+    round(&mut r, super::HOLD_MANY_NS / 2);
+    assert_eq!(r.snapshot().amphorae.len(), 10, "more than HOLD_FEW wait up to HOLD_MANY_NS");
+    round(&mut r, super::HOLD_MANY_NS);
+    assert_eq!(r.snapshot().amphorae.len(), 10 + many as usize);
+    // A few new amphorae are published in the round.
+    r.beat(100_000..100_003);
+    round(&mut r, 1);
+    assert_eq!(r.snapshot().amphorae.len(), 13 + many as usize);
+}
+
+#[test]
+fn a_transition_is_published_in_the_round_it_happens() {
+    let mut r = rig();
+    run(&mut r, 3, &[], 4);
+    let before = r.snapshot().generation;
+    // Amphora 2 stops; the others beat on. Its stale transition is published in the round of
+    // the check that finds it, not held back like a refresh.
+    let mut stale_at = None;
+    for step in 0..40u64 {
+        if step % 4 == 0 {
+            r.beat(0..2);
+        }
+        round(&mut r, S / 2);
+        if r.control.fleet.down().contains(&amphora(2)) {
+            stale_at = Some(step);
+            assert!(r.snapshot().down.contains(&amphora(2)), "published with the transition");
+            assert_eq!(r.snapshot().amphorae.get(&amphora(2)).map(|h| h.liveness), Some(Live::Stale));
+            break;
+        }
+    }
+    assert!(stale_at.is_some(), "amphora 2 went stale");
+    assert!(r.snapshot().generation > before);
+}
+
+#[test]
+fn a_read_command_is_answered_without_waiting_for_the_store() {
+    let mut r = rig();
+    r.beat(0..3);
+    r.advance(S);
+    // The store fails: writes wait for it, reads do not.
+    r.store.set_failing(true);
+    r.beat(3..6);
+    let (tx, rx) = crossbeam::channel::bounded(1);
+    r.control.command(super::Call {
+        command: Command::Fleet(FleetCommand::Failovers { marker: None, limit: 10 }),
+        reply: tx,
+    });
+    let reply = rx.try_recv().expect("a read is answered at once");
+    assert!(matches!(reply, Ok(Reply::Failovers { .. })), "{reply:?}");
+    let (tx, rx) = crossbeam::channel::bounded(1);
+    r.control.command(super::Call { command: Command::Fleet(FleetCommand::Forget(amphora(0))), reply: tx });
+    assert!(rx.try_recv().is_err(), "a write waits for its commit");
+}

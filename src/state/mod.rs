@@ -180,6 +180,14 @@ pub struct AmphoraState {
     /// `expected_listeners`.
     #[serde(default)]
     pub listener_count_mismatches: u64,
+    /// Cluster mode: the newest liveness refresh another member heard (from its digest), on
+    /// this member's clock, ns; 0 = none. Liveness reads the newer of this and
+    /// `last_refresh_ns`; digests carry only `last_refresh_ns` (what this member heard itself).
+    #[serde(skip)]
+    pub remote_refresh_ns: u64,
+    /// Cluster mode: refreshes heard by other members (from their digests).
+    #[serde(skip)]
+    pub remote_refreshes: u64,
     /// Set by the control thread when it finds the amphora overdue or stale; the next heartbeat
     /// that refreshes liveness clears it and tells the control thread ([`Applied::revived`]).
     #[serde(default)]
@@ -266,6 +274,8 @@ impl AmphoraState {
             last_seen_ns: now_ns,
             window: SeqWindow::default(),
             last_refresh_ns: 0,
+            remote_refresh_ns: 0,
+            remote_refreshes: 0,
             expected_listeners: None,
             listener_count_mismatches: 0,
             stale: false,
@@ -321,6 +331,28 @@ impl AmphoraState {
             revived = std::mem::take(&mut self.stale);
         }
         Ok(Applied { seq, status_change, revived, count_mismatch })
+    }
+
+    /// The newest liveness refresh anyone in the cluster heard (this member or a peer).
+    pub fn refreshed_ns(&self) -> u64 {
+        self.last_refresh_ns.max(self.remote_refresh_ns)
+    }
+
+    /// Cluster mode: a peer heard this amphora refresh its liveness at `at_ns` (this member's
+    /// clock) with `status`. A refresh newer than any known is taken: the status too when it
+    /// is newer than this member's own latest heartbeat. Returns (revived: the watch flag was
+    /// set and is now cleared, the operating status changed).
+    pub fn heard_remotely(&mut self, at_ns: u64, status: OperatingStatus) -> (bool, bool) {
+        if at_ns <= self.refreshed_ns() {
+            return (false, false);
+        }
+        self.remote_refresh_ns = at_ns;
+        self.remote_refreshes = self.remote_refreshes.saturating_add(1);
+        let changed = at_ns > self.last_seen_ns && status != self.operating_status;
+        if at_ns > self.last_seen_ns {
+            self.operating_status = status;
+        }
+        (std::mem::take(&mut self.stale), changed)
     }
 
     /// An older heartbeat never seen before: its ver ≥ 3 deltas, nothing else.

@@ -135,11 +135,25 @@ pub struct Op {
     pub value: Option<Vec<u8>>,
 }
 
+/// A value encoded by whoever takes the batch ([`WriteBatch::encode`]): the store's writer
+/// thread, so that a caller with many rows to write (the control thread) does not serialize
+/// them itself.
+#[derive(Clone)]
+pub struct Deferred(pub std::sync::Arc<dyn Fn() -> Vec<u8> + Send + Sync>);
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deferred")
+    }
+}
+
 /// Writes to commit together.
 #[derive(Clone, Debug, Default)]
 pub struct WriteBatch {
     /// The writes, applied in order.
     pub ops: Vec<Op>,
+    /// Puts whose values are encoded later, applied after `ops`, in order.
+    pub deferred: Vec<(Table, Key, Deferred)>,
 }
 
 impl WriteBatch {
@@ -150,6 +164,19 @@ impl WriteBatch {
         self.ops.push(Op { table, key, value: Some(bytes) });
     }
 
+    /// Puts `value`, JSON-encoded when the batch is encoded ([`WriteBatch::encode`]), not now.
+    pub fn put_json_deferred<T: serde::Serialize + Send + Sync + 'static>(&mut self, table: Table, key: Key, value: T) {
+        let encode = move || serde_json::to_vec(&value).unwrap_or_default();
+        self.deferred.push((table, key, Deferred(std::sync::Arc::new(encode))));
+    }
+
+    /// Encodes the deferred puts into `ops` (after the ops already there).
+    pub fn encode(&mut self) {
+        for (table, key, value) in self.deferred.drain(..) {
+            self.ops.push(Op { table, key, value: Some((value.0)()) });
+        }
+    }
+
     /// Deletes a key.
     pub fn delete(&mut self, table: Table, key: Key) {
         self.ops.push(Op { table, key, value: None });
@@ -157,9 +184,10 @@ impl WriteBatch {
 
     /// Whether every key fits its table (a batch that does not is a bug, refused whole).
     pub fn fits(&self) -> bool {
-        self.ops.iter().all(|op| {
+        let keys = self.ops.iter().map(|op| (op.table, &op.key)).chain(self.deferred.iter().map(|(t, k, _)| (*t, k)));
+        keys.into_iter().all(|(table, key)| {
             matches!(
-                (op.table, &op.key),
+                (table, key),
                 (Table::Amphorae, Key::Id(_))
                     | (Table::Failovers | Table::Volumes, Key::Num(_))
                     | (Table::Meta | Table::Services | Table::Pools, Key::Name(_))
@@ -169,12 +197,12 @@ impl WriteBatch {
 
     /// Number of writes.
     pub fn len(&self) -> usize {
-        self.ops.len()
+        self.ops.len() + self.deferred.len()
     }
 
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.deferred.is_empty()
     }
 }
 
@@ -190,7 +218,15 @@ impl Loaded {
     /// control plane's deterministic tests restore from it.
     pub fn from_batches<'a>(batches: impl IntoIterator<Item = &'a WriteBatch>) -> Loaded {
         let mut rows: Vec<(Table, Key, Vec<u8>)> = Vec::new();
-        for op in batches.into_iter().flat_map(|b| &b.ops) {
+        let encoded: Vec<WriteBatch> = batches
+            .into_iter()
+            .map(|b| {
+                let mut b = b.clone();
+                b.encode();
+                b
+            })
+            .collect();
+        for op in encoded.iter().flat_map(|b| &b.ops) {
             rows.retain(|(t, k, _)| !(*t == op.table && *k == op.key));
             if let Some(v) = &op.value {
                 rows.push((op.table, op.key.clone(), v.clone()));
@@ -397,7 +433,16 @@ impl Store {
 
     /// Commits several batches, in order, in one durable transaction.
     pub fn commit_all(&self, batches: &[WriteBatch]) -> Result<(), StoreError> {
-        self.commit_ops(batches.iter().flat_map(|b| &b.ops).map(|op| (op.table, &op.key, op.value.as_deref())))
+        let encoded: Vec<(Table, &Key, Vec<u8>)> =
+            batches.iter().flat_map(|b| &b.deferred).map(|(t, k, v)| (*t, k, (v.0)())).collect();
+        let mut deferred = encoded.iter();
+        // Each batch's ops, then its deferred puts, batch after batch.
+        let ops = batches.iter().flat_map(|b| {
+            let now: Vec<_> =
+                deferred.by_ref().take(b.deferred.len()).map(|(t, k, v)| (*t, *k, Some(v.as_slice()))).collect();
+            b.ops.iter().map(|op| (op.table, &op.key, op.value.as_deref())).chain(now)
+        });
+        self.commit_ops(ops)
     }
 
     /// Commits `ops` (table, key, value or `None` to delete) in one durable transaction. After

@@ -96,7 +96,9 @@ impl Pending {
     /// Merges `job` (its writes replace older ones of the same key). A batch with a key that
     /// does not fit its table is refused whole: its completion is told at once. Returns the
     /// amphora ids spilled to keep the queue under its bound.
-    pub fn merge(&mut self, job: Job) -> Vec<[u8; 16]> {
+    pub fn merge(&mut self, mut job: Job) -> Vec<[u8; 16]> {
+        // Values the caller left to encode are encoded here, on the writer's thread.
+        job.batch.encode();
         if !job.batch.fits() {
             let e = StoreError::Transaction("a key does not fit its table; batch refused".into());
             tracing::error!(error = %e, "store batch refused");

@@ -66,8 +66,8 @@ use crate::proto::octavia::Uuid;
 const S: u64 = 1_000_000_000;
 
 /// Most expired deadlines one health check, or one control round between checks
-/// ([`Liveness::advance`]), handles (about 20 ms of probes); the rest wait for the next one.
-pub const EXPIRED_PER_CHECK: usize = 20_000;
+/// ([`Liveness::advance`]), handles (5 to 12 ms of probes at a million amphorae, measured); the rest wait for the next one.
+pub const EXPIRED_PER_CHECK: usize = 5_000;
 
 /// Most groups listed one by one in the suspension reasons of one check.
 const GROUPS_LISTED: usize = 16;
@@ -152,6 +152,8 @@ pub struct Check {
 #[derive(Debug)]
 pub struct Liveness {
     cfg: LivenessConfig,
+    /// Reasons from outside the sink's own signals (cluster mode), added to every suspension.
+    external: Vec<SuspendReason>,
     tracks: FxHashMap<Uuid, Track>,
     wheel: Wheel,
     /// Stale and not yet handled, by when they went stale.
@@ -192,6 +194,7 @@ impl Liveness {
     /// A liveness machine started at `now`.
     pub fn new(cfg: LivenessConfig, now: u64) -> Liveness {
         Liveness {
+            external: Vec::new(),
             wheel: wheel_for(&cfg, now),
             cfg,
             tracks: FxHashMap::default(),
@@ -258,6 +261,13 @@ impl Liveness {
     /// Tracked amphorae.
     pub fn tracked(&self) -> usize {
         self.tracks.len()
+    }
+
+    /// Sets the reasons from outside the sink's own signals (cluster mode: not the leader,
+    /// etcd unreachable, a new leader's grace, an impaired or silent member); they hold back
+    /// every automatic failover while set.
+    pub fn set_external(&mut self, reasons: Vec<SuspendReason>) {
+        self.external = reasons;
     }
 
     /// Stale amphorae.
@@ -609,6 +619,7 @@ impl Liveness {
                 remaining_s: secs(self.blind_until - now),
             });
         }
+        out.extend(self.external.iter().cloned());
         let mut listed = (0, 0);
         for gid in &self.disrupted {
             let Some(g) = self.groups.get(gid) else { continue };

@@ -87,6 +87,31 @@ pub enum SuspendReason {
         /// Seconds the suspension lasts once fewer are overdue.
         remaining_s: f64,
     },
+    /// Cluster mode: this member does not lead; only the leader fails amphorae over.
+    NotLeader,
+    /// Cluster mode: etcd does not answer (no quorum, or this member is cut off from it); no
+    /// member can lead, so none fails anything over.
+    EtcdUnreachable,
+    /// Cluster mode: this member became leader less than `heartbeat_timeout` ago; its view of
+    /// the fleet may be partial, so every amphora gets a full timeout first (Nomad's new
+    /// leader grants every node a fresh TTL).
+    LeaderGrace {
+        /// Seconds left.
+        remaining_s: f64,
+    },
+    /// Cluster mode: a live member's own self-awareness rules hold its failovers back (it may
+    /// be deaf or overloaded): amphorae it would have heard must not be failed over.
+    MemberImpaired {
+        /// The member.
+        node: String,
+    },
+    /// Cluster mode: a live member's digests stopped arriving: what it heard is unknown.
+    MemberSilent {
+        /// The member.
+        node: String,
+        /// Seconds since its last digest (`null`: none yet).
+        silent_s: Option<f64>,
+    },
     /// A small group in partial disruption: its failovers wait (the others go on).
     Partition {
         /// The group (`default`, `zone:NAME`, `lb:ID`).
@@ -122,6 +147,11 @@ impl SuspendReason {
             SuspendReason::WorkersLagging { .. } => "workers_lagging",
             SuspendReason::ControlStalled { .. } => "control_stalled",
             SuspendReason::SinkBlind { .. } => "sink_blind",
+            SuspendReason::NotLeader => "not_leader",
+            SuspendReason::EtcdUnreachable => "etcd_unreachable",
+            SuspendReason::LeaderGrace { .. } => "leader_grace",
+            SuspendReason::MemberImpaired { .. } => "member_impaired",
+            SuspendReason::MemberSilent { .. } => "member_silent",
             SuspendReason::Partition { .. } => "partition",
             SuspendReason::SecondaryRate { .. } => "secondary_rate",
         }
@@ -136,12 +166,17 @@ impl SuspendReason {
     }
 
     /// Every label, for metrics.
-    pub const LABELS: [&'static str; 7] = [
+    pub const LABELS: [&'static str; 12] = [
         "startup_grace",
         "overloaded",
         "workers_lagging",
         "control_stalled",
         "sink_blind",
+        "not_leader",
+        "etcd_unreachable",
+        "leader_grace",
+        "member_impaired",
+        "member_silent",
         "partition",
         "secondary_rate",
     ];

@@ -1,0 +1,647 @@
+//! The cluster's threads: `cluster` (etcd: the member lease and key, the leader campaign, the
+//! members and records read back, fenced writes) and `cluster-digest` (this member's digests
+//! to its peers). Both block on I/O with bounded timeouts; neither touches the packet path.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use crossbeam::channel::{self, Receiver, Sender};
+
+use super::digest::{self, Heard};
+use super::{ClusterConfig, ClusterInput, ClusterView, Member, Shared, LEADER_MARGIN_NS};
+use crate::control::cluster::{AmphoraSettings, EtcdView, EtcdWrite};
+use crate::control::failover::{Claim, FailoverRecord, FailoverState};
+use crate::control::persist::Durable;
+use crate::control::StoreStatus;
+use crate::engine::Clock;
+use crate::etcd::{Client, Compare, CompareOp, EtcdError, LeaseId, Txn, TxnOp};
+use crate::proto::keyring::Keyring;
+use crate::store::Loaded;
+use crate::store::{Done, Key, StoreError, Table, WriteBatch};
+
+const S: u64 = 1_000_000_000;
+/// How often a member that does not lead tries to become leader, and reads members and records.
+const ROUND: Duration = Duration::from_millis(300);
+/// Most operations in one etcd transaction (etcd's `--max-txn-ops` default is 128).
+const TXN_OPS: usize = 100;
+
+/// Cluster mode before its threads run: the etcd client, and the channel of leader writes
+/// (the control plane's failover threads and store are wired to it before the sockets are
+/// bound; the threads start once this member's addresses are known).
+#[derive(Debug)]
+pub struct Prepared {
+    cfg: ClusterConfig,
+    client: Arc<Client>,
+    shared: Arc<Shared>,
+    fence: Sender<EtcdWrite>,
+    fenced: Receiver<EtcdWrite>,
+}
+
+/// The running cluster threads.
+#[derive(Debug)]
+pub struct Agent {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Why cluster mode could not start.
+#[derive(Debug)]
+pub enum ClusterError {
+    /// The etcd endpoints are not usable URLs.
+    Etcd(EtcdError),
+    /// A thread could not be started.
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClusterError::Etcd(e) => write!(f, "cluster: etcd: {e}"),
+            ClusterError::Thread(e) => write!(f, "cluster: thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClusterError {}
+
+/// What the cluster threads need from the daemon.
+#[derive(Clone)]
+pub struct Wiring {
+    /// This member as its key says.
+    pub me: Member,
+    /// The control thread's cluster input.
+    pub control: Sender<ClusterInput>,
+    /// The control clock.
+    pub clock: Arc<dyn Clock>,
+    /// The data plane (its shards are scanned for digests).
+    pub engine: Arc<crate::engine::Shared>,
+    /// The heartbeat keys (digests are signed with the first).
+    pub keys: Arc<ArcSwap<Keyring>>,
+}
+
+impl Prepared {
+    /// The etcd client for `cfg` (nothing is sent yet) and the leader-write channel.
+    pub fn new(cfg: ClusterConfig, shared: Arc<Shared>) -> Result<Prepared, ClusterError> {
+        let client = Arc::new(Client::new(cfg.etcd.clone(), cfg.timeout()).map_err(ClusterError::Etcd)?);
+        shared.digest_interval_ns.store((cfg.digest_interval * 1e9) as u64, Ordering::Relaxed);
+        let (fence, fenced) = channel::unbounded();
+        Ok(Prepared { cfg, client, shared, fence, fenced })
+    }
+
+    /// The claim a failover thread makes before running a record's action: the record is put
+    /// `in_progress` under this member's term, in one fenced transaction.
+    pub fn claim(&self) -> Claim {
+        let (client, cfg, shared) = (self.client.clone(), self.cfg.clone(), self.shared.clone());
+        Arc::new(move |rec: &FailoverRecord| {
+            let term = shared.term();
+            if term == 0 {
+                return Err("this member does not lead".into());
+            }
+            let mut rec = rec.clone();
+            rec.state = FailoverState::InProgress;
+            let value = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+            match fenced_txn(&client, &cfg, term, vec![(record_key(rec.id), Some(value))]) {
+                Ok(true) => {
+                    shared.etcd_writes.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                Ok(false) => {
+                    shared.fenced_refused.fetch_add(1, Ordering::Relaxed);
+                    Err(format!("fenced: term {term} is over"))
+                }
+                Err(e) => Err(format!("etcd: {e}")),
+            }
+        })
+    }
+
+    /// Wraps the local store: failover records also go to etcd, fenced by the term (the
+    /// local store keeps everything, so a member restarts from its own rows).
+    pub fn durable(&self, local: Option<Box<dyn Durable>>) -> Box<dyn Durable> {
+        Box::new(ClusterDurable { local, fence: self.fence.clone(), cfg: self.cfg.clone() })
+    }
+
+    /// Where the control thread sends its other etcd writes (amphora settings).
+    pub fn writes(&self) -> Sender<EtcdWrite> {
+        self.fence.clone()
+    }
+
+    /// Starts the `cluster` and `cluster-digest` threads.
+    pub fn start(self, w: Wiring) -> Result<Agent, ClusterError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let (cfg, w, stop, shared) = (self.cfg.clone(), w.clone(), stop.clone(), self.shared.clone());
+            let (client, fenced) = (self.client.clone(), self.fenced);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("cluster".into())
+                    .spawn(move || Etcd::new(cfg, w, shared, client, fenced).run(&stop))
+                    .map_err(ClusterError::Thread)?,
+            );
+        }
+        {
+            let (cfg, stop, shared) = (self.cfg, stop.clone(), self.shared);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("cluster-digest".into())
+                    .spawn(move || digests(&cfg, &w, &shared, &stop))
+                    .map_err(ClusterError::Thread)?,
+            );
+        }
+        Ok(Agent { stop, threads })
+    }
+}
+
+impl Agent {
+    /// Stops both threads; a leader first gives up its key and the lease (a successor within
+    /// one campaign round).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn record_key(id: u64) -> String {
+    format!("failovers/{id:020}")
+}
+
+/// One transaction of `ops` (keys under the prefix); with a `term`, fenced: the `leader` key's
+/// create revision must still be it.
+fn txn(
+    client: &Client,
+    cfg: &ClusterConfig,
+    term: Option<u64>,
+    ops: Vec<(String, Option<Vec<u8>>)>,
+) -> Result<bool, EtcdError> {
+    let when: Vec<Compare> =
+        term.map(|t| Compare::create_revision(cfg.key("leader"), CompareOp::Equal, t as i64)).into_iter().collect();
+    let txn = Txn::new().when(when).and_then(ops.into_iter().map(|(k, v)| match v {
+        Some(v) => TxnOp::put(cfg.key(&k), v, None),
+        None => TxnOp::delete(cfg.key(&k)),
+    }));
+    Ok(client.txn(&txn)?.succeeded)
+}
+
+/// One fenced transaction: the `leader` key's create revision must still be `term`.
+fn fenced_txn(
+    client: &Client,
+    cfg: &ClusterConfig,
+    term: u64,
+    ops: Vec<(String, Option<Vec<u8>>)>,
+) -> Result<bool, EtcdError> {
+    txn(client, cfg, Some(term), ops)
+}
+
+/// The local store with failover records also sent to etcd by the `cluster` thread.
+struct ClusterDurable {
+    local: Option<Box<dyn Durable>>,
+    fence: Sender<EtcdWrite>,
+    cfg: ClusterConfig,
+}
+
+impl Durable for ClusterDurable {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        self.local.as_ref().map_or_else(|| Ok(Loaded::default()), |l| l.load())
+    }
+    fn each_amphora(&self, f: &mut crate::store::RowVisitor<'_>) -> Result<(), StoreError> {
+        self.local.as_ref().map_or(Ok(()), |l| l.each_amphora(f))
+    }
+    fn submit(&mut self, batch: WriteBatch, done: Option<Done>, awaited: bool) {
+        let ops: Vec<(String, Option<Vec<u8>>)> = batch
+            .ops
+            .iter()
+            .filter_map(|op| match (op.table, &op.key) {
+                (Table::Failovers, Key::Num(id)) => Some((record_key(*id), op.value.clone())),
+                _ => None,
+            })
+            .collect();
+        if !ops.is_empty() {
+            let _ = self.fence.send(EtcdWrite { ops, fenced: true, done: None });
+        }
+        match self.local.as_mut() {
+            Some(l) => l.submit(batch, done, awaited),
+            None => {
+                if let Some(done) = done {
+                    done(Ok(()));
+                }
+            }
+        }
+    }
+    fn status(&self) -> Option<StoreStatus> {
+        self.local.as_ref().and_then(|l| l.status())
+    }
+    fn healthy(&self) -> bool {
+        self.local.as_ref().is_none_or(|l| l.healthy())
+    }
+    fn take_spilled(&mut self) -> Vec<crate::proto::octavia::Uuid> {
+        self.local.as_mut().map_or_else(Vec::new, |l| l.take_spilled())
+    }
+    fn finish(&mut self) {
+        if let Some(l) = self.local.as_mut() {
+            l.finish();
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterDurable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterDurable").field("prefix", &self.cfg.prefix).finish()
+    }
+}
+
+/// The `cluster` thread's state.
+struct Etcd {
+    cfg: ClusterConfig,
+    w: Wiring,
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+    fenced: Receiver<EtcdWrite>,
+    lease: Option<LeaseId>,
+    /// Control-clock ns until which the lease is surely alive (send time of the last
+    /// acknowledged keep-alive + TTL).
+    lease_until: u64,
+    next_keepalive: u64,
+    /// The term this member leads in (0: it does not).
+    term: u64,
+    /// The leader as last read, and its term.
+    leader: Option<(String, u64)>,
+    members: Vec<Member>,
+    /// The revision of the last failover records sent to the control thread.
+    records_rev: i64,
+    /// The revision of the last amphora settings sent to the control thread.
+    settings_rev: i64,
+    next_read: u64,
+    etcd_ok: Option<bool>,
+    last_error: Option<String>,
+}
+
+impl Etcd {
+    fn new(
+        cfg: ClusterConfig,
+        w: Wiring,
+        shared: Arc<Shared>,
+        client: Arc<Client>,
+        fenced: Receiver<EtcdWrite>,
+    ) -> Etcd {
+        Etcd {
+            cfg,
+            w,
+            shared,
+            client,
+            fenced,
+            lease: None,
+            lease_until: 0,
+            next_keepalive: 0,
+            term: 0,
+            leader: None,
+            members: Vec::new(),
+            records_rev: 0,
+            settings_rev: 0,
+            next_read: 0,
+            etcd_ok: None,
+            last_error: None,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.w.clock.now_ns()
+    }
+
+    fn run(mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::SeqCst) {
+            self.round();
+            // Fenced writes as they come, otherwise a campaign round.
+            if let Ok(first) = self.fenced.recv_timeout(ROUND) {
+                let more: Vec<EtcdWrite> = std::iter::once(first).chain(self.fenced.try_iter()).collect();
+                self.write_fenced(more);
+            }
+        }
+        // Writes queued before the stop, then give the lead and the lease up.
+        let rest: Vec<EtcdWrite> = self.fenced.try_iter().collect();
+        self.write_fenced(rest);
+        self.release();
+    }
+
+    fn ok(&mut self, r: Result<(), EtcdError>) -> bool {
+        let ok = r.is_ok();
+        if let Err(e) = &r {
+            self.last_error = Some(e.to_string());
+        }
+        if self.etcd_ok != Some(ok) {
+            match &r {
+                Ok(()) => tracing::info!(endpoint = self.client.endpoint(), "etcd reachable"),
+                Err(e) => tracing::error!(error = %e, "etcd unreachable: this member takes no leader action"),
+            }
+            self.etcd_ok = Some(ok);
+        }
+        self.shared.set_etcd_ok(ok);
+        ok
+    }
+
+    fn round(&mut self) {
+        let now = self.now();
+        // The lease and the member key.
+        if self.lease.is_none() {
+            let r = self.join();
+            if !self.ok(r) {
+                self.step_down("no lease");
+                self.publish();
+                return;
+            }
+        }
+        if now >= self.next_keepalive {
+            let r = self.keepalive(now);
+            self.ok(r);
+        }
+        // Past the deadline: no longer leading, whatever etcd says later.
+        if self.term != 0 && self.now() >= self.lease_until.saturating_sub(LEADER_MARGIN_NS) {
+            self.step_down("lease deadline passed");
+        }
+        if self.lease.is_some() {
+            let r = self.campaign();
+            self.ok(r);
+        }
+        if self.now() >= self.next_read {
+            self.next_read = self.now() + S;
+            let r = self.read_back();
+            self.ok(r);
+        }
+        self.publish();
+    }
+
+    fn join(&mut self) -> Result<(), EtcdError> {
+        let lease = self.client.lease_grant(self.cfg.lease_ttl as i64)?;
+        let sent = self.now();
+        let mut me = self.w.me.clone();
+        me.joined = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        me.ready = true;
+        let value = serde_json::to_vec(&me).unwrap_or_default();
+        self.client.put(self.cfg.key(&format!("members/{}", self.w.me.node)), value, Some(lease))?;
+        self.shared.etcd_writes.fetch_add(1, Ordering::Relaxed);
+        self.lease = Some(lease);
+        self.lease_until = sent + self.cfg.lease_ttl * S;
+        self.next_keepalive = sent + self.cfg.lease_ttl * S / 3;
+        tracing::info!(node = %self.w.me.node, lease = %lease, ttl_s = self.cfg.lease_ttl, "joined the cluster");
+        Ok(())
+    }
+
+    fn keepalive(&mut self, now: u64) -> Result<(), EtcdError> {
+        let Some(lease) = self.lease else { return Ok(()) };
+        // A failed keep-alive is retried at the next round; the deadline stays where the last
+        // acknowledged one put it.
+        self.next_keepalive = now + ROUND.as_nanos() as u64;
+        match self.client.lease_keepalive(lease)? {
+            Some(ttl) if ttl > 0 => {
+                self.lease_until = now + ttl as u64 * S;
+                self.next_keepalive = now + self.cfg.lease_ttl * S / 3;
+                if self.term != 0 {
+                    self.shared.set_leader(self.term, self.lease_until.saturating_sub(LEADER_MARGIN_NS));
+                }
+                Ok(())
+            }
+            _ => {
+                tracing::warn!(lease = %lease, "the member lease expired: joining again");
+                self.lease = None;
+                self.step_down("lease expired");
+                Ok(())
+            }
+        }
+    }
+
+    fn campaign(&mut self) -> Result<(), EtcdError> {
+        let Some(lease) = self.lease else { return Ok(()) };
+        let key = self.cfg.key("leader");
+        if self.term != 0 {
+            // Still ours? (A revoked lease or a deleted key ends the term.)
+            let (kv, _) = self.client.get(&key)?;
+            if kv.as_ref().is_none_or(|kv| kv.create_revision as u64 != self.term) {
+                self.step_down("the leader key is gone");
+            }
+            return Ok(());
+        }
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), self.w.me.node.clone(), Some(lease))])
+            .or_else([TxnOp::get(key)]);
+        let sent = self.now();
+        let r = self.client.txn(&txn)?;
+        if r.succeeded {
+            // The deadline counts from the last keep-alive's send time, or this call's if newer
+            // knowledge: the lease was alive when etcd bound the key to it.
+            let until = self.lease_until.max(sent + self.cfg.lease_ttl * S / 2);
+            if sent >= until.saturating_sub(LEADER_MARGIN_NS) {
+                return Ok(());
+            }
+            self.term = r.revision as u64;
+            self.shared.etcd_writes.fetch_add(1, Ordering::Relaxed);
+            let records = self.records()?;
+            self.shared.set_leader(self.term, until.saturating_sub(LEADER_MARGIN_NS));
+            self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
+            self.leader = Some((self.w.me.node.clone(), self.term));
+            tracing::warn!(term = self.term, "elected leader");
+            let _ = self.w.control.send(ClusterInput::Leading { term: self.term, records });
+        } else {
+            let holder = r.responses.iter().find_map(|resp| match resp {
+                crate::etcd::OpResponse::Range(rr) => rr.kvs.first().cloned(),
+                _ => None,
+            });
+            // Our own key on our own live lease (we stepped down on our deadline while etcd
+            // could not be reached, and the lease outlived it): nobody else can have led
+            // since; lead again, from the start (the grace applies again).
+            if let Some(kv) =
+                holder.as_ref().filter(|kv| kv.value == self.w.me.node.as_bytes() && kv.lease == Some(lease))
+            {
+                if sent < self.lease_until.saturating_sub(LEADER_MARGIN_NS) {
+                    self.term = kv.create_revision as u64;
+                    let records = self.records()?;
+                    self.shared.set_leader(self.term, self.lease_until.saturating_sub(LEADER_MARGIN_NS));
+                    self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
+                    self.leader = Some((self.w.me.node.clone(), self.term));
+                    tracing::warn!(term = self.term, "leading again (our key outlived the outage)");
+                    let _ = self.w.control.send(ClusterInput::Leading { term: self.term, records });
+                    return Ok(());
+                }
+            }
+            let now_leader =
+                holder.map(|kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.create_revision as u64));
+            if now_leader != self.leader {
+                match &now_leader {
+                    Some((n, t)) => tracing::info!(leader = %n, term = t, "cluster leader"),
+                    None => tracing::warn!("no cluster leader"),
+                }
+                self.leader = now_leader;
+            }
+        }
+        Ok(())
+    }
+
+    fn step_down(&mut self, why: &str) {
+        if self.term != 0 {
+            tracing::warn!(term = self.term, why, "no longer the leader");
+            self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
+            self.term = 0;
+            self.leader = None;
+            let _ = self.w.control.send(ClusterInput::Following);
+        }
+        self.shared.set_leader(0, 0);
+    }
+
+    fn records(&mut self) -> Result<Vec<FailoverRecord>, EtcdError> {
+        let (kvs, rev) = self.client.range_prefix(self.cfg.key("failovers/"))?;
+        self.records_rev = rev;
+        Ok(kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+    }
+
+    /// Members (everyone) and, for a member that does not lead, the failover records.
+    fn read_back(&mut self) -> Result<(), EtcdError> {
+        let (kvs, _) = self.client.range_prefix(self.cfg.key("members/"))?;
+        let mut members: Vec<Member> = kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
+        members.sort_by(|a, b| a.node.cmp(&b.node));
+        if members != self.members {
+            let names: Vec<String> = members.iter().map(|m| m.node.clone()).collect();
+            let _ = self.w.control.send(ClusterInput::Members(names));
+            self.members = members;
+        }
+        let (kvs, rev) = self.client.range_prefix(self.cfg.key("amphorae/"))?;
+        if rev != self.settings_rev {
+            self.settings_rev = rev;
+            let settings: Vec<(crate::proto::octavia::Uuid, AmphoraSettings)> = kvs
+                .iter()
+                .filter_map(|kv| {
+                    let key = std::str::from_utf8(&kv.key).ok()?;
+                    let id = key.rsplit('/').next()?.parse().ok()?;
+                    Some((id, serde_json::from_slice(&kv.value).ok()?))
+                })
+                .collect();
+            let _ = self.w.control.send(ClusterInput::Settings(settings));
+        }
+        if self.term == 0 {
+            let (kvs, rev) = self.client.range_prefix(self.cfg.key("failovers/"))?;
+            if rev != self.records_rev {
+                self.records_rev = rev;
+                let records = kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
+                let _ = self.w.control.send(ClusterInput::Records(records));
+            }
+        }
+        Ok(())
+    }
+
+    fn write_fenced(&mut self, batches: Vec<EtcdWrite>) {
+        for w in batches {
+            let r = self.write(&w.ops, w.fenced);
+            if let Some(done) = w.done {
+                done(r);
+            }
+        }
+    }
+
+    fn write(&mut self, ops: &[(String, Option<Vec<u8>>)], fenced: bool) -> Result<(), String> {
+        if fenced && (self.term == 0 || !self.shared.is_leader(self.now())) {
+            self.shared.fenced_refused.fetch_add(ops.len() as u64, Ordering::Relaxed);
+            tracing::warn!(writes = ops.len(), "leader writes dropped: this member does not lead");
+            return Err("this member does not lead".into());
+        }
+        for chunk in ops.chunks(TXN_OPS) {
+            let bytes: usize = chunk.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
+            match txn(&self.client, &self.cfg, fenced.then_some(self.term), chunk.to_vec()) {
+                Ok(true) => {
+                    self.shared.etcd_writes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    self.shared.etcd_write_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                }
+                Ok(false) => {
+                    self.shared.fenced_refused.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    self.step_down("a fenced write was refused");
+                    return Err("fenced: this member's term is over".into());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, writes = chunk.len(), "writes to etcd failed");
+                    let msg = e.to_string();
+                    let _ = self.ok(Err(e));
+                    return Err(msg);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        if self.term != 0 {
+            let _ = fenced_txn(&self.client, &self.cfg, self.term, vec![("leader".into(), None)]);
+            self.step_down("graceful stop");
+        }
+        if let Some(lease) = self.lease.take() {
+            let _ = self.client.lease_revoke(lease);
+        }
+        tracing::info!("left the cluster");
+    }
+
+    fn publish(&self) {
+        let view = ClusterView {
+            mode: "cluster",
+            node: self.w.me.node.clone(),
+            leader: self.leader.as_ref().map(|(n, _)| n.clone()),
+            term: self.leader.as_ref().map_or(0, |(_, t)| *t),
+            members: self.members.clone(),
+            etcd: EtcdView {
+                endpoints: self.cfg.etcd.clone(),
+                reachable: self.etcd_ok == Some(true),
+                error: if self.etcd_ok == Some(true) { None } else { self.last_error.clone() },
+            },
+        };
+        self.shared.view.store(Arc::new(view));
+    }
+}
+
+/// The `cluster-digest` thread: every `digest_interval`, the amphorae whose liveness this
+/// member refreshed since the previous digest go to every other live member.
+fn digests(cfg: &ClusterConfig, w: &Wiring, shared: &Shared, stop: &AtomicBool) {
+    let every = Duration::from_secs_f64(cfg.digest_interval);
+    let agent: ureq::Agent = ureq::AgentBuilder::new().timeout(cfg.timeout()).build();
+    let mut since = 0u64;
+    let mut heard: Vec<Heard> = Vec::new();
+    let mut body = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(every);
+        let now = w.clock.now_ns();
+        heard.clear();
+        let shards = &w.engine.pipeline.shards;
+        for i in 0..shards.len() {
+            let shard = shards.shard(i).lock();
+            for (id, s) in shard.iter() {
+                if s.last_refresh_ns > since {
+                    let age_ms = (now.saturating_sub(s.last_refresh_ns) / 1_000_000).min(u64::from(u32::MAX)) as u32;
+                    heard.push(Heard { id: *id, age_ms, status: s.operating_status });
+                }
+            }
+        }
+        // The next digest starts where this scan started: a refresh during the scan comes
+        // again (harmless: an older or equal refresh changes nothing at a peer).
+        since = now;
+        let view = shared.view.load();
+        let peers: Vec<&Member> = view.members.iter().filter(|m| m.node != w.me.node).collect();
+        if peers.is_empty() {
+            continue;
+        }
+        let impaired = shared.impaired.load(Ordering::Relaxed);
+        let keys = w.keys.load();
+        let chunks: Vec<&[Heard]> =
+            if heard.is_empty() { vec![&[][..]] } else { heard.chunks(digest::MAX_ENTRIES).collect() };
+        for chunk in chunks {
+            digest::encode(&w.me.node, impaired, chunk, &keys, &mut body);
+            for p in &peers {
+                let url = format!("http://{}/v1/cluster/digest", p.admin);
+                match agent.post(&url).set("content-type", "application/octet-stream").send_bytes(&body) {
+                    Ok(_) => {
+                        shared.digests_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::debug!(peer = %p.node, error = %e, "digest not delivered"),
+                }
+            }
+        }
+    }
+}

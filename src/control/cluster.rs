@@ -1,0 +1,243 @@
+//! What cluster mode shares between its etcd thread, the control thread and the surfaces: a
+//! leaf module (plain types and atomics), so the control plane and the admin API read the
+//! cluster's state without importing the etcd machinery.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+/// One member, as its member key in etcd says.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its node name.
+    pub node: String,
+    /// Its heartbeat (UDP) address.
+    pub heartbeat: String,
+    /// Its admin (HTTP) address.
+    pub admin: String,
+    /// Its confd address, if it serves confd.
+    pub confd: Option<String>,
+    /// When it joined, seconds since the Unix epoch.
+    pub joined: u64,
+    /// Whether it is receiving heartbeats.
+    pub ready: bool,
+}
+
+/// The cluster as one member sees it (`GET /v1/cluster`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterView {
+    /// `single` or `cluster`.
+    pub mode: &'static str,
+    /// This member's node name.
+    pub node: String,
+    /// The leader's node name, if one is known.
+    pub leader: Option<String>,
+    /// The leader's term: the etcd revision that created its leader key (0: none known).
+    pub term: u64,
+    /// The members whose keys are alive, by node name.
+    pub members: Vec<Member>,
+    /// etcd as this member reaches it.
+    pub etcd: EtcdView,
+}
+
+/// etcd as one member reaches it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EtcdView {
+    /// The configured client URLs.
+    pub endpoints: Vec<String>,
+    /// Whether the latest call succeeded.
+    pub reachable: bool,
+    /// The latest error, while unreachable.
+    pub error: Option<String>,
+}
+
+/// The cluster state shared by the etcd thread (writer), the control thread and the surfaces
+/// (readers). Leadership is a deadline, not a flag: [`Shared::is_leader`] is true only before
+/// `leader_until_ns`, which the etcd thread sets to the *send* time of the last acknowledged
+/// keep-alive plus the lease's TTL minus a margin; a member paused past that deadline stops
+/// acting on its own clock, before etcd can hand the lease to another.
+#[derive(Debug)]
+pub struct Shared {
+    /// Cluster mode is on.
+    pub enabled: bool,
+    /// Seconds between digests (a member whose digest is 3 of these late reads as silent).
+    pub digest_interval_ns: AtomicU64,
+    /// This member's node name.
+    pub node: String,
+    /// Monotonic ns (the control clock) until which this member leads; 0: it does not.
+    leader_until_ns: AtomicU64,
+    /// The term this member leads in (0: none).
+    term: AtomicU64,
+    /// Whether etcd answered the latest call.
+    etcd_ok: AtomicBool,
+    /// Whether this member's own self-awareness rules hold its failovers back (told to peers
+    /// in its digests).
+    pub impaired: AtomicBool,
+    /// Leadership changes seen by this member (gained or lost).
+    pub leader_changes: AtomicU64,
+    /// Fenced writes etcd refused because this member no longer held the term.
+    pub fenced_refused: AtomicU64,
+    /// Writes to etcd, and their bytes.
+    pub etcd_writes: AtomicU64,
+    /// Bytes written to etcd.
+    pub etcd_write_bytes: AtomicU64,
+    /// Digests sent to peers and received from them.
+    pub digests_sent: AtomicU64,
+    /// Digests received and applied.
+    pub digests_received: AtomicU64,
+    /// Digests refused (bad signature, malformed, unknown member), by any reason.
+    pub digests_refused: AtomicU64,
+    /// The view for the API.
+    pub view: ArcSwap<ClusterView>,
+}
+
+impl Shared {
+    /// The state of a daemon not in cluster mode.
+    pub fn single() -> Arc<Shared> {
+        Arc::new(Shared::new(false, String::new(), Vec::new()))
+    }
+
+    /// A cluster member's state before it has reached etcd.
+    pub fn new(enabled: bool, node: String, endpoints: Vec<String>) -> Shared {
+        let view = ClusterView {
+            mode: if enabled { "cluster" } else { "single" },
+            node: node.clone(),
+            etcd: EtcdView { endpoints, reachable: false, error: None },
+            ..ClusterView::default()
+        };
+        Shared {
+            enabled,
+            digest_interval_ns: AtomicU64::new(1_000_000_000),
+            node,
+            leader_until_ns: AtomicU64::new(0),
+            term: AtomicU64::new(0),
+            etcd_ok: AtomicBool::new(!enabled),
+            impaired: AtomicBool::new(false),
+            leader_changes: AtomicU64::new(0),
+            fenced_refused: AtomicU64::new(0),
+            etcd_writes: AtomicU64::new(0),
+            etcd_write_bytes: AtomicU64::new(0),
+            digests_sent: AtomicU64::new(0),
+            digests_received: AtomicU64::new(0),
+            digests_refused: AtomicU64::new(0),
+            view: ArcSwap::from_pointee(view),
+        }
+    }
+
+    /// Whether this member leads at `now_ns` (the control clock): single mode always does.
+    pub fn is_leader(&self, now_ns: u64) -> bool {
+        !self.enabled || now_ns < self.leader_until_ns.load(Ordering::Acquire)
+    }
+
+    /// The term this member leads in, while it leads (0 otherwise).
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Acquire)
+    }
+
+    /// Sets (or with `until_ns` 0, clears) this member's leadership.
+    pub fn set_leader(&self, term: u64, until_ns: u64) {
+        self.term.store(term, Ordering::Release);
+        self.leader_until_ns.store(until_ns, Ordering::Release);
+    }
+
+    /// Whether etcd answered the latest call (always true in single mode).
+    pub fn etcd_ok(&self) -> bool {
+        self.etcd_ok.load(Ordering::Acquire)
+    }
+
+    /// Records whether etcd answered.
+    pub fn set_etcd_ok(&self, ok: bool) {
+        self.etcd_ok.store(ok, Ordering::Release);
+    }
+}
+
+/// What the cluster's threads tell the control thread.
+#[derive(Debug)]
+pub enum ClusterInput {
+    /// This member leads from now, in `term`; `records` are the failover records etcd holds
+    /// (the pending and in-progress ones are resumed, each once).
+    Leading {
+        /// The term.
+        term: u64,
+        /// Every failover record in etcd.
+        records: Vec<super::failover::FailoverRecord>,
+    },
+    /// This member no longer leads (lost or released its lease, or etcd fenced it out).
+    Following,
+    /// The failover records in etcd, for a member that does not lead (it serves them).
+    Records(Vec<super::failover::FailoverRecord>),
+    /// A peer's digest: the amphorae it heard, each with when (on this member's clock) and its
+    /// status as heard.
+    Digest {
+        /// The peer.
+        node: String,
+        /// The peer's own self-awareness rules hold its failovers back.
+        impaired: bool,
+        /// (amphora, heard at ns, status).
+        heard: Vec<(crate::proto::octavia::Uuid, u64, crate::state::OperatingStatus)>,
+    },
+    /// The members whose keys are alive (this one included).
+    Members(Vec<String>),
+    /// The amphora settings etcd holds (every member applies them; see [`AmphoraSettings`]).
+    Settings(Vec<(crate::proto::octavia::Uuid, AmphoraSettings)>),
+}
+
+/// An amphora's settings that decide its liveness, kept in etcd in cluster mode
+/// (`<prefix>/amphorae/<id>`), so they survive any member's death and every member judges the
+/// amphora alike.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AmphoraSettings {
+    /// Listeners a heartbeat must report to refresh liveness.
+    pub expected_listeners: Option<u32>,
+    /// Its load balancer.
+    pub load_balancer: Option<crate::proto::octavia::Uuid>,
+    /// Its zone.
+    pub zone: Option<String>,
+}
+
+/// What a write to etcd reports when it is done (`Err`: its message).
+pub type WriteDone = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// A write to etcd by the `cluster` thread: keys relative to the cluster's prefix, values or
+/// `None` to delete. `fenced`: a leader write, committed only while this member's term holds.
+pub struct EtcdWrite {
+    /// (key under the prefix, value or `None`).
+    pub ops: Vec<(String, Option<Vec<u8>>)>,
+    /// Only under this member's leader term.
+    pub fenced: bool,
+    /// Told the outcome.
+    pub done: Option<WriteDone>,
+}
+
+impl std::fmt::Debug for EtcdWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdWrite").field("ops", &self.ops.len()).field("fenced", &self.fenced).finish()
+    }
+}
+
+/// The scheduler's leader lease in cluster mode: the cluster's leadership (one leader for
+/// liveness, failovers and the scheduler). It keeps the local lease it replaces (the data
+/// directory's lock) held, so two daemons still cannot share a data directory.
+pub struct ClusterLease(pub Arc<Shared>, pub Box<dyn crate::sched::lease::Lease + Send>);
+
+impl std::fmt::Debug for ClusterLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ClusterLease").field(&self.0.node).finish()
+    }
+}
+
+impl crate::sched::lease::Lease for ClusterLease {
+    fn campaign(&mut self, now_ns: u64) -> crate::sched::lease::LeaseState {
+        if self.0.is_leader(now_ns) {
+            crate::sched::lease::LeaseState::Held
+        } else {
+            crate::sched::lease::LeaseState::Follower
+        }
+    }
+    fn is_held(&self, now_ns: u64) -> bool {
+        self.0.is_leader(now_ns)
+    }
+    fn release(&mut self) {}
+}
