@@ -190,6 +190,7 @@ fn three_members_one_leader_failovers_once_cluster_wide_through_kill_and_pause()
             (ids.len() >= 10).then_some(ids)
         });
         let took = stopped_at.elapsed();
+        eprintln!("cluster: 10 failover records {took:?} after the 10 stopped (timeout {TIMEOUT} s)");
         assert_eq!(ten.len(), 10, "exactly 10 records: {ten:?}\n{}", logs(&all));
         let mut distinct = ten.clone();
         distinct.dedup();
@@ -214,6 +215,7 @@ fn three_members_one_leader_failovers_once_cluster_wide_through_kill_and_pause()
     let second = leader(&others, Duration::from_secs(TTL + 5));
     let took = killed_at.elapsed();
     assert_ne!(second, first);
+    eprintln!("cluster: successor {took:?} after kill -9 of the leader (lease_ttl {TTL} s)");
     assert!(took <= Duration::from_secs_f64(TTL as f64 + CHECK + 1.5), "successor after {took:?}");
     std::thread::sleep(Duration::from_secs_f64(TIMEOUT + 2.0));
     for m in &others {
@@ -290,6 +292,7 @@ fn settings_joins_a_graceful_handover_and_a_lost_quorum_fail_nothing_over_wrongl
     let second = leader(&ms.iter().collect::<Vec<_>>(), Duration::from_secs(TTL + 5));
     let handover = stopped_at.elapsed();
     assert_ne!(second, first);
+    eprintln!("cluster: successor {handover:?} after a graceful stop of the leader");
     assert!(handover < Duration::from_secs(2), "successor {handover:?} after a graceful stop");
     let _ = gone.d.wait_exit(Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs_f64(TIMEOUT + 1.0));

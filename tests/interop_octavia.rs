@@ -202,3 +202,48 @@ fn heartsink_envelopes_are_accepted_by_octavia() {
         assert_eq!(out.status.code(), Some(3), "{name}: rejected with another key");
     }
 }
+
+/// Octavia's own `UDPStatusSender` with a `controller_ip_port_list` of three cluster members
+/// (round-robin over them, one controller per heartbeat): every amphora is alive on every
+/// member, which heard only some of its heartbeats itself and the rest through the digests.
+#[test]
+#[ignore = "needs the Octavia virtualenv and etcd: run through scripts/test"]
+fn octavia_round_robin_over_three_cluster_members_is_alive_on_every_member() {
+    let key = "cluster-interop-key";
+    let etcd = common::etcd::Etcd::single();
+    let members: Vec<Daemon> = ["a", "b", "c"]
+        .iter()
+        .map(|node| Daemon::start(&["--key", key, "--node", node, "--etcd", &etcd.endpoint(0), "--no-confd"]))
+        .collect();
+    // 4 amphorae through one sender: with 3 controllers each amphora's beats rotate over all
+    // three across the rounds.
+    let mut cmd = peer();
+    cmd.args(["send", "--key", key, "--amphorae", "4", "--rounds", "6"]);
+    for m in &members {
+        cmd.args(["--target", &m.heartbeat.to_string()]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "peer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let sent: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids: Vec<String> =
+        sent["sent"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    ids.dedup();
+    let heard: Vec<u64> = members.iter().map(|m| m.stats()["accepted"].as_u64().unwrap()).collect();
+    assert!(heard.iter().all(|n| *n > 0), "every member heard some heartbeats itself: {heard:?}");
+    for m in &members {
+        common::wait_until("every amphora alive on every member", std::time::Duration::from_secs(15), || {
+            let (code, v) = m.get("/v1/amphorae?limit=1000");
+            assert_eq!(code, 200);
+            let mut alive: Vec<String> = v["amphorae"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["liveness"] == "alive")
+                .map(|a| a["id"].as_str().unwrap().to_owned())
+                .collect();
+            alive.sort();
+            (alive == ids).then_some(())
+        });
+    }
+}

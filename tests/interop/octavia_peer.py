@@ -406,10 +406,12 @@ def handmade_messages(seed):
 # Subcommands
 # --------------------------------------------------------------------------
 
-def init_conf(key, target):
+def init_conf(key, targets):
     CONF(args=[], project="octavia", default_config_files=[])
     CONF.set_override("heartbeat_key", key, group="health_manager")
-    CONF.set_override("controller_ip_port_list", [target],
+    # Several targets: dosend() goes round-robin over them, as an amphora
+    # over its controllers.
+    CONF.set_override("controller_ip_port_list", list(targets),
                       group="health_manager")
 
 
@@ -422,7 +424,8 @@ def parse_target(target):
 
 def cmd_send(args, key):
     init_conf(key, args.target)
-    family, _, _, _, addr = parse_target(args.target)
+    # Hand-made binary-tag messages go to the first target.
+    family, _, _, _, addr = parse_target(args.target[0])
     plain_sock = socket.socket(family, socket.SOCK_DGRAM)
     sender = health_sender.UDPStatusSender()
     sent = []
@@ -498,7 +501,8 @@ def main(argv=None):
                        help="file holding the key as UTF-8 (no newline)")
 
     p = sub.add_parser("send", help="send heartbeats via Octavia's code")
-    p.add_argument("--target", required=True, help="HOST:PORT")
+    p.add_argument("--target", required=True, action="append",
+                   help="HOST:PORT (repeatable: the controller list)")
     add_key(p)
     p.add_argument("--amphorae", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
