@@ -180,6 +180,15 @@ fn txn(
 ) -> Result<bool, EtcdError> {
     let when: Vec<Compare> =
         term.map(|t| Compare::create_revision(cfg.key("leader"), CompareOp::Equal, t as i64)).into_iter().collect();
+    // A write under `amphorae/` or `failovers/` also touches its marker, `changed/<prefix>`:
+    // the members read a prefix back only when its marker moved (one small read a second
+    // instead of the whole prefix).
+    let mut ops = ops;
+    for marked in ["amphorae/", "failovers/"] {
+        if ops.iter().any(|(k, _)| k.starts_with(marked)) {
+            ops.push((format!("changed/{}", marked.trim_end_matches('/')), Some(Vec::new())));
+        }
+    }
     let txn = Txn::new().when(when).and_then(ops.into_iter().map(|(k, v)| match v {
         Some(v) => TxnOp::put(cfg.key(&k), v, None),
         None => TxnOp::delete(cfg.key(&k)),
@@ -300,8 +309,8 @@ impl Etcd {
             term: 0,
             leader: None,
             members: Vec::new(),
-            records_rev: 0,
-            settings_rev: 0,
+            records_rev: -1,
+            settings_rev: -1,
             next_read: 0,
             etcd_ok: None,
             last_error: None,
@@ -492,8 +501,9 @@ impl Etcd {
     }
 
     fn records(&mut self) -> Result<Vec<FailoverRecord>, EtcdError> {
-        let (kvs, rev) = self.client.range_prefix(self.cfg.key("failovers/"))?;
-        self.records_rev = rev;
+        let (kvs, _) = self.client.range_prefix(self.cfg.key("failovers/"))?;
+        // Read again once this member follows (its own writes moved the marker meanwhile).
+        self.records_rev = -1;
         Ok(kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
     }
 
@@ -507,9 +517,12 @@ impl Etcd {
             let _ = self.w.control.send(ClusterInput::Members(names));
             self.members = members;
         }
-        let (kvs, rev) = self.client.range_prefix(self.cfg.key("amphorae/"))?;
-        if rev != self.settings_rev {
-            self.settings_rev = rev;
+        // A prefix is read back only when its marker moved (see `txn`); a missing marker (a
+        // fresh cluster, or keys removed by hand) reads as revision 0.
+        let marker = self.marker("amphorae")?;
+        if marker != self.settings_rev {
+            let (kvs, _) = self.client.range_prefix(self.cfg.key("amphorae/"))?;
+            self.settings_rev = marker;
             let settings: Vec<(crate::proto::octavia::Uuid, AmphoraSettings)> = kvs
                 .iter()
                 .filter_map(|kv| {
@@ -521,14 +534,21 @@ impl Etcd {
             let _ = self.w.control.send(ClusterInput::Settings(settings));
         }
         if self.term == 0 {
-            let (kvs, rev) = self.client.range_prefix(self.cfg.key("failovers/"))?;
-            if rev != self.records_rev {
-                self.records_rev = rev;
+            let marker = self.marker("failovers")?;
+            if marker != self.records_rev {
+                let (kvs, _) = self.client.range_prefix(self.cfg.key("failovers/"))?;
+                self.records_rev = marker;
                 let records = kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
                 let _ = self.w.control.send(ClusterInput::Records(records));
             }
         }
         Ok(())
+    }
+
+    /// The mod revision of `changed/<name>` (0: absent).
+    fn marker(&self, name: &str) -> Result<i64, EtcdError> {
+        let (kv, _) = self.client.get(self.cfg.key(&format!("changed/{name}")))?;
+        Ok(kv.map_or(0, |kv| kv.mod_revision))
     }
 
     fn write_fenced(&mut self, batches: Vec<EtcdWrite>) {
@@ -597,50 +617,66 @@ impl Etcd {
     }
 }
 
-/// The `cluster-digest` thread: every `digest_interval`, the amphorae whose liveness this
-/// member refreshed since the previous digest go to every other live member.
+/// The `cluster-digest` thread: every `digest_interval`, each peer gets the amphorae whose
+/// liveness this member refreshed since that peer's last delivered digest. A peer seen for the
+/// first time (a member that joined, or one this member just learned of) gets everything this
+/// member heard; a peer that could not be reached gets what it missed at the next interval.
 fn digests(cfg: &ClusterConfig, w: &Wiring, shared: &Shared, stop: &AtomicBool) {
     let every = Duration::from_secs_f64(cfg.digest_interval);
     let agent: ureq::Agent = ureq::AgentBuilder::new().timeout(cfg.timeout()).build();
-    let mut since = 0u64;
-    let mut heard: Vec<Heard> = Vec::new();
+    // Per peer: the scan time of its last delivered digest (0: never).
+    let mut since: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut heard: Vec<(Heard, u64)> = Vec::new();
+    let mut picked: Vec<Heard> = Vec::new();
     let mut body = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(every);
+        let view = shared.view.load();
+        let peers: Vec<&Member> = view.members.iter().filter(|m| m.node != w.me.node).collect();
+        since.retain(|node, _| peers.iter().any(|p| p.node == *node));
+        if peers.is_empty() {
+            continue;
+        }
+        let floor = peers.iter().map(|p| since.get(&p.node).copied().unwrap_or(0)).min().unwrap_or(0);
         let now = w.clock.now_ns();
         heard.clear();
         let shards = &w.engine.pipeline.shards;
         for i in 0..shards.len() {
             let shard = shards.shard(i).lock();
             for (id, s) in shard.iter() {
-                if s.last_refresh_ns > since {
+                if s.last_refresh_ns > floor {
                     let age_ms = (now.saturating_sub(s.last_refresh_ns) / 1_000_000).min(u64::from(u32::MAX)) as u32;
-                    heard.push(Heard { id: *id, age_ms, status: s.operating_status });
+                    heard.push((Heard { id: *id, age_ms, status: s.operating_status }, s.last_refresh_ns));
                 }
             }
         }
-        // The next digest starts where this scan started: a refresh during the scan comes
-        // again (harmless: an older or equal refresh changes nothing at a peer).
-        since = now;
-        let view = shared.view.load();
-        let peers: Vec<&Member> = view.members.iter().filter(|m| m.node != w.me.node).collect();
-        if peers.is_empty() {
-            continue;
-        }
         let impaired = shared.impaired.load(Ordering::Relaxed);
         let keys = w.keys.load();
-        let chunks: Vec<&[Heard]> =
-            if heard.is_empty() { vec![&[][..]] } else { heard.chunks(digest::MAX_ENTRIES).collect() };
-        for chunk in chunks {
-            digest::encode(&w.me.node, impaired, chunk, &keys, &mut body);
-            for p in &peers {
-                let url = format!("http://{}/v1/cluster/digest", p.admin);
+        for p in &peers {
+            let from = since.get(&p.node).copied().unwrap_or(0);
+            picked.clear();
+            picked.extend(heard.iter().filter(|(_, at)| *at > from).map(|(h, _)| *h));
+            let chunks: Vec<&[Heard]> =
+                if picked.is_empty() { vec![&[][..]] } else { picked.chunks(digest::MAX_ENTRIES).collect() };
+            let url = format!("http://{}/v1/cluster/digest", p.admin);
+            let mut delivered = true;
+            for chunk in chunks {
+                digest::encode(&w.me.node, impaired, chunk, &keys, &mut body);
                 match agent.post(&url).set("content-type", "application/octet-stream").send_bytes(&body) {
                     Ok(_) => {
                         shared.digests_sent.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => tracing::debug!(peer = %p.node, error = %e, "digest not delivered"),
+                    Err(e) => {
+                        tracing::debug!(peer = %p.node, error = %e, "digest not delivered");
+                        delivered = false;
+                        break;
+                    }
                 }
+            }
+            // The next digest to this peer starts where this scan started: a refresh during
+            // the scan comes again (harmless: an older or equal refresh changes nothing).
+            if delivered {
+                since.insert(p.node.clone(), now);
             }
         }
     }
