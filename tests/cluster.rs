@@ -117,6 +117,22 @@ fn failovers(m: &Member) -> Vec<Value> {
     v["failovers"].as_array().cloned().unwrap_or_default()
 }
 
+/// (amphora, state, attempts) of every record, sorted.
+fn record_states(m: &Member) -> Vec<(String, String, u64)> {
+    let mut v: Vec<(String, String, u64)> = failovers(m)
+        .iter()
+        .map(|r| {
+            (
+                r["amphora"].as_str().unwrap_or("").to_owned(),
+                r["state"].as_str().unwrap_or("").to_owned(),
+                r["attempts"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn amphorae(m: &Member) -> Vec<Value> {
     let (code, v) = m.d.get("/v1/amphorae?limit=1000");
     assert_eq!(code, 200, "{v}");
@@ -201,6 +217,13 @@ fn three_members_one_leader_failovers_once_cluster_wide_through_kill_and_pause()
             });
         }
         assert!(took < Duration::from_secs_f64(TIMEOUT + 6.0), "failed over {took:?} after the stop");
+        // Every member serves every record done, run once (the final state reached etcd).
+        for m in &all {
+            wait_until(&format!("{} serves 10 records done", m.name), Duration::from_secs(10), || {
+                let states = record_states(m);
+                states.iter().all(|(_, st, n)| st == "done" && *n == 1).then_some(())
+            });
+        }
         ten
     };
 
@@ -220,6 +243,12 @@ fn three_members_one_leader_failovers_once_cluster_wide_through_kill_and_pause()
     std::thread::sleep(Duration::from_secs_f64(TIMEOUT + 2.0));
     for m in &others {
         assert_eq!(record_amphorae(m), ten, "no new record on {} after the leader died\n{}", m.name, logs(&others));
+        assert!(
+            record_states(m).iter().all(|(_, st, n)| st == "done" && *n == 1),
+            "no record run again by the new leader on {}: {:?}",
+            m.name,
+            record_states(m)
+        );
     }
 
     // SIGSTOP the new leader past its lease, then SIGCONT: the third member leads meanwhile,

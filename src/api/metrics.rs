@@ -82,7 +82,7 @@ impl Collector for EngineCollector {
         {
             let c = &self.0.cluster.shared;
             let view = c.view.load();
-            let leading = c.enabled && c.is_leader(self.0.cluster.clock.now_ns());
+            let leading = c.enabled && c.is_leader();
             gauge(&mut enc, "heartsink_cluster_enabled", "1 in cluster mode.", f64::from(u8::from(c.enabled)))?;
             gauge(
                 &mut enc,

@@ -380,8 +380,7 @@ fn cluster_view(ctx: &ApiContext) -> serde_json::Value {
         v["mode"] = json!("single");
         v["leader"] = serde_json::Value::Null;
     }
-    let now = ctx.cluster.clock.now_ns();
-    v["leading"] = json!(c.enabled && c.is_leader(now));
+    v["leading"] = json!(c.enabled && c.is_leader());
     v["etcd"]["writes"] = json!(c.etcd_writes.load(Ordering::Relaxed));
     v["etcd"]["write_bytes"] = json!(c.etcd_write_bytes.load(Ordering::Relaxed));
     v["fenced_writes_refused"] = json!(c.fenced_refused.load(Ordering::Relaxed));
@@ -400,6 +399,11 @@ fn cluster_digest(ctx: &ApiContext, body: &[u8]) -> Resp {
     let Some(input) = &link.input else { return error(404, "not in cluster mode") };
     let keys = ctx.engine.pipeline.keyring.load();
     match crate::cluster::digest::decode(body, &keys) {
+        Ok(d) if !link.shared.view.load().members.iter().any(|m| m.node == d.node && m.node != link.shared.node) => {
+            link.shared.digests_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node = %d.node, "digest from a node that is not a live member refused");
+            error(403, &format!("{:?} is not a live member of this cluster", d.node))
+        }
         Ok(d) => {
             let now = link.clock.now_ns();
             let heard =

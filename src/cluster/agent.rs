@@ -27,6 +27,26 @@ const S: u64 = 1_000_000_000;
 const ROUND: Duration = Duration::from_millis(300);
 /// Most operations in one etcd transaction (etcd's `--max-txn-ops` default is 128).
 const TXN_OPS: usize = 100;
+/// Most writes waiting to be tried again while etcd does not answer.
+const RETRY_MAX: usize = 10_000;
+
+/// Why a write to etcd did not happen.
+#[derive(Debug)]
+enum Failed {
+    /// etcd did not answer (or has no leader): tried again next round.
+    Retry,
+    /// Refused: fenced out, or a request etcd will never take; the message says which.
+    Refused(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Retry => f.write_str("etcd unreachable"),
+            Failed::Refused(m) => f.write_str(m),
+        }
+    }
+}
 
 /// Cluster mode before its threads run: the etcd client, and the channel of leader writes
 /// (the control plane's failover threads and store are wired to it before the sockets are
@@ -103,9 +123,11 @@ impl Prepared {
             let mut rec = rec.clone();
             rec.state = FailoverState::InProgress;
             let value = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+            let bytes = value.len() as u64;
             match fenced_txn(&client, &cfg, term, vec![(record_key(rec.id), Some(value))]) {
                 Ok(true) => {
                     shared.etcd_writes.fetch_add(1, Ordering::Relaxed);
+                    shared.etcd_write_bytes.fetch_add(bytes, Ordering::Relaxed);
                     Ok(())
                 }
                 Ok(false) => {
@@ -284,6 +306,12 @@ struct Etcd {
     records_rev: i64,
     /// The revision of the last amphora settings sent to the control thread.
     settings_rev: i64,
+    /// Writes waiting for etcd to answer again.
+    retry: Vec<EtcdWrite>,
+    /// When this member joined (Unix seconds).
+    joined: u64,
+    /// Another member holds this node name's key: this one does not campaign.
+    duplicate: bool,
     next_read: u64,
     etcd_ok: Option<bool>,
     last_error: Option<String>,
@@ -311,28 +339,36 @@ impl Etcd {
             members: Vec::new(),
             records_rev: -1,
             settings_rev: -1,
+            retry: Vec::new(),
+            joined: 0,
+            duplicate: false,
             next_read: 0,
             etcd_ok: None,
             last_error: None,
         }
     }
 
+    /// Monotonic ns: every lease and deadline time of this thread.
     fn now(&self) -> u64 {
-        self.w.clock.now_ns()
+        self.shared.mono_ns()
     }
 
     fn run(mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::SeqCst) {
             self.round();
-            // Fenced writes as they come, otherwise a campaign round.
+            // Writes that failed on a transport error are tried again first, in order.
+            let retry = std::mem::take(&mut self.retry);
+            self.write_fenced(retry);
+            // Writes as they come, otherwise a campaign round.
             if let Ok(first) = self.fenced.recv_timeout(ROUND) {
                 let more: Vec<EtcdWrite> = std::iter::once(first).chain(self.fenced.try_iter()).collect();
                 self.write_fenced(more);
             }
         }
-        // Writes queued before the stop, then give the lead and the lease up.
-        let rest: Vec<EtcdWrite> = self.fenced.try_iter().collect();
+        // Writes queued before the stop (one try each), then give the lead and the lease up.
+        let rest: Vec<EtcdWrite> = std::mem::take(&mut self.retry).into_iter().chain(self.fenced.try_iter()).collect();
         self.write_fenced(rest);
+        self.retry.clear();
         self.release();
     }
 
@@ -371,7 +407,7 @@ impl Etcd {
         if self.term != 0 && self.now() >= self.lease_until.saturating_sub(LEADER_MARGIN_NS) {
             self.step_down("lease deadline passed");
         }
-        if self.lease.is_some() {
+        if self.lease.is_some() && !self.duplicate {
             let r = self.campaign();
             self.ok(r);
         }
@@ -384,18 +420,29 @@ impl Etcd {
     }
 
     fn join(&mut self) -> Result<(), EtcdError> {
-        let lease = self.client.lease_grant(self.cfg.lease_ttl as i64)?;
+        // The lease's life counts from before the grant was sent (a slow answer eats into it).
         let sent = self.now();
-        let mut me = self.w.me.clone();
-        me.joined = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        me.ready = true;
-        let value = serde_json::to_vec(&me).unwrap_or_default();
-        self.client.put(self.cfg.key(&format!("members/{}", self.w.me.node)), value, Some(lease))?;
-        self.shared.etcd_writes.fetch_add(1, Ordering::Relaxed);
+        let lease = self.client.lease_grant(self.cfg.lease_ttl as i64)?;
+        self.joined = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.put_member(lease)?;
         self.lease = Some(lease);
         self.lease_until = sent + self.cfg.lease_ttl * S;
         self.next_keepalive = sent + self.cfg.lease_ttl * S / 3;
         tracing::info!(node = %self.w.me.node, lease = %lease, ttl_s = self.cfg.lease_ttl, "joined the cluster");
+        Ok(())
+    }
+
+    /// Puts this member's key, bound to `lease`.
+    fn put_member(&mut self, lease: LeaseId) -> Result<(), EtcdError> {
+        let mut me = self.w.me.clone();
+        me.joined = self.joined;
+        me.ready = true;
+        let value = serde_json::to_vec(&me).unwrap_or_default();
+        let key = self.cfg.key(&format!("members/{}", self.w.me.node));
+        let bytes = (key.len() + value.len()) as u64;
+        self.client.put(key, value, Some(lease))?;
+        self.shared.etcd_writes.fetch_add(1, Ordering::Relaxed);
+        self.shared.etcd_write_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 
@@ -440,15 +487,19 @@ impl Etcd {
         let sent = self.now();
         let r = self.client.txn(&txn)?;
         if r.succeeded {
-            // The deadline counts from the last keep-alive's send time, or this call's if newer
-            // knowledge: the lease was alive when etcd bound the key to it.
-            let until = self.lease_until.max(sent + self.cfg.lease_ttl * S / 2);
+            // The deadline is the lease's, from the last acknowledged keep-alive's send time:
+            // binding the key to the lease does not renew it.
+            let until = self.lease_until;
+            self.shared.etcd_writes.fetch_add(1, Ordering::Relaxed);
             if sent >= until.saturating_sub(LEADER_MARGIN_NS) {
+                // Held, but too close to the lease's end to act: the next keep-alive renews
+                // it and the next round adopts the key (below).
                 return Ok(());
             }
-            self.term = r.revision as u64;
-            self.shared.etcd_writes.fetch_add(1, Ordering::Relaxed);
+            // The records first: leading starts only once the control thread has them (a
+            // failed read keeps the key; the next round adopts it and reads again).
             let records = self.records()?;
+            self.term = r.revision as u64;
             self.shared.set_leader(self.term, until.saturating_sub(LEADER_MARGIN_NS));
             self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
             self.leader = Some((self.w.me.node.clone(), self.term));
@@ -466,8 +517,8 @@ impl Etcd {
                 holder.as_ref().filter(|kv| kv.value == self.w.me.node.as_bytes() && kv.lease == Some(lease))
             {
                 if sent < self.lease_until.saturating_sub(LEADER_MARGIN_NS) {
-                    self.term = kv.create_revision as u64;
                     let records = self.records()?;
+                    self.term = kv.create_revision as u64;
                     self.shared.set_leader(self.term, self.lease_until.saturating_sub(LEADER_MARGIN_NS));
                     self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
                     self.leader = Some((self.w.me.node.clone(), self.term));
@@ -510,6 +561,24 @@ impl Etcd {
     /// Members (everyone) and, for a member that does not lead, the failover records.
     fn read_back(&mut self) -> Result<(), EtcdError> {
         let (kvs, _) = self.client.range_prefix(self.cfg.key("members/"))?;
+        // Our own key: gone (removed by hand, or the prefix wiped) → written again; held by
+        // another lease (a second member started with our node name) → said once, loudly.
+        let mine = self.cfg.key(&format!("members/{}", self.w.me.node));
+        match kvs.iter().find(|kv| kv.key == mine.as_bytes()) {
+            None => {
+                if let Some(lease) = self.lease {
+                    tracing::warn!(node = %self.w.me.node, "this member's key was gone from etcd: written again");
+                    self.put_member(lease)?;
+                }
+            }
+            Some(kv) if kv.lease != self.lease => {
+                if !self.duplicate {
+                    tracing::error!(node = %self.w.me.node, "another member holds this node name in etcd: give every member its own --node");
+                }
+                self.duplicate = true;
+            }
+            Some(_) => self.duplicate = false,
+        }
         let mut members: Vec<Member> = kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
         members.sort_by(|a, b| a.node.cmp(&b.node));
         if members != self.members {
@@ -551,21 +620,54 @@ impl Etcd {
         Ok(kv.map_or(0, |kv| kv.mod_revision))
     }
 
+    /// Writes each in order. One that failed on a transport error (etcd unreachable, no
+    /// leader, a timeout) waits in `retry` for the next round, and the ones after it with it,
+    /// so the order holds; a refused write (fenced out, or a bad request) is told at once.
     fn write_fenced(&mut self, batches: Vec<EtcdWrite>) {
-        for w in batches {
-            let r = self.write(&w.ops, w.fenced);
-            if let Some(done) = w.done {
-                done(r);
+        let mut batches = batches.into_iter();
+        while let Some(w) = batches.next() {
+            match self.write(&w.ops, w.fenced) {
+                Err(Failed::Retry) if self.retry.len() < RETRY_MAX => {
+                    self.retry.push(w);
+                    self.retry.extend(batches.by_ref());
+                    if self.retry.len() > RETRY_MAX {
+                        let dropped = self.retry.len() - RETRY_MAX;
+                        tracing::error!(dropped, "etcd writes dropped: too many waiting for etcd");
+                        for w in self.retry.drain(RETRY_MAX..) {
+                            if let Some(done) = w.done {
+                                done(Err("etcd unreachable: too many writes waiting".into()));
+                            }
+                        }
+                    }
+                    return;
+                }
+                r => {
+                    if let Some(done) = w.done {
+                        done(r.map_err(|e| e.to_string()));
+                    }
+                }
             }
         }
     }
 
-    fn write(&mut self, ops: &[(String, Option<Vec<u8>>)], fenced: bool) -> Result<(), String> {
-        if fenced && (self.term == 0 || !self.shared.is_leader(self.now())) {
+    fn write(&mut self, ops: &[(String, Option<Vec<u8>>)], fenced: bool) -> Result<(), Failed> {
+        if fenced && (self.term == 0 || !self.shared.is_leader()) {
             self.shared.fenced_refused.fetch_add(ops.len() as u64, Ordering::Relaxed);
             tracing::warn!(writes = ops.len(), "leader writes dropped: this member does not lead");
-            return Err("this member does not lead".into());
+            return Err(Failed::Refused("this member does not lead".into()));
         }
+        // One transaction may not name a key twice (etcd refuses it): the last write of each
+        // key wins, in the order of those last writes.
+        let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, (k, _)) in ops.iter().enumerate() {
+            last.insert(k.as_str(), i);
+        }
+        let ops: Vec<(String, Option<Vec<u8>>)> = ops
+            .iter()
+            .enumerate()
+            .filter(|(i, (k, _))| last.get(k.as_str()) == Some(i))
+            .map(|(_, op)| op.clone())
+            .collect();
         for chunk in ops.chunks(TXN_OPS) {
             let bytes: usize = chunk.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
             match txn(&self.client, &self.cfg, fenced.then_some(self.term), chunk.to_vec()) {
@@ -576,13 +678,16 @@ impl Etcd {
                 Ok(false) => {
                     self.shared.fenced_refused.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     self.step_down("a fenced write was refused");
-                    return Err("fenced: this member's term is over".into());
+                    return Err(Failed::Refused("fenced: this member's term is over".into()));
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, writes = chunk.len(), "writes to etcd failed: tried again next round");
+                    let _ = self.ok(Err(e));
+                    return Err(Failed::Retry);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, writes = chunk.len(), "writes to etcd failed");
-                    let msg = e.to_string();
-                    let _ = self.ok(Err(e));
-                    return Err(msg);
+                    tracing::error!(error = %e, writes = chunk.len(), "etcd refused writes");
+                    return Err(Failed::Refused(e.to_string()));
                 }
             }
         }
@@ -604,8 +709,9 @@ impl Etcd {
         let view = ClusterView {
             mode: "cluster",
             node: self.w.me.node.clone(),
-            leader: self.leader.as_ref().map(|(n, _)| n.clone()),
-            term: self.leader.as_ref().map_or(0, |(_, t)| *t),
+            // Unknown while etcd does not answer (a stale name would mislead).
+            leader: self.leader.as_ref().filter(|_| self.etcd_ok == Some(true)).map(|(n, _)| n.clone()),
+            term: self.leader.as_ref().filter(|_| self.etcd_ok == Some(true)).map_or(0, |(_, t)| *t),
             members: self.members.clone(),
             etcd: EtcdView {
                 endpoints: self.cfg.etcd.clone(),
@@ -623,12 +729,13 @@ impl Etcd {
 /// member heard; a peer that could not be reached gets what it missed at the next interval.
 fn digests(cfg: &ClusterConfig, w: &Wiring, shared: &Shared, stop: &AtomicBool) {
     let every = Duration::from_secs_f64(cfg.digest_interval);
-    let agent: ureq::Agent = ureq::AgentBuilder::new().timeout(cfg.timeout()).build();
+    // A peer that hangs delays neither the others (each peer has its own sender, in
+    // parallel) nor the next round by more than one interval.
+    let agent: ureq::Agent =
+        ureq::AgentBuilder::new().timeout(cfg.timeout().min(every.max(Duration::from_millis(200)))).build();
     // Per peer: the scan time of its last delivered digest (0: never).
     let mut since: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let mut heard: Vec<(Heard, u64)> = Vec::new();
-    let mut picked: Vec<Heard> = Vec::new();
-    let mut body = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(every);
         let view = shared.view.load();
@@ -652,31 +759,44 @@ fn digests(cfg: &ClusterConfig, w: &Wiring, shared: &Shared, stop: &AtomicBool) 
         }
         let impaired = shared.impaired.load(Ordering::Relaxed);
         let keys = w.keys.load();
-        for p in &peers {
-            let from = since.get(&p.node).copied().unwrap_or(0);
-            picked.clear();
-            picked.extend(heard.iter().filter(|(_, at)| *at > from).map(|(h, _)| *h));
-            let chunks: Vec<&[Heard]> =
-                if picked.is_empty() { vec![&[][..]] } else { picked.chunks(digest::MAX_ENTRIES).collect() };
-            let url = format!("http://{}/v1/cluster/digest", p.admin);
-            let mut delivered = true;
-            for chunk in chunks {
-                digest::encode(&w.me.node, impaired, chunk, &keys, &mut body);
-                match agent.post(&url).set("content-type", "application/octet-stream").send_bytes(&body) {
-                    Ok(_) => {
-                        shared.digests_sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        tracing::debug!(peer = %p.node, error = %e, "digest not delivered");
-                        delivered = false;
-                        break;
-                    }
-                }
-            }
+        let results: Vec<(String, bool)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = peers
+                .iter()
+                .map(|p| {
+                    let from = since.get(&p.node).copied().unwrap_or(0);
+                    let (heard, agent, keys) = (&heard, &agent, &keys);
+                    scope.spawn(move || {
+                        let picked: Vec<Heard> = heard.iter().filter(|(_, at)| *at > from).map(|(h, _)| *h).collect();
+                        let chunks: Vec<&[Heard]> = if picked.is_empty() {
+                            vec![&[][..]]
+                        } else {
+                            picked.chunks(digest::MAX_ENTRIES).collect()
+                        };
+                        let url = format!("http://{}/v1/cluster/digest", p.admin);
+                        let mut body = Vec::new();
+                        for chunk in chunks {
+                            digest::encode(&w.me.node, impaired, chunk, keys, &mut body);
+                            match agent.post(&url).set("content-type", "application/octet-stream").send_bytes(&body) {
+                                Ok(_) => {
+                                    shared.digests_sent.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(e) => {
+                                    tracing::debug!(peer = %p.node, error = %e, "digest not delivered");
+                                    return (p.node.clone(), false);
+                                }
+                            }
+                        }
+                        (p.node.clone(), true)
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        for (node, delivered) in results {
             // The next digest to this peer starts where this scan started: a refresh during
             // the scan comes again (harmless: an older or equal refresh changes nothing).
             if delivered {
-                since.insert(p.node.clone(), now);
+                since.insert(node, now);
             }
         }
     }

@@ -97,8 +97,8 @@ impl ClusterConfig {
         if !(self.digest_interval > 0.0 && self.digest_interval <= heartbeat_timeout / 3.0) {
             return Err("cluster.digest_interval must be above 0 and at most heartbeat_timeout / 3".into());
         }
-        if !(self.etcd_timeout > 0.0 && self.etcd_timeout <= 30.0) {
-            return Err("cluster.etcd_timeout must be in (0, 30] seconds".into());
+        if !(self.etcd_timeout >= 0.05 && self.etcd_timeout <= 30.0) {
+            return Err("cluster.etcd_timeout must be in 0.05..=30 seconds".into());
         }
         for e in &self.etcd {
             if !e.starts_with("http://") && e.contains("://") {

@@ -66,8 +66,10 @@ pub struct Shared {
     pub digest_interval_ns: AtomicU64,
     /// This member's node name.
     pub node: String,
-    /// Monotonic ns (the control clock) until which this member leads; 0: it does not.
+    /// Monotonic ns ([`Shared::mono_ns`]) until which this member leads; 0: it does not.
     leader_until_ns: AtomicU64,
+    /// The origin of [`Shared::mono_ns`].
+    origin: std::time::Instant,
     /// The term this member leads in (0: none).
     term: AtomicU64,
     /// Whether etcd answered the latest call.
@@ -112,6 +114,7 @@ impl Shared {
             digest_interval_ns: AtomicU64::new(1_000_000_000),
             node,
             leader_until_ns: AtomicU64::new(0),
+            origin: std::time::Instant::now(),
             term: AtomicU64::new(0),
             etcd_ok: AtomicBool::new(!enabled),
             impaired: AtomicBool::new(false),
@@ -126,9 +129,16 @@ impl Shared {
         }
     }
 
-    /// Whether this member leads at `now_ns` (the control clock): single mode always does.
-    pub fn is_leader(&self, now_ns: u64) -> bool {
-        !self.enabled || now_ns < self.leader_until_ns.load(Ordering::Acquire)
+    /// Monotonic ns since this state was made: the clock of the leadership deadline (a step
+    /// of the wall clock can neither lengthen nor shorten a lease).
+    pub fn mono_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    /// Whether this member leads now: single mode always does; in cluster mode, until the
+    /// deadline set by the etcd thread.
+    pub fn is_leader(&self) -> bool {
+        !self.enabled || self.mono_ns() < self.leader_until_ns.load(Ordering::Acquire)
     }
 
     /// The term this member leads in, while it leads (0 otherwise).
@@ -229,15 +239,15 @@ impl std::fmt::Debug for ClusterLease {
 }
 
 impl crate::sched::lease::Lease for ClusterLease {
-    fn campaign(&mut self, now_ns: u64) -> crate::sched::lease::LeaseState {
-        if self.0.is_leader(now_ns) {
+    fn campaign(&mut self, _now_ns: u64) -> crate::sched::lease::LeaseState {
+        if self.0.is_leader() {
             crate::sched::lease::LeaseState::Held
         } else {
             crate::sched::lease::LeaseState::Follower
         }
     }
-    fn is_held(&self, now_ns: u64) -> bool {
-        self.0.is_leader(now_ns)
+    fn is_held(&self, _now_ns: u64) -> bool {
+        self.0.is_leader()
     }
     fn release(&mut self) {}
 }

@@ -492,11 +492,14 @@ impl Fleet {
             // a new leader's view of an amphora its predecessor failed over): never a second
             // one. A record covers the silence when it was made after the amphora's last
             // refresh (member clocks are assumed to agree to well within a timeout).
+            // The amphora's last real refresh (heard here or by a peer), not the liveness
+            // machine's, which a restart or a new leader's grace moves to "now".
+            let heard = shards.with(&id, |s| s.refreshed_ns()).unwrap_or(last);
             let covered = self.latest_record.get(&id).and_then(|r| self.records.get(r)).is_some_and(|r| {
                 r.reason == FailoverReason::Stale
                     && r.state != FailoverState::Cancelled
                     && r.state != FailoverState::Stopped
-                    && r.created_ns >= last
+                    && r.created_ns >= heard
             });
             if covered {
                 self.live.mark_handled(&id);
@@ -713,10 +716,14 @@ impl Fleet {
     /// Prunes the oldest finished records beyond `max`.
     pub fn prune(&mut self, max: usize, out: &mut Writes) {
         let max = max.max(1);
+        // The latest record of an amphora still stale is kept: it is what tells this member,
+        // and any later leader, that the silence was handled (pruned, a second failover of the
+        // same silence would follow).
         let finished: Vec<u64> = self
             .records
             .values()
             .filter(|r| matches!(r.state, FailoverState::Done | FailoverState::Failed | FailoverState::Cancelled))
+            .filter(|r| !(self.down.contains(&r.amphora) && self.latest_record.get(&r.amphora) == Some(&r.id)))
             .map(|r| r.id)
             .collect();
         let excess = self.records.len().saturating_sub(max).min(finished.len());

@@ -603,7 +603,7 @@ impl Control {
         if self.cluster.shared.enabled {
             // Leadership is a deadline: past it, this member stops dispatching at once, before
             // the etcd thread has noticed anything.
-            let leading = self.cluster.shared.is_leader(now);
+            let leading = self.cluster.shared.is_leader();
             if leading != self.fleet.leading() && !leading {
                 tracing::warn!("leader deadline passed: failovers stop here");
             }
@@ -721,7 +721,7 @@ impl Control {
         if !c.shared.etcd_ok() {
             out.push(SuspendReason::EtcdUnreachable);
         }
-        if !c.shared.is_leader(now) {
+        if !c.shared.is_leader() {
             out.push(SuspendReason::NotLeader);
         }
         if now < c.grace_until {
