@@ -295,6 +295,18 @@ fn settings_joins_a_graceful_handover_and_a_lost_quorum_fail_nothing_over_wrongl
         wait_until(&format!("30 alive on {}", m.name), Duration::from_secs(15), || (alive(m) == 30).then_some(()));
     }
 
+    // A second member started with a node name in use waits for the name: it never leads and
+    // the running member keeps its key.
+    {
+        let dup = member("a", &etcd);
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(cluster(&dup)["leading"], false, "the duplicate does not lead");
+        let owner = ms.iter().find(|m| m.name == "a").unwrap();
+        let listed = cluster(&ms[1])["members"].as_array().cloned().unwrap_or_default();
+        let a = listed.iter().find(|m| m["node"] == "a").cloned().unwrap_or_default();
+        assert_eq!(a["admin"], owner.d.admin.to_string(), "the running member keeps its key: {listed:?}");
+        assert!(dup.d.stderr_text().contains("another member holds this node name"), "the duplicate says why");
+    }
     // A setting written on the member that does not lead is answered once in etcd, and every
     // member applies it.
     let follower = ms.iter().find(|m| m.name != first).unwrap();

@@ -401,7 +401,9 @@ fn cluster_digest(ctx: &ApiContext, body: &[u8]) -> Resp {
     match crate::cluster::digest::decode(body, &keys) {
         Ok(d) if !link.shared.view.load().members.iter().any(|m| m.node == d.node && m.node != link.shared.node) => {
             link.shared.digests_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(node = %d.node, "digest from a node that is not a live member refused");
+            // Also the first digests of a member that joined less than a second ago (this
+            // member reads the member list once a second): the sender delivers them again.
+            tracing::debug!(node = %d.node, "digest from a node that is not a live member refused");
             error(403, &format!("{:?} is not a live member of this cluster", d.node))
         }
         Ok(d) => {

@@ -410,6 +410,9 @@ impl Etcd {
         if self.lease.is_some() && !self.duplicate {
             let r = self.campaign();
             self.ok(r);
+        } else if self.duplicate {
+            let r = self.observe_leader();
+            self.ok(r);
         }
         if self.now() >= self.next_read {
             self.next_read = self.now() + S;
@@ -432,7 +435,10 @@ impl Etcd {
         Ok(())
     }
 
-    /// Puts this member's key, bound to `lease`.
+    /// Puts this member's key, bound to `lease`, only if no other lease holds it: a second
+    /// member started with a node name in use is the one that waits (and says so), never the
+    /// one already running. A member restarted after `kill -9` waits until its old key expires
+    /// with its old lease (`lease_ttl`), then takes it.
     fn put_member(&mut self, lease: LeaseId) -> Result<(), EtcdError> {
         let mut me = self.w.me.clone();
         me.joined = self.joined;
@@ -440,9 +446,39 @@ impl Etcd {
         let value = serde_json::to_vec(&me).unwrap_or_default();
         let key = self.cfg.key(&format!("members/{}", self.w.me.node));
         let bytes = (key.len() + value.len()) as u64;
-        self.client.put(key, value, Some(lease))?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), value.clone(), Some(lease))])
+            .or_else([TxnOp::get(key.clone())]);
+        let r = self.client.txn(&txn)?;
+        let holder = r.responses.iter().find_map(|resp| match resp {
+            crate::etcd::OpResponse::Range(rr) => rr.kvs.first().cloned(),
+            _ => None,
+        });
+        if !r.succeeded && holder.as_ref().is_some_and(|kv| kv.lease != Some(lease)) {
+            if !self.duplicate {
+                tracing::error!(node = %self.w.me.node, "another member holds this node name in etcd: this one waits for the name and does not lead; give every member its own --node");
+            }
+            self.duplicate = true;
+            return Ok(());
+        }
+        if !r.succeeded {
+            // Ours already (same lease): refresh the addresses.
+            self.client.put(key, value, Some(lease))?;
+        }
+        if self.duplicate {
+            tracing::info!(node = %self.w.me.node, "this member's node name is free again: joined");
+        }
+        self.duplicate = false;
         self.shared.etcd_writes.fetch_add(1, Ordering::Relaxed);
         self.shared.etcd_write_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reads who leads (a member that does not campaign still shows it).
+    fn observe_leader(&mut self) -> Result<(), EtcdError> {
+        let (kv, _) = self.client.get(self.cfg.key("leader"))?;
+        self.leader = kv.map(|kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.create_revision as u64));
         Ok(())
     }
 
@@ -573,11 +609,11 @@ impl Etcd {
             }
             Some(kv) if kv.lease != self.lease => {
                 if !self.duplicate {
-                    tracing::error!(node = %self.w.me.node, "another member holds this node name in etcd: give every member its own --node");
+                    tracing::error!(node = %self.w.me.node, "another member holds this node name in etcd: this one waits for the name and does not lead; give every member its own --node");
                 }
                 self.duplicate = true;
             }
-            Some(_) => self.duplicate = false,
+            Some(_) => {}
         }
         let mut members: Vec<Member> = kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
         members.sort_by(|a, b| a.node.cmp(&b.node));

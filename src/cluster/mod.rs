@@ -67,7 +67,7 @@ impl Default for ClusterConfig {
             node: String::new(),
             prefix: "/heartsink".into(),
             lease_ttl: 10,
-            digest_interval: 1.0,
+            digest_interval: 0.5,
             etcd_timeout: 1.5,
         }
     }
