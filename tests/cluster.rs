@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
@@ -84,7 +84,7 @@ fn leader(members: &[&Member], within: Duration) -> String {
 }
 
 /// A fleet of `n` amphorae (ids from `seed`), each heartbeat to the next member, bounded.
-struct Fleet(Child);
+struct Fleet(common::KillOnDrop);
 
 impl Fleet {
     fn start(targets: &[&Member], n: u64, seed: u64) -> Fleet {
@@ -100,14 +100,7 @@ impl Fleet {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn heartsink load");
-        Fleet(child)
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        Fleet(common::KillOnDrop(child))
     }
 }
 
@@ -197,8 +190,7 @@ fn three_members_one_leader_failovers_once_cluster_wide_through_kill_and_pause()
         }
 
         // 10 stop: exactly those 10 are failed over, once, and every member says so.
-        let _ = stopping.0.kill();
-        let _ = stopping.0.wait();
+        stopping.0.stop();
         let stopped_at = Instant::now();
         let lead = all.iter().find(|m| m.name == first).unwrap();
         let ten = wait_until("10 failover records on the leader", Duration::from_secs(20), || {
@@ -344,8 +336,7 @@ fn settings_joins_a_graceful_handover_and_a_lost_quorum_fail_nothing_over_wrongl
     // etcd loses its quorum, and 5 amphorae stop: nobody fails anything over.
     etcd.kill(1);
     etcd.kill(2);
-    let _ = fleet.0.kill();
-    let _ = fleet.0.wait();
+    fleet.0.stop();
     for m in &ms {
         wait_until(&format!("etcd unreachable on {}", m.name), Duration::from_secs(10), || {
             reasons(m).iter().any(|r| r == "etcd_unreachable").then_some(())

@@ -16,7 +16,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{wait_until, Daemon};
@@ -63,7 +63,8 @@ fn serve(dir: &Path, cfg: &Path, heartbeat: &str) -> Daemon {
 }
 
 /// The 10,000 amphorae: a `heartsink load` child at 10,000/s, bounded to 60 s.
-struct Fleet(Child);
+/// Killed when dropped.
+struct Fleet(#[allow(dead_code)] common::KillOnDrop);
 
 impl Fleet {
     fn start(d: &Daemon, first_seq: u64) -> Fleet {
@@ -75,14 +76,7 @@ impl Fleet {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn heartsink load");
-        Fleet(child)
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        Fleet(common::KillOnDrop(child))
     }
 }
 

@@ -23,12 +23,14 @@
 //! change, a stale amphora beating again); liveness deadlines are checked lazily.
 
 pub mod cluster;
+mod cluster_part;
 pub mod command;
 pub mod failover;
 pub mod fleet;
 pub mod liveness;
 pub mod periodic;
 pub mod persist;
+mod publish;
 pub mod services;
 pub mod snapshot;
 pub mod volumes;
@@ -57,13 +59,16 @@ pub use snapshot::{AmphoraHealth, Published, Rates, Snapshot, StoreStatus};
 use crate::engine::{Clock, DropReason, Outputs, Totals};
 use crate::proto::service::ServiceBeat;
 use crate::store::{Key, StoreError, Table};
-use cluster::{AmphoraSettings, ClusterInput, EtcdWrite, Shared};
+use cluster::{AmphoraSettings, EtcdWrite};
+use cluster_part::ClusterPart;
 use failover::{Executor, FailoverConfig, Runner};
 use fleet::Fleet;
 use liveness::{secs_ns, LivenessConfig, Signals, SuspendReason};
 pub use periodic::TaskError;
 use periodic::{Periodic, TaskId};
 use persist::{Durable, StoreDurable, Writes};
+use publish::FleetMaps;
+pub use publish::{HOLD_FEW, HOLD_MANY_NS};
 use services::ServiceHost;
 use volumes::VolumeHost;
 
@@ -290,68 +295,10 @@ impl Parts {
     }
 }
 
-/// Cluster mode's state in the control thread.
-#[derive(Debug)]
-struct ClusterPart {
-    shared: Arc<Shared>,
-    input: Receiver<ClusterInput>,
-    /// A new leader's grace ends here (control clock, ns).
-    grace_until: u64,
-    /// Each peer's latest digest: when it arrived and whether the peer was impaired.
-    digests: rustc_hash::FxHashMap<String, (u64, bool)>,
-    /// The live members.
-    members: Vec<String>,
-    /// Refreshes taken from digests since the last health check.
-    remote_heard: u64,
-    /// Writes to etcd (amphora settings).
-    writes: Option<Sender<EtcdWrite>>,
-}
-
-impl Default for ClusterPart {
-    fn default() -> ClusterPart {
-        ClusterPart {
-            shared: Shared::single(),
-            input: crossbeam::channel::never(),
-            grace_until: 0,
-            digests: Default::default(),
-            members: Vec::new(),
-            remote_heard: 0,
-            writes: None,
-        }
-    }
-}
-
-/// The fleet's published maps: health, stale, load balancers.
-type FleetMaps = (
-    imbl::OrdMap<crate::proto::octavia::Uuid, AmphoraHealth>,
-    imbl::OrdSet<crate::proto::octavia::Uuid>,
-    imbl::OrdMap<crate::proto::octavia::Uuid, imbl::OrdSet<crate::proto::octavia::Uuid>>,
-);
-
 const TICK: Duration = Duration::from_millis(250);
 
 /// Change batches (one per worker batch, ≤ 128 changes each) applied per control round.
 const CHANGE_BATCHES_PER_ROUND: usize = 32;
-
-/// The longest a published snapshot's figures (counters, tasks, store) may lag, ns: one idle
-/// tick ([`TICK`]).
-const FIGURES_EVERY_NS: u64 = 250_000_000;
-
-/// How long the fleet's bulk updates (new amphorae, re-armed last refresh times) may wait
-/// before they are published, ns, while few wait ([`HOLD_FEW`] or fewer: not at all, they are
-/// published in the round); more wait up to [`HOLD_MANY_NS`]. Transitions (stale, revived,
-/// status, failovers, settings) are published in the round they happen.
-///
-/// Why: the published maps are persistent, so the first change to a node after a publication
-/// copies its path (about 4 KB at a million amphorae). Publishing a fill of new amphorae every
-/// round copied a path per new amphora, half of the control thread's work and enough, with
-/// the rest, to starve the workers of the two cores and overflow their rings. Held for a
-/// second, a fill copies each node about once a second instead.
-pub const HOLD_NS: u64 = 0;
-/// See [`HOLD_NS`].
-pub const HOLD_MANY_NS: u64 = 1_000_000_000;
-/// See [`HOLD_NS`].
-pub const HOLD_FEW: usize = 1024;
 
 /// Most amphora records written per flush (a flush serializes them on the control thread: about
 /// 5 ms at this size, so a round stays short). A larger backlog (a fleet filling up) is
@@ -714,121 +661,6 @@ impl Control {
         self.cluster.shared.impaired.store(impaired, Ordering::Relaxed);
     }
 
-    /// Cluster mode: why this member may not fail anything over now, beyond its own signals.
-    fn cluster_reasons(&mut self, now: u64) -> Vec<SuspendReason> {
-        let c = &self.cluster;
-        let mut out = Vec::new();
-        if !c.shared.etcd_ok() {
-            out.push(SuspendReason::EtcdUnreachable);
-        }
-        if !c.shared.is_leader() {
-            out.push(SuspendReason::NotLeader);
-        }
-        if now < c.grace_until {
-            out.push(SuspendReason::LeaderGrace { remaining_s: (c.grace_until - now) as f64 / 1e9 });
-        }
-        let late = c.shared.digest_interval_ns.load(Ordering::Relaxed).saturating_mul(3);
-        for node in c.members.iter().filter(|n| **n != c.shared.node) {
-            match c.digests.get(node) {
-                Some(&(_, true)) => out.push(SuspendReason::MemberImpaired { node: node.clone() }),
-                Some(&(at, false)) if now.saturating_sub(at) > late => out.push(SuspendReason::MemberSilent {
-                    node: node.clone(),
-                    silent_s: Some(now.saturating_sub(at) as f64 / 1e9),
-                }),
-                Some(_) => {}
-                None => out.push(SuspendReason::MemberSilent { node: node.clone(), silent_s: None }),
-            }
-        }
-        out
-    }
-
-    /// Cluster mode: applies what the cluster's threads say.
-    pub fn apply_cluster(&mut self, input: ClusterInput) {
-        let now = self.clock.now_ns();
-        match input {
-            ClusterInput::Leading { term, records } => {
-                tracing::warn!(
-                    term,
-                    records = records.len(),
-                    "this member leads the cluster: every amphora gets a full timeout before any failover"
-                );
-                self.fleet.mirror_records(records, true, now);
-                self.fleet.set_leading(true);
-                self.fleet.restart_grace(now);
-                self.cluster.grace_until = now.saturating_add(secs_ns(self.cfg.liveness.heartbeat_timeout));
-                self.changed = true;
-            }
-            ClusterInput::Following => {
-                if self.fleet.leading() {
-                    tracing::warn!("this member no longer leads the cluster: failovers stop here");
-                }
-                self.fleet.set_leading(false);
-                self.changed = true;
-            }
-            ClusterInput::Records(records) => {
-                if !self.fleet.leading() {
-                    self.fleet.mirror_records(records, false, now);
-                }
-            }
-            ClusterInput::Digest { node, impaired, heard } => {
-                let taken = self.fleet.apply_remote(&heard, now, &self.engine.pipeline.shards, &mut self.writes);
-                self.cluster.remote_heard += taken;
-                let was = self.cluster.digests.insert(node.clone(), (now, impaired));
-                if was.is_some_and(|(_, i)| i) != impaired {
-                    tracing::warn!(member = %node, impaired, "a member's own self-awareness rules changed");
-                }
-            }
-            ClusterInput::Settings(all) => {
-                for (id, want) in all {
-                    let have = self.fleet.health().get(&id).map(|h| AmphoraSettings {
-                        expected_listeners: h.expected_listeners,
-                        load_balancer: h.load_balancer,
-                        zone: h.zone.clone(),
-                    });
-                    if have.as_ref().is_some_and(|h| *h != want) {
-                        let command = FleetCommand::Configure {
-                            id,
-                            expected_listeners: Some(want.expected_listeners),
-                            load_balancer: Some(want.load_balancer),
-                            zone: Some(want.zone),
-                        };
-                        if let Err(e) = self.fleet.execute(command, now, &self.engine.pipeline.shards, &mut self.writes)
-                        {
-                            tracing::warn!(amphora = %id, error = %e, "amphora settings from etcd not applied");
-                        }
-                    }
-                }
-            }
-            ClusterInput::Members(members) => {
-                if members != self.cluster.members {
-                    tracing::info!(?members, "cluster members");
-                }
-                self.cluster.digests.retain(|n, _| members.contains(n));
-                self.cluster.members = members;
-            }
-        }
-    }
-
-    /// Cluster mode: the shared state and the input the cluster's threads feed (set before the
-    /// control thread starts).
-    pub fn set_cluster(
-        &mut self,
-        shared: Arc<Shared>,
-        input: Receiver<ClusterInput>,
-        writes: Option<Sender<EtcdWrite>>,
-    ) {
-        let single = !shared.enabled;
-        self.cluster.shared = shared;
-        self.cluster.input = input;
-        self.cluster.writes = writes;
-        self.fleet.set_leading(single);
-    }
-
-    /// The cluster's shared state.
-    pub fn cluster(&self) -> &Arc<Shared> {
-        &self.cluster.shared
-    }
-
     fn task_scheduler(&mut self, now: u64) {
         let machines =
             self.services.machines(&self.cfg.scheduler.machine_type, self.cfg.liveness.heartbeat_timeout, now);
@@ -1056,80 +888,6 @@ impl Control {
         }
     }
 
-    /// Publishes a new snapshot if anything changed.
-    pub fn publish(&mut self) {
-        self.publish_if(true);
-    }
-
-    /// When the fleet's held-back bulk updates are due to be published ([`HOLD_NS`]): the
-    /// control loop wakes up for them.
-    pub fn publish_due(&self) -> Option<u64> {
-        let held = self.fleet.held();
-        let hold = if held > HOLD_FEW { HOLD_MANY_NS } else { HOLD_NS };
-        (held > 0).then(|| self.fleet_published_ns.saturating_add(hold))
-    }
-
-    /// Publishes a new snapshot if anything changed, the fleet's bulk updates when due
-    /// ([`HOLD_NS`]); the control loop's rounds call this.
-    pub fn publish_round(&mut self) {
-        self.publish_if(false);
-    }
-
-    fn publish_if(&mut self, fleet_now: bool) {
-        // The store's health is published as it changes, so `/healthz` reads it without locks.
-        // While failing, every round republishes (its failure count and error move).
-        let failing = self.durable.as_ref().is_some_and(|d| !d.healthy());
-        if failing || failing != self.store_failing {
-            self.store_failing = failing;
-            self.changed = true;
-        }
-        let now = self.clock.now_ns();
-        let held_due = self.publish_due().is_some_and(|due| fleet_now || now >= due);
-        let fleet = self.fleet.is_changed() || held_due;
-        let parts = [self.services.take_changed(), self.volumes.take_changed()];
-        let changed = self.changed || fleet || parts.contains(&true);
-        // The figures (counters, tasks, store commits) move without a change of state: they are
-        // republished at least every tick (FIGURES_EVERY_NS), under the same generation.
-        // So is the tracked count, whenever it moves (a cheap snapshot: the maps are shared).
-        let figures_due = now >= self.published_ns.saturating_add(FIGURES_EVERY_NS)
-            || self.fleet.health().len() != self.published.snapshot.load().tracked;
-        if !(changed || figures_due) {
-            return;
-        }
-        if fleet {
-            self.fleet.take_changed();
-            self.fleet_published_ns = now;
-            self.fleet_maps =
-                (self.fleet.health().clone(), self.fleet.down().clone(), self.fleet.load_balancers().clone());
-        }
-        self.changed = false;
-        self.published_ns = now;
-        if changed {
-            self.generation += 1;
-        }
-        let snap = Snapshot {
-            generation: self.generation,
-            taken_ns: now,
-            amphorae: self.fleet_maps.0.clone(),
-            down: self.fleet_maps.1.clone(),
-            load_balancers: self.fleet_maps.2.clone(),
-            tracked: self.fleet.health().len(),
-            totals: self.engine.totals(),
-            suspended: self.fleet.suspended().to_vec(),
-            failover_counts: self.fleet.failover_counts(),
-            tasks: self.periodic.tasks().to_vec(),
-            store: self.durable.as_ref().and_then(|d| d.status()),
-            world: self.services.world().clone(),
-            pools: self.services.pools().clone(),
-            leader: self.volumes.leading(),
-            volumes: self.volumes.scheduler().len(),
-            scheduler: self.volumes.last_tick(),
-            services: self.services.registry().len(),
-            services_rejected: self.services.rejected,
-        };
-        self.published.snapshot.store(Arc::new(snap));
-    }
-
     /// The last round at stop: flush everything, let running failovers finish.
     pub fn finish(mut self) {
         let now = self.clock.now_ns();
@@ -1205,7 +963,7 @@ pub fn spawn(ctl: Control, outputs: Outputs) -> std::io::Result<std::thread::Joi
 /// writer (10). When the cores are saturated (a fill of new amphorae at full rate), the
 /// workers get the CPU first and the control thread lags instead (its change channel is
 /// unbounded; a late health check reads as `control_stalled`, which suspends failovers); in a
-/// fill of a million new senders at 150k/s this dropped 35-50 % fewer datagrams as
+/// fill of a million new senders at 150k/s this dropped 30-48 % fewer datagrams as
 /// `ring_full` (three paired runs). When the cores are not saturated it changes nothing.
 pub const CONTROL_NICE: i32 = 5;
 

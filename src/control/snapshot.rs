@@ -54,7 +54,7 @@ pub struct Snapshot {
     pub taken_ns: u64,
     /// Every known amphora, in id order. While more than a thousand new amphorae or re-armed
     /// refresh times wait, they may appear here up to a second late
-    /// ([`crate::control::HOLD_NS`]); transitions never wait.
+    /// ([`crate::control::HOLD_MANY_NS`]); transitions never wait.
     pub amphorae: imbl::OrdMap<Uuid, AmphoraHealth>,
     /// Amphorae tracked at publication (new ones included before they appear in `amphorae`).
     pub tracked: usize,

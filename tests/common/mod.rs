@@ -272,3 +272,20 @@ pub fn client() -> UdpSocket {
 pub fn data(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/tests/data/octavia/{name}", env!("CARGO_MANIFEST_DIR"))).expect("test data")
 }
+
+/// A child process killed and reaped when dropped (or on `stop`).
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// Kills and reaps it now.
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

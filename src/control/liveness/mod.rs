@@ -66,7 +66,8 @@ use crate::proto::octavia::Uuid;
 const S: u64 = 1_000_000_000;
 
 /// Most expired deadlines one health check, or one control round between checks
-/// ([`Liveness::advance`]), handles (5 to 12 ms of probes at a million amphorae, measured); the rest wait for the next one.
+/// ([`Liveness::advance`]), handles; the rest wait for the next one. (20,000 took 40-54 ms
+/// at a million amphorae after a synchronised pass, measured; this is a quarter of that.)
 pub const EXPIRED_PER_CHECK: usize = 5_000;
 
 /// Most groups listed one by one in the suspension reasons of one check.
