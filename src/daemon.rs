@@ -142,6 +142,17 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     ccfg.fresh_store = args.fresh_store;
     let mut parts = Parts::open_claiming(&ccfg, prepared.as_ref().map(|p| p.claim()))?;
     if let Some(p) = &prepared {
+        // A data directory with single-mode state is refused (import it explicitly); a fresh
+        // one is marked as this cluster's.
+        if let Some(local) = parts.durable.as_mut() {
+            let loaded = local.load()?;
+            let dir = ccfg.data_dir.clone().unwrap_or_default();
+            match crate::cluster::import::check(&loaded, &cfg.cluster, &dir) {
+                Ok(Some(mark)) => local.submit(mark, None, false),
+                Ok(None) => {}
+                Err(why) => return Err(why.into()),
+            }
+        }
         parts.durable = Some(p.durable(parts.durable.take()));
         let lock = std::mem::replace(&mut parts.lease, Box::new(crate::control::volumes::AlwaysLease));
         parts.lease = Box::new(crate::control::cluster::ClusterLease(cluster_shared.clone(), lock));

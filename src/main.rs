@@ -31,6 +31,27 @@ enum Command {
     Confd(ConfdCmd),
     /// Watch services (TCP/HTTP checks, stats) and send signed service heartbeats to the sinks.
     Agent(AgentCli),
+    /// Cluster mode's tools.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Import a single-mode data directory's control-plane state (volumes, the scheduler's id
+    /// counter, pools, locked scores, amphora settings) into a cluster's etcd, once, with every
+    /// member stopped; then the directory starts as a member's. Prints what it imported (JSON).
+    Import {
+        /// The data directory (its daemon stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// An etcd client URL (repeatable).
+        #[arg(long = "etcd", required = true)]
+        etcd: Vec<String>,
+        /// The cluster's key prefix in etcd (`[cluster] prefix`).
+        #[arg(long, default_value = "/heartsink")]
+        prefix: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -340,6 +361,19 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("heartsink agent: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Cluster(ClusterCmd::Import { data_dir, etcd, prefix }) => {
+            let cfg = heartsink::cluster::ClusterConfig { etcd, prefix, ..Default::default() };
+            match heartsink::cluster::import::import(&data_dir, &cfg) {
+                Ok(found) => {
+                    println!("{}", serde_json::to_string(&found).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("heartsink cluster import: {e}");
                     ExitCode::from(2)
                 }
             }

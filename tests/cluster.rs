@@ -6,103 +6,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cluster::*;
 use common::etcd::Etcd;
-use common::{wait_until, Daemon};
+use common::wait_until;
 use serde_json::Value;
-
-const KEY: &str = "cluster-test-key";
-/// `lease_ttl`, seconds.
-const TTL: u64 = 3;
-/// `heartbeat_timeout`, seconds.
-const TIMEOUT: f64 = 4.0;
-/// `health_check_interval`, seconds.
-const CHECK: f64 = 0.5;
-
-fn config(dir: &Path) -> std::path::PathBuf {
-    let p = dir.join("heartsink.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "[liveness]\nheartbeat_interval = 0.5\nheartbeat_timeout = {TIMEOUT}\nhealth_check_interval = {CHECK}\n\
-             startup_grace = 1.0\nfailover_threads = 10\n\n[cluster]\nlease_ttl = {TTL}\ndigest_interval = 0.5\n\
-             prefix = \"/hs-test\"\n"
-        ),
-    )
-    .unwrap();
-    p
-}
-
-struct Member {
-    name: String,
-    d: Daemon,
-    _dir: tempfile::TempDir,
-}
-
-fn member(name: &str, etcd: &Etcd) -> Member {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let mut args: Vec<String> = vec![
-        "serve".into(),
-        "--heartbeat-addr".into(),
-        "127.0.0.1:0".into(),
-        "--admin-addr".into(),
-        "127.0.0.1:0".into(),
-        "--no-confd".into(),
-        "--config".into(),
-        cfg.to_str().unwrap().into(),
-        "--key".into(),
-        KEY.into(),
-        "--node".into(),
-        name.into(),
-    ];
-    for e in etcd.endpoints() {
-        args.push("--etcd".into());
-        args.push(e);
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let d = Daemon::start_raw_in(dir.path(), &refs);
-    Member { name: name.into(), d, _dir: dir }
-}
-
-fn cluster(m: &Member) -> Value {
-    m.d.get("/v1/cluster").1
-}
-
-/// The member that leads, once exactly one of `live` says it does and all agree on it.
-fn leader(members: &[&Member], within: Duration) -> String {
-    wait_until("exactly one agreed leader", within, || {
-        let views: Vec<Value> = members.iter().map(|m| cluster(m)).collect();
-        let leading: Vec<&str> =
-            views.iter().filter(|v| v["leading"] == true).filter_map(|v| v["node"].as_str()).collect();
-        let named: Vec<Option<&str>> = views.iter().map(|v| v["leader"].as_str()).collect();
-        (leading.len() == 1 && named.iter().all(|n| *n == Some(leading[0]))).then(|| leading[0].to_owned())
-    })
-}
-
-/// A fleet of `n` amphorae (ids from `seed`), each heartbeat to the next member, bounded.
-struct Fleet(common::KillOnDrop);
-
-impl Fleet {
-    fn start(targets: &[&Member], n: u64, seed: u64) -> Fleet {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartsink"));
-        cmd.arg("load");
-        for t in targets {
-            cmd.args(["--target", &t.d.heartbeat.to_string()]);
-        }
-        let child = cmd
-            .args(["--key", KEY, "--amphorae", &n.to_string(), "--rate", &(2 * n).to_string()])
-            .args(["--duration", "150", "--seed", &seed.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn heartsink load");
-        Fleet(common::KillOnDrop(child))
-    }
-}
 
 fn failovers(m: &Member) -> Vec<Value> {
     let (code, v) = m.d.get("/v1/failovers?limit=1000");
@@ -140,25 +49,6 @@ fn record_amphorae(m: &Member) -> Vec<String> {
     let mut ids: Vec<String> = failovers(m).iter().filter_map(|r| r["amphora"].as_str().map(str::to_owned)).collect();
     ids.sort();
     ids
-}
-
-fn logs(members: &[&Member]) -> String {
-    members
-        .iter()
-        .map(|m| {
-            let lines: Vec<String> =
-                m.d.stderr
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("lead"))
-                    .take(40)
-                    .cloned()
-                    .collect();
-            format!("--- {}:\n{}", m.name, lines.join("\n"))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[test]
@@ -256,14 +146,6 @@ fn three_members_one_leader_failovers_once_cluster_wide_through_kill_and_pause()
     assert_eq!(now_leader, third.name, "the member that took over keeps the lead");
     for m in &others {
         assert_eq!(record_amphorae(m), ten, "no double failover on {}\n{}", m.name, logs(&others));
-    }
-}
-
-fn patch(m: &Member, path: &str, body: &str) -> (u16, Value) {
-    match ureq::request("PATCH", &m.d.url(path)).timeout(Duration::from_secs(10)).send_string(body) {
-        Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
-        Err(e) => panic!("PATCH {path}: {e}"),
     }
 }
 

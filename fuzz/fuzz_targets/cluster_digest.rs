@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     for input in [data.to_vec(), signed(data, &keys)] {
         if let Ok(d) = decode(&input, &keys) {
             let mut again = Vec::new();
-            encode(&d.node, d.impaired, &d.heard, &keys, &mut again);
+            let json: Vec<(u32, Vec<u8>)> =
+                d.services.iter().map(|(age, r)| (*age, serde_json::to_vec(r).unwrap_or_default())).collect();
+            let services: Vec<(u32, &[u8])> = json.iter().map(|(a, j)| (*a, &j[..])).collect();
+            encode(&d.node, d.impaired, &d.heard, &services, &keys, &mut again);
             assert_eq!(decode(&again, &keys).ok(), Some(d));
         }
     }

@@ -146,6 +146,18 @@ impl Collector for EngineCollector {
                 "Peer digests refused (bad signature or malformed).",
                 c.digests_refused.load(r),
             )?;
+            counter(
+                &mut enc,
+                "heartsink_cluster_forwarded",
+                "Leader writes this member forwarded to the leader.",
+                c.forwarded.load(r),
+            )?;
+            counter(
+                &mut enc,
+                "heartsink_cluster_forward_refused",
+                "Leader writes refused with 503 and Retry-After (no leader, or it did not answer).",
+                c.forward_refused.load(r),
+            )?;
         }
         let snap = ctl.snapshot.load();
         gauge(

@@ -192,7 +192,7 @@ fn command_response(r: CommandResult, ok: u16) -> Resp {
         Err(e @ CommandError::Invalid(_)) => error(400, &e.to_string()),
         Err(e @ CommandError::Conflict(_)) => error(409, &e.to_string()),
         Err(e @ (CommandError::Store(_) | CommandError::Unavailable | CommandError::NotLeader(_))) => {
-            error(503, &e.to_string())
+            error(503, &e.to_string()).with_header("retry-after", "1")
         }
         Err(e @ CommandError::NotModified(_)) => error(304, &e.to_string()),
     }
@@ -251,6 +251,12 @@ async fn handle(State(sh): State<Arc<ServerShared>>, req: axum::extract::Request
     } else {
         axum::body::Bytes::new()
     };
+    if sh.ctx.cluster.shared.enabled
+        && leader_write(&parts.method, &segments, query)
+        && !sh.ctx.cluster.shared.is_leader()
+    {
+        return forward(&sh.ctx.cluster.shared, &parts, body).await;
+    }
     match route(&sh.ctx, &sh.registry, &parts.method, &segments, query, &body) {
         Outcome::Reply(r) => r.into_response(),
         Outcome::Call(c, ok) => {
@@ -268,6 +274,100 @@ async fn handle(State(sh): State<Arc<ServerShared>>, req: axum::extract::Request
                 None => error(503, "the control thread did not answer").into_response(),
             }
         }
+    }
+}
+
+/// The header a member sets on a request it forwards to the leader (never forwarded twice).
+const FORWARDED: &str = "x-heartsink-forwarded-by";
+
+/// Cluster mode: whether a request changes the state only the leader writes (volumes, pools,
+/// locks, deregistrations, manual failovers). A member that does not lead forwards it.
+/// Registrations (service heartbeats) are not: every member applies them and relays them.
+fn leader_write(method: &Method, segments: &[&str], query: &str) -> bool {
+    let m = method.as_str();
+    match segments {
+        ["v1", "volumes"] | ["v1", "volumes", _, "state"] | ["v1", "pools"] => m == "POST",
+        ["v1", "volumes", _] => m == "PATCH" || m == "DELETE",
+        ["v1", "pools", _] => m == "DELETE",
+        ["v1", "services", "lock" | "unlock" | "flush"] | ["v1", "amphorae", _, "failover"] => m == "POST",
+        ["v1", "services"] => {
+            m == "POST"
+                && form_urlencoded::parse(query.as_bytes())
+                    .any(|(k, v)| k == "action" && matches!(&*v, "lock" | "unlock" | "deregister"))
+        }
+        _ => false,
+    }
+}
+
+/// Sends a leader write to the leader and answers with its answer (so the write is answered
+/// once the leader has it in etcd). No leader known, the leader unreachable, or a request
+/// already forwarded once: `503` with `Retry-After` (the write was not applied, or, if the
+/// leader fell mid-write, at most once: read back before retrying a create).
+async fn forward(
+    shared: &crate::control::cluster::Shared,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let refuse = |msg: String| {
+        shared.forward_refused.fetch_add(1, Ordering::Relaxed);
+        error(503, &msg).with_header("retry-after", "1").into_response()
+    };
+    if let Some(by) = parts.headers.get(FORWARDED) {
+        return refuse(format!(
+            "this member ({}) no longer leads (forwarded by {}): retry",
+            shared.node,
+            by.to_str().unwrap_or("?")
+        ));
+    }
+    let Some(leader) = shared.leader_admin() else {
+        return refuse("no cluster leader is known right now (an election is under way): retry".into());
+    };
+    let url = format!(
+        "http://{leader}{}",
+        parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned())
+    );
+    let method = parts.method.as_str().to_owned();
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // The caller's credentials go along: the leader checks them as its own caller's.
+    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let node = shared.node.clone();
+    let sent = tokio::task::spawn_blocking(move || {
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+        let mut req = agent.request(&method, &url).set(FORWARDED, &node);
+        if let Some(ct) = &content_type {
+            req = req.set("content-type", ct);
+        }
+        if let Some(a) = &authorization {
+            req = req.set("authorization", a);
+        }
+        let r = if body.is_empty() { req.call() } else { req.send_bytes(&body) };
+        let resp = match r {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(e.to_string()),
+        };
+        let status = resp.status();
+        let ct = resp.header("content-type").unwrap_or("application/json").to_owned();
+        let retry = resp.header("retry-after").map(str::to_owned);
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(resp.into_reader(), MAX_BODY), &mut buf)
+            .map_err(|e| e.to_string())?;
+        Ok((status, ct, retry, buf))
+    })
+    .await;
+    match sent {
+        Ok(Ok((status, ct, retry, buf))) => {
+            shared.forwarded.fetch_add(1, Ordering::Relaxed);
+            let mut r = (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), buf).into_response();
+            if let Ok(v) = HeaderValue::from_str(&ct) {
+                r.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            if let Some(v) = retry.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        Ok(Err(e)) => refuse(format!("the leader at {leader} did not answer ({e}): retry")),
+        Err(_) => refuse("forwarding to the leader failed: retry".into()),
     }
 }
 
@@ -390,6 +490,11 @@ fn cluster_view(ctx: &ApiContext) -> serde_json::Value {
         "received": c.digests_received.load(Ordering::Relaxed),
         "refused": c.digests_refused.load(Ordering::Relaxed),
     });
+    v["forwarded"] = json!({
+        "to_leader": c.forwarded.load(Ordering::Relaxed),
+        "refused": c.forward_refused.load(Ordering::Relaxed),
+    });
+    v["tables_revision"] = json!(c.tables_revision.load(Ordering::Relaxed));
     v
 }
 
@@ -410,10 +515,18 @@ fn cluster_digest(ctx: &ApiContext, body: &[u8]) -> Resp {
             let now = link.clock.now_ns();
             let heard =
                 d.heard.iter().map(|h| (h.id, now.saturating_sub(u64::from(h.age_ms) * 1_000_000), h.status)).collect();
+            let services: Vec<(u64, crate::control::cluster::Relayed)> =
+                d.services.into_iter().map(|(age, r)| (now.saturating_sub(u64::from(age) * 1_000_000), r)).collect();
             link.shared.digests_received.fetch_add(1, Ordering::Relaxed);
-            let _ =
-                input.send(crate::control::cluster::ClusterInput::Digest { node: d.node, impaired: d.impaired, heard });
-            json_response(200, &json!({"accepted": d.heard.len()}))
+            let accepted = d.heard.len();
+            let relayed = services.len();
+            let _ = input.send(crate::control::cluster::ClusterInput::Digest {
+                node: d.node,
+                impaired: d.impaired,
+                heard,
+                services,
+            });
+            json_response(200, &json!({"accepted": accepted, "services": relayed}))
         }
         Err(e) => {
             link.shared.digests_refused.fetch_add(1, Ordering::Relaxed);
@@ -548,6 +661,11 @@ struct AmphoraView<'a> {
     load_balancer: Option<Uuid>,
     zone: Option<String>,
     failover: Option<serde_json::Value>,
+    /// Cluster mode: the member that heard its newest liveness refresh, and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heard_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heard_at: Option<String>,
     #[serde(flatten)]
     state: &'a AmphoraState,
 }
@@ -574,6 +692,14 @@ fn show_amphora(ctx: &ApiContext, id: &str) -> Resp {
                     load_balancer: h.and_then(|h| h.load_balancer),
                     zone: h.and_then(|h| h.zone.clone()),
                     failover: h.and_then(|h| h.failover).map(|(r, st)| json!({"id": r, "state": st.as_str()})),
+                    heard_by: ctx.cluster.shared.enabled.then(|| {
+                        if state.remote_refresh_ns > state.last_refresh_ns {
+                            ctx.cluster.shared.node_name(state.remote_by)
+                        } else {
+                            ctx.cluster.shared.node.clone()
+                        }
+                    }),
+                    heard_at: ctx.cluster.shared.enabled.then(|| rfc3339(state.refreshed_ns())),
                     state: &state,
                 },
             )

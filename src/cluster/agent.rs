@@ -12,7 +12,7 @@ use crossbeam::channel::{self, Receiver, Sender};
 
 use super::digest::{self, Heard};
 use super::{ClusterConfig, ClusterInput, ClusterView, Member, Shared, LEADER_MARGIN_NS};
-use crate::control::cluster::{AmphoraSettings, EtcdView, EtcdWrite};
+use crate::control::cluster::{AmphoraSettings, EtcdView, EtcdWrite, TableRow, WriteDone};
 use crate::control::failover::{Claim, FailoverRecord, FailoverState};
 use crate::control::persist::Durable;
 use crate::control::StoreStatus;
@@ -142,7 +142,13 @@ impl Prepared {
     /// Wraps the local store: failover records also go to etcd, fenced by the term (the
     /// local store keeps everything, so a member restarts from its own rows).
     pub fn durable(&self, local: Option<Box<dyn Durable>>) -> Box<dyn Durable> {
-        Box::new(ClusterDurable { local, fence: self.fence.clone(), cfg: self.cfg.clone() })
+        Box::new(ClusterDurable {
+            local,
+            fence: self.fence.clone(),
+            cfg: self.cfg.clone(),
+            shared: self.shared.clone(),
+            locks: std::collections::HashMap::new(),
+        })
     }
 
     /// Where the control thread sends its other etcd writes (amphora settings).
@@ -150,7 +156,7 @@ impl Prepared {
         self.fence.clone()
     }
 
-    /// Starts the `cluster` and `cluster-digest` threads.
+    /// Starts the `cluster`, `cluster-digest` and `cluster-mirror` threads.
     pub fn start(self, w: Wiring) -> Result<Agent, ClusterError> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -161,6 +167,16 @@ impl Prepared {
                 std::thread::Builder::new()
                     .name("cluster".into())
                     .spawn(move || Etcd::new(cfg, w, shared, client, fenced).run(&stop))
+                    .map_err(ClusterError::Thread)?,
+            );
+        }
+        {
+            let (cfg, stop, client, control) = (self.cfg.clone(), stop.clone(), self.client.clone(), w.control.clone());
+            let shared = self.shared.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("cluster-mirror".into())
+                    .spawn(move || mirror(&cfg, &client, &control, &shared, &stop))
                     .map_err(ClusterError::Thread)?,
             );
         }
@@ -194,7 +210,7 @@ fn record_key(id: u64) -> String {
 
 /// One transaction of `ops` (keys under the prefix); with a `term`, fenced: the `leader` key's
 /// create revision must still be it.
-fn txn(
+pub(super) fn txn(
     client: &Client,
     cfg: &ClusterConfig,
     term: Option<u64>,
@@ -228,11 +244,83 @@ fn fenced_txn(
     txn(client, cfg, Some(term), ops)
 }
 
-/// The local store with failover records also sent to etcd by the `cluster` thread.
+/// The local store with the leader's shared state also sent to etcd by the `cluster`
+/// thread, fenced by its term: failover records, volumes and the scheduler's id counter,
+/// pools, and the registry's locks (derived from its service rows: only a change of a
+/// service's lock is written, never a heartbeat).
 struct ClusterDurable {
     local: Option<Box<dyn Durable>>,
     fence: Sender<EtcdWrite>,
     cfg: ClusterConfig,
+    shared: Arc<Shared>,
+    /// The lock last written per service (`type|addr`), while leading.
+    locks: std::collections::HashMap<String, Option<i32>>,
+}
+
+/// The etcd key (under the prefix) of a control-plane row, if it is kept in etcd.
+fn table_key(table: Table, key: &Key) -> Option<String> {
+    match (table, key) {
+        (Table::Failovers, Key::Num(id)) => Some(record_key(*id)),
+        (Table::Volumes, Key::Num(id)) => Some(format!("tables/volumes/{id:020}")),
+        (Table::Pools, Key::Name(n)) => Some(format!("tables/pools/{n}")),
+        (Table::Meta, Key::Name(n)) if n == "sched_next_id" => Some("tables/meta/sched_next_id".into()),
+        _ => None,
+    }
+}
+
+impl ClusterDurable {
+    /// The etcd writes of `batch`: its control-plane rows, and the lock changes its service
+    /// rows carry. `leading`: lock changes are only tracked (and written) by the leader.
+    fn etcd_ops(&mut self, batch: &WriteBatch, leading: bool) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut ops = Vec::new();
+        for op in &batch.ops {
+            if let Some(k) = table_key(op.table, &op.key) {
+                ops.push((k, op.value.clone()));
+            } else if let (Table::Services, Key::Name(name), true) = (op.table, &op.key, leading) {
+                let lock = op
+                    .value
+                    .as_ref()
+                    .and_then(|v| serde_json::from_slice::<crate::registry::Service>(v).ok())
+                    .and_then(|s| s.locked.then_some(s.score));
+                let was = self.locks.get(name).copied().flatten();
+                if lock != was {
+                    let value = lock.map(|score| {
+                        serde_json::to_vec(&crate::control::services::LockRow { score }).unwrap_or_default()
+                    });
+                    ops.push((format!("tables/locks/{name}"), value));
+                }
+                self.locks.insert(name.clone(), lock);
+            }
+        }
+        ops
+    }
+}
+
+/// Calls `done` once both the local store and etcd answered (the first error wins).
+fn joint(done: Done) -> (Done, WriteDone) {
+    type State = Arc<parking_lot::Mutex<(Option<Done>, u8, Option<String>)>>;
+    fn finish(state: &State, err: Option<String>) {
+        let mut g = state.lock();
+        if g.2.is_none() {
+            g.2 = err;
+        }
+        g.1 = g.1.saturating_sub(1);
+        if g.1 == 0 {
+            let (done, err) = (g.0.take(), g.2.take());
+            drop(g);
+            if let Some(done) = done {
+                match err {
+                    None => done(Ok(())),
+                    Some(e) => done(Err(&StoreError::Transaction(e))),
+                }
+            }
+        }
+    }
+    let state: State = Arc::new(parking_lot::Mutex::new((Some(done), 2, None)));
+    let s1 = state.clone();
+    let local: Done = Box::new(move |r: Result<(), &StoreError>| finish(&s1, r.err().map(|e| e.to_string())));
+    let etcd: WriteDone = Box::new(move |r: Result<(), String>| finish(&state, r.err().map(|e| format!("etcd: {e}"))));
+    (local, etcd)
 }
 
 impl Durable for ClusterDurable {
@@ -242,17 +330,34 @@ impl Durable for ClusterDurable {
     fn each_amphora(&self, f: &mut crate::store::RowVisitor<'_>) -> Result<(), StoreError> {
         self.local.as_ref().map_or(Ok(()), |l| l.each_amphora(f))
     }
+    fn submit_local(&mut self, batch: WriteBatch) {
+        if let Some(l) = self.local.as_mut() {
+            l.submit(batch, None, false);
+        }
+    }
     fn submit(&mut self, batch: WriteBatch, done: Option<Done>, awaited: bool) {
-        let ops: Vec<(String, Option<Vec<u8>>)> = batch
-            .ops
-            .iter()
-            .filter_map(|op| match (op.table, &op.key) {
-                (Table::Failovers, Key::Num(id)) => Some((record_key(*id), op.value.clone())),
-                _ => None,
-            })
-            .collect();
+        let leading = self.shared.is_leader();
+        let ops = self.etcd_ops(&batch, leading);
+        let mut done = done;
         if !ops.is_empty() {
-            let _ = self.fence.send(EtcdWrite { ops, fenced: true, done: None });
+            // An admin write is answered once etcd has it too (a member that does not lead is
+            // refused by the fence, and its caller told so: retry on the leader).
+            let etcd_done = match done.take() {
+                Some(d) if awaited => {
+                    let (local, etcd) = joint(d);
+                    done = Some(local);
+                    Some(etcd)
+                }
+                other => {
+                    done = other;
+                    None
+                }
+            };
+            if let Err(e) = self.fence.send(EtcdWrite { ops, fenced: true, done: etcd_done }) {
+                if let Some(d) = e.into_inner().done {
+                    d(Err("the cluster thread has stopped".into()));
+                }
+            }
         }
         match self.local.as_mut() {
             Some(l) => l.submit(batch, done, awaited),
@@ -535,12 +640,13 @@ impl Etcd {
             // The records first: leading starts only once the control thread has them (a
             // failed read keeps the key; the next round adopts it and reads again).
             let records = self.records()?;
+            let tables = self.tables()?;
             self.term = r.revision as u64;
             self.shared.set_leader(self.term, until.saturating_sub(LEADER_MARGIN_NS));
             self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
             self.leader = Some((self.w.me.node.clone(), self.term));
             tracing::warn!(term = self.term, "elected leader");
-            let _ = self.w.control.send(ClusterInput::Leading { term: self.term, records });
+            let _ = self.w.control.send(ClusterInput::Leading { term: self.term, records, tables });
         } else {
             let holder = r.responses.iter().find_map(|resp| match resp {
                 crate::etcd::OpResponse::Range(rr) => rr.kvs.first().cloned(),
@@ -554,12 +660,13 @@ impl Etcd {
             {
                 if sent < self.lease_until.saturating_sub(LEADER_MARGIN_NS) {
                     let records = self.records()?;
+                    let tables = self.tables()?;
                     self.term = kv.create_revision as u64;
                     self.shared.set_leader(self.term, self.lease_until.saturating_sub(LEADER_MARGIN_NS));
                     self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
                     self.leader = Some((self.w.me.node.clone(), self.term));
                     tracing::warn!(term = self.term, "leading again (our key outlived the outage)");
-                    let _ = self.w.control.send(ClusterInput::Leading { term: self.term, records });
+                    let _ = self.w.control.send(ClusterInput::Leading { term: self.term, records, tables });
                     return Ok(());
                 }
             }
@@ -592,6 +699,20 @@ impl Etcd {
         // Read again once this member follows (its own writes moved the marker meanwhile).
         self.records_rev = -1;
         Ok(kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+    }
+
+    /// The control plane's state: every key under `tables/`.
+    fn tables(&mut self) -> Result<Vec<TableRow>, EtcdError> {
+        let started = std::time::Instant::now();
+        let (kvs, _) = self.client.range_prefix(self.cfg.key("tables/"))?;
+        let prefix = self.cfg.key("tables/");
+        let rows: Vec<TableRow> = kvs.into_iter().filter_map(|kv| row(&prefix, kv.key, Some(kv.value))).collect();
+        tracing::info!(
+            rows = rows.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "read the control plane's state from etcd"
+        );
+        Ok(rows)
     }
 
     /// Members (everyone) and, for a member that does not lead, the failover records.
@@ -759,6 +880,76 @@ impl Etcd {
     }
 }
 
+/// A row under `prefix` (its key relative to it), if the key is one.
+fn row(prefix: &str, key: Vec<u8>, value: Option<Vec<u8>>) -> Option<TableRow> {
+    let key = String::from_utf8(key).ok()?;
+    Some((key.strip_prefix(prefix)?.to_owned(), value))
+}
+
+/// How long a mirror's watch waits for an event before it checks in again.
+const MIRROR_IDLE: Duration = Duration::from_secs(2);
+
+/// The `cluster-mirror` thread: the control plane's state in etcd (`tables/`), read whole
+/// once and then followed by a watch from the revision after it, so the cost follows changes,
+/// never the number of volumes. The control thread applies it while this member does not
+/// lead (a leader is the state's only writer and holds it already). After a compaction or a
+/// lost connection it reads the whole state again.
+fn mirror(cfg: &ClusterConfig, client: &Client, control: &Sender<ClusterInput>, shared: &Shared, stop: &AtomicBool) {
+    let prefix = cfg.key("tables/");
+    let mut from: Option<i64> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let start = match from {
+            Some(rev) => rev + 1,
+            None => match client.range_prefix(&prefix) {
+                Ok((kvs, rev)) => {
+                    let rows = kvs.into_iter().filter_map(|kv| row(&prefix, kv.key, Some(kv.value))).collect();
+                    let _ = control.send(ClusterInput::Tables { full: true, rows });
+                    shared.tables_revision.store(rev.max(0) as u64, Ordering::Release);
+                    from = Some(rev);
+                    rev + 1
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "control-plane state not read: tried again");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        let mut watch = match client.watch_prefix(&prefix, start, MIRROR_IDLE) {
+            Ok(w) => w,
+            Err(EtcdError::Compacted { .. }) => {
+                from = None;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "control-plane watch not opened: tried again");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        while !stop.load(Ordering::SeqCst) {
+            match watch.next_event() {
+                Ok(ev) => {
+                    let value = (ev.kind == crate::etcd::EventKind::Put).then_some(ev.kv.value);
+                    if let Some(r) = row(&prefix, ev.kv.key, value) {
+                        let _ = control.send(ClusterInput::Tables { full: false, rows: vec![r] });
+                    }
+                    shared.tables_revision.store(watch.revision().max(0) as u64, Ordering::Release);
+                    from = Some(watch.revision());
+                }
+                Err(EtcdError::Compacted { .. }) => {
+                    from = None;
+                    break;
+                }
+                Err(_) => {
+                    from = Some(watch.revision());
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// The `cluster-digest` thread: every `digest_interval`, each peer gets the amphorae whose
 /// liveness this member refreshed since that peer's last delivered digest. A peer seen for the
 /// first time (a member that joined, or one this member just learned of) gets everything this
@@ -793,6 +984,19 @@ fn digests(cfg: &ClusterConfig, w: &Wiring, shared: &Shared, stop: &AtomicBool) 
                 }
             }
         }
+        // The registrations this member accepted itself since the oldest peer's last digest,
+        // encoded once for every peer.
+        let services: Vec<(u64, u32, Vec<u8>)> = shared
+            .relay
+            .lock()
+            .heard
+            .values()
+            .filter(|(at, _)| *at > floor)
+            .map(|(at, r)| {
+                let age_ms = (now.saturating_sub(*at) / 1_000_000).min(u64::from(u32::MAX)) as u32;
+                (*at, age_ms, serde_json::to_vec(r).unwrap_or_default())
+            })
+            .collect();
         let impaired = shared.impaired.load(Ordering::Relaxed);
         let keys = w.keys.load();
         let results: Vec<(String, bool)> = std::thread::scope(|scope| {
@@ -800,18 +1004,22 @@ fn digests(cfg: &ClusterConfig, w: &Wiring, shared: &Shared, stop: &AtomicBool) 
                 .iter()
                 .map(|p| {
                     let from = since.get(&p.node).copied().unwrap_or(0);
-                    let (heard, agent, keys) = (&heard, &agent, &keys);
+                    let (heard, agent, keys, services) = (&heard, &agent, &keys, &services);
                     scope.spawn(move || {
                         let picked: Vec<Heard> = heard.iter().filter(|(_, at)| *at > from).map(|(h, _)| *h).collect();
-                        let chunks: Vec<&[Heard]> = if picked.is_empty() {
-                            vec![&[][..]]
-                        } else {
-                            picked.chunks(digest::MAX_ENTRIES).collect()
-                        };
+                        let relayed: Vec<(u32, &[u8])> =
+                            services.iter().filter(|(at, _, _)| *at > from).map(|(_, age, j)| (*age, &j[..])).collect();
                         let url = format!("http://{}/v1/cluster/digest", p.admin);
                         let mut body = Vec::new();
-                        for chunk in chunks {
-                            digest::encode(&w.me.node, impaired, chunk, keys, &mut body);
+                        // One message at least (a peer learns this member is alive from it),
+                        // as many as the amphorae and registrations need.
+                        let (mut a, mut r) = (&picked[..], &relayed[..]);
+                        loop {
+                            let (chunk, rest) = a.split_at(a.len().min(digest::MAX_ENTRIES));
+                            let fit = digest::services_fitting(r);
+                            digest::encode(&w.me.node, impaired, chunk, &r[..fit], keys, &mut body);
+                            a = rest;
+                            r = &r[fit..];
                             match agent.post(&url).set("content-type", "application/octet-stream").send_bytes(&body) {
                                 Ok(_) => {
                                     shared.digests_sent.fetch_add(1, Ordering::Relaxed);
@@ -820,6 +1028,9 @@ fn digests(cfg: &ClusterConfig, w: &Wiring, shared: &Shared, stop: &AtomicBool) 
                                     tracing::debug!(peer = %p.node, error = %e, "digest not delivered");
                                     return (p.node.clone(), false);
                                 }
+                            }
+                            if a.is_empty() && r.is_empty() {
+                                break;
                             }
                         }
                         (p.node.clone(), true)

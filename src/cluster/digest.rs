@@ -11,11 +11,17 @@
 //! The cost follows heartbeats, not the fleet: 21 bytes per refresh heard, once per digest
 //! however often the amphora beat in it. etcd carries none of it.
 //!
+//! The same digest relays the service registrations the member accepted itself (service
+//! heartbeats and API pushes), newest per service: every member's registry gets them all, so a
+//! machine is dead for the scheduler only when no member heard it within the timeout.
+//!
 //! Wire format (big-endian), signed like a heartbeat with the heartbeat key:
 //!
 //! ```text
-//! "HSD1" | node length u8 | node (UTF-8) | flags u8 | count u32
-//!        | count × (id [16] | age ms u32 | status u8) | HMAC-SHA256 [32]
+//! "HSD2" | node length u8 | node (UTF-8) | flags u8 | count u32
+//!        | count × (id [16] | age ms u32 | status u8)
+//!        | services u32 | services × (age ms u32 | length u32 | registration JSON)
+//!        | HMAC-SHA256 [32]
 //! ```
 //!
 //! `flags` bit 0: the member's own self-awareness rules hold its failovers back (it may be
@@ -28,13 +34,17 @@ use crate::proto::keyring::Keyring;
 use crate::proto::octavia::Uuid;
 use crate::state::OperatingStatus;
 
-const MAGIC: &[u8; 4] = b"HSD1";
+use crate::control::cluster::Relayed;
+
+const MAGIC: &[u8; 4] = b"HSD2";
 const TAG: usize = 32;
 const ENTRY: usize = 21;
 /// Most entries in one digest message (a larger digest goes as several).
 pub const MAX_ENTRIES: usize = 50_000;
+/// Most bytes of relayed registrations in one digest message (more go as several).
+pub const MAX_SERVICE_BYTES: usize = 2 << 20;
 /// The largest digest message, bytes.
-pub const MAX_BYTES: usize = 4 + 1 + 255 + 1 + 4 + MAX_ENTRIES * ENTRY + TAG;
+pub const MAX_BYTES: usize = 4 + 1 + 255 + 1 + 4 + MAX_ENTRIES * ENTRY + 4 + MAX_SERVICE_BYTES + TAG;
 
 /// One amphora heard by the sending member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +58,7 @@ pub struct Heard {
 }
 
 /// A decoded digest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Digest {
     /// The sending member.
     pub node: String,
@@ -56,6 +66,9 @@ pub struct Digest {
     pub impaired: bool,
     /// What it heard.
     pub heard: Vec<Heard>,
+    /// The registrations it accepted itself, each with how long before the digest was sent
+    /// (ms).
+    pub services: Vec<(u32, Relayed)>,
 }
 
 /// Why a digest was refused.
@@ -71,6 +84,8 @@ pub enum DigestError {
     BadNode,
     /// An unknown operating status code.
     BadStatus,
+    /// A relayed registration is not the JSON of one.
+    BadService,
     /// No configured key signs it.
     BadTag,
 }
@@ -84,6 +99,7 @@ impl DigestError {
             DigestError::TooLarge => "too_large",
             DigestError::BadNode => "bad_node",
             DigestError::BadStatus => "bad_status",
+            DigestError::BadService => "bad_service",
             DigestError::BadTag => "bad_tag",
         }
     }
@@ -120,9 +136,18 @@ fn status_from(c: u8) -> Option<OperatingStatus> {
     })
 }
 
-/// Encodes and signs a digest of `heard` (at most [`MAX_ENTRIES`]; the rest is ignored) into
-/// `out` (cleared first), with the first key of `keys`.
-pub fn encode(node: &str, impaired: bool, heard: &[Heard], keys: &Keyring, out: &mut Vec<u8>) {
+/// Encodes and signs a digest of `heard` (at most [`MAX_ENTRIES`]; the rest is ignored) and of
+/// the relayed registrations `services` (each `(age ms, JSON of a [`Relayed`])`; those past
+/// [`MAX_SERVICE_BYTES`] in all are ignored: send them in the next message) into `out`
+/// (cleared first), with the first key of `keys`.
+pub fn encode(
+    node: &str,
+    impaired: bool,
+    heard: &[Heard],
+    services: &[(u32, &[u8])],
+    keys: &Keyring,
+    out: &mut Vec<u8>,
+) {
     let heard = &heard[..heard.len().min(MAX_ENTRIES)];
     let node = &node.as_bytes()[..node.len().min(255)];
     out.clear();
@@ -137,6 +162,13 @@ pub fn encode(node: &str, impaired: bool, heard: &[Heard], keys: &Keyring, out: 
         out.extend_from_slice(&h.age_ms.to_be_bytes());
         out.push(status_code(h.status));
     }
+    let fit = services_fitting(services);
+    out.extend_from_slice(&(fit as u32).to_be_bytes());
+    for (age, json) in &services[..fit] {
+        out.extend_from_slice(&age.to_be_bytes());
+        out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        out.extend_from_slice(json);
+    }
     let tag = match keys.keys().first() {
         Some(k) => {
             let mut mac = k.mac();
@@ -146,6 +178,19 @@ pub fn encode(node: &str, impaired: bool, heard: &[Heard], keys: &Keyring, out: 
         None => vec![0; TAG],
     };
     out.extend_from_slice(&tag);
+}
+
+/// How many of `services` (from the first) fit one message: at least one (a single
+/// registration is far below the bound), then as many as stay within [`MAX_SERVICE_BYTES`].
+pub fn services_fitting(services: &[(u32, &[u8])]) -> usize {
+    let mut bytes = 0;
+    for (i, (_, json)) in services.iter().enumerate() {
+        bytes += 8 + json.len();
+        if bytes > MAX_SERVICE_BYTES {
+            return i.max(1).min(services.len());
+        }
+    }
+    services.len()
 }
 
 /// Decodes and verifies a digest against every key of `keys`.
@@ -180,11 +225,33 @@ pub fn decode(bytes: &[u8], keys: &Keyring) -> Result<Digest, DigestError> {
     }
     let impaired = rest[0] & 1 == 1;
     let count = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-    let entries = &rest[5..];
     if count > MAX_ENTRIES {
         return Err(DigestError::TooLarge);
     }
-    if entries.len() != count * ENTRY {
+    let rest = &rest[5..];
+    if rest.len() < count * ENTRY + 4 {
+        return Err(DigestError::Truncated);
+    }
+    let (entries, rest) = rest.split_at(count * ENTRY);
+    let n_services = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let mut rest = &rest[4..];
+    // Each takes at least its 8 header bytes: a count past what the bytes can hold is a lie.
+    if n_services > rest.len() / 8 {
+        return Err(DigestError::Truncated);
+    }
+    let mut services = Vec::with_capacity(n_services);
+    for _ in 0..n_services {
+        if rest.len() < 8 {
+            return Err(DigestError::Truncated);
+        }
+        let age = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        let len = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        let json = rest.get(8..8 + len).ok_or(DigestError::Truncated)?;
+        let r: Relayed = serde_json::from_slice(json).map_err(|_| DigestError::BadService)?;
+        services.push((age, r));
+        rest = &rest[8 + len..];
+    }
+    if !rest.is_empty() {
         return Err(DigestError::Truncated);
     }
     let mut heard = Vec::with_capacity(count);
@@ -195,7 +262,7 @@ pub fn decode(bytes: &[u8], keys: &Keyring) -> Result<Digest, DigestError> {
         let status = status_from(e[20]).ok_or(DigestError::BadStatus)?;
         heard.push(Heard { id: Uuid::from_bytes(id), age_ms, status });
     }
-    Ok(Digest { node: node.to_owned(), impaired, heard })
+    Ok(Digest { node: node.to_owned(), impaired, heard, services })
 }
 
 #[cfg(test)]
@@ -216,18 +283,41 @@ mod tests {
             .collect()
     }
 
+    fn relayed() -> Relayed {
+        Relayed {
+            type_name: "machine".into(),
+            addr: "127.0.0.1:7000".into(),
+            op: "register".into(),
+            score: None,
+            tags: vec![("stat.free_bytes".into(), crate::proto::service::TagValue::Int(5))],
+        }
+    }
+
     #[test]
     fn a_digest_round_trips_and_is_verified_with_any_key_of_the_ring() {
         let mut buf = Vec::new();
-        encode("node-a", true, &sample(), &keys(), &mut buf);
+        let json = serde_json::to_vec(&relayed()).expect("json");
+        encode("node-a", true, &sample(), &[(250, &json[..])], &keys(), &mut buf);
         let d = decode(&buf, &Keyring::from_strs(&["other", "k1"], 1)).expect("decodes");
-        assert_eq!(d, Digest { node: "node-a".into(), impaired: true, heard: sample() });
+        assert_eq!(
+            d,
+            Digest { node: "node-a".into(), impaired: true, heard: sample(), services: vec![(250, relayed())] }
+        );
+    }
+
+    #[test]
+    fn relayed_registrations_past_the_byte_bound_wait_for_the_next_message() {
+        let big = vec![b' '; MAX_SERVICE_BYTES / 3];
+        let many: Vec<(u32, &[u8])> = (0..5).map(|_| (0, &big[..])).collect();
+        assert_eq!(services_fitting(&many), 2);
+        assert_eq!(services_fitting(&many[..1]), 1);
+        assert_eq!(services_fitting(&[]), 0);
     }
 
     #[test]
     fn a_forged_truncated_or_malformed_digest_is_refused_with_its_reason() {
         let mut buf = Vec::new();
-        encode("node-a", false, &sample(), &keys(), &mut buf);
+        encode("node-a", false, &sample(), &[], &keys(), &mut buf);
         assert_eq!(decode(&buf, &Keyring::from_strs(&["wrong"], 0)), Err(DigestError::BadTag));
         let mut flipped = buf.clone();
         flipped[12] ^= 1;
@@ -239,7 +329,7 @@ mod tests {
         assert_eq!(decode(&vec![0; MAX_BYTES + 1], &keys()), Err(DigestError::TooLarge));
         // A signed body whose count does not match its entries.
         let mut body = Vec::new();
-        encode("n", false, &sample(), &keys(), &mut body);
+        encode("n", false, &sample(), &[], &keys(), &mut body);
         body.truncate(body.len() - TAG);
         let count_at = 4 + 1 + 1 + 1;
         body[count_at + 3] = 9;

@@ -11,6 +11,25 @@
 //! | `members/<node>` | the member's addresses (JSON), bound to its lease | at join |
 //! | `leader` | the leader's node name, bound to its lease; its create revision is the **term** | at election |
 //! | `failovers/<id, 20 digits>` | each failover record (JSON) | by the leader only, fenced |
+//! | `amphorae/<id>` | an amphora's settings (expected listeners, load balancer, zone) | by any member, answered once committed |
+//! | `tables/volumes/<id, 20 digits>` | each volume, with its state and placement promise | by the leader only, fenced |
+//! | `tables/meta/sched_next_id` | the scheduler's next volume id | by the leader only, fenced |
+//! | `tables/pools/<name>` | each load-balancing pool | by the leader only, fenced |
+//! | `tables/locks/<type>\|<addr>` | each locked service score (`{"score": n}`) | by the leader only, fenced |
+//! | `changed/amphorae`, `changed/failovers` | markers: a prefix is read back only when its marker moved | with the writes |
+//!
+//! # One control plane
+//!
+//! The leader is the only writer of `tables/` and `failovers/`: a member that does not lead
+//! forwards every write of volumes, pools, locks, deregistrations and manual failovers to the
+//! leader's admin API, and the leader answers once etcd has it (no leader known, or the leader
+//! unreachable: `503` with `Retry-After`). Every other member follows `tables/` with a watch
+//! (thread `cluster-mirror`: one full read, then only the changes) and serves the same volumes,
+//! pools and locks. A new leader reads `tables/` whole before it acts, and its scheduler waits
+//! for one digest from every live peer (at most `heartbeat_timeout`): the peers' digests relay
+//! every service registration they accepted (newest per service), so every member's registry
+//! holds every machine any member heard, and a machine is dead for the scheduler only when no
+//! member heard it.
 //!
 //! Each member holds **one** lease (`lease_ttl`) kept alive every `lease_ttl / 3`: leases and
 //! keep-alives grow with members, never with the fleet. Heartbeats never reach etcd: members
@@ -31,6 +50,7 @@
 
 pub mod agent;
 pub mod digest;
+pub mod import;
 
 use std::time::Duration;
 

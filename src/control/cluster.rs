@@ -93,6 +93,18 @@ pub struct Shared {
     pub digests_refused: AtomicU64,
     /// The view for the API.
     pub view: ArcSwap<ClusterView>,
+    /// Service registrations to relay to peers (written by the control thread, read by the
+    /// digest thread).
+    pub relay: parking_lot::Mutex<RelayBuffer>,
+    /// Writes forwarded to the leader by this member's API, and those refused for want of one.
+    pub forwarded: AtomicU64,
+    /// Writes this member's API refused (503) because no leader could take them.
+    pub forward_refused: AtomicU64,
+    /// The revision of the control-plane state this member mirrors from etcd (0: none yet).
+    pub tables_revision: AtomicU64,
+    /// Node names by index (index 0: this member): a shard remembers which member heard an
+    /// amphora last as two bytes.
+    nodes: parking_lot::RwLock<Vec<String>>,
 }
 
 impl Shared {
@@ -103,6 +115,7 @@ impl Shared {
 
     /// A cluster member's state before it has reached etcd.
     pub fn new(enabled: bool, node: String, endpoints: Vec<String>) -> Shared {
+        let node_name = node.clone();
         let view = ClusterView {
             mode: if enabled { "cluster" } else { "single" },
             node: node.clone(),
@@ -126,6 +139,11 @@ impl Shared {
             digests_received: AtomicU64::new(0),
             digests_refused: AtomicU64::new(0),
             view: ArcSwap::from_pointee(view),
+            relay: parking_lot::Mutex::new(RelayBuffer::default()),
+            forwarded: AtomicU64::new(0),
+            forward_refused: AtomicU64::new(0),
+            tables_revision: AtomicU64::new(0),
+            nodes: parking_lot::RwLock::new(vec![node_name]),
         }
     }
 
@@ -157,6 +175,37 @@ impl Shared {
         self.etcd_ok.load(Ordering::Acquire)
     }
 
+    /// The leader's admin address, if a leader other than this member is known.
+    pub fn leader_admin(&self) -> Option<String> {
+        let view = self.view.load();
+        let leader = view.leader.as_ref()?;
+        if *leader == self.node {
+            return None;
+        }
+        view.members.iter().find(|m| m.node == *leader).map(|m| m.admin.clone())
+    }
+
+    /// The index of a node name (added on first use; at most 65,535 names, then index 0).
+    pub fn node_index(&self, node: &str) -> u16 {
+        if let Some(i) = self.nodes.read().iter().position(|n| n == node) {
+            return i as u16;
+        }
+        let mut nodes = self.nodes.write();
+        if let Some(i) = nodes.iter().position(|n| n == node) {
+            return i as u16;
+        }
+        if nodes.len() >= usize::from(u16::MAX) {
+            return 0;
+        }
+        nodes.push(node.to_owned());
+        (nodes.len() - 1) as u16
+    }
+
+    /// The node name of an index from [`Shared::node_index`].
+    pub fn node_name(&self, index: u16) -> String {
+        self.nodes.read().get(usize::from(index)).cloned().unwrap_or_default()
+    }
+
     /// Records whether etcd answered.
     pub fn set_etcd_ok(&self, ok: bool) {
         self.etcd_ok.store(ok, Ordering::Release);
@@ -173,6 +222,17 @@ pub enum ClusterInput {
         term: u64,
         /// Every failover record in etcd.
         records: Vec<super::failover::FailoverRecord>,
+        /// The control plane's state in etcd (every key under `tables/`): the new leader
+        /// continues from exactly it.
+        tables: Vec<TableRow>,
+    },
+    /// The control plane's state in etcd changed (a member that does not lead mirrors it):
+    /// `full`, every row (replace what is held); otherwise the changed rows, in order.
+    Tables {
+        /// The rows are the whole state.
+        full: bool,
+        /// (key under `tables/`, value or `None`: deleted).
+        rows: Vec<TableRow>,
     },
     /// This member no longer leads (lost or released its lease, or etcd fenced it out).
     Following,
@@ -187,11 +247,48 @@ pub enum ClusterInput {
         impaired: bool,
         /// (amphora, heard at ns, status).
         heard: Vec<(crate::proto::octavia::Uuid, u64, crate::state::OperatingStatus)>,
+        /// Service registrations the peer accepted itself, each with when (on this member's
+        /// clock, ns).
+        services: Vec<(u64, Relayed)>,
     },
     /// The members whose keys are alive (this one included).
     Members(Vec<String>),
     /// The amphora settings etcd holds (every member applies them; see [`AmphoraSettings`]).
     Settings(Vec<(crate::proto::octavia::Uuid, AmphoraSettings)>),
+}
+
+/// One row of the control plane's state in etcd: its key under `<prefix>/tables/`
+/// (`volumes/<id, 20 digits>`, `meta/sched_next_id`, `pools/<name>`, `locks/<type>|<addr>`)
+/// and its JSON value (`None`: deleted).
+pub type TableRow = (String, Option<Vec<u8>>);
+
+/// A service registration as one member relays it to its peers (in its digests): every
+/// member's registry gets every registration any member accepted, so a machine is dead for the
+/// scheduler only when no member heard it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Relayed {
+    /// Service type.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// `ip:port`.
+    pub addr: String,
+    /// `register`, `lock`, `unlock` or `deregister`.
+    pub op: String,
+    /// The lock score (`lock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<i32>,
+    /// Tags and stats.
+    #[serde(default)]
+    pub tags: Vec<(String, crate::proto::service::TagValue)>,
+}
+
+/// The registrations this member accepted itself, newest per service, with when (control
+/// clock ns): the digest thread sends each peer those newer than its last delivered digest.
+/// Bounded by the registry's size (one entry per service).
+#[derive(Debug, Default)]
+pub struct RelayBuffer {
+    /// (type, addr) → (heard at ns, registration).
+    pub heard: std::collections::BTreeMap<(String, String), (u64, Relayed)>,
 }
 
 /// An amphora's settings that decide its liveness, kept in etcd in cluster mode

@@ -25,6 +25,11 @@ pub(super) struct ClusterPart {
     pub(super) remote_heard: u64,
     /// Writes to etcd (amphora settings).
     pub(super) writes: Option<Sender<EtcdWrite>>,
+    /// When this member last began to lead (control clock, ns; 0: it does not).
+    pub(super) leading_since: u64,
+    /// Control-plane rows from etcd that did not decode (written by another version, or by
+    /// hand).
+    pub(super) bad_rows: u64,
 }
 
 impl Default for ClusterPart {
@@ -37,6 +42,8 @@ impl Default for ClusterPart {
             members: Vec::new(),
             remote_heard: 0,
             writes: None,
+            leading_since: 0,
+            bad_rows: 0,
         }
     }
 }
@@ -74,13 +81,17 @@ impl Control {
     pub fn apply_cluster(&mut self, input: ClusterInput) {
         let now = self.clock.now_ns();
         match input {
-            ClusterInput::Leading { term, records } => {
+            ClusterInput::Leading { term, records, tables } => {
                 tracing::warn!(
                     term,
                     records = records.len(),
+                    rows = tables.len(),
                     "this member leads the cluster: every amphora gets a full timeout before any failover"
                 );
                 self.fleet.mirror_records(records, true, now);
+                // The control plane continues from exactly what etcd holds.
+                self.apply_tables(true, tables, now);
+                self.cluster.leading_since = now.max(1);
                 self.fleet.set_leading(true);
                 self.fleet.restart_grace(now);
                 self.cluster.grace_until = now.saturating_add(secs_ns(self.cfg.liveness.heartbeat_timeout));
@@ -91,15 +102,27 @@ impl Control {
                     tracing::warn!("this member no longer leads the cluster: failovers stop here");
                 }
                 self.fleet.set_leading(false);
+                self.cluster.leading_since = 0;
                 self.changed = true;
+            }
+            ClusterInput::Tables { full, rows } => {
+                // A leader is the state's only writer: it holds it already (its own writes
+                // come back here); it read the whole state when it began to lead.
+                if !self.cluster.shared.is_leader() {
+                    self.apply_tables(full, rows, now);
+                }
             }
             ClusterInput::Records(records) => {
                 if !self.fleet.leading() {
                     self.fleet.mirror_records(records, false, now);
                 }
             }
-            ClusterInput::Digest { node, impaired, heard } => {
-                let taken = self.fleet.apply_remote(&heard, now, &self.engine.pipeline.shards, &mut self.writes);
+            ClusterInput::Digest { node, impaired, heard, services } => {
+                for (at, r) in &services {
+                    self.services.apply_relayed(at / 1000, r);
+                }
+                let by = self.cluster.shared.node_index(&node);
+                let taken = self.fleet.apply_remote(&heard, by, now, &self.engine.pipeline.shards, &mut self.writes);
                 self.cluster.remote_heard += taken;
                 let was = self.cluster.digests.insert(node.clone(), (now, impaired));
                 if was.is_some_and(|(_, i)| i) != impaired {
@@ -137,6 +160,81 @@ impl Control {
         }
     }
 
+    /// Applies the control plane's state from etcd: volumes, the scheduler's id counter,
+    /// pools and locks (`full`: the rows are all of it).
+    fn apply_tables(&mut self, full: bool, rows: Vec<super::cluster::TableRow>, now: u64) {
+        let bad = self.volumes.apply_rows(full, &rows, &mut self.writes);
+        let mut pools = Vec::new();
+        let mut locks = Vec::new();
+        let mut bad_other = 0;
+        for (k, v) in &rows {
+            if let Some(name) = k.strip_prefix("pools/") {
+                match v.as_ref().map(|v| serde_json::from_slice::<crate::registry::lb::Pool>(v)) {
+                    Some(Ok(p)) => pools.push((name.to_owned(), Some(p))),
+                    Some(Err(_)) => bad_other += 1,
+                    None => pools.push((name.to_owned(), None)),
+                }
+                if let Some(v) = v {
+                    self.writes.mirrored.put_raw(
+                        crate::store::Table::Pools,
+                        crate::store::Key::Name(name.into()),
+                        v.clone(),
+                    );
+                } else {
+                    self.writes.mirrored.delete(crate::store::Table::Pools, crate::store::Key::Name(name.into()));
+                }
+            } else if let Some(key) = k.strip_prefix("locks/") {
+                match v.as_ref().map(|v| serde_json::from_slice::<super::services::LockRow>(v)) {
+                    Some(Ok(l)) => locks.push((key.to_owned(), Some(l))),
+                    Some(Err(_)) => bad_other += 1,
+                    None => locks.push((key.to_owned(), None)),
+                }
+            }
+        }
+        if full || !pools.is_empty() {
+            self.services.apply_pools(full, pools);
+        }
+        if full || !locks.is_empty() {
+            self.services.apply_locks(full, &locks, now / 1000);
+        }
+        let bad = (bad + bad_other) as u64;
+        if bad > 0 {
+            self.cluster.bad_rows += bad;
+            tracing::warn!(rows = bad, "control-plane rows in etcd that do not decode: ignored");
+        }
+        self.changed = true;
+    }
+
+    /// Cluster mode: whether the scheduler may act. A new leader first waits for a digest from
+    /// every live peer (they carry the machines' heartbeats the peers heard; a peer's first
+    /// digest to it holds everything), at most one `heartbeat_timeout`: a machine is dead only
+    /// when no member heard it.
+    pub(super) fn scheduler_ready(&self, now: u64) -> bool {
+        let c = &self.cluster;
+        if !c.shared.enabled || c.leading_since == 0 {
+            return true;
+        }
+        if now >= c.leading_since.saturating_add(secs_ns(self.cfg.liveness.heartbeat_timeout)) {
+            return true;
+        }
+        c.members
+            .iter()
+            .filter(|n| **n != c.shared.node)
+            .all(|n| c.digests.get(n).is_some_and(|&(at, _)| at > c.leading_since))
+    }
+
+    /// Cluster mode: hands the registrations accepted here to the digest thread.
+    pub(super) fn relay_out(&mut self, now: u64) {
+        let relayed = self.services.take_relayed();
+        if relayed.is_empty() {
+            return;
+        }
+        let mut buf = self.cluster.shared.relay.lock();
+        for r in relayed {
+            buf.heard.insert((r.type_name.clone(), r.addr.clone()), (now, r));
+        }
+    }
+
     /// Cluster mode: the shared state and the input the cluster's threads feed (set before the
     /// control thread starts).
     pub fn set_cluster(
@@ -150,6 +248,7 @@ impl Control {
         self.cluster.input = input;
         self.cluster.writes = writes;
         self.fleet.set_leading(single);
+        self.services.set_relaying(!single);
     }
 
     /// The cluster's shared state.

@@ -396,6 +396,7 @@ impl Fleet {
     pub fn apply_remote(
         &mut self,
         heard: &[(Uuid, u64, OperatingStatus)],
+        by: u16,
         now: u64,
         shards: &Shards,
         out: &mut Writes,
@@ -404,7 +405,7 @@ impl Fleet {
         for &(id, at, status) in heard {
             // Never in the future of this member's clock.
             let at = at.min(now);
-            match shards.with_mut(&id, |s| s.heard_remotely(at, status)) {
+            match shards.with_mut(&id, |s| s.heard_remotely(at, status, by)) {
                 Some((revived, changed)) => {
                     taken += 1;
                     if changed {
@@ -423,6 +424,7 @@ impl Fleet {
                     let mut st = AmphoraState::new(at);
                     st.remote_refresh_ns = at;
                     st.remote_refreshes = 1;
+                    st.remote_by = by;
                     st.operating_status = status;
                     shards.insert_if_absent(id, st);
                     self.add_new(id, at, shards, out);

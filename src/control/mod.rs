@@ -540,7 +540,9 @@ impl Control {
 
     /// Applies a batch of service heartbeats and returns its vector to the engine's lane.
     pub fn apply_services(&mut self, batch: Vec<ServiceBeat>) {
-        self.services.apply_beats(&batch, self.clock.now_ns() / 1000);
+        let now = self.clock.now_ns();
+        self.services.apply_beats(&batch, now / 1000);
+        self.relay_out(now);
         let _ = self.engine.pipeline.services.recycle.push(batch);
     }
 
@@ -662,6 +664,9 @@ impl Control {
     }
 
     fn task_scheduler(&mut self, now: u64) {
+        if !self.scheduler_ready(now) {
+            return;
+        }
         let machines =
             self.services.machines(&self.cfg.scheduler.machine_type, self.cfg.liveness.heartbeat_timeout, now);
         self.volumes.tick(now, &machines, &mut self.writes);
@@ -766,6 +771,9 @@ impl Control {
             }
             return false;
         };
+        if !self.writes.mirrored.is_empty() {
+            durable.submit_local(std::mem::take(&mut self.writes.mirrored));
+        }
         // Rows the writer let go of while failing (over its memory bound): read them again.
         self.writes.amphorae.extend(durable.take_spilled());
         let mut batch = std::mem::take(&mut self.writes.batch);
@@ -879,7 +887,11 @@ impl Control {
         self.changed |= !command.is_read();
         match command {
             Command::Fleet(c) => self.fleet.execute(c, now, &self.engine.pipeline.shards, &mut self.writes),
-            Command::Registry(c) => self.services.execute(c, now / 1000, &mut self.writes),
+            Command::Registry(c) => {
+                let r = self.services.execute(c, now / 1000, &mut self.writes);
+                self.relay_out(now);
+                r
+            }
             Command::Volumes(c) => self.volumes.execute(c, now, &mut self.writes),
             Command::Reload(cfg) => {
                 self.reload(*cfg);

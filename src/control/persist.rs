@@ -25,6 +25,9 @@ pub struct Writes {
     pub batch: WriteBatch,
     /// Amphorae whose row must be rewritten from the shards.
     pub amphorae: FxHashSet<Uuid>,
+    /// Rows copied from the cluster's state in etcd: for the local store only (cluster mode
+    /// never writes them back to etcd).
+    pub mirrored: WriteBatch,
 }
 
 impl Writes {
@@ -40,6 +43,11 @@ pub trait Durable: Send {
     fn load(&self) -> Result<Loaded, StoreError>;
     /// Calls `f` with each stored amphora row (key, JSON), streamed from the store.
     fn each_amphora(&self, f: &mut crate::store::RowVisitor<'_>) -> Result<(), StoreError>;
+    /// Writes `batch` to the local store only (rows mirrored from the cluster's state; a
+    /// store that is not a cluster's writes them like any other).
+    fn submit_local(&mut self, batch: WriteBatch) {
+        self.submit(batch, None, false);
+    }
     /// Writes `batch` behind; `done` is called with the outcome once it is durable. With
     /// `awaited` a caller waits for it: its rows are never spilled.
     fn submit(&mut self, batch: WriteBatch, done: Option<Done>, awaited: bool);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::Relayed;
 use super::command::{CommandError, RegistryCommand, Reply, ServiceOutcome};
 use super::persist::Writes;
 use crate::proto::service::{ServiceBeat, ServiceOp};
@@ -27,6 +28,16 @@ pub struct ServicesConfig {
     pub types: Vec<TypeConfig>,
     /// Seconds between rebuilds of the polling world (when the registry changed).
     pub world_refresh_interval: f64,
+}
+
+/// What a relayed copy of an accepted registration carries.
+fn relayed_of(r: &Registration) -> Relayed {
+    let (op, score) = match r.op {
+        ScoreOp::Lock(v) => ("lock", Some(v)),
+        ScoreOp::Unlock => ("unlock", None),
+        _ => ("register", None),
+    };
+    Relayed { type_name: r.type_name.clone(), addr: r.addr.clone(), op: op.into(), score, tags: r.tags.clone() }
 }
 
 /// The type machines (scheduler targets) register as, unless configured otherwise.
@@ -102,6 +113,16 @@ pub struct ServiceHost {
     /// Service heartbeats the registry refused (unknown type, bad address).
     pub rejected: u64,
     changed: bool,
+    /// Cluster mode: registrations accepted here are kept for the peers ([`Relayed`]).
+    relaying: bool,
+    relayed: Vec<Relayed>,
+}
+
+/// A lock as kept in etcd (`tables/locks/<type>|<addr>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRow {
+    /// The locked score.
+    pub score: i32,
 }
 
 impl ServiceHost {
@@ -119,6 +140,8 @@ impl ServiceHost {
             id_tag: TagValue::Bool(false),
             rejected: 0,
             changed: true,
+            relaying: false,
+            relayed: Vec::new(),
         })
     }
 
@@ -256,15 +279,111 @@ impl ServiceHost {
                 ServiceOp::Unlock => ScoreOp::Unlock,
             };
             let r = std::mem::replace(&mut self.scratch, Registration::empty());
-            if let Err(e) = self.register(&r, now_us) {
-                self.rejected += 1;
-                if self.rejected_types.insert(r.type_name.clone()) {
-                    tracing::warn!(service_type = %r.type_name, addr = %r.addr, error = %e, "service heartbeat refused (reported once per type)");
+            match self.register(&r, now_us) {
+                Ok(_) if self.relaying => self.relayed.push(relayed_of(&r)),
+                Ok(_) => {}
+                Err(e) => {
+                    self.rejected += 1;
+                    if self.rejected_types.insert(r.type_name.clone()) {
+                        tracing::warn!(service_type = %r.type_name, addr = %r.addr, error = %e, "service heartbeat refused (reported once per type)");
+                    }
                 }
             }
             self.scratch = r;
         }
         // Nothing published changes here: the polling world is rebuilt by its own task.
+    }
+
+    /// Cluster mode: keep what is accepted here for the peers.
+    pub fn set_relaying(&mut self, on: bool) {
+        self.relaying = on;
+    }
+
+    /// The registrations accepted here since the last call (cluster mode).
+    pub fn take_relayed(&mut self) -> Vec<Relayed> {
+        std::mem::take(&mut self.relayed)
+    }
+
+    /// Applies a registration a peer accepted at `at_us` (wall clock µs). A heartbeat older
+    /// than the service's last one is ignored (digests from several members interleave);
+    /// nothing is relayed again (no echo).
+    pub fn apply_relayed(&mut self, at_us: u64, r: &Relayed) {
+        let known = self.registry.get(&r.type_name, &r.addr);
+        let result = match r.op.as_str() {
+            "register" => {
+                if known.is_some_and(|s| s.tags_mtime_us >= at_us) {
+                    return;
+                }
+                let reg = Registration {
+                    type_name: r.type_name.clone(),
+                    addr: r.addr.clone(),
+                    tags: r.tags.clone(),
+                    op: ScoreOp::Unset,
+                };
+                self.register(&reg, at_us).map(|_| ())
+            }
+            "lock" => self.registry.lock(&r.type_name, &r.addr, Some(r.score.unwrap_or(0)), at_us).map(|_| ()),
+            "unlock" => self.registry.unlock(&r.type_name, &r.addr, at_us).map(|_| ()),
+            "deregister" => self.registry.deregister(&r.type_name, &r.addr, Some(at_us)).map(|_| ()),
+            "flush" => self.registry.flush(&r.type_name).map(|_| ()),
+            other => {
+                tracing::warn!(op = other, "a relayed registration with an unknown op: ignored");
+                return;
+            }
+        };
+        if let Err(e) = result {
+            self.rejected += 1;
+            tracing::debug!(service_type = %r.type_name, addr = %r.addr, error = %e, "relayed registration refused");
+        }
+    }
+
+    /// Applies the locks kept in etcd (`full`: `rows` are all of them, so a service locked
+    /// here but not there is unlocked). Each row is `(type|addr, lock or None: unlocked)`.
+    pub fn apply_locks(&mut self, full: bool, rows: &[(String, Option<LockRow>)], now_us: u64) {
+        if full {
+            let locked: Vec<(String, String)> = self
+                .registry
+                .iter()
+                .filter(|s| s.locked)
+                .map(|s| (s.type_name.clone(), s.addr.clone()))
+                .filter(|(t, a)| !rows.iter().any(|(k, v)| v.is_some() && *k == format!("{t}|{a}")))
+                .collect();
+            for (t, a) in locked {
+                let _ = self.registry.unlock(&t, &a, now_us);
+            }
+        }
+        for (key, lock) in rows {
+            let Some((t, a)) = key.split_once('|') else { continue };
+            let have = self.registry.get(t, a).map(|s| (s.locked, s.score));
+            let r = match lock {
+                Some(l) if have != Some((true, l.score)) => self.registry.lock(t, a, Some(l.score), now_us).map(|_| ()),
+                None if have.is_some_and(|(locked, _)| locked) => self.registry.unlock(t, a, now_us).map(|_| ()),
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::warn!(service = %key, error = %e, "a lock from etcd not applied");
+            }
+        }
+        self.changed = true;
+    }
+
+    /// Applies the pools kept in etcd (`full`: `rows` are all of them).
+    pub fn apply_pools(&mut self, full: bool, rows: Vec<(String, Option<Pool>)>) {
+        let map = Arc::make_mut(&mut self.pools);
+        if full {
+            map.clear();
+        }
+        for (name, pool) in rows {
+            match pool {
+                Some(p) => {
+                    map.insert(name, p);
+                }
+                None => {
+                    map.remove(&name);
+                }
+            }
+        }
+        self.changed = true;
     }
 
     /// Queues the registry's changed services for the store.
@@ -304,6 +423,19 @@ impl ServiceHost {
                 let mut services = Vec::with_capacity(entries.len());
                 for e in entries {
                     let tags: Vec<(String, TagValue)> = e.tags.into_iter().collect();
+                    let relay = Relayed {
+                        type_name: e.type_name.clone(),
+                        addr: e.addr.clone(),
+                        op: match action {
+                            PushAction::Register => "register",
+                            PushAction::Lock => "lock",
+                            PushAction::Unlock => "unlock",
+                            PushAction::Deregister => "deregister",
+                        }
+                        .into(),
+                        score: (action == PushAction::Lock).then(|| e.score.unwrap_or(0)),
+                        tags: if action == PushAction::Register { tags.clone() } else { Vec::new() },
+                    };
                     let base = ServiceOutcome {
                         type_name: e.type_name.clone(),
                         addr: e.addr.clone(),
@@ -349,10 +481,22 @@ impl ServiceHost {
                         }
                     };
                     services.push(r.map_err(reg_err)?);
+                    if self.relaying {
+                        self.relayed.push(relay);
+                    }
                 }
                 Ok(Reply::Services { services })
             }
             C::Flush(t) => {
+                if self.relaying {
+                    self.relayed.push(Relayed {
+                        type_name: t.clone(),
+                        addr: String::new(),
+                        op: "flush".into(),
+                        score: None,
+                        tags: Vec::new(),
+                    });
+                }
                 self.registry.flush(&t).map(|flushed| Reply::Flushed { type_name: t, flushed }).map_err(reg_err)
             }
             C::List { type_name, full } => {

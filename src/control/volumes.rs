@@ -194,6 +194,64 @@ impl VolumeHost {
         Ok(())
     }
 
+    /// Applies the volumes kept in etcd: `full`, they are all of them (replacing what is
+    /// held; the next leading tick rescans everything); otherwise the changed ones. Rows are
+    /// `(key under tables/, JSON or None)`; `volumes/<id>` and `meta/sched_next_id` are read,
+    /// others ignored. The local store gets the same rows, as they are, through
+    /// [`Writes::mirrored`] (never written back to etcd). Returns the rows that did not decode.
+    pub fn apply_rows(&mut self, full: bool, rows: &[(String, Option<Vec<u8>>)], out: &mut Writes) -> usize {
+        let mut bad = 0;
+        let mirrored = &mut out.mirrored;
+        if full {
+            let mut volumes = Vec::new();
+            for (k, v) in rows {
+                let Some(id) = k.strip_prefix("volumes/").and_then(|id| id.parse::<u64>().ok()) else { continue };
+                match v.as_ref().map(|v| serde_json::from_slice::<Volume>(v)) {
+                    Some(Ok(vol)) if vol.id == id => {
+                        mirrored.put_raw(Table::Volumes, Key::Num(id), v.clone().unwrap_or_default());
+                        volumes.push(vol);
+                    }
+                    _ => bad += 1,
+                }
+            }
+            let removed: Vec<u64> =
+                self.sched.list(None).map(|v| v.id).filter(|id| !volumes.iter().any(|v| v.id == *id)).collect();
+            if let Err(e) = self.sched.restore(volumes) {
+                tracing::error!(error = %e, "the volumes in etcd could not be restored");
+                return bad + 1;
+            }
+            for id in removed {
+                mirrored.delete(Table::Volumes, Key::Num(id));
+            }
+        } else {
+            for (k, v) in rows {
+                let Some(id) = k.strip_prefix("volumes/").and_then(|id| id.parse::<u64>().ok()) else { continue };
+                match v.as_ref().map(|v| serde_json::from_slice::<Volume>(v)) {
+                    Some(Ok(vol)) if vol.id == id => {
+                        mirrored.put_raw(Table::Volumes, Key::Num(id), v.clone().unwrap_or_default());
+                        self.sched.mirror_put(vol);
+                    }
+                    Some(_) => bad += 1,
+                    None => {
+                        self.sched.mirror_remove(id);
+                        mirrored.delete(Table::Volumes, Key::Num(id));
+                    }
+                }
+            }
+        }
+        for (k, v) in rows {
+            if k == "meta/sched_next_id" {
+                if let Some(n) = v.as_ref().and_then(|v| serde_json::from_slice::<u64>(v).ok()) {
+                    self.sched.ensure_next_id(n);
+                    mirrored.put_json(Table::Meta, Key::Name("sched_next_id".into()), &self.sched.next_id());
+                }
+            }
+        }
+        let _ = self.sched.take_dirty();
+        self.changed = true;
+        bad
+    }
+
     /// Queues changed volumes for the store.
     pub fn to_store(&mut self, out: &mut Writes) {
         let dirty = self.sched.take_dirty();

@@ -476,6 +476,29 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Puts one volume as the cluster's leader holds it (a member mirroring the leader's
+    /// state from etcd): indexed, not dirty; ids continue after it.
+    pub fn mirror_put(&mut self, v: Volume) {
+        if v.id == 0 {
+            return;
+        }
+        if let Some(old) = self.volumes.get(&v.id) {
+            let k = Keys::of(old);
+            self.unindex(&k);
+        }
+        self.index(&Keys::of(&v));
+        self.next_id = self.next_id.max(v.id.saturating_add(1));
+        self.volumes.insert(v.id, v);
+        self.rescan = true;
+    }
+
+    /// Removes one volume the cluster's leader removed (mirroring, not dirty).
+    pub fn mirror_remove(&mut self, id: u64) {
+        if let Some(old) = self.volumes.remove(&id) {
+            self.unindex(&Keys::of(&old));
+        }
+    }
+
     /// Ids changed (to write again) and removed (to delete) since the last call.
     pub fn take_dirty(&mut self) -> Dirty {
         Dirty {

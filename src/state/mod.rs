@@ -188,6 +188,10 @@ pub struct AmphoraState {
     /// Cluster mode: refreshes heard by other members (from their digests).
     #[serde(skip)]
     pub remote_refreshes: u64,
+    /// Cluster mode: the member that heard the newest remote refresh (its index in
+    /// [`crate::control::cluster::Shared::node_name`]'s table).
+    #[serde(skip)]
+    pub remote_by: u16,
     /// Set by the control thread when it finds the amphora overdue or stale; the next heartbeat
     /// that refreshes liveness clears it and tells the control thread ([`Applied::revived`]).
     #[serde(default)]
@@ -276,6 +280,7 @@ impl AmphoraState {
             last_refresh_ns: 0,
             remote_refresh_ns: 0,
             remote_refreshes: 0,
+            remote_by: 0,
             expected_listeners: None,
             listener_count_mismatches: 0,
             stale: false,
@@ -342,11 +347,12 @@ impl AmphoraState {
     /// clock) with `status`. A refresh newer than any known is taken: the status too when it
     /// is newer than this member's own latest heartbeat. Returns (revived: the watch flag was
     /// set and is now cleared, the operating status changed).
-    pub fn heard_remotely(&mut self, at_ns: u64, status: OperatingStatus) -> (bool, bool) {
+    pub fn heard_remotely(&mut self, at_ns: u64, status: OperatingStatus, by: u16) -> (bool, bool) {
         if at_ns <= self.refreshed_ns() {
             return (false, false);
         }
         self.remote_refresh_ns = at_ns;
+        self.remote_by = by;
         self.remote_refreshes = self.remote_refreshes.saturating_add(1);
         let changed = at_ns > self.last_seen_ns && status != self.operating_status;
         if at_ns > self.last_seen_ns {

@@ -164,6 +164,11 @@ impl WriteBatch {
         self.ops.push(Op { table, key, value: Some(bytes) });
     }
 
+    /// Puts `value` as it is (already JSON, e.g. read back from etcd).
+    pub fn put_raw(&mut self, table: Table, key: Key, value: Vec<u8>) {
+        self.ops.push(Op { table, key, value: Some(value) });
+    }
+
     /// Puts `value`, JSON-encoded when the batch is encoded ([`WriteBatch::encode`]), not now.
     pub fn put_json_deferred<T: serde::Serialize + Send + Sync + 'static>(&mut self, table: Table, key: Key, value: T) {
         let encode = move || serde_json::to_vec(&value).unwrap_or_default();

@@ -2,6 +2,7 @@
 //! UDP and HTTP, stop it. Every wait is bounded; a daemon is killed when its handle drops.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+pub mod cluster;
 pub mod confd;
 pub mod etcd;
 

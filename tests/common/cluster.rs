@@ -1,0 +1,141 @@
+//! Cluster mode's test helpers: three `heartsink serve` members on loopback against a real
+//! etcd, each with its own data directory; a fleet sent round-robin over them.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::etcd::Etcd;
+use super::{wait_until, Daemon};
+use serde_json::Value;
+
+pub const KEY: &str = "cluster-test-key";
+/// `lease_ttl`, seconds.
+pub const TTL: u64 = 3;
+/// `heartbeat_timeout`, seconds.
+pub const TIMEOUT: f64 = 4.0;
+/// `health_check_interval`, seconds.
+pub const CHECK: f64 = 0.5;
+
+pub fn config(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("heartsink.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[liveness]\nheartbeat_interval = 0.5\nheartbeat_timeout = {TIMEOUT}\nhealth_check_interval = {CHECK}\n\
+             startup_grace = 1.0\nfailover_threads = 10\n\n[cluster]\nlease_ttl = {TTL}\ndigest_interval = 0.5\n\
+             prefix = \"/hs-test\"\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+pub struct Member {
+    pub name: String,
+    pub d: Daemon,
+    pub _dir: tempfile::TempDir,
+}
+
+pub fn member(name: &str, etcd: &Etcd) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--heartbeat-addr".into(),
+        "127.0.0.1:0".into(),
+        "--admin-addr".into(),
+        "127.0.0.1:0".into(),
+        "--no-confd".into(),
+        "--config".into(),
+        cfg.to_str().unwrap().into(),
+        "--key".into(),
+        KEY.into(),
+        "--node".into(),
+        name.into(),
+    ];
+    for e in etcd.endpoints() {
+        args.push("--etcd".into());
+        args.push(e);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = Daemon::start_raw_in(dir.path(), &refs);
+    Member { name: name.into(), d, _dir: dir }
+}
+
+pub fn cluster(m: &Member) -> Value {
+    m.d.get("/v1/cluster").1
+}
+
+/// The member that leads, once exactly one of `live` says it does and all agree on it.
+pub fn leader(members: &[&Member], within: Duration) -> String {
+    wait_until("exactly one agreed leader", within, || {
+        let views: Vec<Value> = members.iter().map(|m| cluster(m)).collect();
+        let leading: Vec<&str> =
+            views.iter().filter(|v| v["leading"] == true).filter_map(|v| v["node"].as_str()).collect();
+        let named: Vec<Option<&str>> = views.iter().map(|v| v["leader"].as_str()).collect();
+        (leading.len() == 1 && named.iter().all(|n| *n == Some(leading[0]))).then(|| leading[0].to_owned())
+    })
+}
+
+/// A fleet of `n` amphorae (ids from `seed`), each heartbeat to the next member, bounded.
+pub struct Fleet(pub super::KillOnDrop);
+
+impl Fleet {
+    pub fn start(targets: &[&Member], n: u64, seed: u64) -> Fleet {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartsink"));
+        cmd.arg("load");
+        for t in targets {
+            cmd.args(["--target", &t.d.heartbeat.to_string()]);
+        }
+        let child = cmd
+            .args(["--key", KEY, "--amphorae", &n.to_string(), "--rate", &(2 * n).to_string()])
+            .args(["--duration", "150", "--seed", &seed.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn heartsink load");
+        Fleet(super::KillOnDrop(child))
+    }
+}
+
+pub fn logs(members: &[&Member]) -> String {
+    members
+        .iter()
+        .map(|m| {
+            let lines: Vec<String> =
+                m.d.stderr
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("lead"))
+                    .take(40)
+                    .cloned()
+                    .collect();
+            format!("--- {}:\n{}", m.name, lines.join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `method path` with a JSON body on `m` (`10 s` at most): the status and the JSON answer.
+pub fn request(m: &Member, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let req = ureq::request(method, &m.d.url(path)).timeout(Duration::from_secs(10));
+    let r = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match r {
+        Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
+        Err(e) => (0, Value::String(e.to_string())),
+    }
+}
+
+pub fn patch(m: &Member, path: &str, body: &str) -> (u16, Value) {
+    match ureq::request("PATCH", &m.d.url(path)).timeout(Duration::from_secs(10)).send_string(body) {
+        Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
+        Err(e) => panic!("PATCH {path}: {e}"),
+    }
+}
