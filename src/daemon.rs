@@ -271,6 +271,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         if let Err(e) = ctx.call(Command::Reload(Box::new(new.config.control()))) {
             tracing::error!(error = %e, "control settings not reloaded");
         }
+        warn_secret_files(&new.config.admin);
         reload_admin(&admin_auth, admin_tls.as_deref(), new.admin_tokens, new.admin_tls, new.config.admin.metrics_auth);
         tracing::info!(generation, keys = ?info.fingerprints, "reloaded");
         ctx.keys.store(Arc::new(info));
@@ -302,6 +303,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// Warns of an admin API that others can reach without tokens (`insecure`), or whose tokens
 /// travel in clear text.
 fn warn_admin(a: &crate::config::AdminConfig, tokens: &crate::api::auth::Tokens) {
+    warn_secret_files(a);
     if a.addr.ip().to_canonical().is_loopback() {
         return;
     }
@@ -312,6 +314,25 @@ fn warn_admin(a: &crate::config::AdminConfig, tokens: &crate::api::auth::Tokens)
             addr = %a.addr,
             "admin tokens travel in clear text on a non-loopback address: configure TLS (--admin-tls-cert, --admin-tls-key)"
         );
+    }
+}
+
+/// Warns of a tokens file or TLS key that other users may read (at start and on reload).
+fn warn_secret_files(a: &crate::config::AdminConfig) {
+    use std::os::unix::fs::PermissionsExt;
+    for (what, path) in [("admin.tokens_file", &a.tokens_file), ("admin.tls_key", &a.tls_key)] {
+        let Some(path) = path else { continue };
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    setting = what,
+                    file = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "a secret file that other users may read: chmod 600 it"
+                );
+            }
+        }
     }
 }
 

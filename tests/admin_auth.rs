@@ -185,6 +185,7 @@ fn sighup_reloads_the_tokens_and_a_bad_file_keeps_them() {
     wait_until("the new token works", Duration::from_secs(10), || (status(READ) == 200).then_some(()));
     assert_eq!(status(ADMIN), 401, "a removed token still works");
     d.wait_stderr("admin tokens reloaded");
+    assert!(d.stderr_text().contains("chmod 600"), "a world-readable tokens file is not warned of");
     // A malformed file, then one without tokens: refused, the running tokens stay.
     for (text, why) in [(format!("admin {ADMIN}\n"), "line 1"), ("# all commented out\n".to_owned(), "has no token")] {
         std::fs::write(&tokens, text).unwrap();
