@@ -42,6 +42,11 @@ pub enum ConfigError {
     /// A reload that would cut every sender or client off, refused: the running
     /// configuration stays; the message says why and what to do.
     ReloadRefused(String),
+    /// The admin tokens file (`[admin] tokens_file`) does not load; the message names the
+    /// file and the line.
+    AdminTokens(crate::api::auth::TokensError),
+    /// The admin TLS certificate or key (`[admin] tls_cert`, `tls_key`) does not load.
+    AdminTls(crate::api::tls::TlsError),
 }
 
 impl From<crate::control::SettingError> for ConfigError {
@@ -60,6 +65,8 @@ impl std::fmt::Display for ConfigError {
             ConfigError::Setting(e) => write!(f, "invalid configuration: {e}"),
             ConfigError::Confd(m) => write!(f, "confd configuration: {m}"),
             ConfigError::ReloadRefused(m) => write!(f, "reload refused, the running configuration stays: {m}"),
+            ConfigError::AdminTokens(e) => write!(f, "{e}"),
+            ConfigError::AdminTls(e) => write!(f, "{e}"),
         }
     }
 }
@@ -224,6 +231,17 @@ pub struct AdminConfig {
     /// Connections at once (1..=65536); at the limit the longest idle one is closed, or the
     /// newcomer is answered `503`.
     pub max_connections: usize,
+    /// Bearer tokens, one per line as `ROLE NAME TOKEN` (re-read on SIGHUP; see
+    /// [`crate::api::auth`]). None: no authentication.
+    pub tokens_file: Option<PathBuf>,
+    /// With tokens, `/metrics` needs one too (a `read` token is enough).
+    pub metrics_auth: bool,
+    /// PEM certificate chain (server certificate first): serve HTTPS (re-read on SIGHUP).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Serve on a non-loopback address without tokens anyway (refused otherwise).
+    pub insecure: bool,
 }
 
 impl Default for AdminConfig {
@@ -236,6 +254,11 @@ impl Default for AdminConfig {
             body_timeout: l.body_timeout.as_secs_f64(),
             idle_timeout: l.idle_timeout.as_secs_f64(),
             max_connections: l.max_connections,
+            tokens_file: None,
+            metrics_auth: false,
+            tls_cert: None,
+            tls_key: None,
+            insecure: false,
         }
     }
 }
@@ -260,6 +283,12 @@ impl AdminConfig {
             return Err("admin.max_connections must be in 1..=65536".into());
         }
         Ok(())
+    }
+
+    /// The settings that a reload cannot change (the socket, the limits, TLS on or off,
+    /// `insecure`), to tell whether a restart is needed.
+    pub fn restart_part(&self) -> (SocketAddr, crate::api::AdminLimits, bool, bool) {
+        (self.addr, self.limits(), self.tls_cert.is_some(), self.insecure)
     }
 
     /// The admin server's limits.
@@ -339,6 +368,14 @@ pub struct Overrides {
     pub etcd: Vec<String>,
     /// `--node`.
     pub node: Option<String>,
+    /// `--admin-tokens-file`.
+    pub admin_tokens_file: Option<PathBuf>,
+    /// `--admin-tls-cert`.
+    pub admin_tls_cert: Option<PathBuf>,
+    /// `--admin-tls-key`.
+    pub admin_tls_key: Option<PathBuf>,
+    /// `--admin-insecure`.
+    pub admin_insecure: bool,
 }
 
 impl Config {
@@ -376,6 +413,16 @@ impl Config {
         if let Some(a) = o.admin_addr {
             c.admin.addr = a;
         }
+        if let Some(p) = &o.admin_tokens_file {
+            c.admin.tokens_file = Some(p.clone());
+        }
+        if let Some(p) = &o.admin_tls_cert {
+            c.admin.tls_cert = Some(p.clone());
+        }
+        if let Some(p) = &o.admin_tls_key {
+            c.admin.tls_key = Some(p.clone());
+        }
+        c.admin.insecure |= o.admin_insecure;
         if !o.keys.is_empty() || !o.key_files.is_empty() {
             c.heartbeat.keys = o.keys.clone();
             c.heartbeat.key_files = o.key_files.clone();
@@ -446,6 +493,14 @@ impl Config {
             &format!("confd.replay_cache must be in {MIN_CAPACITY}..={MAX_CAPACITY} entries"),
         )?;
         self.admin.validate().map_err(ConfigError::Invalid)?;
+        if self.admin.tls_cert.is_some() != self.admin.tls_key.is_some() {
+            return Err(ConfigError::AdminTls(crate::api::tls::TlsError::Incomplete));
+        }
+        check(
+            !(self.cluster.enabled() && self.admin.tls_cert.is_some()),
+            "admin.tls_cert is not supported in cluster mode yet: members send their digests to each other's \
+             admin address over plain HTTP",
+        )?;
         self.liveness.validate()?;
         self.cluster.validate(self.liveness.heartbeat_timeout).map_err(ConfigError::Invalid)?;
         self.failover.validate()?;
@@ -594,6 +649,10 @@ pub struct Validated {
     pub insecure_confd: bool,
     /// What was fixed up (Cinder's rules); log each once.
     pub warnings: Vec<String>,
+    /// The admin API's tokens (empty: none configured).
+    pub admin_tokens: crate::api::auth::Tokens,
+    /// The admin API's certificate and key, when TLS is configured.
+    pub admin_tls: Option<crate::api::tls::CertPair>,
 }
 
 /// A validation error, with the file it came from when there is one.
@@ -620,7 +679,15 @@ impl Validated {
             reply: crate::confd::budget::ReplyLimits { per_source: c.reply_budget, total: c.reply_budget_total },
             replay_cache: c.replay_cache,
         };
-        Ok(Validated { config, keys, insecure_keys, confd, insecure_confd, warnings })
+        let admin_tokens = match &config.admin.tokens_file {
+            Some(p) => crate::api::auth::Tokens::load(p).map_err(ConfigError::AdminTokens)?,
+            None => crate::api::auth::Tokens::none(),
+        };
+        let admin_tls = match (&config.admin.tls_cert, &config.admin.tls_key) {
+            (Some(c), Some(k)) => Some(crate::api::tls::CertPair::load(c, k).map_err(ConfigError::AdminTls)?),
+            _ => None,
+        };
+        Ok(Validated { config, keys, insecure_keys, confd, insecure_confd, warnings, admin_tokens, admin_tls })
     }
 
     /// Whether this configuration may replace `running` on a reload. Refused: falling back to
@@ -689,6 +756,22 @@ impl Validated {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Refuses to serve the admin API on `admin` (the address it binds, checked at start; a
+    /// reload can neither move it nor turn tokens off) when it is not a loopback address and no
+    /// token is configured: anyone who reaches it could delete amphorae, start failovers or
+    /// change the registry. `[admin] insecure` (`--admin-insecure`) accepts the risk.
+    pub fn check_admin_exposure(&self, admin: SocketAddr) -> Result<(), ConfigError> {
+        if self.config.admin.insecure || !self.admin_tokens.is_empty() || admin.ip().to_canonical().is_loopback() {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(format!(
+            "refusing to serve the admin API on {admin} (not a loopback address) without tokens: anyone who can \
+             reach it could delete amphorae, start failovers or change the registry. Configure tokens \
+             (--admin-tokens-file or [admin] tokens_file, lines `ROLE NAME TOKEN`; see the README), or bind it to \
+             127.0.0.1, or pass --admin-insecure ([admin] insecure = true) to serve it without authentication"
+        )))
     }
 
     /// The keyring of reload `generation`.
@@ -789,6 +872,42 @@ mod tests {
         let insecure = Validated::load(None, &Overrides::default()).expect("default");
         let keys = Validated::load(None, &Overrides { keys: vec!["k".into()], ..Overrides::default() }).expect("keys");
         assert!(keys.check_reload(&insecure.keys_in_use()).is_ok(), "adding keys to an insecure daemon is fine");
+    }
+
+    #[test]
+    fn admin_tokens_tls_and_the_safe_default() {
+        let loopback: SocketAddr = "127.0.0.1:9555".parse().expect("addr");
+        let public: SocketAddr = "0.0.0.0:9555".parse().expect("addr");
+        let open = Validated::load(None, &Overrides::default()).expect("default");
+        assert!(open.admin_tokens.is_empty() && open.admin_tls.is_none());
+        assert!(open.check_admin_exposure(loopback).is_ok());
+        let e = open.check_admin_exposure(public).expect_err("public without tokens");
+        assert!(e.to_string().contains("--admin-insecure"), "{e}");
+        let insecure = Overrides { admin_insecure: true, ..Overrides::default() };
+        assert!(Validated::load(None, &insecure).expect("loads").check_admin_exposure(public).is_ok());
+        let tokens = write("admin ops 0123456789abcdef0123\n");
+        let o = Overrides { admin_tokens_file: Some(tokens.path().to_owned()), ..Overrides::default() };
+        let v = Validated::load(None, &o).expect("tokens");
+        assert_eq!(v.admin_tokens.len(), 1);
+        assert!(v.check_admin_exposure(public).is_ok());
+        let bad = write("admin ops\n");
+        let o = Overrides { admin_tokens_file: Some(bad.path().to_owned()), ..Overrides::default() };
+        let e = Validated::load(None, &o).expect_err("malformed");
+        assert!(matches!(e, ConfigError::AdminTokens(_)) && e.to_string().contains("line 1"), "{e}");
+        let half = write("[admin]\ntls_cert = \"/nonexistent\"\n");
+        let e = Validated::load(Some(half.path()), &Overrides::default()).expect_err("no key");
+        assert!(e.to_string().contains("both tls_cert and tls_key"), "{e}");
+        let cluster = write(
+            "[admin]\ntls_cert = \"c\"\ntls_key = \"k\"\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nnode = \"a\"\n",
+        );
+        let e = Validated::load(Some(cluster.path()), &Overrides::default()).expect_err("cluster and TLS");
+        assert!(e.to_string().contains("cluster mode"), "{e}");
+        let mut changed = open.config.admin.clone();
+        changed.tokens_file = Some("t".into());
+        changed.metrics_auth = true;
+        assert_eq!(changed.restart_part(), open.config.admin.restart_part(), "tokens reload without a restart");
+        changed.tls_cert = Some("c".into());
+        assert_ne!(changed.restart_part(), open.config.admin.restart_part(), "TLS on needs a restart");
     }
 
     #[test]

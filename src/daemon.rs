@@ -13,8 +13,9 @@
 //! sockets are bound and the threads started, then exactly one JSON line goes to stdout with
 //! the bound addresses; logs go to stderr. SIGHUP re-reads the configuration file and key files
 //! and swaps the keyring and reloadable settings atomically (no packet is lost: a batch uses
-//! one keyring, the next batch the new one); settings that need new sockets or threads are
-//! reported as needing a restart. SIGTERM or SIGINT stop gracefully: stop receiving after one
+//! one keyring, the next batch the new one), and the admin API's tokens and TLS certificate
+//! (a bad tokens file or certificate fails the reload: the running ones stay); settings that
+//! need new sockets or threads are reported as needing a restart. SIGTERM or SIGINT stop gracefully: stop receiving after one
 //! last drain of the socket buffer, apply everything already received, flush the durable state,
 //! exit 0; a stop that takes longer than `service.graceful_shutdown_timeout` exits 1.
 
@@ -24,7 +25,9 @@ use std::sync::Arc;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::api::{AdminServer, ApiContext, KeysInfo};
+use crate::api::auth::AdminAuth;
+use crate::api::tls::AdminTls;
+use crate::api::{AdminOptions, AdminServer, ApiContext, KeysInfo};
 use crate::confd::server::Confd;
 use crate::config::{Config, LogFormat, Overrides, Validated};
 use crate::control::{Command, Control, ExtraTask, Parts, Published};
@@ -98,8 +101,15 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     let v = Validated::load(args.config.as_deref(), &args.overrides)?;
     v.check_exposure(v.config.heartbeat.addr, v.config.confd.enabled.then_some(v.config.confd.addr))?;
+    v.check_admin_exposure(v.config.admin.addr)?;
     init_logging(&v.config);
     warn_insecure(&v);
+    warn_admin(&v.config.admin, &v.admin_tokens);
+    let admin_auth = Arc::new(AdminAuth::new(v.admin_tokens.clone(), v.config.admin.metrics_auth));
+    let admin_tls = match v.admin_tls.clone() {
+        Some(pair) => Some(Arc::new(AdminTls::new(pair)?)),
+        None => None,
+    };
     warn_liveness(&v.config.liveness);
     let keyring = v.keyring(0);
     let mut in_use = v.keys_in_use();
@@ -181,7 +191,8 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             clock: clock.clone(),
         },
     });
-    let admin = AdminServer::start_with(cfg.admin.addr, ctx.clone(), cfg.admin.limits())
+    let options = AdminOptions { limits: cfg.admin.limits(), auth: admin_auth.clone(), tls: admin_tls.clone() };
+    let admin = AdminServer::start_with(cfg.admin.addr, ctx.clone(), options)
         .map_err(|e| format!("cannot bind the admin socket to {}/tcp: {e}", cfg.admin.addr))?;
 
     let agent = match prepared {
@@ -223,6 +234,8 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(
         heartbeat = %engine.local_addr(),
         admin = %admin.local_addr(),
+        admin_tls = admin_tls.is_some(),
+        admin_tokens = admin_auth.tokens().len(),
         workers = engine.shared().workers.len(),
         rcvbuf_requested = rb.requested,
         rcvbuf_effective = rb.effective,
@@ -269,6 +282,8 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         if let Err(e) = ctx.call(Command::Reload(Box::new(new.config.control()))) {
             tracing::error!(error = %e, "control settings not reloaded");
         }
+        warn_secret_files(&new.config.admin);
+        reload_admin(&admin_auth, admin_tls.as_deref(), new.admin_tokens, new.admin_tls, new.config.admin.metrics_auth);
         tracing::info!(generation, keys = ?info.fingerprints, "reloaded");
         ctx.keys.store(Arc::new(info));
         cfg = new.config;
@@ -296,6 +311,71 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Warns of an admin API that others can reach without tokens (`insecure`), or whose tokens
+/// travel in clear text.
+fn warn_admin(a: &crate::config::AdminConfig, tokens: &crate::api::auth::Tokens) {
+    warn_secret_files(a);
+    if a.addr.ip().to_canonical().is_loopback() {
+        return;
+    }
+    if tokens.is_empty() {
+        tracing::warn!(addr = %a.addr, "the admin API is served without tokens on a non-loopback address (admin.insecure)");
+    } else if a.tls_cert.is_none() {
+        tracing::warn!(
+            addr = %a.addr,
+            "admin tokens travel in clear text on a non-loopback address: configure TLS (--admin-tls-cert, --admin-tls-key)"
+        );
+    }
+}
+
+/// Warns of a tokens file or TLS key that other users may read (at start and on reload).
+fn warn_secret_files(a: &crate::config::AdminConfig) {
+    use std::os::unix::fs::PermissionsExt;
+    for (what, path) in [("admin.tokens_file", &a.tokens_file), ("admin.tls_key", &a.tls_key)] {
+        let Some(path) = path else { continue };
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    setting = what,
+                    file = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "a secret file that other users may read: chmod 600 it"
+                );
+            }
+        }
+    }
+}
+
+/// Swaps the admin API's tokens and certificate after a successful reload. Tokens are never
+/// turned off by a reload (a removed `tokens_file` keeps the running tokens until a restart);
+/// TLS on or off takes a restart (reported with the other such settings).
+fn reload_admin(
+    auth: &AdminAuth,
+    tls: Option<&AdminTls>,
+    tokens: crate::api::auth::Tokens,
+    pair: Option<crate::api::tls::CertPair>,
+    metrics_auth: bool,
+) {
+    let running = auth.tokens();
+    if tokens.is_empty() && !running.is_empty() {
+        tracing::warn!(
+            tokens = running.len(),
+            "admin.tokens_file is no longer configured: the running tokens stay until a restart"
+        );
+        auth.replace((*running).clone(), metrics_auth);
+    } else {
+        if !tokens.is_empty() {
+            tracing::info!(tokens = tokens.len(), "admin tokens reloaded");
+        }
+        auth.replace(tokens, metrics_auth);
+    }
+    if let (Some(tls), Some(pair)) = (tls, pair) {
+        tls.replace(pair);
+        tracing::info!("admin TLS certificate reloaded");
+    }
+}
+
 /// Warns of liveness settings that work against the rules: a fleet going quiet is seen before
 /// its first member is stale only when `heartbeat_timeout ≥ 3 × heartbeat_interval +
 /// health_check_interval` (Octavia's 60 ≥ 33), and a timeout at or below the interval makes
@@ -321,7 +401,7 @@ fn warn_liveness(l: &crate::control::liveness::LivenessConfig) {
 fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     [
         ("heartbeat.addr", new.heartbeat.addr != old.heartbeat.addr),
-        ("admin", new.admin != old.admin),
+        ("admin", new.admin.restart_part() != old.admin.restart_part()),
         ("heartbeat.workers", new.heartbeat.workers != old.heartbeat.workers),
         ("heartbeat.rx_threads", new.heartbeat.rx_threads != old.heartbeat.rx_threads),
         ("heartbeat.rcvbuf", new.heartbeat.rcvbuf != old.heartbeat.rcvbuf),

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon: receive heartbeats, keep health and stats, serve the admin API.
-    Serve(ServeCli),
+    Serve(Box<ServeCli>),
     /// Simulate a fleet of amphorae sending signed ver-3 heartbeats (bounded by --duration or --count).
     Load(LoadCli),
     /// Measure end to end against Octavia's own receive path, in one run (see the README).
@@ -268,6 +268,19 @@ struct ServeCli {
     /// HTTP address of the admin API [default: 127.0.0.1:9555].
     #[arg(long, value_name = "IP:PORT")]
     admin_addr: Option<SocketAddr>,
+    /// Admin API bearer tokens, one per line as `ROLE NAME TOKEN` (ROLE: read or admin; `#`
+    /// starts a comment); re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    admin_tokens_file: Option<PathBuf>,
+    /// Serve the admin API over HTTPS with this PEM certificate chain (re-read on SIGHUP).
+    #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --admin-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// Serve the admin API on a non-loopback address without tokens (refused otherwise).
+    #[arg(long)]
+    admin_insecure: bool,
     /// An accepted heartbeat key (repeatable; all are accepted). Replaces the file's keys.
     #[arg(long = "key", value_name = "KEY")]
     keys: Vec<String>,
@@ -344,6 +357,10 @@ fn main() -> ExitCode {
                     allow_insecure_key: s.allow_insecure_key,
                     etcd: s.etcd,
                     node: s.node,
+                    admin_tokens_file: s.admin_tokens_file,
+                    admin_tls_cert: s.admin_tls_cert,
+                    admin_tls_key: s.admin_tls_key,
+                    admin_insecure: s.admin_insecure,
                 },
                 fresh_store: s.fresh_store,
             };

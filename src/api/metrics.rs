@@ -268,6 +268,24 @@ impl Collector for EngineCollector {
             a.timeouts.load(r),
         )?;
         counter(&mut enc, "heartsink_admin_panics", "Panics caught in the admin HTTP server.", a.panics.load(r))?;
+        counter(
+            &mut enc,
+            "heartsink_admin_unauthorized",
+            "Admin requests refused 401: no token, or an unknown one.",
+            a.unauthorized.load(r),
+        )?;
+        counter(
+            &mut enc,
+            "heartsink_admin_forbidden",
+            "Admin requests refused 403: a read token on a mutating route.",
+            a.forbidden.load(r),
+        )?;
+        counter(
+            &mut enc,
+            "heartsink_admin_tls_handshake_failures",
+            "Admin connections that failed before TLS was established (bad or slow handshake, plain HTTP).",
+            a.tls_failures.load(r),
+        )?;
         Ok(())
     }
 }

@@ -19,10 +19,19 @@
 //! | `GET /v1/stats` | received, accepted, dropped by reason, kernel drops, receive buffer, per-worker rates, ring fill |
 //! | `GET /v1/latency` | raw counts of the send-to-applied latency histogram (for interval differences) |
 //! | `GET /metrics` | the same counters as OpenMetrics text |
+//!
+//! Every route is listed in [`routes::ROUTES`]. With tokens configured (`auth.rs`, documented
+//! on [`auth`]), every route but `/healthz`, `/metrics` (unless `metrics_auth`), the status
+//! page's static files (`/`, `/ui/…`) and peers' digests needs `Authorization: Bearer`, and
+//! every route but `GET`/`HEAD` ones needs the `admin` role; each mutating request is logged on
+//! the `audit` target. TLS: [`tls`].
 
+pub mod auth;
 pub mod metrics;
 mod plane;
+pub mod routes;
 mod server;
+pub mod tls;
 pub mod validate;
 
 use std::sync::atomic::Ordering;
@@ -35,7 +44,9 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use serde_json::json;
 
-pub use server::{AdminCounters, AdminLimits, AdminServer, CONTROL_CALLS, MAX_HEADERS, MIN_HEADER_BYTES, STOP_GRACE};
+pub use server::{
+    AdminCounters, AdminLimits, AdminOptions, AdminServer, CONTROL_CALLS, MAX_HEADERS, MIN_HEADER_BYTES, STOP_GRACE,
+};
 
 use crate::confd::server::Confd;
 use crate::control::{Call, Command, CommandResult, FleetCommand, Published};
@@ -209,13 +220,16 @@ fn parse_amphora_id(id: &str) -> Result<Uuid, Resp> {
     Uuid::try_parse(id).map_err(|_| error(404, &format!("no amphora {id:?} (not a UUID)")))
 }
 
-/// The router: every route goes through [`handle`], under the panic catcher.
-pub(crate) fn router(shared: Arc<ServerShared>) -> axum::Router {
+/// The router: every route goes through [`handle`], under the panic catcher, inside the
+/// token check (outermost, so that it sees and audits every answer, a caught panic's too).
+pub(crate) fn router(shared: Arc<ServerShared>, auth: Arc<auth::AdminAuth>) -> axum::Router {
     let counters = shared.counters.clone();
     // The default limit for any route that extracts its body (routes added later, e.g. the
     // console's); the routes here read theirs in `handle`, with the limit of `body_limit`.
     let router = axum::Router::new().fallback(handle).with_state(shared);
-    with_panic_catcher(router.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY as usize)), counters)
+    let router =
+        with_panic_catcher(router.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY as usize)), counters.clone());
+    router.layer(axum::middleware::from_fn_with_state(auth::AuthLayer { auth, counters }, auth::layer))
 }
 
 /// Wraps `router` so that a panic in a handler is answered `500`, counted and logged.

@@ -19,6 +19,9 @@
 //! - **A panic** in a handler is caught (`CatchPanicLayer`), answered `500`, counted
 //!   (`heartsink_admin_panics_total`) and logged; a panic anywhere else in a connection's task
 //!   is caught, counted and logged too. The server keeps serving.
+//! - **TLS** (`tls.rs`), when configured, is handshaken inside the connection's slot and within
+//!   [`AdminLimits::header_timeout`]; every limit above then applies to it as to plain HTTP.
+//! - **Tokens** (`auth.rs`) are checked by a layer around the whole router, before any route.
 //! - **Stop** closes idle connections at once, lets requests in progress finish for at most
 //!   [`STOP_GRACE`], then drops whatever is left.
 
@@ -38,6 +41,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 
+use super::auth::AdminAuth;
+use super::tls::{AdminTls, HandshakeError, Stream};
 use super::ApiContext;
 
 /// Control-thread calls in progress at once; further requests wait (asynchronously).
@@ -91,6 +96,13 @@ pub struct AdminCounters {
     pub timeouts: AtomicU64,
     /// Panics caught.
     pub panics: AtomicU64,
+    /// Requests refused `401` (no token or an unknown one).
+    pub unauthorized: AtomicU64,
+    /// Requests refused `403` (a read token on a mutating route).
+    pub forbidden: AtomicU64,
+    /// TLS connections that failed before a request: a failed or timed-out handshake, or
+    /// plain HTTP to the TLS port.
+    pub tls_failures: AtomicU64,
 }
 
 impl AdminCounters {
@@ -104,6 +116,17 @@ impl AdminCounters {
             .unwrap_or_else(|| "(no message)".into());
         tracing::error!(r#where = where_, panic = %msg, "admin server caught a panic; still serving");
     }
+}
+
+/// How the admin server serves: limits, tokens, TLS.
+#[derive(Clone, Debug, Default)]
+pub struct AdminOptions {
+    /// Limits and timeouts.
+    pub limits: AdminLimits,
+    /// Tokens (none configured: every request is allowed).
+    pub auth: Arc<AdminAuth>,
+    /// TLS (`None`: plain HTTP).
+    pub tls: Option<Arc<AdminTls>>,
 }
 
 /// What the request handlers share.
@@ -181,13 +204,14 @@ impl std::fmt::Debug for AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `addr` and serves with the default [`AdminLimits`].
+    /// Binds `addr` and serves plain HTTP without tokens, with the default [`AdminLimits`].
     pub fn start(addr: SocketAddr, ctx: Arc<ApiContext>) -> io::Result<AdminServer> {
-        AdminServer::start_with(addr, ctx, AdminLimits::default())
+        AdminServer::start_with(addr, ctx, AdminOptions::default())
     }
 
-    /// Binds `addr` and serves on a runtime of its own with `limits`.
-    pub fn start_with(addr: SocketAddr, ctx: Arc<ApiContext>, limits: AdminLimits) -> io::Result<AdminServer> {
+    /// Binds `addr` and serves on a runtime of its own as `options` say.
+    pub fn start_with(addr: SocketAddr, ctx: Arc<ApiContext>, options: AdminOptions) -> io::Result<AdminServer> {
+        let limits = options.limits;
         if limits.max_header_bytes < MIN_HEADER_BYTES || limits.max_connections == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -210,11 +234,12 @@ impl AdminServer {
             counters: counters.clone(),
             control: Arc::new(Semaphore::new(CONTROL_CALLS)),
         });
-        let app = super::router(shared);
+        let app = super::router(shared, options.auth);
         let conns =
             Arc::new(Conns { epoch: Instant::now(), next_id: AtomicU64::new(0), open: Mutex::new(HashMap::new()) });
         let (shutdown, stop_rx) = watch::channel(false);
-        runtime.spawn(accept_loop(listener, app, limits, conns.clone(), counters.clone(), stop_rx));
+        let server = Server { app, limits, tls: options.tls, conns: conns.clone(), counters: counters.clone() };
+        runtime.spawn(accept_loop(listener, Arc::new(server), stop_rx));
         Ok(AdminServer { runtime: Some(runtime), local, shutdown, conns, counters })
     }
 
@@ -280,15 +305,18 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What every connection task shares.
+struct Server {
     app: axum::Router,
     limits: AdminLimits,
+    tls: Option<Arc<AdminTls>>,
     conns: Arc<Conns>,
     counters: Arc<AdminCounters>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+}
+
+async fn accept_loop(listener: TcpListener, server: Arc<Server>, mut stop: watch::Receiver<bool>) {
+    let (conns, counters) = (&server.conns, &server.counters);
+    let slots = Arc::new(Semaphore::new(server.limits.max_connections));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -319,7 +347,10 @@ async fn accept_loop(
                     }
                     _ => {
                         counters.refused.fetch_add(1, Ordering::Relaxed);
-                        let _ = stream.try_write(&raw_error(503, "Service Unavailable", "too many connections"));
+                        // A TLS client could not read a plain answer: it is only closed.
+                        if server.tls.is_none() {
+                            let _ = stream.try_write(&raw_error(503, "Service Unavailable", "too many connections"));
+                        }
                         continue;
                     }
                 }
@@ -336,23 +367,66 @@ async fn accept_loop(
             changed: Notify::new(),
         });
         conns.open.lock().insert(id, state.clone());
-        let (app, conns, counters, stop) = (app.clone(), conns.clone(), counters.clone(), stop.clone());
+        let (server, stop) = (server.clone(), stop.clone());
         tokio::spawn(async move {
-            counters.connections.fetch_add(1, Ordering::Relaxed);
-            let fut = serve_conn(stream, app, limits, conns.clone(), state, &counters, stop);
+            server.counters.connections.fetch_add(1, Ordering::Relaxed);
+            let fut = connection(stream, &server, state, stop);
             if let Err(p) = CatchUnwind(Box::pin(fut)).await {
-                counters.panicked("connection", &*p);
+                server.counters.panicked("connection", &*p);
             }
-            conns.open.lock().remove(&id);
-            counters.connections.fetch_sub(1, Ordering::Relaxed);
+            server.conns.open.lock().remove(&id);
+            server.counters.connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
 }
 
+/// One connection: the TLS handshake when configured (within the head timeout, given up when
+/// the connection is evicted), then its requests.
+async fn connection(tcp: TcpStream, server: &Server, state: Arc<ConnState>, stop: watch::Receiver<bool>) {
+    let stream = match &server.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            let evicted = async {
+                loop {
+                    state.changed.notified().await;
+                    if state.evicted.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+            };
+            let shake = tokio::time::timeout(server.limits.header_timeout, super::tls::handshake(tls, tcp));
+            let failed = |why: &dyn std::fmt::Display| {
+                server.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %why, "admin TLS handshake failed");
+            };
+            let r = tokio::select! {
+                r = shake => r,
+                _ = evicted => return,
+            };
+            match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(HandshakeError::NotTls(mut tcp))) => {
+                    failed(&"plain HTTP (or another protocol) on the TLS port");
+                    let resp = raw_error(400, "Bad Request", "this port serves HTTPS: use https://");
+                    let write = async {
+                        tcp.write_all(&resp).await?;
+                        tcp.shutdown().await
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+                    return;
+                }
+                Ok(Err(HandshakeError::Failed(e))) => return failed(&e),
+                Err(_) => return failed(&"not completed within the head timeout"),
+            }
+        }
+    };
+    serve_conn(stream, server, state, stop).await;
+}
+
 /// The socket, noting when a request's first byte arrives.
 struct Tracked {
-    stream: TcpStream,
+    stream: Stream,
     state: Arc<ConnState>,
     conns: Arc<Conns>,
 }
@@ -424,15 +498,8 @@ enum End {
     Evicted,
 }
 
-async fn serve_conn(
-    stream: TcpStream,
-    app: axum::Router,
-    limits: AdminLimits,
-    conns: Arc<Conns>,
-    state: Arc<ConnState>,
-    counters: &AdminCounters,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve_conn(stream: Stream, server: &Server, state: Arc<ConnState>, mut stop: watch::Receiver<bool>) {
+    let (app, limits, conns, counters) = (server.app.clone(), server.limits, server.conns.clone(), &*server.counters);
     let (st, cs) = (state.clone(), conns.clone());
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let guard = InFlight::new(st.clone(), cs.clone());

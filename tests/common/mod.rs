@@ -29,6 +29,8 @@ pub struct Daemon {
     pub stderr: Arc<Mutex<Vec<String>>>,
     /// stdout lines after the listening line (there must be none).
     pub extra_stdout: Arc<Mutex<Vec<String>>>,
+    /// The admin token the helpers send (`Authorization: Bearer`), when the daemon has tokens.
+    pub token: Option<String>,
 }
 
 impl Daemon {
@@ -134,6 +136,47 @@ impl Daemon {
             _tmp: tmp,
             stderr,
             extra_stdout,
+            token: None,
+        }
+    }
+
+    /// Sends `token` with every admin call of the helpers from now on.
+    pub fn with_token(mut self, token: &str) -> Daemon {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    /// An admin request with `token` (not the daemon's own): status, `WWW-Authenticate`, and the
+    /// body as JSON (`Null` when it is not JSON).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Option<String>, Value) {
+        let mut req = ureq::request(method, &self.url(path)).timeout(Duration::from_secs(10));
+        if let Some(t) = token {
+            req = req.set("authorization", &format!("Bearer {t}"));
+        }
+        let r = match body {
+            Some(b) => req.set("content-type", "application/json").send_string(b),
+            None => req.call(),
+        };
+        let r = match r {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = r.status();
+        let challenge = r.header("www-authenticate").map(str::to_owned);
+        let text = r.into_string().expect("body");
+        (status, challenge, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn authorized(&self, req: ureq::Request) -> ureq::Request {
+        match &self.token {
+            Some(t) => req.set("authorization", &format!("Bearer {t}")),
+            None => req,
         }
     }
 
@@ -143,7 +186,7 @@ impl Daemon {
 
     /// GET returning (status, JSON body).
     pub fn get(&self, path: &str) -> (u16, Value) {
-        match ureq::get(&self.url(path)).timeout(Duration::from_secs(5)).call() {
+        match self.authorized(ureq::get(&self.url(path))).timeout(Duration::from_secs(5)).call() {
             Ok(r) => (r.status(), r.into_json().expect("JSON body")),
             Err(ureq::Error::Status(code, r)) => (code, r.into_json().expect("JSON error body")),
             Err(e) => panic!("GET {path}: {e}"),
@@ -152,7 +195,12 @@ impl Daemon {
 
     /// GET returning the body as text.
     pub fn get_text(&self, path: &str) -> String {
-        ureq::get(&self.url(path)).timeout(Duration::from_secs(5)).call().expect("GET").into_string().expect("text")
+        self.authorized(ureq::get(&self.url(path)))
+            .timeout(Duration::from_secs(5))
+            .call()
+            .expect("GET")
+            .into_string()
+            .expect("text")
     }
 
     pub fn stats(&self) -> Value {
