@@ -294,6 +294,36 @@ async fn handle(State(sh): State<Arc<ServerShared>>, req: axum::extract::Request
 /// The header a member sets on a request it forwards to the leader (never forwarded twice).
 const FORWARDED: &str = "x-heartsink-forwarded-by";
 
+/// Forwards in flight at most (more are refused at once, 503 + `Retry-After`): a leader that
+/// hangs holds at most this many threads, never the control calls' pool.
+const FORWARDS: usize = 16;
+/// A forward's connect timeout and its whole budget (the leader answers a write once etcd
+/// has it, within a few etcd timeouts).
+const FORWARD_CONNECT: Duration = Duration::from_secs(1);
+const FORWARD_TOTAL: Duration = Duration::from_secs(5);
+
+static FORWARDS_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One forward slot, released on drop.
+struct ForwardSlot;
+
+impl ForwardSlot {
+    fn take() -> Option<ForwardSlot> {
+        let n = FORWARDS_IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
+        if n >= FORWARDS {
+            FORWARDS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ForwardSlot)
+    }
+}
+
+impl Drop for ForwardSlot {
+    fn drop(&mut self) {
+        FORWARDS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Cluster mode: whether a request changes the state only the leader writes (volumes, pools,
 /// locks, deregistrations, manual failovers). A member that does not lead forwards it.
 /// Registrations (service heartbeats) are not: every member applies them and relays them.
@@ -345,29 +375,21 @@ async fn forward(
     // The caller's credentials go along: the leader checks them as its own caller's.
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let node = shared.node.clone();
-    let sent = tokio::task::spawn_blocking(move || {
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
-        let mut req = agent.request(&method, &url).set(FORWARDED, &node);
-        if let Some(ct) = &content_type {
-            req = req.set("content-type", ct);
-        }
-        if let Some(a) = &authorization {
-            req = req.set("authorization", a);
-        }
-        let r = if body.is_empty() { req.call() } else { req.send_bytes(&body) };
-        let resp = match r {
-            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return Err(e.to_string()),
-        };
-        let status = resp.status();
-        let ct = resp.header("content-type").unwrap_or("application/json").to_owned();
-        let retry = resp.header("retry-after").map(str::to_owned);
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(resp.into_reader(), MAX_BODY), &mut buf)
-            .map_err(|e| e.to_string())?;
-        Ok((status, ct, retry, buf))
-    })
-    .await;
+    let Some(slot) = ForwardSlot::take() else {
+        return refuse(format!("{FORWARDS} writes are already on their way to the leader at {leader}: retry"));
+    };
+    // Its own thread, not the blocking pool of the control calls: a leader that accepts
+    // connections but never answers (paused, partitioned) holds only forward slots, never this
+    // member's own reads and registrations.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("admin-forward".into()).spawn(move || {
+        let _slot = slot;
+        let _ = tx.send(send_forward(&method, &url, &node, content_type.as_deref(), authorization.as_deref(), &body));
+    });
+    if spawned.is_err() {
+        return refuse("no thread to forward the write to the leader: retry".into());
+    }
+    let sent = rx.await;
     match sent {
         Ok(Ok((status, ct, retry, buf))) => {
             shared.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -383,6 +405,40 @@ async fn forward(
         Ok(Err(e)) => refuse(format!("the leader at {leader} did not answer ({e}): retry")),
         Err(_) => refuse("forwarding to the leader failed: retry".into()),
     }
+}
+
+/// What the leader answered a forwarded request: status, content type, `Retry-After`, body.
+type Forwarded = (u16, String, Option<String>, Vec<u8>);
+
+/// Sends one forwarded request (blocking, within [`FORWARD_TOTAL`]).
+fn send_forward(
+    method: &str,
+    url: &str,
+    node: &str,
+    content_type: Option<&str>,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Result<Forwarded, String> {
+    let agent = ureq::AgentBuilder::new().timeout_connect(FORWARD_CONNECT).timeout(FORWARD_TOTAL).build();
+    let mut req = agent.request(method, url).set(FORWARDED, node);
+    if let Some(ct) = content_type {
+        req = req.set("content-type", ct);
+    }
+    if let Some(a) = authorization {
+        req = req.set("authorization", a);
+    }
+    let r = if body.is_empty() { req.call() } else { req.send_bytes(body) };
+    let resp = match r {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(e.to_string()),
+    };
+    let status = resp.status();
+    let ct = resp.header("content-type").unwrap_or("application/json").to_owned();
+    let retry = resp.header("retry-after").map(str::to_owned);
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(resp.into_reader(), MAX_BODY), &mut buf)
+        .map_err(|e| e.to_string())?;
+    Ok((status, ct, retry, buf))
 }
 
 /// What the admin API makes of one request before anything reaches the control thread.

@@ -928,6 +928,10 @@ fn mirror(cfg: &ClusterConfig, client: &Client, control: &Sender<ClusterInput>, 
             }
         };
         while !stop.load(Ordering::SeqCst) {
+            if shared.mirror_resync.swap(false, Ordering::AcqRel) {
+                from = None;
+                break;
+            }
             match watch.next_event() {
                 Ok(ev) => {
                     let value = (ev.kind == crate::etcd::EventKind::Put).then_some(ev.kv.value);

@@ -9,9 +9,11 @@
 //!
 //! The import runs with every member stopped (a live member key refuses it: a running leader
 //! would not see rows written under it) and into a cluster with no control-plane state (a
-//! `tables/` key refuses it). It writes in transactions of at most 100 keys, the first one
-//! guarded by the absence of `tables/meta/sched_next_id`; then it marks the local store as a
-//! cluster member's, so the member starts.
+//! `tables/` key refuses it). It first writes a marker (`tables/meta/importing`), then the rows
+//! in transactions of at most 100 keys and 512 KiB, then the id counter with the marker's
+//! removal in one transaction; then it marks the local store as a cluster member's, so the
+//! member starts. An import that stopped half-way leaves its marker, and running it again
+//! resumes it (start the members only once it has reported success).
 
 use std::path::Path;
 
@@ -26,6 +28,8 @@ use crate::store::{Key, Loaded, Store, StoreError, Table, WriteBatch};
 
 /// The local store's mark of a cluster member's data directory (`Meta`, the prefix as JSON).
 pub const MARK: &str = "cluster_prefix";
+/// The etcd key (under the prefix) of an import under way.
+const IMPORTING: &str = "tables/meta/importing";
 
 /// Why an import or a cluster start on a data directory failed.
 #[derive(Debug)]
@@ -151,7 +155,11 @@ pub fn import(dir: &Path, cfg: &ClusterConfig) -> Result<Found, ImportError> {
         )));
     }
     let (existing, _) = client.range_prefix(cfg.key("tables/")).map_err(ImportError::Etcd)?;
-    if !existing.is_empty() {
+    let importing_key = cfg.key(IMPORTING);
+    // An import that stopped half-way (etcd lost, a timeout) left its marker: this one
+    // resumes it (every put is idempotent).
+    let resuming = existing.iter().any(|kv| kv.key == importing_key.as_bytes());
+    if !existing.is_empty() && !resuming {
         return Err(ImportError::Refused(format!(
             "the cluster already holds control-plane state ({} keys under {}): import refused (it would mix two \
              states)",
@@ -162,7 +170,7 @@ pub fn import(dir: &Path, cfg: &ClusterConfig) -> Result<Found, ImportError> {
     let (volumes, pools, locks, next) = rows(&loaded).map_err(ImportError::Store)?;
     let max_id = volumes.iter().map(|v| v.id).max().unwrap_or(0);
     let next = next.unwrap_or(1).max(max_id.saturating_add(1));
-    let mut ops: Vec<(String, Option<Vec<u8>>)> = vec![("tables/meta/sched_next_id".into(), Some(json(&next)))];
+    let mut ops: Vec<(String, Option<Vec<u8>>)> = Vec::new();
     ops.extend(volumes.iter().map(|v| (format!("tables/volumes/{:020}", v.id), Some(json(v)))));
     ops.extend(pools.iter().map(|p| (format!("tables/pools/{}", p.name), Some(json(p)))));
     ops.extend(
@@ -187,20 +195,39 @@ pub fn import(dir: &Path, cfg: &ClusterConfig) -> Result<Found, ImportError> {
             Ok(())
         })
         .map_err(ImportError::Store)?;
-    let guard = cfg.key("tables/meta/sched_next_id");
-    for (i, chunk) in ops.chunks(100).enumerate() {
-        if i == 0 {
-            // The first transaction only if nothing was imported meanwhile.
-            let t = Txn::new()
-                .when([Compare::create_revision(guard.clone(), CompareOp::Equal, 0)])
-                .and_then(chunk.iter().map(|(k, v)| TxnOp::put(cfg.key(k), v.clone().unwrap_or_default(), None)));
-            if !client.txn(&t).map_err(ImportError::Etcd)?.succeeded {
-                return Err(ImportError::Refused("another import wrote the cluster's state meanwhile".into()));
-            }
-        } else {
-            super::agent::txn(&client, cfg, None, chunk.to_vec()).map_err(ImportError::Etcd)?;
+    // First the marker, only if no state and no other import appeared meanwhile; then the
+    // rows in transactions of at most 100 keys and 512 KiB; last, in one transaction, the id
+    // counter and the marker's removal: the cluster's state is complete exactly when the
+    // marker is gone. A failure on the way leaves the marker, and running the import again
+    // resumes.
+    if !resuming {
+        let t = Txn::new()
+            .when([
+                Compare::create_revision(importing_key.clone(), CompareOp::Equal, 0),
+                Compare::create_revision(cfg.key("tables/meta/sched_next_id"), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(importing_key.clone(), json(&dir.display().to_string()), None)]);
+        if !client.txn(&t).map_err(ImportError::Etcd)?.succeeded {
+            return Err(ImportError::Refused("another import or a member wrote the cluster's state meanwhile".into()));
         }
     }
+    let mut chunk: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    let mut bytes = 0;
+    for op in ops {
+        let size = op.0.len() + op.1.as_ref().map_or(0, Vec::len);
+        if !chunk.is_empty() && (chunk.len() == 100 || bytes + size > 512 << 10) {
+            super::agent::txn(&client, cfg, None, std::mem::take(&mut chunk)).map_err(ImportError::Etcd)?;
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(op);
+    }
+    if !chunk.is_empty() {
+        super::agent::txn(&client, cfg, None, chunk).map_err(ImportError::Etcd)?;
+    }
+    let done = Txn::new()
+        .and_then([TxnOp::put(cfg.key("tables/meta/sched_next_id"), json(&next), None), TxnOp::delete(importing_key)]);
+    client.txn(&done).map_err(ImportError::Etcd)?;
     let mut b = WriteBatch::default();
     b.put_json(Table::Meta, Key::Name(MARK.into()), &cfg.prefix);
     store.commit(&b).map_err(ImportError::Store)?;

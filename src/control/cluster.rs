@@ -102,6 +102,9 @@ pub struct Shared {
     pub forward_refused: AtomicU64,
     /// The revision of the control-plane state this member mirrors from etcd (0: none yet).
     pub tables_revision: AtomicU64,
+    /// Set when this member stops leading: the mirror reads the whole state again (what a
+    /// deposed leader changed in memory but etcd refused is replaced by what etcd holds).
+    pub mirror_resync: AtomicBool,
     /// Node names by index (index 0: this member): a shard remembers which member heard an
     /// amphora last as two bytes.
     nodes: parking_lot::RwLock<Vec<String>>,
@@ -143,6 +146,7 @@ impl Shared {
             forwarded: AtomicU64::new(0),
             forward_refused: AtomicU64::new(0),
             tables_revision: AtomicU64::new(0),
+            mirror_resync: AtomicBool::new(false),
             nodes: parking_lot::RwLock::new(vec![node_name]),
         }
     }
@@ -284,11 +288,14 @@ pub struct Relayed {
 
 /// The registrations this member accepted itself, newest per service, with when (control
 /// clock ns): the digest thread sends each peer those newer than its last delivered digest.
-/// Bounded by the registry's size (one entry per service).
+/// Bounded by the registry's size (one entry per service) and in time (see
+/// `Control::relay_out`).
 #[derive(Debug, Default)]
 pub struct RelayBuffer {
     /// (type, addr) → (heard at ns, registration).
     pub heard: std::collections::BTreeMap<(String, String), (u64, Relayed)>,
+    /// When old entries were last dropped (control clock, ns).
+    pub pruned_ns: u64,
 }
 
 /// An amphora's settings that decide its liveness, kept in etcd in cluster mode

@@ -103,6 +103,7 @@ impl Control {
                 }
                 self.fleet.set_leading(false);
                 self.cluster.leading_since = 0;
+                self.cluster.shared.mirror_resync.store(true, Ordering::Release);
                 self.changed = true;
             }
             ClusterInput::Tables { full, rows } => {
@@ -232,6 +233,16 @@ impl Control {
         let mut buf = self.cluster.shared.relay.lock();
         for r in relayed {
             buf.heard.insert((r.type_name.clone(), r.addr.clone()), (now, r));
+        }
+        // Bounded in time as well as by the registry: a deregistration, lock or flush is for
+        // the members of its minute; a registration not renewed for an hour is dropped (a
+        // member that joins later learns the service's state from the living agents).
+        if now >= buf.pruned_ns.saturating_add(10_000_000_000) {
+            buf.pruned_ns = now;
+            buf.heard.retain(|_, (at, r)| {
+                let keep_ns: u64 = if r.op == "register" { 3_600_000_000_000 } else { 60_000_000_000 };
+                now.saturating_sub(*at) < keep_ns
+            });
         }
     }
 

@@ -165,6 +165,22 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether, in cluster mode, only the leader may execute it (it changes state the
+    /// leader alone writes to etcd: volumes, pools, locks, deregistrations, manual failovers).
+    /// The admin API forwards these to the leader; a member that does not lead refuses them
+    /// before changing anything ([`CommandError::NotLeader`]).
+    pub fn is_leader_write(&self) -> bool {
+        match self {
+            Command::Fleet(FleetCommand::Failover(_)) => true,
+            Command::Registry(RegistryCommand::Push { action, .. }) => *action != PushAction::Register,
+            Command::Registry(
+                RegistryCommand::Flush(_) | RegistryCommand::PoolCreate { .. } | RegistryCommand::PoolDelete(_),
+            ) => true,
+            Command::Volumes(c) => !matches!(c, VolumeCommand::List(_) | VolumeCommand::Get(_)),
+            _ => false,
+        }
+    }
+
     /// Whether it only reads: answered at once, without waiting for a store commit of rows
     /// that other changes marked (a read has no writes of its own to make durable).
     pub fn is_read(&self) -> bool {

@@ -884,6 +884,15 @@ impl Control {
 
     /// Executes a command against the part it is for.
     pub fn execute(&mut self, command: Command, now: u64) -> CommandResult {
+        if self.cluster.shared.enabled && command.is_leader_write() && !self.cluster.shared.is_leader() {
+            // Refused before anything changes: a member that does not lead never holds state
+            // etcd does not (its writes would be fenced out).
+            let leader = self.cluster.shared.view.load().leader.clone();
+            return Err(CommandError::NotLeader(match leader {
+                Some(l) => format!("the leader is {l}; retry (a member forwards it there)"),
+                None => "no leader is known right now; retry".into(),
+            }));
+        }
         self.changed |= !command.is_read();
         match command {
             Command::Fleet(c) => self.fleet.execute(c, now, &self.engine.pipeline.shards, &mut self.writes),

@@ -308,6 +308,17 @@ impl ServiceHost {
     /// than the service's last one is ignored (digests from several members interleave);
     /// nothing is relayed again (no echo).
     pub fn apply_relayed(&mut self, at_us: u64, r: &Relayed) {
+        use crate::proto::service::{MAX_TAGS, MAX_TAG_NAME, MAX_TAG_STR};
+        // The bounds of a service heartbeat hold for a relayed one too.
+        let oversized = r.tags.len() > MAX_TAGS
+            || r.tags
+                .iter()
+                .any(|(k, v)| k.len() > MAX_TAG_NAME || matches!(v, TagValue::Str(s) if s.len() > MAX_TAG_STR));
+        if oversized {
+            self.rejected += 1;
+            tracing::debug!(service_type = %r.type_name, addr = %r.addr, "relayed registration past the tag bounds refused");
+            return;
+        }
         let known = self.registry.get(&r.type_name, &r.addr);
         let result = match r.op.as_str() {
             "register" => {
@@ -325,7 +336,14 @@ impl ServiceHost {
             "lock" => self.registry.lock(&r.type_name, &r.addr, Some(r.score.unwrap_or(0)), at_us).map(|_| ()),
             "unlock" => self.registry.unlock(&r.type_name, &r.addr, at_us).map(|_| ()),
             "deregister" => self.registry.deregister(&r.type_name, &r.addr, Some(at_us)).map(|_| ()),
-            "flush" => self.registry.flush(&r.type_name).map(|_| ()),
+            // A flush as of its time: a service heard since (here or elsewhere) stays.
+            "flush" => {
+                let addrs: Vec<String> = self.registry.services(&r.type_name).map(|s| s.addr.clone()).collect();
+                for a in addrs {
+                    let _ = self.registry.deregister(&r.type_name, &a, Some(at_us));
+                }
+                Ok(())
+            }
             other => {
                 tracing::warn!(op = other, "a relayed registration with an unknown op: ignored");
                 return;

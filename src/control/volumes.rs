@@ -126,6 +126,8 @@ pub struct VolumeHost {
     leading: bool,
     last: Option<crate::sched::TickReport>,
     changed: bool,
+    /// The id counter as last queued for the store.
+    next_id_written: Option<u64>,
 }
 
 impl std::fmt::Debug for VolumeHost {
@@ -141,7 +143,7 @@ impl VolumeHost {
             delay_ns: super::liveness::secs_ns(cfg.delay),
             ..crate::sched::SchedConfig::default()
         });
-        VolumeHost { cfg, sched, lease, leading: false, last: None, changed: true }
+        VolumeHost { cfg, sched, lease, leading: false, last: None, changed: true, next_id_written: None }
     }
 
     /// The settings in force.
@@ -202,21 +204,31 @@ impl VolumeHost {
     pub fn apply_rows(&mut self, full: bool, rows: &[(String, Option<Vec<u8>>)], out: &mut Writes) -> usize {
         let mut bad = 0;
         let mirrored = &mut out.mirrored;
+        // Ids continue after every id named under volumes/, even a row that does not decode:
+        // an id in etcd is never handed out again.
+        let max_id = rows
+            .iter()
+            .filter_map(|(k, _)| k.strip_prefix("volumes/").and_then(|id| id.parse::<u64>().ok()))
+            .max()
+            .unwrap_or(0);
         if full {
+            // Bad rows are skipped one by one (counted): id 0, a value whose id is not its
+            // key's, a second row of an id already read.
             let mut volumes = Vec::new();
+            let mut kept = std::collections::BTreeSet::new();
             for (k, v) in rows {
                 let Some(id) = k.strip_prefix("volumes/").and_then(|id| id.parse::<u64>().ok()) else { continue };
                 match v.as_ref().map(|v| serde_json::from_slice::<Volume>(v)) {
-                    Some(Ok(vol)) if vol.id == id => {
+                    Some(Ok(vol)) if vol.id == id && id != 0 && kept.insert(id) => {
                         mirrored.put_raw(Table::Volumes, Key::Num(id), v.clone().unwrap_or_default());
                         volumes.push(vol);
                     }
                     _ => bad += 1,
                 }
             }
-            let removed: Vec<u64> =
-                self.sched.list(None).map(|v| v.id).filter(|id| !volumes.iter().any(|v| v.id == *id)).collect();
+            let removed: Vec<u64> = self.sched.list(None).map(|v| v.id).filter(|id| !kept.contains(id)).collect();
             if let Err(e) = self.sched.restore(volumes) {
+                // Not reached with the rows filtered above; kept as a loud refusal.
                 tracing::error!(error = %e, "the volumes in etcd could not be restored");
                 return bad + 1;
             }
@@ -239,6 +251,7 @@ impl VolumeHost {
                 }
             }
         }
+        self.sched.ensure_next_id(max_id.saturating_add(1));
         for (k, v) in rows {
             if k == "meta/sched_next_id" {
                 if let Some(n) = v.as_ref().and_then(|v| serde_json::from_slice::<u64>(v).ok()) {
@@ -266,7 +279,12 @@ impl VolumeHost {
         for id in dirty.removed {
             out.batch.delete(Table::Volumes, Key::Num(id));
         }
-        out.batch.put_json(Table::Meta, Key::Name("sched_next_id".into()), &self.sched.next_id());
+        // The id counter only when it moved (in cluster mode every row is an etcd write).
+        let next = self.sched.next_id();
+        if self.next_id_written != Some(next) {
+            out.batch.put_json(Table::Meta, Key::Name("sched_next_id".into()), &next);
+            self.next_id_written = Some(next);
+        }
         self.changed = true;
     }
 
@@ -354,4 +372,64 @@ impl VolumeHost {
 /// Parses a `state` filter.
 pub fn parse_state(s: &str) -> Option<VolumeState> {
     serde_json::from_value(serde_json::Value::from(s)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn vol(id: u64, name: &str) -> Vec<u8> {
+        let v = Volume {
+            id,
+            name: name.into(),
+            requested: Spec::new(1, Vec::<String>::new()),
+            actual: None,
+            state: VolumeState::Scheduling,
+            node: None,
+            parent_id: None,
+            error: String::new(),
+            error_count: 0,
+            created_ns: 1,
+            updated_ns: 1,
+            waiting_reason: None,
+        };
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    /// A full state from etcd with bad rows (id 0, a value whose id is not its key's, the
+    /// same id twice, garbage): each is skipped and counted, the good ones are all kept, and
+    /// ids continue after every id named under volumes/ (none is handed out twice).
+    #[test]
+    fn bad_rows_from_etcd_are_skipped_one_by_one_and_ids_are_never_reused() {
+        let mut host = VolumeHost::new(SchedulerConfig::default(), Box::new(AlwaysLease));
+        let rows: Vec<(String, Option<Vec<u8>>)> = vec![
+            ("volumes/00000000000000000000".into(), Some(vol(0, "zero"))),
+            ("volumes/00000000000000000001".into(), Some(vol(1, "one"))),
+            ("volumes/00000000000000000002".into(), Some(vol(2, "two"))),
+            ("volumes/2".into(), Some(vol(2, "two again"))),
+            ("volumes/00000000000000000078".into(), Some(vol(5, "mismatch"))),
+            ("volumes/00000000000000000090".into(), Some(b"{not json".to_vec())),
+            ("meta/sched_next_id".into(), Some(b"3".to_vec())),
+        ];
+        let mut out = Writes::default();
+        let bad = host.apply_rows(true, &rows, &mut out);
+        assert_eq!(bad, 4);
+        let names: Vec<&str> = host.scheduler().list(None).map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["one", "two"]);
+        assert_eq!(host.scheduler().next_id(), 91, "after the highest id named in etcd");
+        // A delta removes and adds one by one.
+        let bad = host.apply_rows(
+            false,
+            &[
+                ("volumes/00000000000000000001".into(), None),
+                ("volumes/00000000000000000095".into(), Some(vol(95, "new"))),
+            ],
+            &mut out,
+        );
+        assert_eq!(bad, 0);
+        let ids: Vec<u64> = host.scheduler().list(None).map(|v| v.id).collect();
+        assert_eq!(ids, [2, 95]);
+        assert_eq!(host.scheduler().next_id(), 96);
+    }
 }
