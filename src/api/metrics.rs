@@ -154,6 +154,12 @@ impl Collector for EngineCollector {
             )?;
             counter(
                 &mut enc,
+                "heartsink_cluster_tables_bad_rows",
+                "Control-plane rows in etcd skipped because they do not decode.",
+                c.bad_rows.load(r),
+            )?;
+            counter(
+                &mut enc,
                 "heartsink_cluster_forward_refused",
                 "Leader writes refused with 503 and Retry-After (no leader, or it did not answer).",
                 c.forward_refused.load(r),

@@ -565,6 +565,7 @@ fn cluster_view(ctx: &ApiContext) -> serde_json::Value {
         "refused": c.forward_refused.load(Ordering::Relaxed),
     });
     v["tables_revision"] = json!(c.tables_revision.load(Ordering::Relaxed));
+    v["tables_bad_rows"] = json!(c.bad_rows.load(Ordering::Relaxed));
     v
 }
 

@@ -223,6 +223,12 @@ pub struct Step {
     pub p99_us: Option<f64>,
     /// p99.9.
     pub p999_us: Option<f64>,
+    /// CPU seconds (user + system) `serve` used over the step, from its `/proc` stat.
+    pub cpu_s: f64,
+    /// Heartbeats applied per CPU-second of `serve`: the fair figure on a shared machine.
+    pub per_cpu_second: f64,
+    /// Context switches of `serve`'s threads per heartbeat applied (voluntary, involuntary).
+    pub ctxt_per_heartbeat: (f64, f64),
 }
 
 fn latency(admin: SocketAddr) -> Result<Vec<u64>, Error> {
@@ -244,6 +250,8 @@ fn measure_heartsink(s: &Serve, mut cfg: LoadConfig, run: u64) -> Result<Step, E
     cfg.first_seq = run * 1_000_000_000;
     let before = get(s.admin, "/v1/stats")?;
     let lat0 = latency(s.admin)?;
+    let pid = s.child.id();
+    let (cpu0, ctx0) = (crate::io::process_cpu_s(pid), crate::io::process_ctxt_switches(pid));
     let t0 = Instant::now();
     let report = crate::load::run(&cfg, &AtomicBool::new(false), false)?;
     let t0 = t0 + Duration::from_secs_f64(report.build_s);
@@ -260,12 +268,20 @@ fn measure_heartsink(s: &Serve, mut cfg: LoadConfig, run: u64) -> Result<Step, E
         std::thread::sleep(Duration::from_millis(20));
     };
     let elapsed = t0.elapsed().as_secs_f64();
+    // From the first send to the last apply (plus one 20 ms poll of an idle daemon).
+    let (cpu1, ctx1) = (crate::io::process_cpu_s(pid), crate::io::process_ctxt_switches(pid));
     let lat1 = latency(s.admin)?;
     let diff: Vec<u64> = lat1.iter().zip(&lat0).map(|(a, b)| a.saturating_sub(*b)).collect();
     let q = |x: f64| histogram::quantile(&diff, x).map(|ns| ns as f64 / 1000.0);
     let d = |path: &[&str]| u(&after, path).saturating_sub(u(&before, path));
     let accepted = d(&["accepted"]);
+    let cpu_s = cpu1.zip(cpu0).map_or(0.0, |(b, a)| b - a);
+    let per = |n: u64| if accepted > 0 { n as f64 / accepted as f64 } else { 0.0 };
+    let ctxt = ctx1.zip(ctx0).map_or((0.0, 0.0), |(b, a)| (per(b.0.saturating_sub(a.0)), per(b.1.saturating_sub(a.1))));
     Ok(Step {
+        cpu_s,
+        per_cpu_second: if cpu_s > 0.0 { accepted as f64 / cpu_s } else { 0.0 },
+        ctxt_per_heartbeat: ctxt,
         offered: cfg.rate,
         sent_rate: report.rate,
         sent: report.total,
@@ -294,6 +310,10 @@ pub struct OctaviaStep {
     pub p99_us: Option<f64>,
     /// Latency p50, µs.
     pub p50_us: Option<f64>,
+    /// CPU seconds of the Python process from its first to its last processed heartbeat.
+    pub cpu_s: f64,
+    /// Processed per CPU-second of the Python process.
+    pub per_cpu_second: f64,
 }
 
 fn octavia_python() -> Result<PathBuf, Error> {
@@ -342,6 +362,8 @@ fn measure_octavia(
         rate: r["rate"].as_f64().unwrap_or(0.0),
         p99_us: r["latency_us"]["p99"].as_f64(),
         p50_us: r["latency_us"]["p50"].as_f64(),
+        cpu_s: r["cpu_s"].as_f64().unwrap_or(0.0),
+        per_cpu_second: r["per_cpu_second"].as_f64().unwrap_or(0.0),
     })
 }
 
@@ -469,7 +491,10 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
     let check = octavia.iter().find(|o| o.mode == "check").map(|o| o.rate);
     let dorecv = octavia.iter().find(|o| o.mode == "dorecv").map(|o| o.rate);
     let at80 = steps.iter().zip(&args.steps).find(|(_, f)| (**f - 0.8).abs() < 1e-9).map(|(s, _)| s.clone());
+    let per_cpu = |mode: &str| octavia.iter().find(|o| o.mode == mode).map(|o| o.per_cpu_second).filter(|r| *r > 0.0);
     let ratios = json!({
+        "heartsink_over_octavia_dorecv_per_cpu_second": per_cpu("dorecv").map(|d| e2e.per_cpu_second / d),
+        "heartsink_over_octavia_check_per_cpu_second": per_cpu("check").map(|c| e2e.per_cpu_second / c),
         "e2e_over_in_process": e2e.accepted_rate / bound,
         "heartsink_over_octavia_check": check.map(|c| e2e.accepted_rate / c),
         "heartsink_over_octavia_dorecv": dorecv.map(|d| e2e.accepted_rate / d),
@@ -488,42 +513,40 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
     std::fs::write(args.out.join("bench.json"), serde_json::to_vec_pretty(&doc)?)?;
     chart::draw(&args.out.join("bench.svg"), &steps, &octavia_steps)?;
 
-    println!("| measurement | heartbeats/s | p50 µs | p99 µs | p99.9 µs | kernel drops |");
-    println!("|---|---|---|---|---|---|");
-    println!("| in-process bound (1 thread) | {bound:.0} | | | | |");
-    println!(
-        "| heartsink end to end, max rate | {:.0} | {} | {} | {} | {} |",
-        e2e.accepted_rate,
-        fmt_opt(e2e.p50_us),
-        fmt_opt(e2e.p99_us),
-        fmt_opt(e2e.p999_us),
-        e2e.kernel_drops
-    );
-    for s in &steps {
+    println!("| measurement | heartbeats/s | per CPU-second | p50 µs | p99 µs | p99.9 µs | kernel drops | ctx switches/hb (vol, invol) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!("| in-process bound (1 thread) | {bound:.0} | {bound:.0} | | | | | |");
+    for (name, s) in std::iter::once(("max rate".to_owned(), &e2e))
+        .chain(steps.iter().map(|s| (format!("at {:.0}/s offered", s.offered.unwrap_or(0.0)), s)))
+    {
         println!(
-            "| heartsink at {:.0}/s offered | {:.0} | {} | {} | {} | {} |",
-            s.offered.unwrap_or(0.0),
+            "| heartsink end to end, {name} | {:.0} | {:.0} | {} | {} | {} | {} | {:.3}, {:.3} |",
             s.accepted_rate,
+            s.per_cpu_second,
             fmt_opt(s.p50_us),
             fmt_opt(s.p99_us),
             fmt_opt(s.p999_us),
-            s.kernel_drops
+            s.kernel_drops,
+            s.ctxt_per_heartbeat.0,
+            s.ctxt_per_heartbeat.1
         );
     }
     for o in &octavia {
         println!(
-            "| Octavia {}(), max rate | {:.0} | {} | {} | | |",
+            "| Octavia {}(), max rate | {:.0} | {:.0} | {} | {} | | | |",
             o.mode,
             o.rate,
+            o.per_cpu_second,
             fmt_opt(o.p50_us),
             fmt_opt(o.p99_us)
         );
     }
     for o in &octavia_steps {
         println!(
-            "| Octavia check() at {:.0}/s offered | {:.0} | {} | {} | | |",
+            "| Octavia check() at {:.0}/s offered | {:.0} | {:.0} | {} | {} | | | |",
             o.offered.unwrap_or(0.0),
             o.rate,
+            o.per_cpu_second,
             fmt_opt(o.p50_us),
             fmt_opt(o.p99_us)
         );

@@ -102,6 +102,9 @@ pub struct Shared {
     pub forward_refused: AtomicU64,
     /// The revision of the control-plane state this member mirrors from etcd (0: none yet).
     pub tables_revision: AtomicU64,
+    /// Control-plane rows from etcd that did not decode and were skipped (id 0, a value whose
+    /// id is not its key's, a duplicate id, bad JSON).
+    pub bad_rows: AtomicU64,
     /// Set when this member stops leading: the mirror reads the whole state again (what a
     /// deposed leader changed in memory but etcd refused is replaced by what etcd holds).
     pub mirror_resync: AtomicBool,
@@ -146,6 +149,7 @@ impl Shared {
             forwarded: AtomicU64::new(0),
             forward_refused: AtomicU64::new(0),
             tables_revision: AtomicU64::new(0),
+            bad_rows: AtomicU64::new(0),
             mirror_resync: AtomicBool::new(false),
             nodes: parking_lot::RwLock::new(vec![node_name]),
         }

@@ -27,9 +27,6 @@ pub(super) struct ClusterPart {
     pub(super) writes: Option<Sender<EtcdWrite>>,
     /// When this member last began to lead (control clock, ns; 0: it does not).
     pub(super) leading_since: u64,
-    /// Control-plane rows from etcd that did not decode (written by another version, or by
-    /// hand).
-    pub(super) bad_rows: u64,
 }
 
 impl Default for ClusterPart {
@@ -43,7 +40,6 @@ impl Default for ClusterPart {
             remote_heard: 0,
             writes: None,
             leading_since: 0,
-            bad_rows: 0,
         }
     }
 }
@@ -200,7 +196,7 @@ impl Control {
         }
         let bad = (bad + bad_other) as u64;
         if bad > 0 {
-            self.cluster.bad_rows += bad;
+            self.cluster.shared.bad_rows.fetch_add(bad, Ordering::Relaxed);
             tracing::warn!(rows = bad, "control-plane rows in etcd that do not decode: ignored");
         }
         self.changed = true;

@@ -70,6 +70,27 @@ pub fn process_cpu_s(pid: u32) -> Option<f64> {
     (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
+/// Context switches of every thread of process `pid` so far, (voluntary, involuntary), from
+/// `/proc/PID/task/*/status`; `None` when the process is gone. (Threads that have exited no
+/// longer count.)
+pub fn process_ctxt_switches(pid: u32) -> Option<(u64, u64)> {
+    let mut total = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        for line in status.lines() {
+            let mut parts = line.split(':');
+            let (Some(k), Some(v)) = (parts.next(), parts.next()) else { continue };
+            let n: u64 = v.trim().parse().unwrap_or(0);
+            match k {
+                "voluntary_ctxt_switches" => total.0 += n,
+                "nonvoluntary_ctxt_switches" => total.1 += n,
+                _ => {}
+            }
+        }
+    }
+    Some(total)
+}
+
 /// Size and free space of a filesystem, from `statvfs(3)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FsSpace {

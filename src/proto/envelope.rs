@@ -80,10 +80,39 @@ impl<'a> Verified<'a> {
     }
 }
 
-/// True when every byte is `[0-9a-f]`.
+/// The value of a lowercase hex digit; `INVALID` for every other byte (upper case included:
+/// Octavia compares the hexdigest as a string, so `A` is not `a`).
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+const INVALID: u8 = 0xff;
+
+/// The 32 bytes a 64-character lowercase hex tag spells, or `None` when any character is
+/// not `[0-9a-f]`. Lowercase hex and bytes map one to one, so comparing the decoded bytes
+/// with the digest is comparing the strings, without encoding the digest once per key. (The
+/// received tag is not secret: decoding it in variable time leaks nothing; the comparison
+/// with the digest stays constant-time.)
 #[inline]
-fn is_lower_hex(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+fn decode_lower_hex(tag: &[u8]) -> Option<[u8; BINARY_TAG_LEN]> {
+    let mut out = [0u8; BINARY_TAG_LEN];
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(tag.chunks_exact(2)) {
+        let (hi, lo) = (HEX_VALUE[usize::from(pair[0])], HEX_VALUE[usize::from(pair[1])]);
+        bad |= (hi | lo) & 0xf0;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    (bad == 0 && tag.len() == HEX_TAG_LEN).then_some(out)
 }
 
 #[inline]
@@ -98,14 +127,12 @@ pub fn verify<'a>(envelope: &'a [u8], keys: &Keyring) -> Result<Verified<'a>, En
     if envelope.len() < MIN_ENVELOPE_LEN {
         return Err(EnvelopeError::TooShort);
     }
-    if envelope.len() > HEX_TAG_LEN && is_lower_hex(&envelope[envelope.len() - HEX_TAG_LEN..]) {
-        let (payload, tag) = envelope.split_at(envelope.len() - HEX_TAG_LEN);
-        let mut want = [0u8; HEX_TAG_LEN];
+    let hex_tag =
+        (envelope.len() > HEX_TAG_LEN).then(|| decode_lower_hex(&envelope[envelope.len() - HEX_TAG_LEN..])).flatten();
+    if let Some(tag) = hex_tag {
+        let payload = &envelope[..envelope.len() - HEX_TAG_LEN];
         for (key_index, key) in keys.keys().iter().enumerate() {
-            let d = digest(key, payload);
-            // Cannot fail: the output is exactly twice the input length.
-            let _ = hex::encode_to_slice(d, &mut want);
-            if bool::from(want.ct_eq(tag)) {
+            if bool::from(digest(key, payload).ct_eq(&tag)) {
                 return Ok(Verified { payload, form: TagForm::Hex, key_index });
             }
         }
@@ -176,6 +203,19 @@ mod tests {
         let k = Key::new(b"insecure");
         assert_eq!(wrap(b"{}", &k, TagForm::Hex).len(), 74);
         assert_eq!(wrap(b"{}", &k, TagForm::Binary).len(), 42);
+    }
+
+    #[test]
+    fn a_hex_tag_decodes_to_the_bytes_it_spells_and_nothing_else_decodes() {
+        let bytes: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37)).collect();
+        let spelled = hex::encode(&bytes);
+        assert_eq!(decode_lower_hex(spelled.as_bytes()).map(|b| b.to_vec()), Some(bytes));
+        for bad in [b'A', b'g', b'F', b' ', 0, 0xff, b'/', b':', b'`'] {
+            let mut t = spelled.clone().into_bytes();
+            t[17] = bad;
+            assert_eq!(decode_lower_hex(&t), None, "{bad}");
+        }
+        assert_eq!(decode_lower_hex(&spelled.as_bytes()[..62]), None);
     }
 
     #[test]

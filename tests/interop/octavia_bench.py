@@ -34,8 +34,10 @@ stdout (exactly two JSON lines, everything else goes to stderr)
       printed right after binding; start sending after reading it.
   {"event": "result", "mode": ..., "processed": N, "rejected": R,
    "seconds": T, "rate": N / T,
-   "latency_us": {"p50": .., "p99": .., "p999": .., "count": C}}
-      N = accepted heartbeats (unwrap_envelope succeeded), R = datagrams
+   "latency_us": {"p50": .., "p99": .., "p999": .., "count": C},
+   "cpu_s": S, "per_cpu_second": (N - 1) / S}
+      S = this process's CPU seconds (time.process_time) from the first accepted
+      heartbeat to the end of the run, N = accepted heartbeats (unwrap_envelope succeeded), R = datagrams
       Octavia rejected (InvalidHMACException and other errors), T = seconds
       between the first and the last accepted heartbeat. Latency is measured
       for accepted objects carrying "hs_sent_ns" (sender wall clock,
@@ -156,6 +158,9 @@ def run(mode, seconds, idle_exit):
     last_rx = None           # perf_counter of last datagram (any verdict)
     deadline = None
     perf = time.perf_counter
+    cpu_now = time.process_time  # this process's user + system CPU, all its threads
+    cpu = [0.0, 0.0]             # at the first accepted heartbeat, and at the end (the idle
+                                 # wait before it blocks in recvfrom: next to no CPU)
 
     def accepted(obj):
         """Counts one processed heartbeat and its latency; True when the run is over."""
@@ -173,6 +178,7 @@ def run(mode, seconds, idle_exit):
             nlat += 1
         if first is None:
             first = t
+            cpu[0] = cpu_now()
             deadline = t + seconds
             return False
         return t >= deadline
@@ -238,12 +244,15 @@ def run(mode, seconds, idle_exit):
             elif first is not None and perf() - last_rx >= idle_exit:
                 break
 
+    cpu[1] = cpu_now() if processed else 0.0
     elapsed = (last - first) if processed else 0.0
     result = {
         "event": "result", "mode": mode, "processed": processed,
         "rejected": rejected, "seconds": round(elapsed, 6),
         "rate": round(processed / elapsed, 1) if elapsed > 0 else 0.0,
         "latency_us": percentiles(lat[:nlat]),
+        "cpu_s": round(cpu[1] - cpu[0], 6),
+        "per_cpu_second": round((processed - 1) / (cpu[1] - cpu[0]), 1) if cpu[1] > cpu[0] else 0.0,
     }
     emit(result)
     if mode == "check":
