@@ -31,6 +31,7 @@
 mod chart;
 pub mod confd;
 pub mod scale;
+pub mod stages;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -487,6 +488,10 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
             )?);
         }
     }
+    eprintln!("bench: stage table …");
+    let stage_packets = build_packets(args.amphorae, 20);
+    let serve_s = if e2e.accepted > 0 { e2e.cpu_s / e2e.accepted as f64 } else { 0.0 };
+    let stage_table = stages::measure(&stage_packets, args.amphorae as usize, KEY, serve_s);
     let (confd_section, confd_lines) = confd::run(&args.confd(), &args.out)?;
     let check = octavia.iter().find(|o| o.mode == "check").map(|o| o.rate);
     let dorecv = octavia.iter().find(|o| o.mode == "dorecv").map(|o| o.rate);
@@ -508,6 +513,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         "octavia": octavia,
         "octavia_check_steps": octavia_steps,
         "ratios": ratios,
+        "stages_ns_per_heartbeat": stage_table,
         "confd": confd_section,
     });
     std::fs::write(args.out.join("bench.json"), serde_json::to_vec_pretty(&doc)?)?;
@@ -554,6 +560,22 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
     println!();
     for l in confd_lines {
         println!("{l}");
+    }
+    println!();
+    let t = &stage_table;
+    println!("| stage (thread CPU ns per heartbeat, median of 3) | ns |");
+    println!("|---|---|");
+    for (name, v) in [
+        ("receive (recvmmsg, full batches of 64)", t.receive_ns),
+        ("verify", t.verify_ns),
+        ("inflate (libdeflate)", t.inflate_ns),
+        ("parse", t.parse_ns),
+        ("apply", t.apply_ns),
+        ("the in-process pipeline (verify + inflate + parse + apply, batched)", t.pipeline_ns),
+        ("`serve` at its maximum rate (its CPU per heartbeat)", t.serve_ns),
+        ("hand-off: serve − receive − pipeline", t.handoff_ns),
+    ] {
+        println!("| {name} | {v:.0} |");
     }
     println!();
     println!("ratios: {ratios}");

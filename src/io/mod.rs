@@ -70,6 +70,18 @@ pub fn process_cpu_s(pid: u32) -> Option<f64> {
     (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
+/// CPU time the calling thread has used, ns (`CLOCK_THREAD_CPUTIME_ID`): what a measurement on
+/// a shared machine should count (0 if the clock cannot be read).
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime(2) writes one timespec through a valid pointer to a local.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
 /// Context switches of every thread of process `pid` so far, (voluntary, involuntary), from
 /// `/proc/PID/task/*/status`; `None` when the process is gone. (Threads that have exited no
 /// longer count.)
