@@ -273,11 +273,14 @@ fn a_single_mode_data_directory_is_refused_then_imported_once() {
         assert_eq!(out.status.success(), expect_ok, "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    // An import that stopped half-way (its marker and one row in etcd) is resumed, and the
-    // marker goes with the last write.
+    // An import that stopped half-way (its marker and one row in etcd) is resumed from the
+    // same directory only, and the marker goes with the last write.
     let client = heartsink::etcd::Client::new(endpoints.clone(), Duration::from_secs(5)).unwrap();
-    client.put("/heartsink/tables/meta/importing", b"\"earlier\"", None).unwrap();
+    client.put("/heartsink/tables/meta/importing", b"\"/elsewhere\"", None).unwrap();
     client.put(format!("/heartsink/tables/volumes/{vol:020}"), b"{}", None).unwrap();
+    import(false);
+    let ours = serde_json::to_vec(&dir.path().join("heartsink-data").display().to_string()).unwrap();
+    client.put("/heartsink/tables/meta/importing", ours, None).unwrap();
     let report: Value = serde_json::from_str(&import(true)).unwrap();
     assert!(client.get("/heartsink/tables/meta/importing").unwrap().0.is_none(), "the marker is gone");
     assert_eq!((report["volumes"].as_u64(), report["pools"].as_u64()), (Some(1), Some(1)), "{report}");

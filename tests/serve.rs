@@ -400,3 +400,44 @@ fn startup_errors_name_the_socket_the_file_and_the_key() {
     let e = run(&["--config", cfg.to_str().unwrap()]);
     assert!(e.contains("log.level"), "{e}");
 }
+
+/// `GET /v1/history`: a sample a second of what was received, accepted and dropped, with the
+/// latency of what was applied; the samples add up to what was sent; `since` filters.
+#[test]
+fn history_holds_a_sample_a_second_that_adds_up_to_the_traffic() {
+    let d = Daemon::start(&["--key", "k"]);
+    let s = client();
+    for seq in 0..100 {
+        s.send_to(&heartbeat(seq % 10, seq / 10, 1, "k"), d.heartbeat).unwrap();
+        s.send_to(&heartbeat(seq % 10, seq / 10, 1, "wrong"), d.heartbeat).unwrap();
+    }
+    d.wait_processed(200);
+    let v = common::wait_until("two samples after the traffic", Duration::from_secs(10), || {
+        let (code, v) = d.get("/v1/history");
+        assert_eq!(code, 200, "{v}");
+        let sum = |f: &str| -> f64 {
+            v["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s[f].as_f64().unwrap() * s["interval_s"].as_f64().unwrap())
+                .sum()
+        };
+        (sum("accepted_per_s").round() == 100.0 && sum("dropped_per_s").round() == 100.0).then_some(v)
+    });
+    let samples = v["samples"].as_array().unwrap();
+    assert_eq!(v["capacity"], 900);
+    assert!(samples.iter().any(|s| s["p99_us"].is_number()), "a latency where heartbeats were applied");
+    let no_key: f64 = samples
+        .iter()
+        .filter_map(|s| s["drops_per_s"]["no_key_matched"].as_f64().map(|r| r * s["interval_s"].as_f64().unwrap()))
+        .sum();
+    assert_eq!(no_key.round(), 100.0, "{v}");
+    let last = samples.last().unwrap()["t_ms"].as_u64().unwrap();
+    assert!(d.get(&format!("/v1/history?since={last}")).1["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["t_ms"].as_u64() > Some(last)));
+    assert_eq!(d.get("/v1/history?since=yesterday").0, 400);
+}

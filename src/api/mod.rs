@@ -18,6 +18,7 @@
 //! | `GET /v1/failovers/{id}` | one record |
 //! | `GET /v1/stats` | received, accepted, dropped by reason, kernel drops, receive buffer, per-worker rates, ring fill |
 //! | `GET /v1/latency` | raw counts of the send-to-applied latency histogram (for interval differences) |
+//! | `GET /v1/history?since=MS` | the last 15 minutes, a sample a second: received, accepted, dropped (by reason), kernel drops per second, p50/p99 receive-to-applied |
 //! | `GET /metrics` | the same counters as OpenMetrics text |
 //!
 //! Every route is listed in [`routes::ROUTES`]. With tokens configured (`auth.rs`, documented
@@ -484,6 +485,7 @@ fn route(
     let r = match segments {
         ["healthz"] if get => healthz(ctx),
         ["v1", "amphorae"] if get => list_amphorae(ctx, query),
+        ["v1", "history"] if get => history(ctx, query),
         ["v1", "amphorae", id] if get => show_amphora(ctx, id),
         ["v1", "amphorae", id] if method == Method::DELETE => match parse_amphora_id(id) {
             Ok(u) => return Outcome::Call(Command::Fleet(FleetCommand::Forget(u)), 200),
@@ -605,6 +607,21 @@ fn cluster_digest(ctx: &ApiContext, body: &[u8]) -> Resp {
             error(if e == crate::cluster::digest::DigestError::BadTag { 403 } else { 400 }, &e.to_string())
         }
     }
+}
+
+/// `GET /v1/history[?since=MS]`: the data plane's last 15 minutes, a sample a second, oldest
+/// first (only those ending after `since`, wall clock ms, when given).
+fn history(ctx: &ApiContext, query: &str) -> Resp {
+    let mut since = 0;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match (&*k, v.parse::<u64>()) {
+            ("since", Ok(ms)) => since = ms,
+            ("since", Err(_)) => return error(400, "since must be wall clock ms since the Unix epoch"),
+            _ => return error(400, &format!("unknown query parameter {k:?}")),
+        }
+    }
+    let samples = ctx.control.history.lock().since(since);
+    json_response(200, &json!({"capacity": crate::control::history::CAPACITY, "interval_s": 1.0, "samples": samples}))
 }
 
 fn healthz(ctx: &ApiContext) -> Resp {

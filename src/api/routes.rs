@@ -42,6 +42,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/metrics"),
     r("GET", "/v1/stats"),
     r("GET", "/v1/latency"),
+    r("GET", "/v1/history"),
     r("GET", "/v1/amphorae"),
     r("GET", "/v1/amphorae/{id}"),
     r("PATCH", "/v1/amphorae/{id}"),

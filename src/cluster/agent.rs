@@ -148,6 +148,7 @@ impl Prepared {
             cfg: self.cfg.clone(),
             shared: self.shared.clone(),
             locks: std::collections::HashMap::new(),
+            locks_term: 0,
         })
     }
 
@@ -253,8 +254,11 @@ struct ClusterDurable {
     fence: Sender<EtcdWrite>,
     cfg: ClusterConfig,
     shared: Arc<Shared>,
-    /// The lock last written per service (`type|addr`), while leading.
+    /// The lock last written per service (`type|addr`) in the term `locks_term`. A new term
+    /// starts empty, and a service not in it has its lock written (or its lock row deleted)
+    /// once: what an earlier leader wrote is never assumed.
     locks: std::collections::HashMap<String, Option<i32>>,
+    locks_term: u64,
 }
 
 /// The etcd key (under the prefix) of a control-plane row, if it is kept in etcd.
@@ -272,6 +276,11 @@ impl ClusterDurable {
     /// The etcd writes of `batch`: its control-plane rows, and the lock changes its service
     /// rows carry. `leading`: lock changes are only tracked (and written) by the leader.
     fn etcd_ops(&mut self, batch: &WriteBatch, leading: bool) -> Vec<(String, Option<Vec<u8>>)> {
+        let term = self.shared.term();
+        if term != self.locks_term {
+            self.locks.clear();
+            self.locks_term = term;
+        }
         let mut ops = Vec::new();
         for op in &batch.ops {
             if let Some(k) = table_key(op.table, &op.key) {
@@ -282,8 +291,8 @@ impl ClusterDurable {
                     .as_ref()
                     .and_then(|v| serde_json::from_slice::<crate::registry::Service>(v).ok())
                     .and_then(|s| s.locked.then_some(s.score));
-                let was = self.locks.get(name).copied().flatten();
-                if lock != was {
+                let was = self.locks.get(name).copied();
+                if was != Some(lock) {
                     let value = lock.map(|score| {
                         serde_json::to_vec(&crate::control::services::LockRow { score }).unwrap_or_default()
                     });
@@ -464,10 +473,26 @@ impl Etcd {
             // Writes that failed on a transport error are tried again first, in order.
             let retry = std::mem::take(&mut self.retry);
             self.write_fenced(retry);
-            // Writes as they come, otherwise a campaign round.
+            // Writes as they come, otherwise a campaign round. While earlier writes wait for
+            // etcd, new ones queue behind them: the order of writes to a key holds.
             if let Ok(first) = self.fenced.recv_timeout(ROUND) {
                 let more: Vec<EtcdWrite> = std::iter::once(first).chain(self.fenced.try_iter()).collect();
-                self.write_fenced(more);
+                if self.retry.is_empty() {
+                    self.write_fenced(more);
+                } else {
+                    self.retry.extend(more);
+                    if self.retry.len() > RETRY_MAX {
+                        tracing::error!(
+                            dropped = self.retry.len() - RETRY_MAX,
+                            "etcd writes dropped: too many waiting for etcd"
+                        );
+                        for w in self.retry.drain(RETRY_MAX..) {
+                            if let Some(done) = w.done {
+                                done(Err("etcd unreachable: too many writes waiting".into()));
+                            }
+                        }
+                    }
+                }
             }
         }
         // Writes queued before the stop (one try each), then give the lead and the lease up.
@@ -809,6 +834,12 @@ impl Etcd {
 
     fn write(&mut self, ops: &[(String, Option<Vec<u8>>)], fenced: bool) -> Result<(), Failed> {
         if fenced && (self.term == 0 || !self.shared.is_leader()) {
+            if self.term != 0 {
+                // The deadline passed between rounds: this member stops leading now (the
+                // control thread hears `Following` and reads the state again), whatever a
+                // later keep-alive says.
+                self.step_down("the lease deadline passed before a leader write");
+            }
             self.shared.fenced_refused.fetch_add(ops.len() as u64, Ordering::Relaxed);
             tracing::warn!(writes = ops.len(), "leader writes dropped: this member does not lead");
             return Err(Failed::Refused("this member does not lead".into()));
@@ -966,12 +997,15 @@ fn digests(cfg: &ClusterConfig, w: &Wiring, shared: &Shared, stop: &AtomicBool) 
         ureq::AgentBuilder::new().timeout(cfg.timeout().min(every.max(Duration::from_millis(200)))).build();
     // Per peer: the scan time of its last delivered digest (0: never).
     let mut since: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    // Per peer: the relay buffer's time at its last delivered digest (0: never).
+    let mut svc_since: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let mut heard: Vec<(Heard, u64)> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(every);
         let view = shared.view.load();
         let peers: Vec<&Member> = view.members.iter().filter(|m| m.node != w.me.node).collect();
         since.retain(|node, _| peers.iter().any(|p| p.node == *node));
+        svc_since.retain(|node, _| peers.iter().any(|p| p.node == *node));
         if peers.is_empty() {
             continue;
         }
@@ -990,17 +1024,23 @@ fn digests(cfg: &ClusterConfig, w: &Wiring, shared: &Shared, stop: &AtomicBool) 
         }
         // The registrations this member accepted itself since the oldest peer's last digest,
         // encoded once for every peer.
-        let services: Vec<(u64, u32, Vec<u8>)> = shared
-            .relay
-            .lock()
-            .heard
-            .values()
-            .filter(|(at, _)| *at > floor)
-            .map(|(at, r)| {
-                let age_ms = (now.saturating_sub(*at) / 1_000_000).min(u64::from(u32::MAX)) as u32;
-                (*at, age_ms, serde_json::to_vec(r).unwrap_or_default())
-            })
-            .collect();
+        // Read with its own time under the relay lock (entries are stamped under it too): an
+        // entry put after this read is stamped later, so the next digest carries it.
+        let svc_floor = peers.iter().map(|p| svc_since.get(&p.node).copied().unwrap_or(0)).min().unwrap_or(0);
+        let (services, svc_now): (Vec<(u64, u32, Vec<u8>)>, u64) = {
+            let buf = shared.relay.lock();
+            let t = w.clock.now_ns();
+            let picked = buf
+                .heard
+                .values()
+                .filter(|(at, _)| *at > svc_floor)
+                .map(|(at, r)| {
+                    let age_ms = (t.saturating_sub(*at) / 1_000_000).min(u64::from(u32::MAX)) as u32;
+                    (*at, age_ms, serde_json::to_vec(r).unwrap_or_default())
+                })
+                .collect();
+            (picked, t)
+        };
         let impaired = shared.impaired.load(Ordering::Relaxed);
         let keys = w.keys.load();
         let results: Vec<(String, bool)> = std::thread::scope(|scope| {
@@ -1008,11 +1048,15 @@ fn digests(cfg: &ClusterConfig, w: &Wiring, shared: &Shared, stop: &AtomicBool) 
                 .iter()
                 .map(|p| {
                     let from = since.get(&p.node).copied().unwrap_or(0);
+                    let svc_from = svc_since.get(&p.node).copied().unwrap_or(0);
                     let (heard, agent, keys, services) = (&heard, &agent, &keys, &services);
                     scope.spawn(move || {
                         let picked: Vec<Heard> = heard.iter().filter(|(_, at)| *at > from).map(|(h, _)| *h).collect();
-                        let relayed: Vec<(u32, &[u8])> =
-                            services.iter().filter(|(at, _, _)| *at > from).map(|(_, age, j)| (*age, &j[..])).collect();
+                        let relayed: Vec<(u32, &[u8])> = services
+                            .iter()
+                            .filter(|(at, _, _)| *at > svc_from)
+                            .map(|(_, age, j)| (*age, &j[..]))
+                            .collect();
                         let url = format!("http://{}/v1/cluster/digest", p.admin);
                         let mut body = Vec::new();
                         // One message at least (a peer learns this member is alive from it),
@@ -1047,7 +1091,8 @@ fn digests(cfg: &ClusterConfig, w: &Wiring, shared: &Shared, stop: &AtomicBool) 
             // The next digest to this peer starts where this scan started: a refresh during
             // the scan comes again (harmless: an older or equal refresh changes nothing).
             if delivered {
-                since.insert(node, now);
+                since.insert(node.clone(), now);
+                svc_since.insert(node, svc_now);
             }
         }
     }

@@ -158,11 +158,23 @@ pub fn import(dir: &Path, cfg: &ClusterConfig) -> Result<Found, ImportError> {
     let importing_key = cfg.key(IMPORTING);
     // An import that stopped half-way (etcd lost, a timeout) left its marker: this one
     // resumes it (every put is idempotent).
-    let resuming = existing.iter().any(|kv| kv.key == importing_key.as_bytes());
+    let marker = existing.iter().find(|kv| kv.key == importing_key.as_bytes());
+    if let Some(kv) = marker {
+        let from: Option<String> = serde_json::from_slice(&kv.value).ok();
+        if from.as_deref() != Some(&*dir.display().to_string()) {
+            return Err(ImportError::Refused(format!(
+                "an import from {} was interrupted: run it again from that directory to finish it (this one is {})",
+                from.unwrap_or_else(|| "another directory".into()),
+                dir.display()
+            )));
+        }
+    }
+    let resuming = marker.is_some();
     if !existing.is_empty() && !resuming {
         return Err(ImportError::Refused(format!(
             "the cluster already holds control-plane state ({} keys under {}): import refused (it would mix two \
-             states)",
+             states); if this directory's own import completed in etcd but was interrupted before it marked the \
+             directory, start the member on an empty data directory instead",
             existing.len(),
             cfg.key("tables/")
         )));

@@ -105,7 +105,7 @@ impl Control {
             ClusterInput::Tables { full, rows } => {
                 // A leader is the state's only writer: it holds it already (its own writes
                 // come back here); it read the whole state when it began to lead.
-                if !self.cluster.shared.is_leader() {
+                if self.cluster.leading_since == 0 {
                     self.apply_tables(full, rows, now);
                 }
             }
@@ -208,8 +208,13 @@ impl Control {
     /// when no member heard it.
     pub(super) fn scheduler_ready(&self, now: u64) -> bool {
         let c = &self.cluster;
-        if !c.shared.enabled || c.leading_since == 0 {
+        if !c.shared.enabled {
             return true;
+        }
+        if c.leading_since == 0 {
+            // Leading per the deadline but `Leading` not applied yet (the state from etcd not
+            // read in): nothing moves; not leading: the tick only resets.
+            return !c.shared.is_leader();
         }
         if now >= c.leading_since.saturating_add(secs_ns(self.cfg.liveness.heartbeat_timeout)) {
             return true;
@@ -227,6 +232,8 @@ impl Control {
             return;
         }
         let mut buf = self.cluster.shared.relay.lock();
+        // Stamped under the lock (the digest thread reads the buffer and its time under it).
+        let now = self.clock.now_ns().max(now);
         for r in relayed {
             buf.heard.insert((r.type_name.clone(), r.addr.clone()), (now, r));
         }
@@ -240,6 +247,12 @@ impl Control {
                 now.saturating_sub(*at) < keep_ns
             });
         }
+    }
+
+    /// Cluster mode: whether this member may execute a leader write now: it leads (the
+    /// deadline) and has taken in the state from etcd (`Leading` applied).
+    pub(super) fn leads(&self) -> bool {
+        self.cluster.shared.is_leader() && self.cluster.leading_since != 0
     }
 
     /// Cluster mode: the shared state and the input the cluster's threads feed (set before the

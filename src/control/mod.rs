@@ -27,6 +27,7 @@ mod cluster_part;
 pub mod command;
 pub mod failover;
 pub mod fleet;
+pub mod history;
 pub mod liveness;
 pub mod periodic;
 pub mod persist;
@@ -693,6 +694,9 @@ impl Control {
         self.prev.worker = worker;
         self.prev.accepted = accepted;
         self.prev.rates_at = Some(Instant::now());
+        // The console's charts: one sample a second, the last 15 minutes.
+        let (totals, counts) = (self.engine.totals(), self.engine.rx_latency_counts());
+        self.published.history.lock().sample(self.clock.now_ns(), totals, counts);
     }
 
     fn task_summary(&mut self, _now: u64) {
@@ -884,7 +888,7 @@ impl Control {
 
     /// Executes a command against the part it is for.
     pub fn execute(&mut self, command: Command, now: u64) -> CommandResult {
-        if self.cluster.shared.enabled && command.is_leader_write() && !self.cluster.shared.is_leader() {
+        if self.cluster.shared.enabled && command.is_leader_write() && !self.leads() {
             // Refused before anything changes: a member that does not lead never holds state
             // etcd does not (its writes would be fenced out).
             let leader = self.cluster.shared.view.load().leader.clone();

@@ -157,6 +157,8 @@ pub struct Published {
     pub tick_ns_last: AtomicU64,
     /// Longest control round since start, ns.
     pub tick_ns_max: AtomicU64,
+    /// The last 15 minutes of the data plane, a sample a second (`GET /v1/history`).
+    pub history: parking_lot::Mutex<super::history::History>,
 }
 
 impl Published {
@@ -169,6 +171,7 @@ impl Published {
             status_changes: AtomicU64::new(0),
             tick_ns_last: AtomicU64::new(0),
             tick_ns_max: AtomicU64::new(0),
+            history: parking_lot::Mutex::new(super::history::History::starting(now)),
         }
     }
 

@@ -209,17 +209,18 @@ impl VolumeHost {
         let max_id = rows
             .iter()
             .filter_map(|(k, _)| k.strip_prefix("volumes/").and_then(|id| id.parse::<u64>().ok()))
+            .filter(|id| *id != u64::MAX)
             .max()
             .unwrap_or(0);
         if full {
-            // Bad rows are skipped one by one (counted): id 0, a value whose id is not its
-            // key's, a second row of an id already read.
+            // Bad rows are skipped one by one (counted): id 0 or 2⁶⁴−1, a value whose id is not
+            // its key's, a second row of an id already read.
             let mut volumes = Vec::new();
             let mut kept = std::collections::BTreeSet::new();
             for (k, v) in rows {
                 let Some(id) = k.strip_prefix("volumes/").and_then(|id| id.parse::<u64>().ok()) else { continue };
                 match v.as_ref().map(|v| serde_json::from_slice::<Volume>(v)) {
-                    Some(Ok(vol)) if vol.id == id && id != 0 && kept.insert(id) => {
+                    Some(Ok(vol)) if vol.id == id && id != 0 && id != u64::MAX && kept.insert(id) => {
                         mirrored.put_raw(Table::Volumes, Key::Num(id), v.clone().unwrap_or_default());
                         volumes.push(vol);
                     }
@@ -239,7 +240,7 @@ impl VolumeHost {
             for (k, v) in rows {
                 let Some(id) = k.strip_prefix("volumes/").and_then(|id| id.parse::<u64>().ok()) else { continue };
                 match v.as_ref().map(|v| serde_json::from_slice::<Volume>(v)) {
-                    Some(Ok(vol)) if vol.id == id => {
+                    Some(Ok(vol)) if vol.id == id && id != u64::MAX => {
                         mirrored.put_raw(Table::Volumes, Key::Num(id), v.clone().unwrap_or_default());
                         self.sched.mirror_put(vol);
                     }
@@ -261,6 +262,8 @@ impl VolumeHost {
             }
         }
         let _ = self.sched.take_dirty();
+        // The counter came from etcd: nothing to write back.
+        self.next_id_written = Some(self.sched.next_id());
         self.changed = true;
         bad
     }
