@@ -154,12 +154,15 @@ impl Drop for GanetiConfd {
     }
 }
 
+/// One measurement: the load report and the server's replies per CPU-second (its `/proc`
+/// user + system time over exactly the measured run, warm-up excluded; 0 when unknown).
 fn measure(
     target: SocketAddr,
     key: &HmacKey,
     mix: Vec<(RequestType, Query)>,
     a: &ConfdBenchArgs,
-) -> Result<ConfdLoadReport, Error> {
+    pid: u32,
+) -> Result<(ConfdLoadReport, f64), Error> {
     let mut cfg = ConfdLoadConfig::new(target, key.clone(), mix);
     cfg.threads = a.threads;
     cfg.window = a.window;
@@ -168,11 +171,14 @@ fn measure(
     let mut warm = cfg.clone();
     warm.duration = Duration::from_secs_f64((a.seconds / 4.0).min(0.5));
     load::run(&warm)?;
+    let cpu0 = crate::io::process_cpu_s(pid);
     let r = load::run(&cfg)?;
+    let cpu = crate::io::process_cpu_s(pid).zip(cpu0).map_or(0.0, |(b, a)| b - a);
     if r.bad > 0 {
         return Err(format!("{} replies from {target} failed verification", r.bad).into());
     }
-    Ok(r)
+    let per_cpu = if cpu > 0.0 { r.replies as f64 / cpu } else { 0.0 };
+    Ok((r, per_cpu))
 }
 
 /// Runs the section; the JSON for bench.json's `"confd"` and the table lines.
@@ -195,6 +201,7 @@ pub fn run(a: &ConfdBenchArgs, out: &Path) -> Result<(Value, Vec<String>), Error
         &["--config", toml, "--confd-config", config, "--confd-key-file", key_file],
     )?;
     let confd = serve.confd.ok_or("serve did not report a confd address")?;
+    let serve_pid = serve.child.id();
     let stop = Arc::new(AtomicBool::new(false));
     // Pre-built (real level-9 envelopes, built before sending), so that the generator's own
     // compression does not compete with the servers for the two cores: enough for both
@@ -232,19 +239,19 @@ pub fn run(a: &ConfdBenchArgs, out: &Path) -> Result<(Value, Vec<String>), Error
     let t0 = Instant::now();
     let result = (|| -> Result<_, Error> {
         eprintln!("bench: confd: heartsink, Ganeti mix …");
-        let hs = measure(confd, &key, ganeti_mix(), a)?;
+        let hs = measure(confd, &key, ganeti_mix(), a, serve_pid)?;
         eprintln!("bench: confd: heartsink, AMPHORA_HEALTH …");
         let ids: Vec<(RequestType, Query)> = (0..a.amphorae.min(16))
             .map(|n| (RequestType::AmphoraHealth, Query::Plain(fleet_id(seed, 0, n, 0).to_string())))
             .collect();
-        let health = measure(confd, &key, ids, a)?;
+        let health = measure(confd, &key, ids, a, serve_pid)?;
         Ok((hs, health))
     })();
     let elapsed = t0.elapsed().as_secs_f64();
     let after = get(serve.admin, "/v1/stats")?;
     stop.store(true, Ordering::Relaxed);
     let ingest_report = ingest.join().map_err(|_| "the ingest thread panicked")??;
-    let (hs, health) = result?;
+    let ((hs, hs_cpu), (health, health_cpu)) = result?;
     let accepted = u(&after, &["accepted"]).saturating_sub(u(&before, &["accepted"]));
     let answered_ok = {
         // AMPHORA_HEALTH must have found the fleet (status 0), not answered "unknown".
@@ -270,7 +277,7 @@ pub fn run(a: &ConfdBenchArgs, out: &Path) -> Result<(Value, Vec<String>), Error
         match GanetiConfd::start(&key, &out.join("ganeti-confd.log")) {
             Ok(d) => {
                 eprintln!("bench: confd: ganeti-confd, Ganeti mix …");
-                ganeti = Some(measure(d.addr, &key, ganeti_mix(), a)?);
+                ganeti = Some(measure(d.addr, &key, ganeti_mix(), a, d.child.id())?);
             }
             Err(e) => skipped = Some(e),
         }
@@ -278,14 +285,18 @@ pub fn run(a: &ConfdBenchArgs, out: &Path) -> Result<(Value, Vec<String>), Error
     if let Some(why) = &skipped {
         eprintln!("bench: confd: the real ganeti-confd is skipped: {why}");
     }
-    let ratio = ganeti.as_ref().map(|g| hs.replies_per_s / g.replies_per_s.max(1e-9));
+    let ratio = ganeti.as_ref().map(|(g, _)| hs.replies_per_s / g.replies_per_s.max(1e-9));
+    let ratio_cpu = ganeti.as_ref().and_then(|(_, g)| (*g > 0.0 && hs_cpu > 0.0).then(|| hs_cpu / g));
 
     let doc = json!({
         "mix": mix_names,
         "heartsink": hs,
+        "heartsink_replies_per_cpu_second": hs_cpu,
         "heartsink_amphora_health": health,
+        "heartsink_amphora_health_replies_per_cpu_second": health_cpu,
         "heartsink_amphora_health_found": answered_ok,
-        "ganeti_confd": ganeti,
+        "ganeti_confd": ganeti.as_ref().map(|(g, _)| g),
+        "ganeti_confd_replies_per_cpu_second": ganeti.as_ref().map(|(_, c)| c),
         "ganeti_confd_skipped": skipped,
         "ingest": {
             "offered_per_s": a.ingest_rate,
@@ -295,28 +306,35 @@ pub fn run(a: &ConfdBenchArgs, out: &Path) -> Result<(Value, Vec<String>), Error
         },
         "heartsink_confd_stats": confd_stats,
         "ratio_heartsink_over_ganeti": ratio,
+        "ratio_heartsink_over_ganeti_per_cpu_second": ratio_cpu,
         "target_ratio": TARGET_RATIO,
     });
     let mut lines = vec![
-        "| confd (load: {threads} threads × window {window}) | replies/s | sent | replies | lost |".to_owned(),
-        "|---|---|---|---|---|".to_owned(),
+        "| confd (load: {threads} threads × window {window}) | replies/s | per CPU-second of the server | sent | replies | lost |".to_owned(),
+        "|---|---|---|---|---|---|".to_owned(),
     ];
     lines[0] = lines[0].replace("{threads}", &a.threads.to_string()).replace("{window}", &a.window.to_string());
-    let row = |name: &str, r: &ConfdLoadReport| {
-        format!("| {name} | {:.0} | {} | {} | {} |", r.replies_per_s, r.sent, r.replies, r.lost)
+    let row = |name: &str, r: &ConfdLoadReport, cpu: f64| {
+        format!("| {name} | {:.0} | {cpu:.0} | {} | {} | {} |", r.replies_per_s, r.sent, r.replies, r.lost)
     };
     lines.push(row(
         &format!("heartsink serve, Ganeti mix, ingesting {:.0} heartbeats/s", accepted as f64 / elapsed),
         &hs,
+        hs_cpu,
     ));
-    lines.push(row("heartsink serve, AMPHORA_HEALTH (heartsink only)", &health));
+    lines.push(row("heartsink serve, AMPHORA_HEALTH (heartsink only)", &health, health_cpu));
     match &ganeti {
-        Some(g) => lines.push(row("ganeti-confd 3.0.2, Ganeti mix", g)),
-        None => lines.push(format!("| ganeti-confd: skipped ({}) | | | | |", skipped.as_deref().unwrap_or(""))),
+        Some((g, c)) => lines.push(row("ganeti-confd 3.0.2, Ganeti mix", g, *c)),
+        None => lines.push(format!("| ganeti-confd: skipped ({}) | | | | | |", skipped.as_deref().unwrap_or(""))),
     }
     if let Some(r) = ratio {
         lines.push(String::new());
         lines.push(format!("confd ratio heartsink / ganeti-confd: {r:.1}× (target ≥ {TARGET_RATIO:.0}×)"));
+        if let Some(c) = ratio_cpu {
+            lines.push(format!(
+                "per CPU-second of each server: {c:.1}× (serve's CPU includes its heartbeat ingest meanwhile)"
+            ));
+        }
     }
     Ok((doc, lines))
 }
