@@ -12,15 +12,12 @@ use crossbeam::channel::{self, Receiver, Sender};
 
 use super::digest::{self, Heard};
 use super::{ClusterConfig, ClusterInput, ClusterView, Member, Shared, LEADER_MARGIN_NS};
-use crate::control::cluster::{AmphoraSettings, EtcdView, EtcdWrite, TableRow, WriteDone};
+use crate::control::cluster::{AmphoraSettings, EtcdView, EtcdWrite, TableRow};
 use crate::control::failover::{Claim, FailoverRecord, FailoverState};
 use crate::control::persist::Durable;
-use crate::control::StoreStatus;
 use crate::engine::Clock;
 use crate::etcd::{Client, Compare, CompareOp, EtcdError, LeaseId, Txn, TxnOp};
 use crate::proto::keyring::Keyring;
-use crate::store::Loaded;
-use crate::store::{Done, Key, StoreError, Table, WriteBatch};
 
 const S: u64 = 1_000_000_000;
 /// How often a member that does not lead tries to become leader, and reads members and records.
@@ -142,7 +139,7 @@ impl Prepared {
     /// Wraps the local store: failover records also go to etcd, fenced by the term (the
     /// local store keeps everything, so a member restarts from its own rows).
     pub fn durable(&self, local: Option<Box<dyn Durable>>) -> Box<dyn Durable> {
-        Box::new(ClusterDurable {
+        Box::new(super::durable::ClusterDurable {
             local,
             fence: self.fence.clone(),
             cfg: self.cfg.clone(),
@@ -177,7 +174,7 @@ impl Prepared {
             threads.push(
                 std::thread::Builder::new()
                     .name("cluster-mirror".into())
-                    .spawn(move || mirror(&cfg, &client, &control, &shared, &stop))
+                    .spawn(move || super::mirror::mirror(&cfg, &client, &control, &shared, &stop))
                     .map_err(ClusterError::Thread)?,
             );
         }
@@ -205,7 +202,7 @@ impl Agent {
     }
 }
 
-fn record_key(id: u64) -> String {
+pub(super) fn record_key(id: u64) -> String {
     format!("failovers/{id:020}")
 }
 
@@ -243,160 +240,6 @@ fn fenced_txn(
     ops: Vec<(String, Option<Vec<u8>>)>,
 ) -> Result<bool, EtcdError> {
     txn(client, cfg, Some(term), ops)
-}
-
-/// The local store with the leader's shared state also sent to etcd by the `cluster`
-/// thread, fenced by its term: failover records, volumes and the scheduler's id counter,
-/// pools, and the registry's locks (derived from its service rows: only a change of a
-/// service's lock is written, never a heartbeat).
-struct ClusterDurable {
-    local: Option<Box<dyn Durable>>,
-    fence: Sender<EtcdWrite>,
-    cfg: ClusterConfig,
-    shared: Arc<Shared>,
-    /// The lock last written per service (`type|addr`) in the term `locks_term`. A new term
-    /// starts empty, and a service not in it has its lock written (or its lock row deleted)
-    /// once: what an earlier leader wrote is never assumed.
-    locks: std::collections::HashMap<String, Option<i32>>,
-    locks_term: u64,
-}
-
-/// The etcd key (under the prefix) of a control-plane row, if it is kept in etcd.
-fn table_key(table: Table, key: &Key) -> Option<String> {
-    match (table, key) {
-        (Table::Failovers, Key::Num(id)) => Some(record_key(*id)),
-        (Table::Volumes, Key::Num(id)) => Some(format!("tables/volumes/{id:020}")),
-        (Table::Pools, Key::Name(n)) => Some(format!("tables/pools/{n}")),
-        (Table::Meta, Key::Name(n)) if n == "sched_next_id" => Some("tables/meta/sched_next_id".into()),
-        _ => None,
-    }
-}
-
-impl ClusterDurable {
-    /// The etcd writes of `batch`: its control-plane rows, and the lock changes its service
-    /// rows carry. `leading`: lock changes are only tracked (and written) by the leader.
-    fn etcd_ops(&mut self, batch: &WriteBatch, leading: bool) -> Vec<(String, Option<Vec<u8>>)> {
-        let term = self.shared.term();
-        if term != self.locks_term {
-            self.locks.clear();
-            self.locks_term = term;
-        }
-        let mut ops = Vec::new();
-        for op in &batch.ops {
-            if let Some(k) = table_key(op.table, &op.key) {
-                ops.push((k, op.value.clone()));
-            } else if let (Table::Services, Key::Name(name), true) = (op.table, &op.key, leading) {
-                let lock = op
-                    .value
-                    .as_ref()
-                    .and_then(|v| serde_json::from_slice::<crate::registry::Service>(v).ok())
-                    .and_then(|s| s.locked.then_some(s.score));
-                let was = self.locks.get(name).copied();
-                if was != Some(lock) {
-                    let value = lock.map(|score| {
-                        serde_json::to_vec(&crate::control::services::LockRow { score }).unwrap_or_default()
-                    });
-                    ops.push((format!("tables/locks/{name}"), value));
-                }
-                self.locks.insert(name.clone(), lock);
-            }
-        }
-        ops
-    }
-}
-
-/// Calls `done` once both the local store and etcd answered (the first error wins).
-fn joint(done: Done) -> (Done, WriteDone) {
-    type State = Arc<parking_lot::Mutex<(Option<Done>, u8, Option<String>)>>;
-    fn finish(state: &State, err: Option<String>) {
-        let mut g = state.lock();
-        if g.2.is_none() {
-            g.2 = err;
-        }
-        g.1 = g.1.saturating_sub(1);
-        if g.1 == 0 {
-            let (done, err) = (g.0.take(), g.2.take());
-            drop(g);
-            if let Some(done) = done {
-                match err {
-                    None => done(Ok(())),
-                    Some(e) => done(Err(&StoreError::Transaction(e))),
-                }
-            }
-        }
-    }
-    let state: State = Arc::new(parking_lot::Mutex::new((Some(done), 2, None)));
-    let s1 = state.clone();
-    let local: Done = Box::new(move |r: Result<(), &StoreError>| finish(&s1, r.err().map(|e| e.to_string())));
-    let etcd: WriteDone = Box::new(move |r: Result<(), String>| finish(&state, r.err().map(|e| format!("etcd: {e}"))));
-    (local, etcd)
-}
-
-impl Durable for ClusterDurable {
-    fn load(&self) -> Result<Loaded, StoreError> {
-        self.local.as_ref().map_or_else(|| Ok(Loaded::default()), |l| l.load())
-    }
-    fn each_amphora(&self, f: &mut crate::store::RowVisitor<'_>) -> Result<(), StoreError> {
-        self.local.as_ref().map_or(Ok(()), |l| l.each_amphora(f))
-    }
-    fn submit_local(&mut self, batch: WriteBatch) {
-        if let Some(l) = self.local.as_mut() {
-            l.submit(batch, None, false);
-        }
-    }
-    fn submit(&mut self, batch: WriteBatch, done: Option<Done>, awaited: bool) {
-        let leading = self.shared.is_leader();
-        let ops = self.etcd_ops(&batch, leading);
-        let mut done = done;
-        if !ops.is_empty() {
-            // An admin write is answered once etcd has it too (a member that does not lead is
-            // refused by the fence, and its caller told so: retry on the leader).
-            let etcd_done = match done.take() {
-                Some(d) if awaited => {
-                    let (local, etcd) = joint(d);
-                    done = Some(local);
-                    Some(etcd)
-                }
-                other => {
-                    done = other;
-                    None
-                }
-            };
-            if let Err(e) = self.fence.send(EtcdWrite { ops, fenced: true, done: etcd_done }) {
-                if let Some(d) = e.into_inner().done {
-                    d(Err("the cluster thread has stopped".into()));
-                }
-            }
-        }
-        match self.local.as_mut() {
-            Some(l) => l.submit(batch, done, awaited),
-            None => {
-                if let Some(done) = done {
-                    done(Ok(()));
-                }
-            }
-        }
-    }
-    fn status(&self) -> Option<StoreStatus> {
-        self.local.as_ref().and_then(|l| l.status())
-    }
-    fn healthy(&self) -> bool {
-        self.local.as_ref().is_none_or(|l| l.healthy())
-    }
-    fn take_spilled(&mut self) -> Vec<crate::proto::octavia::Uuid> {
-        self.local.as_mut().map_or_else(Vec::new, |l| l.take_spilled())
-    }
-    fn finish(&mut self) {
-        if let Some(l) = self.local.as_mut() {
-            l.finish();
-        }
-    }
-}
-
-impl std::fmt::Debug for ClusterDurable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterDurable").field("prefix", &self.cfg.prefix).finish()
-    }
 }
 
 /// The `cluster` thread's state.
@@ -481,17 +324,7 @@ impl Etcd {
                     self.write_fenced(more);
                 } else {
                     self.retry.extend(more);
-                    if self.retry.len() > RETRY_MAX {
-                        tracing::error!(
-                            dropped = self.retry.len() - RETRY_MAX,
-                            "etcd writes dropped: too many waiting for etcd"
-                        );
-                        for w in self.retry.drain(RETRY_MAX..) {
-                            if let Some(done) = w.done {
-                                done(Err("etcd unreachable: too many writes waiting".into()));
-                            }
-                        }
-                    }
+                    self.bound_retry();
                 }
             }
         }
@@ -731,7 +564,8 @@ impl Etcd {
         let started = std::time::Instant::now();
         let (kvs, _) = self.client.range_prefix(self.cfg.key("tables/"))?;
         let prefix = self.cfg.key("tables/");
-        let rows: Vec<TableRow> = kvs.into_iter().filter_map(|kv| row(&prefix, kv.key, Some(kv.value))).collect();
+        let rows: Vec<TableRow> =
+            kvs.into_iter().filter_map(|kv| super::mirror::row(&prefix, kv.key, Some(kv.value))).collect();
         tracing::info!(
             rows = rows.len(),
             ms = started.elapsed().as_millis() as u64,
@@ -812,21 +646,25 @@ impl Etcd {
                 Err(Failed::Retry) if self.retry.len() < RETRY_MAX => {
                     self.retry.push(w);
                     self.retry.extend(batches.by_ref());
-                    if self.retry.len() > RETRY_MAX {
-                        let dropped = self.retry.len() - RETRY_MAX;
-                        tracing::error!(dropped, "etcd writes dropped: too many waiting for etcd");
-                        for w in self.retry.drain(RETRY_MAX..) {
-                            if let Some(done) = w.done {
-                                done(Err("etcd unreachable: too many writes waiting".into()));
-                            }
-                        }
-                    }
+                    self.bound_retry();
                     return;
                 }
                 r => {
                     if let Some(done) = w.done {
                         done(r.map_err(|e| e.to_string()));
                     }
+                }
+            }
+        }
+    }
+
+    /// Keeps at most [`RETRY_MAX`] writes waiting; the newest beyond are told they failed.
+    fn bound_retry(&mut self) {
+        if self.retry.len() > RETRY_MAX {
+            tracing::error!(dropped = self.retry.len() - RETRY_MAX, "etcd writes dropped: too many waiting for etcd");
+            for w in self.retry.drain(RETRY_MAX..) {
+                if let Some(done) = w.done {
+                    done(Err("etcd unreachable: too many writes waiting".into()));
                 }
             }
         }
@@ -908,80 +746,6 @@ impl Etcd {
             },
         };
         self.shared.view.store(Arc::new(view));
-    }
-}
-
-/// A row under `prefix` (its key relative to it), if the key is one.
-fn row(prefix: &str, key: Vec<u8>, value: Option<Vec<u8>>) -> Option<TableRow> {
-    let key = String::from_utf8(key).ok()?;
-    Some((key.strip_prefix(prefix)?.to_owned(), value))
-}
-
-/// How long a mirror's watch waits for an event before it checks in again.
-const MIRROR_IDLE: Duration = Duration::from_secs(2);
-
-/// The `cluster-mirror` thread: the control plane's state in etcd (`tables/`), read whole
-/// once and then followed by a watch from the revision after it, so the cost follows changes,
-/// never the number of volumes. The control thread applies it while this member does not
-/// lead (a leader is the state's only writer and holds it already). After a compaction or a
-/// lost connection it reads the whole state again.
-fn mirror(cfg: &ClusterConfig, client: &Client, control: &Sender<ClusterInput>, shared: &Shared, stop: &AtomicBool) {
-    let prefix = cfg.key("tables/");
-    let mut from: Option<i64> = None;
-    while !stop.load(Ordering::SeqCst) {
-        let start = match from {
-            Some(rev) => rev + 1,
-            None => match client.range_prefix(&prefix) {
-                Ok((kvs, rev)) => {
-                    let rows = kvs.into_iter().filter_map(|kv| row(&prefix, kv.key, Some(kv.value))).collect();
-                    let _ = control.send(ClusterInput::Tables { full: true, rows });
-                    shared.tables_revision.store(rev.max(0) as u64, Ordering::Release);
-                    from = Some(rev);
-                    rev + 1
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "control-plane state not read: tried again");
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-            },
-        };
-        let mut watch = match client.watch_prefix(&prefix, start, MIRROR_IDLE) {
-            Ok(w) => w,
-            Err(EtcdError::Compacted { .. }) => {
-                from = None;
-                continue;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "control-plane watch not opened: tried again");
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
-        while !stop.load(Ordering::SeqCst) {
-            if shared.mirror_resync.swap(false, Ordering::AcqRel) {
-                from = None;
-                break;
-            }
-            match watch.next_event() {
-                Ok(ev) => {
-                    let value = (ev.kind == crate::etcd::EventKind::Put).then_some(ev.kv.value);
-                    if let Some(r) = row(&prefix, ev.kv.key, value) {
-                        let _ = control.send(ClusterInput::Tables { full: false, rows: vec![r] });
-                    }
-                    shared.tables_revision.store(watch.revision().max(0) as u64, Ordering::Release);
-                    from = Some(watch.revision());
-                }
-                Err(EtcdError::Compacted { .. }) => {
-                    from = None;
-                    break;
-                }
-                Err(_) => {
-                    from = Some(watch.revision());
-                    break;
-                }
-            }
-        }
     }
 }
 

@@ -50,7 +50,9 @@
 
 pub mod agent;
 pub mod digest;
+mod durable;
 pub mod import;
+mod mirror;
 
 use std::time::Duration;
 

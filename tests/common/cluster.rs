@@ -133,9 +133,5 @@ pub fn request(m: &Member, method: &str, path: &str, body: Option<Value>) -> (u1
 }
 
 pub fn patch(m: &Member, path: &str, body: &str) -> (u16, Value) {
-    match ureq::request("PATCH", &m.d.url(path)).timeout(Duration::from_secs(10)).send_string(body) {
-        Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
-        Err(e) => panic!("PATCH {path}: {e}"),
-    }
+    request(m, "PATCH", path, Some(serde_json::from_str(body).expect("a JSON body")))
 }
