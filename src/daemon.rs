@@ -117,6 +117,12 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = v.config;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let published = Arc::new(Published::new(clock.now_ns()));
+    // Cluster mode: confd's heartsink types and the amphora list come from the leader's view.
+    published.clustered.store(cfg.cluster.enabled(), std::sync::atomic::Ordering::Relaxed);
+    // Without a part from the leader for two lease times there is no leader: lists are then
+    // this member's own.
+    let fresh_ns = (2.0 * cfg.cluster.lease_ttl as f64 * 1e9) as u64;
+    published.view_fresh_ns.store(fresh_ns, std::sync::atomic::Ordering::Relaxed);
 
     // The data plane: shards and rings, no socket and no thread yet.
     let ecfg = cfg.engine(keyring);
@@ -211,6 +217,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 clock: clock.clone(),
                 engine: engine.shared().clone(),
                 keys: engine.shared().pipeline.keyring.clone(),
+                published: ctx.control.clone(),
             };
             Some(p.start(wiring)?)
         }

@@ -119,6 +119,52 @@ fn service_beat_reparse_allocates_nothing() {
     assert_eq!(ALLOCS.swap(0, Ordering::SeqCst), 0, "allocations in steady state");
 }
 
+/// A known service's heartbeat applied to the registry allocates nothing, a string tag that
+/// changes value included; in cluster mode, neither does keeping it for the peers (the relay
+/// buffer the digests read).
+#[test]
+fn relayed_service_beat_allocates_nothing() {
+    use heartsink::control::cluster::RelayBuffer;
+    use heartsink::control::services::{ServiceHost, ServicesConfig};
+    use heartsink::proto::service::{build_service_json, ServiceBeat, TagValue};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let beats: Vec<ServiceBeat> = (0..40u64)
+        .map(|i| {
+            let mut b = ServiceBeat::new("rawx", "127.0.0.1:6000".parse().unwrap(), i);
+            b.set_tag("tag.loc", TagValue::Str(format!("dc1.rack{}.host1.vol1", i % 2)));
+            b.set_tag("stat.cpu", TagValue::Float(97.5 - i as f64));
+            b.set_tag("stat.io", TagValue::Int(88));
+            b.set_tag("stat.space", TagValue::Float(42.1));
+            let mut parsed = ServiceBeat::default();
+            parsed.parse(&build_service_json(&b)).unwrap();
+            parsed
+        })
+        .collect();
+    let mut host = ServiceHost::new(ServicesConfig::default()).unwrap();
+    host.set_relaying(true);
+    let mut buf = RelayBuffer::default();
+    let mut key = String::new();
+    let mut round = |host: &mut ServiceHost, buf: &mut RelayBuffer, i: usize| {
+        host.apply_beats(&beats[i..=i], 1_000_000 + i as u64);
+        for r in host.relayed() {
+            buf.put(&mut key, i as u64, r);
+        }
+        host.clear_relayed();
+    };
+    for i in 0..2 {
+        round(&mut host, &mut buf, i);
+    }
+    COUNTING.store(true, Ordering::SeqCst);
+    for i in 2..beats.len() {
+        round(&mut host, &mut buf, i);
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(buf.heard.len(), 1);
+    let (at, r) = buf.heard.values().next().unwrap();
+    assert_eq!((*at, r.tags.len() >= 4), (39, true), "{r:?}");
+    assert_eq!(ALLOCS.swap(0, Ordering::SeqCst), 0, "allocations in steady state");
+}
+
 /// The load generator's send loop allocates nothing per packet, with one target or several:
 /// a run of 10× the packets allocates as often as a short one (only the set-up allocates).
 #[test]

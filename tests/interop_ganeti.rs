@@ -410,3 +410,81 @@ fn confd_query_cli_against_the_real_daemon() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((v["timed_out"].as_bool(), v["sent"].as_u64(), v["received"].as_u64()), (Some(true), Some(2), Some(1)));
 }
+
+/// The real Python client with three cluster members as its peers (coverage 3) asks heartsink's
+/// types 100–105: every answer is consistent (`ConfdFilterCallback.consistent`), before the
+/// leader is killed with `kill -9`, right after (the survivors answer from the views they hold),
+/// and once the new leader's views arrive (higher serials).
+#[test]
+#[ignore = "needs the real Python client (scripts/setup-ganeti.sh) and etcd (scripts/setup-etcd.sh)"]
+fn python_client_with_three_cluster_members_gets_consistent_answers_through_a_leader_kill() {
+    use common::cluster::{leader, rawx_and_pool, request, with_confd, Fleet, Member, TTL};
+    let etcd = common::etcd::Etcd::three();
+    let (mut all, port) = with_confd(&etcd);
+    let refs: Vec<&Member> = all.iter().collect();
+    let lead = leader(&refs, Duration::from_secs(20));
+    rawx_and_pool(all.iter().find(|m| m.name != lead).unwrap());
+    let _fleet = Fleet::at_rate(&refs, 30, 5, 300);
+    let first_id = |m: &Member| {
+        let (code, v) = request(m, "GET", "/v1/amphorae?limit=1000", None);
+        (code == 200 && v["leader_view"] == true && v["amphorae"].as_array().is_some_and(|a| a.len() == 30)).then(
+            || (v["amphorae"][0]["id"].as_str().unwrap_or_default().to_owned(), v["generation"].as_u64().unwrap_or(0)),
+        )
+    };
+    let id = common::wait_until("every member lists the fleet from the leader's view", Duration::from_secs(30), || {
+        let ids: Vec<_> = all.iter().filter_map(first_id).collect();
+        (ids.len() == 3).then(|| ids[0].0.clone())
+    });
+    let cases: Vec<(RequestType, Query)> = vec![
+        (RequestType::AmphoraHealth, Query::Plain(id.clone())),
+        (RequestType::LbStatus, Query::Plain(id)),
+        (RequestType::DownSenders, Query::Empty),
+        (RequestType::EngineCounters, Query::Empty),
+        (RequestType::PoolNext, Query::Plain("rawx?size=2".into())),
+        (RequestType::PoolPoll, Query::Plain("fast".into())),
+    ];
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let ask = |timeout: &str| {
+        let extra =
+            ["--hosts", "127.0.0.1,127.0.0.2,127.0.0.3", "--coverage", "3", "--extend-reqs", "100,101,102,103,104,105"];
+        python_peer(addr, &cases, &[&extra[..], &["--timeout", timeout]].concat())
+    };
+    let check = |results: &[Value], replies: u64, when: &str| -> u64 {
+        let mut low = u64::MAX;
+        for (r, (kind, q)) in results.iter().zip(&cases) {
+            assert_eq!(r["error"], Value::Null, "{when}: {kind:?}: {r}");
+            assert_eq!(
+                (r["sent"].as_u64(), r["received"].as_u64()),
+                (Some(3), Some(replies)),
+                "{when}: {kind:?} {q:?}: {r}"
+            );
+            assert_eq!(r["consistent"], true, "{when}: {kind:?} {q:?}: inconsistent: {r}");
+            assert_eq!(r["reply"]["status"], 0, "{when}: {kind:?} {q:?}: {r}");
+            let serial = r["reply"]["serial"].as_u64().unwrap_or(0);
+            assert!(serial >> 32 > 0, "{when}: {kind:?}: serial {serial} is not a leader's");
+            low = low.min(serial);
+        }
+        low
+    };
+    // The services reach the leader in a digest, then every member in its view.
+    let first = common::wait_until("the pool served from the leader's view", Duration::from_secs(20), || {
+        let r = ask("3");
+        r[4..].iter().all(|r| r["reply"]["status"] == 0).then_some(r)
+    });
+    let before = check(&first, 3, "all three members");
+
+    let l = all.iter_mut().find(|m| m.name == lead).unwrap();
+    l.d.child.kill().unwrap();
+    let _ = l.d.child.wait();
+    let killed = Instant::now();
+    check(&ask("0.4"), 2, "right after the leader's kill");
+    assert!(killed.elapsed() < Duration::from_secs(TTL), "the check after the kill took {:?}", killed.elapsed());
+
+    let live: Vec<&Member> = all.iter().filter(|m| m.name != lead).collect();
+    leader(&live, Duration::from_secs(20));
+    common::wait_until("the new leader's view on both survivors", Duration::from_secs(10), || {
+        live.iter().all(|m| first_id(m).is_some_and(|(_, g)| g >> 32 > before >> 32)).then_some(())
+    });
+    let after = check(&ask("1"), 2, "under the new leader");
+    assert!(after >> 32 > before >> 32, "serial {after} is not of a later term than {before}");
+}

@@ -312,7 +312,7 @@ pub fn exempt(method: &Method, path: &str, metrics_auth: bool) -> bool {
         ["healthz"] | [""] => true,
         ["ui", ..] => true,
         ["metrics"] => !metrics_auth,
-        ["v1", "cluster", "digest"] => method == Method::POST,
+        ["v1", "cluster", "digest" | "view"] => method == Method::POST,
         _ => false,
     }
 }
@@ -378,7 +378,7 @@ fn audit(who: &str, method: &Method, path: &str, status: u16) {
         Some((r, _)) => (r.path, "-".to_owned()),
         None => ("(none)", "-".to_owned()),
     };
-    if route == "/v1/cluster/digest" {
+    if route == "/v1/cluster/digest" || route == "/v1/cluster/view" {
         tracing::debug!(target: "audit", token = %who, method = %method, route = %route, target = %target, status, "admin request");
     } else {
         tracing::info!(target: "audit", token = %who, method = %method, route = %route, target = %target, status, "admin request");

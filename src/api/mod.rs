@@ -184,6 +184,7 @@ pub fn body_limit(method: &Method, segments: &[&str]) -> (usize, bool) {
         ["v1", "pools", _, "poll"] if m == Method::POST => (MEDIUM, true),
         ["v1", "volumes"] | ["v1", "volumes", _, "state"] if m == Method::POST => (MEDIUM, true),
         ["v1", "cluster", "digest"] if m == Method::POST => (crate::cluster::digest::MAX_BYTES, true),
+        ["v1", "cluster", "view"] if m == Method::POST => (crate::cluster::view::MAX_BYTES, true),
         ["v1", "volumes", _] if m == Method::PATCH => (MEDIUM, true),
         _ => (SMALL, false),
     }
@@ -522,6 +523,7 @@ fn route(
         ["v1", "stats"] if get => json_response(200, &stats(ctx)),
         ["v1", "cluster"] if get => json_response(200, &cluster_view(ctx)),
         ["v1", "cluster", "digest"] if method == Method::POST => cluster_digest(ctx, body),
+        ["v1", "cluster", "view"] if method == Method::POST => cluster_view_part(ctx, body),
         ["v1", "latency"] if get => json_response(
             200,
             &json!({
@@ -568,6 +570,15 @@ fn cluster_view(ctx: &ApiContext) -> serde_json::Value {
     });
     v["tables_revision"] = json!(c.tables_revision.load(Ordering::Relaxed));
     v["tables_bad_rows"] = json!(c.bad_rows.load(Ordering::Relaxed));
+    // The leader's answer view this member holds (cluster mode).
+    if c.enabled {
+        let held = ctx.control.cluster_view.load();
+        v["view"] = json!({
+            "serial": held.as_ref().map_or(0, |s| s.generation),
+            "term": held.as_ref().map_or(0, |s| s.term),
+            "taken": held.as_ref().map(|s| rfc3339(s.taken_ns)),
+        });
+    }
     v
 }
 
@@ -605,6 +616,44 @@ fn cluster_digest(ctx: &ApiContext, body: &[u8]) -> Resp {
             link.shared.digests_refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "peer digest refused");
             error(if e == crate::cluster::digest::DigestError::BadTag { 403 } else { 400 }, &e.to_string())
+        }
+    }
+}
+
+/// `POST /v1/cluster/view`: a part of the leader's answer view (signed with the heartbeat key);
+/// answers the serial this member holds after it (`409` with it when the part builds on
+/// another view or is older than it).
+fn cluster_view_part(ctx: &ApiContext, body: &[u8]) -> Resp {
+    let link = &ctx.cluster;
+    if link.input.is_none() {
+        return error(404, "not in cluster mode");
+    }
+    let keys = ctx.engine.pipeline.keyring.load();
+    match crate::cluster::view::decode(body, &keys) {
+        Ok((node, _))
+            if !link.shared.view.load().members.iter().any(|m| m.node == node && m.node != link.shared.node) =>
+        {
+            link.shared.digests_refused.fetch_add(1, Ordering::Relaxed);
+            error(403, &format!("{node:?} is not a live member of this cluster"))
+        }
+        Ok((_, part)) if part.term < link.shared.view.load().term => {
+            let held = ctx.control.views.lock().held_serial();
+            json_response(409, &json!({"error": "a view of an earlier leader", "held": held}))
+        }
+        Ok((_, part)) => match ctx.control.apply_view(part, link.clock.now_ns()) {
+            Ok(held) => json_response(200, &json!({"held": held})),
+            Err(r) => {
+                let held = match r {
+                    crate::control::view::Refused::Stale { held }
+                    | crate::control::view::Refused::BaseMismatch { held } => held,
+                };
+                json_response(409, &json!({"error": r.to_string(), "held": held}))
+            }
+        },
+        Err(e) => {
+            link.shared.digests_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "peer view refused");
+            error(if e == crate::cluster::view::ViewError::BadTag { 403 } else { 400 }, &e.to_string())
         }
     }
 }
@@ -718,7 +767,9 @@ fn list_amphorae(ctx: &ApiContext, query: &str) -> Resp {
         Err(r) => return r,
     };
     use std::ops::Bound;
-    let snap = ctx.control.snapshot.load();
+    // Cluster mode: the leader's view, the same on every member (this member's own state
+    // while no leader is heard from).
+    let (snap, from_leader) = ctx.control.list_view(ctx.cluster.clock.now_ns());
     let lower = marker.map_or(Bound::Unbounded, Bound::Excluded);
     let page: Vec<_> = snap.amphorae.range((lower, Bound::Unbounded)).take(limit + 1).collect();
     let more = page.len() > limit;
@@ -736,7 +787,10 @@ fn list_amphorae(ctx: &ApiContext, query: &str) -> Resp {
         })
         .collect();
     let next = if more { items.last().map(|i| i.id) } else { None };
-    json_response(200, &json!({ "amphorae": items, "next_marker": next, "generation": snap.generation }))
+    json_response(
+        200,
+        &json!({ "amphorae": items, "next_marker": next, "generation": snap.generation, "leader_view": from_leader }),
+    )
 }
 
 #[derive(Serialize)]

@@ -53,6 +53,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/failovers/{id}"),
     r("GET", "/v1/cluster"),
     r("POST", "/v1/cluster/digest"),
+    r("POST", "/v1/cluster/view"),
     r("GET", "/v1/services"),
     r("POST", "/v1/services"),
     r("GET", "/v1/services/resolve"),

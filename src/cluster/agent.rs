@@ -97,6 +97,9 @@ pub struct Wiring {
     pub engine: Arc<crate::engine::Shared>,
     /// The heartbeat keys (digests are signed with the first).
     pub keys: Arc<ArcSwap<Keyring>>,
+    /// What the control thread publishes (the leader cuts its answer views from it; every
+    /// member holds the leader's there).
+    pub published: Arc<crate::control::Published>,
 }
 
 impl Prepared {
@@ -154,7 +157,7 @@ impl Prepared {
         self.fence.clone()
     }
 
-    /// Starts the `cluster`, `cluster-digest` and `cluster-mirror` threads.
+    /// Starts the `cluster`, `cluster-digest`, `cluster-view` and `cluster-mirror` threads.
     pub fn start(self, w: Wiring) -> Result<Agent, ClusterError> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -175,6 +178,15 @@ impl Prepared {
                 std::thread::Builder::new()
                     .name("cluster-mirror".into())
                     .spawn(move || super::mirror::mirror(&cfg, &client, &control, &shared, &stop))
+                    .map_err(ClusterError::Thread)?,
+            );
+        }
+        {
+            let (cfg, w, stop, shared) = (self.cfg.clone(), w.clone(), stop.clone(), self.shared.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("cluster-view".into())
+                    .spawn(move || super::view::ship(&cfg, &w, &shared, &stop))
                     .map_err(ClusterError::Thread)?,
             );
         }

@@ -113,7 +113,7 @@ impl std::fmt::Display for DigestError {
 
 impl std::error::Error for DigestError {}
 
-fn status_code(s: OperatingStatus) -> u8 {
+pub(super) fn status_code(s: OperatingStatus) -> u8 {
     match s {
         OperatingStatus::Online => 0,
         OperatingStatus::Degraded => 1,
@@ -124,7 +124,7 @@ fn status_code(s: OperatingStatus) -> u8 {
     }
 }
 
-fn status_from(c: u8) -> Option<OperatingStatus> {
+pub(super) fn status_from(c: u8) -> Option<OperatingStatus> {
     Some(match c {
         0 => OperatingStatus::Online,
         1 => OperatingStatus::Degraded,
@@ -169,6 +169,12 @@ pub fn encode(
         out.extend_from_slice(&(json.len() as u32).to_be_bytes());
         out.extend_from_slice(json);
     }
+    sign(keys, out);
+}
+
+/// Appends the HMAC-SHA256 of `out` with the first key of `keys` (zeros without one: nothing
+/// verifies it).
+pub(super) fn sign(keys: &Keyring, out: &mut Vec<u8>) {
     let tag = match keys.keys().first() {
         Some(k) => {
             let mut mac = k.mac();
@@ -178,6 +184,19 @@ pub fn encode(
         None => vec![0; TAG],
     };
     out.extend_from_slice(&tag);
+}
+
+/// The body of `bytes` (its last 32 bytes are the tag) when a key of `keys` signs it.
+pub(super) fn verified<'a>(bytes: &'a [u8], keys: &Keyring) -> Option<&'a [u8]> {
+    let (body, tag) = bytes.split_at(bytes.len().checked_sub(TAG)?);
+    keys.keys()
+        .iter()
+        .any(|k| {
+            let mut mac = k.mac();
+            mac.update(body);
+            mac.verify_slice(tag).is_ok()
+        })
+        .then_some(body)
 }
 
 /// How many of `services` (from the first) fit one message: at least one (a single
@@ -204,15 +223,7 @@ pub fn decode(bytes: &[u8], keys: &Keyring) -> Result<Digest, DigestError> {
     if &bytes[..4] != MAGIC {
         return Err(DigestError::BadMagic);
     }
-    let (body, tag) = bytes.split_at(bytes.len() - TAG);
-    let signed = keys.keys().iter().any(|k| {
-        let mut mac = k.mac();
-        mac.update(body);
-        mac.verify_slice(tag).is_ok()
-    });
-    if !signed {
-        return Err(DigestError::BadTag);
-    }
+    let body = verified(bytes, keys).ok_or(DigestError::BadTag)?;
     let node_len = usize::from(body[4]);
     let rest = body.get(5..).ok_or(DigestError::Truncated)?;
     if rest.len() < node_len + 1 + 4 {

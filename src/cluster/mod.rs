@@ -53,6 +53,7 @@ pub mod digest;
 mod durable;
 pub mod import;
 mod mirror;
+pub mod view;
 
 use std::time::Duration;
 

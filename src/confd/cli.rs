@@ -145,6 +145,8 @@ pub fn query(
         "timed_out": w.timed_out,
         "sent": w.sent,
         "received": w.received,
+        "needed": super::client::needed_replies(w.sent),
+        "quorum": w.received >= super::client::needed_replies(w.sent),
         "replies": c.replies.iter().map(|(from, r)| json!({
             "from": from.to_string(), "status": r.status, "serial": r.serial, "answer": r.answer,
         })).collect::<Vec<_>>(),

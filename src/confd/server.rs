@@ -6,9 +6,10 @@
 //!
 //! Ganeti's types 0–11 are answered from the loaded `config.data` ([`ConfigIndex`]) with its
 //! serials; without one, every Ganeti type is answered `STATUS_ERROR` / `ERROR_INTERNAL`.
-//! heartsink's own types (100–103) are answered from the control thread's [`Snapshot`], and
+//! heartsink's own types (100–105) are answered from the control thread's [`Snapshot`], and
 //! their serial is the snapshot's generation, so a client's serial filter prefers the freshest
-//! heartsink:
+//! heartsink; in cluster mode from the leader's view ([`crate::control::view`]) with its serial,
+//! so that every member answers alike:
 //!
 //! | type | query | answer |
 //! |---|---|---|
@@ -239,10 +240,22 @@ fn pool_answer(req: &Request, snap: &Snapshot) -> Reply {
     }
     let avoid: Vec<ServiceRef> = avoid.iter().map(|s| ServiceRef::Id(s)).collect();
     let known: Vec<ServiceRef> = known.iter().map(|s| ServiceRef::Id(s)).collect();
-    let mut rng = rand::rng();
+    // A cluster view's picks are a function of its serial, the query and the request's salt
+    // (which a client sends alike to every peer): equal serials give equal answers.
+    let (mut seeded, mut thread);
+    let rng: &mut dyn rand::RngCore = if snap.cluster_view {
+        use rand::SeedableRng;
+        use std::hash::BuildHasher;
+        let seed = rustc_hash::FxBuildHasher.hash_one((snap.generation, q.as_str(), req.rsalt.as_str()));
+        seeded = rand::rngs::StdRng::seed_from_u64(seed);
+        &mut seeded
+    } else {
+        thread = rand::rng();
+        &mut thread
+    };
     let r = match (req.kind, snap.pools.get(name)) {
-        (_, Some(pool)) => poll(&snap.world, pool, &avoid, &known, &mut rng),
-        (RequestType::PoolNext, None) => next_instances(&snap.world, name, size, slot.as_deref(), &mut rng),
+        (_, Some(pool)) => poll(&snap.world, pool, &avoid, &known, rng),
+        (RequestType::PoolNext, None) => next_instances(&snap.world, name, size, slot.as_deref(), rng),
         (_, None) => Err(LbError::UnknownPool(name.to_owned())),
     };
     match r {
@@ -253,10 +266,16 @@ fn pool_answer(req: &Request, snap: &Snapshot) -> Reply {
     }
 }
 
-/// The answer to a verified request.
-pub fn answer(req: &Request, state: &ConfdState, snap: &Snapshot) -> Reply {
+/// The answer to a verified request; heartsink's types from `snap` (`None`: a cluster member
+/// holding no view of the leader's yet).
+pub fn answer(req: &Request, state: &ConfdState, snap: Option<&Snapshot>) -> Reply {
     if req.kind.is_heartsink() {
-        return answer_heartsink(req, snap);
+        // Cluster mode before a view of the leader's arrived: an error of serial 0, which any
+        // member's real answer outranks.
+        return match snap {
+            Some(snap) => answer_heartsink(req, snap),
+            None => Reply::new(STATUS_ERROR, json!(ERROR_INTERNAL), 0),
+        };
     }
     match &state.index {
         Some(index) => index.answer(req),
@@ -271,7 +290,7 @@ pub fn handle(
     datagram: &[u8],
     now: i64,
     state: &ConfdState,
-    snap: &Snapshot,
+    snap: Option<&Snapshot>,
     replay: Option<&ReplayCache>,
     out: &mut Vec<u8>,
 ) -> Result<(), RequestError> {
@@ -285,7 +304,7 @@ pub fn handle(
     Ok(())
 }
 
-fn reply_into(v: &VerifiedRequest, state: &ConfdState, snap: &Snapshot, out: &mut Vec<u8>) {
+fn reply_into(v: &VerifiedRequest, state: &ConfdState, snap: Option<&Snapshot>, out: &mut Vec<u8>) {
     let reply = answer(&v.request, state, snap);
     if let Some(key) = state.keys.get(v.key_index) {
         encode_reply_into(out, &reply, &v.request.rsalt, key);
@@ -402,19 +421,20 @@ pub struct Responder {
 impl Lane for Responder {
     fn process(&mut self, batch: &Batch) {
         let state = self.confd.state.load();
-        let snap = self.published.snapshot.load();
+        let snap = self.published.answer_view();
         let now_ns = self.clock.now_ns();
         let now = (now_ns / 1_000_000_000) as i64;
         let mut replies = 0;
         for (data, src) in batch.sourced() {
             let Some(src) = src else { continue };
             self.out.clear();
-            let handled = handle(data, now, &state, &snap, Some(&self.confd.replay), &mut self.out).and_then(|()| {
-                match self.budget.allow(state.limits.reply, &src, self.out.len(), now_ns) {
-                    true => Ok(()),
-                    false => Err(RequestError::ReplyBudget),
-                }
-            });
+            let handled =
+                handle(data, now, &state, snap.as_deref(), Some(&self.confd.replay), &mut self.out).and_then(|()| {
+                    match self.budget.allow(state.limits.reply, &src, self.out.len(), now_ns) {
+                        true => Ok(()),
+                        false => Err(RequestError::ReplyBudget),
+                    }
+                });
             match handled {
                 Ok(()) => {
                     if self.send.is_full() {
@@ -487,7 +507,7 @@ mod tests {
         let req = Request::new(kind, query, "salty");
         let packet = encode_request(&req, 1000, &key);
         let mut out = Vec::new();
-        handle(&packet, 1000, state, &snap(), None, &mut out).expect("answered");
+        handle(&packet, 1000, state, Some(&snap()), None, &mut out).expect("answered");
         let (rsalt, reply) = parse_reply(&out, &key).expect("signed reply");
         assert_eq!(rsalt, "salty");
         assert!(out.is_ascii());
@@ -496,6 +516,37 @@ mod tests {
 
     fn state() -> ConfdState {
         ConfdState { keys: vec![HmacKey::new(b"k\n")], ..ConfdState::default() }
+    }
+
+    /// Cluster mode: no view held yet gives an error of serial 0; in a view, pool picks are a
+    /// function of (serial, query, rsalt), so members holding the same view pick alike.
+    #[test]
+    fn cluster_views_answer_alike_and_no_view_is_an_error_of_serial_0() {
+        let none = answer(&Request::new(RequestType::EngineCounters, Query::Empty, "s"), &state(), None);
+        assert_eq!((none.status, none.answer.clone(), none.serial), (STATUS_ERROR, json!(ERROR_INTERNAL), 0));
+        let entries = (0..20).map(|i| crate::registry::lb::WorldEntry {
+            type_name: "rawx".into(),
+            addr: format!("10.0.0.{i}:1"),
+            id: format!("10.0.0.{i}:1"),
+            score: 50,
+            location: i,
+            slots: vec![],
+        });
+        let world = Arc::new(crate::registry::lb::World::from_entries(entries));
+        let view = Snapshot { generation: 7 << 32 | 3, cluster_view: true, world, ..Snapshot::default() };
+        let pick = |salt: &str| {
+            let r = answer(
+                &Request::new(RequestType::PoolNext, Query::Plain("rawx?size=3".into()), salt),
+                &state(),
+                Some(&view),
+            );
+            assert_eq!((r.status, r.serial), (0, 7 << 32 | 3));
+            r.answer
+        };
+        assert_eq!(pick("one"), pick("one"), "the same request on the same view");
+        let picks: std::collections::BTreeSet<String> =
+            (0..20).map(|i| pick(&format!("salt{i}")).to_string()).collect();
+        assert!(picks.len() > 1, "different requests spread over the services");
     }
 
     #[test]
@@ -547,7 +598,7 @@ mod tests {
             let rsalt = "00000000-0000-4000-8000-000000000001";
             let packet = encode_request(&Request::new(RequestType::DownSenders, after.clone(), rsalt), 1000, &key);
             let mut out = Vec::new();
-            handle(&packet, 1000, &state(), &big, None, &mut out).expect("answered");
+            handle(&packet, 1000, &state(), Some(&big), None, &mut out).expect("answered");
             assert!(out.len() <= DOWN_REPLY_MAX + rsalt.len(), "{} bytes", out.len());
             let (_, r) = parse_reply(&out, &key).expect("signed");
             assert_eq!(r.answer["total"], 1001);
@@ -567,10 +618,13 @@ mod tests {
         let cache = ReplayCache::new(1024);
         let packet = encode_request(&Request::new(RequestType::Ping, Query::Empty, "once"), 1000, &key);
         let mut out = Vec::new();
-        assert_eq!(handle(&packet, 1000, &state(), &snap(), Some(&cache), &mut out), Ok(()));
+        assert_eq!(handle(&packet, 1000, &state(), Some(&snap()), Some(&cache), &mut out), Ok(()));
         for now in [1000, 1100, 1300] {
             out.clear();
-            assert_eq!(handle(&packet, now, &state(), &snap(), Some(&cache), &mut out), Err(RequestError::Replay));
+            assert_eq!(
+                handle(&packet, now, &state(), Some(&snap()), Some(&cache), &mut out),
+                Err(RequestError::Replay)
+            );
             assert!(out.is_empty());
         }
         // The same signature with its hex digits in upper case is the same request.
@@ -579,12 +633,12 @@ mod tests {
         let upper = format!("{}{}{}", &text[..at], text[at..at + 40].to_uppercase(), &text[at + 40..]);
         assert_ne!(upper.as_bytes(), &packet[..]);
         assert_eq!(
-            handle(upper.as_bytes(), 1000, &state(), &snap(), Some(&cache), &mut out),
+            handle(upper.as_bytes(), 1000, &state(), Some(&snap()), Some(&cache), &mut out),
             Err(RequestError::Replay)
         );
         // Another request is answered.
         let other = encode_request(&Request::new(RequestType::Ping, Query::Empty, "twice"), 1000, &key);
-        assert_eq!(handle(&other, 1000, &state(), &snap(), Some(&cache), &mut out), Ok(()));
+        assert_eq!(handle(&other, 1000, &state(), Some(&snap()), Some(&cache), &mut out), Ok(()));
     }
 
     #[test]
@@ -592,7 +646,7 @@ mod tests {
         let req = Request::new(RequestType::Ping, Query::Empty, "s");
         let packet = encode_request(&req, 1000, &HmacKey::new(b"other"));
         let mut out = Vec::new();
-        assert_eq!(handle(&packet, 1000, &state(), &snap(), None, &mut out), Err(RequestError::BadHmac));
+        assert_eq!(handle(&packet, 1000, &state(), Some(&snap()), None, &mut out), Err(RequestError::BadHmac));
         assert!(out.is_empty());
     }
 }

@@ -296,10 +296,72 @@ pub struct Relayed {
 /// `Control::relay_out`).
 #[derive(Debug, Default)]
 pub struct RelayBuffer {
-    /// (type, addr) → (heard at ns, registration).
-    pub heard: std::collections::BTreeMap<(String, String), (u64, Relayed)>,
+    /// `type` NUL `addr` → (heard at ns, registration).
+    pub heard: std::collections::BTreeMap<String, (u64, Relayed)>,
     /// When old entries were last dropped (control clock, ns).
     pub pruned_ns: u64,
+}
+
+impl RelayBuffer {
+    /// Records `r` as heard at `now`. A service already in the buffer is updated in place, so
+    /// its repeated heartbeats allocate nothing (`key` is scratch space for the lookup).
+    pub fn put(&mut self, key: &mut String, now: u64, r: &Relayed) {
+        key.clear();
+        key.push_str(&r.type_name);
+        key.push('\0');
+        key.push_str(&r.addr);
+        match self.heard.get_mut(key.as_str()) {
+            Some((at, e)) => {
+                *at = now;
+                e.assign(&r.type_name, &r.addr, &r.op, r.score, &r.tags);
+            }
+            None => {
+                self.heard.insert(key.clone(), (now, r.clone()));
+            }
+        }
+    }
+}
+
+impl Relayed {
+    /// Makes this a copy of the given registration, reusing this one's strings and tags: no
+    /// allocation when they fit what it held (a service's repeated heartbeats).
+    pub fn assign(
+        &mut self,
+        type_name: &str,
+        addr: &str,
+        op: &str,
+        score: Option<i32>,
+        tags: &[(String, crate::proto::service::TagValue)],
+    ) {
+        use crate::proto::service::TagValue;
+        for (dst, src) in [(&mut self.type_name, type_name), (&mut self.addr, addr), (&mut self.op, op)] {
+            if dst != src {
+                dst.clear();
+                dst.push_str(src);
+            }
+        }
+        self.score = score;
+        self.tags.truncate(tags.len());
+        for (i, (k, v)) in tags.iter().enumerate() {
+            let Some((dk, dv)) = self.tags.get_mut(i) else {
+                self.tags.push((k.clone(), v.clone()));
+                continue;
+            };
+            if dk != k {
+                dk.clear();
+                dk.push_str(k);
+            }
+            match (dv, v) {
+                (TagValue::Str(d), TagValue::Str(s)) => {
+                    if d != s {
+                        d.clear();
+                        d.push_str(s);
+                    }
+                }
+                (d, s) => *d = s.clone(),
+            }
+        }
+    }
 }
 
 /// An amphora's settings that decide its liveness, kept in etcd in cluster mode

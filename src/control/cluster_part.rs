@@ -27,6 +27,8 @@ pub(super) struct ClusterPart {
     pub(super) writes: Option<Sender<EtcdWrite>>,
     /// When this member last began to lead (control clock, ns; 0: it does not).
     pub(super) leading_since: u64,
+    /// The relay buffer's key of a service, rebuilt per registration without allocating.
+    pub(super) relay_key: String,
 }
 
 impl Default for ClusterPart {
@@ -40,6 +42,7 @@ impl Default for ClusterPart {
             remote_heard: 0,
             writes: None,
             leading_since: 0,
+            relay_key: String::new(),
         }
     }
 }
@@ -227,16 +230,18 @@ impl Control {
 
     /// Cluster mode: hands the registrations accepted here to the digest thread.
     pub(super) fn relay_out(&mut self, now: u64) {
-        let relayed = self.services.take_relayed();
+        let relayed = self.services.relayed();
         if relayed.is_empty() {
             return;
         }
-        let mut buf = self.cluster.shared.relay.lock();
+        let c = &mut self.cluster;
+        let mut buf = c.shared.relay.lock();
         // Stamped under the lock (the digest thread reads the buffer and its time under it).
         let now = self.clock.now_ns().max(now);
         for r in relayed {
-            buf.heard.insert((r.type_name.clone(), r.addr.clone()), (now, r));
+            buf.put(&mut c.relay_key, now, r);
         }
+        self.services.clear_relayed();
         // Bounded in time as well as by the registry: a deregistration, lock or flush is for
         // the members of its minute; a registration not renewed for an hour is dropped (a
         // member that joins later learns the service's state from the living agents).

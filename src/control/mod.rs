@@ -35,6 +35,7 @@ pub mod persist;
 mod publish;
 pub mod services;
 pub mod snapshot;
+pub mod view;
 pub mod volumes;
 
 #[cfg(test)]

@@ -103,6 +103,8 @@ impl Control {
             scheduler: self.volumes.last_tick(),
             services: self.services.registry().len(),
             services_rejected: self.services.rejected,
+            term: if self.leads() { self.cluster.shared.term() } else { 0 },
+            cluster_view: false,
         };
         self.published.snapshot.store(Arc::new(snap));
     }

@@ -30,13 +30,18 @@ pub struct ServicesConfig {
     pub world_refresh_interval: f64,
 }
 
-/// What a relayed copy of an accepted registration carries.
-fn relayed_of(r: &Registration) -> Relayed {
-    let (op, score) = match r.op {
+/// The relayed op and score of an accepted registration.
+fn op_of(r: &Registration) -> (&'static str, Option<i32>) {
+    match r.op {
         ScoreOp::Lock(v) => ("lock", Some(v)),
         ScoreOp::Unlock => ("unlock", None),
         _ => ("register", None),
-    };
+    }
+}
+
+/// What a relayed copy of an accepted registration carries.
+fn relayed_of(r: &Registration) -> Relayed {
+    let (op, score) = op_of(r);
     Relayed { type_name: r.type_name.clone(), addr: r.addr.clone(), op: op.into(), score, tags: r.tags.clone() }
 }
 
@@ -115,7 +120,10 @@ pub struct ServiceHost {
     changed: bool,
     /// Cluster mode: registrations accepted here are kept for the peers ([`Relayed`]).
     relaying: bool,
+    /// The first `relayed_len` are the registrations to relay; the rest are kept for their
+    /// allocations (a service's next heartbeat is copied into one without allocating).
     relayed: Vec<Relayed>,
+    relayed_len: usize,
 }
 
 /// A lock as kept in etcd (`tables/locks/<type>|<addr>`).
@@ -142,6 +150,7 @@ impl ServiceHost {
             changed: true,
             relaying: false,
             relayed: Vec::new(),
+            relayed_len: 0,
         })
     }
 
@@ -254,8 +263,14 @@ impl ServiceHost {
                             k.clear();
                             k.push_str(name);
                         }
-                        if v != value {
-                            *v = value.clone();
+                        match (v, value) {
+                            // In place: a string tag that changes allocates nothing.
+                            (TagValue::Str(d), TagValue::Str(s)) if d != s => {
+                                d.clear();
+                                d.push_str(s);
+                            }
+                            (v, value) if v != value => *v = value.clone(),
+                            _ => {}
                         }
                     }
                     None => r.tags.push((name.to_owned(), value.clone())),
@@ -280,7 +295,14 @@ impl ServiceHost {
             };
             let r = std::mem::replace(&mut self.scratch, Registration::empty());
             match self.register(&r, now_us) {
-                Ok(_) if self.relaying => self.relayed.push(relayed_of(&r)),
+                Ok(_) if self.relaying => {
+                    let (op, score) = op_of(&r);
+                    match self.relayed.get_mut(self.relayed_len) {
+                        Some(e) => e.assign(&r.type_name, &r.addr, op, score, &r.tags),
+                        None => self.relayed.push(relayed_of(&r)),
+                    }
+                    self.relayed_len += 1;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     self.rejected += 1;
@@ -299,9 +321,22 @@ impl ServiceHost {
         self.relaying = on;
     }
 
-    /// The registrations accepted here since the last call (cluster mode).
-    pub fn take_relayed(&mut self) -> Vec<Relayed> {
-        std::mem::take(&mut self.relayed)
+    /// The registrations accepted here since [`ServiceHost::clear_relayed`] (cluster mode).
+    pub fn relayed(&self) -> &[Relayed] {
+        &self.relayed[..self.relayed_len]
+    }
+
+    /// Forgets the registrations relayed (keeping their allocations for the next ones).
+    pub fn clear_relayed(&mut self) {
+        self.relayed_len = 0;
+    }
+
+    fn push_relayed(&mut self, r: Relayed) {
+        match self.relayed.get_mut(self.relayed_len) {
+            Some(e) => *e = r,
+            None => self.relayed.push(r),
+        }
+        self.relayed_len += 1;
     }
 
     /// Applies a registration a peer accepted at `at_us` (wall clock µs). A heartbeat older
@@ -500,14 +535,14 @@ impl ServiceHost {
                     };
                     services.push(r.map_err(reg_err)?);
                     if self.relaying {
-                        self.relayed.push(relay);
+                        self.push_relayed(relay);
                     }
                 }
                 Ok(Reply::Services { services })
             }
             C::Flush(t) => {
                 if self.relaying {
-                    self.relayed.push(Relayed {
+                    self.push_relayed(Relayed {
                         type_name: t.clone(),
                         addr: String::new(),
                         op: "flush".into(),

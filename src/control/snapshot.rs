@@ -86,6 +86,12 @@ pub struct Snapshot {
     pub services: usize,
     /// Service heartbeats the registry refused (unknown type, bad address).
     pub services_rejected: u64,
+    /// Cluster mode: the term this member leads in, once its control thread leads (0: it does
+    /// not lead).
+    pub term: u64,
+    /// True for a cluster answer view ([`super::view`]): pool picks are then a function of the
+    /// serial, the query and the request's salt, so every member picks alike.
+    pub cluster_view: bool,
 }
 
 /// Durable store figures.
@@ -159,6 +165,19 @@ pub struct Published {
     pub tick_ns_max: AtomicU64,
     /// The last 15 minutes of the data plane, a sample a second (`GET /v1/history`).
     pub history: parking_lot::Mutex<super::history::History>,
+    /// Cluster mode is on: confd's heartsink types and the amphora list are answered from
+    /// [`Published::cluster_view`] only.
+    pub clustered: std::sync::atomic::AtomicBool,
+    /// Cluster mode: the leader's answer view this member holds (`None` until one arrives).
+    pub cluster_view: arc_swap::ArcSwapOption<Snapshot>,
+    /// Cluster mode: assembles the views the leader sends ([`super::view`]).
+    pub views: parking_lot::Mutex<super::view::Receiver>,
+    /// Cluster mode: when the leader last sent (or, leading, this member last cut) a view, on
+    /// the control clock, ns.
+    pub view_contact_ns: AtomicU64,
+    /// Cluster mode: how long a view without contact stays the amphora list's source (then the
+    /// list is this member's own, until a leader is heard again), ns.
+    pub view_fresh_ns: AtomicU64,
 }
 
 impl Published {
@@ -172,6 +191,11 @@ impl Published {
             tick_ns_last: AtomicU64::new(0),
             tick_ns_max: AtomicU64::new(0),
             history: parking_lot::Mutex::new(super::history::History::starting(now)),
+            clustered: std::sync::atomic::AtomicBool::new(false),
+            cluster_view: arc_swap::ArcSwapOption::empty(),
+            views: parking_lot::Mutex::new(super::view::Receiver::default()),
+            view_contact_ns: AtomicU64::new(0),
+            view_fresh_ns: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -179,6 +203,43 @@ impl Published {
     pub fn record_round(&self, spent_ns: u64) {
         self.tick_ns_last.store(spent_ns, Ordering::Relaxed);
         self.tick_ns_max.fetch_max(spent_ns, Ordering::Relaxed);
+    }
+
+    /// What answers are given from: the latest snapshot in single mode; in cluster mode the
+    /// leader's answer view held here (`None` until one arrived).
+    pub fn answer_view(&self) -> Option<Arc<Snapshot>> {
+        if self.clustered.load(Ordering::Relaxed) {
+            self.cluster_view.load_full()
+        } else {
+            Some(self.snapshot.load_full())
+        }
+    }
+
+    /// Applies a part of a view sent by the leader (or cut by this member while it leads) at
+    /// `now` (control clock, ns), publishing the view it completes; the serial held after it,
+    /// or why it was refused.
+    pub fn apply_view(&self, part: super::view::Part, now: u64) -> Result<u64, super::view::Refused> {
+        let mut rx = self.views.lock();
+        if let Some(v) = rx.apply(part)? {
+            self.cluster_view.store(Some(v));
+        }
+        self.view_contact_ns.store(now, Ordering::Relaxed);
+        Ok(rx.held_serial())
+    }
+
+    /// What the amphora list is served from at `now`, and whether it is the leader's view: in
+    /// cluster mode the leader's view while the leader was heard from within
+    /// [`Published::view_fresh_ns`], else (no leader: etcd lost, an election) this member's
+    /// own snapshot; in single mode the snapshot.
+    pub fn list_view(&self, now: u64) -> (Arc<Snapshot>, bool) {
+        if self.clustered.load(Ordering::Relaxed) {
+            let fresh = now.saturating_sub(self.view_contact_ns.load(Ordering::Relaxed))
+                <= self.view_fresh_ns.load(Ordering::Relaxed);
+            if let Some(v) = self.cluster_view.load_full().filter(|_| fresh) {
+                return (v, true);
+            }
+        }
+        (self.snapshot.load_full(), false)
     }
 
     /// Amphorae known, as of the latest snapshot.

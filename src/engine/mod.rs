@@ -207,7 +207,7 @@ impl std::fmt::Debug for Shared {
 }
 
 /// A summary of the counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     /// Datagrams received from the sockets.
     pub received: u64,

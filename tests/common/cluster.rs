@@ -38,6 +38,17 @@ pub struct Member {
 }
 
 pub fn member(name: &str, etcd: &Etcd) -> Member {
+    member_with(name, etcd, &["--no-confd"])
+}
+
+/// A member serving confd on `ip:port` with the test key file (`tests/data/confd/hmac.key`).
+pub fn member_with_confd(name: &str, etcd: &Etcd, ip: &str, port: u16) -> Member {
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/confd/hmac.key");
+    member_with(name, etcd, &["--confd-addr", &format!("{ip}:{port}"), "--confd-key-file", key])
+}
+
+/// A member with `extra` arguments.
+pub fn member_with(name: &str, etcd: &Etcd, extra: &[&str]) -> Member {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let mut args: Vec<String> = vec![
@@ -46,7 +57,6 @@ pub fn member(name: &str, etcd: &Etcd) -> Member {
         "127.0.0.1:0".into(),
         "--admin-addr".into(),
         "127.0.0.1:0".into(),
-        "--no-confd".into(),
         "--config".into(),
         cfg.to_str().unwrap().into(),
         "--key".into(),
@@ -58,6 +68,7 @@ pub fn member(name: &str, etcd: &Etcd) -> Member {
         args.push("--etcd".into());
         args.push(e);
     }
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let d = Daemon::start_raw_in(dir.path(), &refs);
     Member { name: name.into(), d, _dir: dir }
@@ -83,13 +94,18 @@ pub struct Fleet(pub super::KillOnDrop);
 
 impl Fleet {
     pub fn start(targets: &[&Member], n: u64, seed: u64) -> Fleet {
+        Fleet::at_rate(targets, n, seed, 2 * n)
+    }
+
+    /// `n` amphorae sending `rate` heartbeats a second in all.
+    pub fn at_rate(targets: &[&Member], n: u64, seed: u64, rate: u64) -> Fleet {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartsink"));
         cmd.arg("load");
         for t in targets {
             cmd.args(["--target", &t.d.heartbeat.to_string()]);
         }
         let child = cmd
-            .args(["--key", KEY, "--amphorae", &n.to_string(), "--rate", &(2 * n).to_string()])
+            .args(["--key", KEY, "--amphorae", &n.to_string(), "--rate", &rate.to_string()])
             .args(["--duration", "150", "--seed", &seed.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -134,4 +150,29 @@ pub fn request(m: &Member, method: &str, path: &str, body: Option<Value>) -> (u1
 
 pub fn patch(m: &Member, path: &str, body: &str) -> (u16, Value) {
     request(m, "PATCH", path, Some(serde_json::from_str(body).expect("a JSON body")))
+}
+
+/// Three members `a`, `b`, `c` serving confd on 127.0.0.1–3 at one free port (a confd client
+/// asks every peer on one port), and that port.
+pub fn with_confd(etcd: &Etcd) -> (Vec<Member>, u16) {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let all = [("a", "127.0.0.1"), ("b", "127.0.0.2"), ("c", "127.0.0.3")]
+        .iter()
+        .map(|(n, ip)| member_with_confd(n, etcd, ip, port))
+        .collect();
+    (all, port)
+}
+
+/// Three `rawx` services (pushed to `m`) and a pool `fast` of one of them (defined on `m`).
+pub fn rawx_and_pool(m: &Member) {
+    let services: Vec<Value> = (0..3)
+        .map(|i| {
+            serde_json::json!({"type": "rawx", "addr": format!("127.0.0.1:{}", 7300 + i),
+                "tags": {"stat.cpu": 90, "stat.io": 80, "stat.space": 70 + i}})
+        })
+        .collect();
+    let (code, v) = request(m, "POST", "/v1/services", Some(Value::Array(services)));
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = request(m, "POST", "/v1/pools", Some(serde_json::json!({"name": "fast", "targets": "1,rawx"})));
+    assert_eq!(code, 201, "{v}");
 }

@@ -5,7 +5,12 @@ Run under Debian's /usr/bin/python3 with PYTHONPATH=/usr/share/ganeti/3.0 (scrip
 installs it). Usage:
 
     ganeti_peer.py --host 127.0.0.1 --port 1814 --key-file hmac.key [--cases CASES.json]
-                   [--extend-reqs 100,101,102,103]
+                   [--extend-reqs 100,101,102,103] [--hosts 127.0.0.1,127.0.0.2 --coverage N]
+
+--hosts gives several peers (one port for all) and --coverage how many to ask (Ganeti's rule: 0
+is min(peers, 6), -1 all). After the quorum, replies still due are awaited (bounded by
+--timeout), so "consistent" (ConfdFilterCallback.consistent for the request's salt) covers every
+peer that answered.
 
 CASES.json is a list of {"type": N, "query": Q} (Q omitted or null for no query); the default is
 one case per request type the Python client can send (it refuses type 8, NODE_INSTANCES).
@@ -22,6 +27,7 @@ through the unmodified client).
 import argparse
 import json
 import sys
+import time
 
 from ganeti import constants as C
 from ganeti import errors
@@ -44,7 +50,9 @@ DEFAULT_CASES = [
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--host", required=True)
+    ap.add_argument("--host")
+    ap.add_argument("--hosts", default="")
+    ap.add_argument("--coverage", type=int, default=0)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--key-file", required=True)
     ap.add_argument("--cases")
@@ -56,8 +64,10 @@ def main():
         C.CONFD_REQS = frozenset(C.CONFD_REQS | set(extra))
     key = open(args.key_file).read()  # a str, LF included, as GetConfdClient reads it
     cases = json.load(open(args.cases)) if args.cases else DEFAULT_CASES
+    hosts = [h for h in args.hosts.split(",") if h] or [args.host]
     store = cc.StoreResultCallback()
-    client = cc.ConfdClient(key, [args.host], cc.ConfdFilterCallback(store), port=args.port)
+    filt = cc.ConfdFilterCallback(store)
+    client = cc.ConfdClient(key, hosts, filt, port=args.port)
     out = []
     for case in cases:
         kw = {"type": case["type"]}
@@ -65,16 +75,25 @@ def main():
             kw["query"] = case["query"]
         try:
             req = cc.ConfdClientRequest(**kw)
-            client.SendRequest(req, async_=False)
+            client.SendRequest(req, coverage=args.coverage, async_=False)
         except errors.ConfdClientError as e:
             out.append({"type": case["type"], "query": case.get("query"), "timed_out": None,
                         "sent": 0, "received": 0, "reply": None, "error": str(e)})
             continue
+        start = time.monotonic()
         timed_out, sent, received = client.WaitForReply(req.rsalt, timeout=args.timeout)
+        # The replies still due after the quorum (from live peers), within the same bound.
+        while received < sent and time.monotonic() - start < args.timeout:
+            client.ReceiveReply(timeout=0.1)
+            rq = client._requests.get(req.rsalt)
+            if rq is None:
+                break
+            received = len(rq.rcvd)
         ok, upcall = store.GetResponse(req.rsalt)
         reply = upcall.server_reply.ToDict() if ok else None
         out.append({"type": case["type"], "query": case.get("query"), "timed_out": timed_out,
-                    "sent": sent, "received": received, "reply": reply, "error": None})
+                    "sent": sent, "received": received, "reply": reply, "error": None,
+                    "consistent": filt.consistent.get(req.rsalt, True)})
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 

@@ -40,7 +40,7 @@ impl std::fmt::Display for GroupKey {
 
 /// Why automatic failovers are suspended (or, for [`SuspendReason::Partition`] and
 /// [`SuspendReason::SecondaryRate`], held back in one group).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum SuspendReason {
     /// heartsink started less than the grace ago; senders have not all had time to beat.

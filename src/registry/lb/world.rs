@@ -9,7 +9,7 @@ use super::location::{abs_max_dist, parse_location, slot_name};
 use crate::registry::{Registry, SCORE_MAX};
 
 /// One service fed to a [`World`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorldEntry {
     /// The service type (its main slot).
     pub type_name: String,
@@ -102,6 +102,9 @@ pub struct World {
     pub(super) slots: Vec<Slot>,
     slot_index: FxHashMap<String, u32>,
     pub(super) abs_max_dist: u32,
+    /// What it was built from, in order (a cluster leader ships these: the same entries build
+    /// the same world).
+    entries: Vec<WorldEntry>,
 }
 
 impl World {
@@ -124,12 +127,18 @@ impl World {
         }))
     }
 
+    /// The services it was built from, in order.
+    pub fn entries(&self) -> &[WorldEntry] {
+        &self.entries
+    }
+
     /// A world of these services.
     pub fn from_entries(entries: impl IntoIterator<Item = WorldEntry>) -> World {
         let mut w = World::default();
         let mut members: Vec<Vec<u32>> = Vec::new();
         let mut max_loc = 0u64;
         for e in entries {
+            w.entries.push(e.clone());
             let idx = w.items.len() as u32;
             let mut slot_names = vec![e.type_name.clone()];
             for s in &e.slots {
