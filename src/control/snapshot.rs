@@ -62,6 +62,12 @@ pub struct Snapshot {
     pub down: imbl::OrdSet<Uuid>,
     /// Load balancer → its amphorae (only those configured with one).
     pub load_balancers: imbl::OrdMap<Uuid, imbl::OrdSet<Uuid>>,
+    /// Unhealthy amphorae: stale, or alive with a status other than `ONLINE`
+    /// ([`super::census::unhealthy`]); lists put them first without sorting the fleet.
+    pub unhealthy: imbl::OrdSet<Uuid>,
+    /// Amphorae in `amphorae` by operating status ([`super::census::STATUSES`] order) ×
+    /// liveness (alive, stale).
+    pub census: CensusCounts,
     /// Engine counters at publication.
     pub totals: Totals,
     /// Why automatic failovers are suspended (empty: they are not).
@@ -87,6 +93,9 @@ pub struct Snapshot {
     /// Service heartbeats the registry refused (unknown type, bad address).
     pub services_rejected: u64,
 }
+
+/// Amphorae by operating status × liveness (see [`Snapshot::census`]).
+pub type CensusCounts = [[u64; 2]; super::census::STATUSES.len()];
 
 /// Durable store figures.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -159,6 +168,8 @@ pub struct Published {
     pub tick_ns_max: AtomicU64,
     /// The last 15 minutes of the data plane, a sample a second (`GET /v1/history`).
     pub history: parking_lot::Mutex<super::history::History>,
+    /// The fleet's newest transitions (an amphora's detail view shows its own).
+    pub transitions: parking_lot::Mutex<super::census::TransitionLog>,
 }
 
 impl Published {
@@ -172,6 +183,7 @@ impl Published {
             tick_ns_last: AtomicU64::new(0),
             tick_ns_max: AtomicU64::new(0),
             history: parking_lot::Mutex::new(super::history::History::starting(now)),
+            transitions: parking_lot::Mutex::new(super::census::TransitionLog::default()),
         }
     }
 

@@ -1,0 +1,248 @@
+//! The fleet's census for the status page: amphorae counted by operating status × liveness,
+//! the index of unhealthy ones (so a list can put them first without sorting the fleet), and
+//! the log of recent transitions (an amphora's detail view shows its own).
+//!
+//! Memory: the counts are fixed; the unhealthy index holds only unhealthy amphorae (a
+//! persistent set shared with the published snapshot); the transitions are one bounded global
+//! ring of the fleet's last [`LOG_CAPACITY`] transitions (32 bytes each, 4 MiB), nothing per
+//! amphora. An amphora's recent changes are the newest [`PER_AMPHORA`] of its transitions still
+//! in that ring: a fleet that churns faster than the ring turns over shows fewer.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+use super::liveness::Live;
+use crate::proto::octavia::Uuid;
+use crate::state::OperatingStatus;
+
+/// Transitions the global log keeps (the fleet's newest).
+pub const LOG_CAPACITY: usize = 1 << 17;
+/// Transitions of one amphora shown by its detail view at most.
+pub const PER_AMPHORA: usize = 16;
+
+/// Operating statuses in the order the counts keep them.
+pub const STATUSES: [OperatingStatus; 6] = [
+    OperatingStatus::Online,
+    OperatingStatus::Degraded,
+    OperatingStatus::Error,
+    OperatingStatus::Offline,
+    OperatingStatus::Draining,
+    OperatingStatus::NoMonitor,
+];
+
+fn status_index(s: OperatingStatus) -> usize {
+    STATUSES.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+fn live_index(l: Live) -> usize {
+    match l {
+        Live::Alive => 0,
+        Live::Stale => 1,
+    }
+}
+
+/// Whether an amphora in this state is unhealthy: stale, or alive with any status but `ONLINE`.
+pub fn unhealthy(status: OperatingStatus, live: Live) -> bool {
+    live != Live::Alive || status != OperatingStatus::Online
+}
+
+/// What changed in one transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Moved {
+    /// The operating status, from → to.
+    Status(OperatingStatus, OperatingStatus),
+    /// Liveness, from → to.
+    Liveness(Live, Live),
+}
+
+/// One transition of one amphora.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// The amphora.
+    pub id: Uuid,
+    /// When, wall clock ns.
+    pub at_ns: u64,
+    /// What changed.
+    pub moved: Moved,
+}
+
+/// A transition as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TransitionView {
+    /// When (RFC 3339).
+    pub at: String,
+    /// `operating_status` or `liveness`.
+    pub what: &'static str,
+    /// The state before.
+    pub from: &'static str,
+    /// The state after.
+    pub to: &'static str,
+}
+
+fn live_str(l: Live) -> &'static str {
+    match l {
+        Live::Alive => "alive",
+        Live::Stale => "stale",
+    }
+}
+
+impl Transition {
+    /// The API's view.
+    pub fn view(&self) -> TransitionView {
+        let (what, from, to) = match self.moved {
+            Moved::Status(a, b) => ("operating_status", a.as_str(), b.as_str()),
+            Moved::Liveness(a, b) => ("liveness", live_str(a), live_str(b)),
+        };
+        TransitionView { at: crate::util::rfc3339(self.at_ns), what, from, to }
+    }
+}
+
+/// Counts, the unhealthy index, and the transitions not yet handed to the log; kept by the
+/// fleet, which reports every change of an amphora's (status, liveness) through [`Census::moved`].
+#[derive(Debug, Default)]
+pub struct Census {
+    counts: [[u64; 2]; STATUSES.len()],
+    unhealthy: imbl::OrdSet<Uuid>,
+    pending: Vec<Transition>,
+}
+
+impl Census {
+    /// Amphora `id` went from `before` to `after` (`None`: not tracked) at `now`; `record`:
+    /// the change is a transition worth showing (not a restore or a forget).
+    pub fn moved(
+        &mut self,
+        id: Uuid,
+        before: Option<(OperatingStatus, Live)>,
+        after: Option<(OperatingStatus, Live)>,
+        now: u64,
+        record: bool,
+    ) {
+        if before == after {
+            return;
+        }
+        if let Some((s, l)) = before {
+            let n = &mut self.counts[status_index(s)][live_index(l)];
+            *n = n.saturating_sub(1);
+        }
+        if let Some((s, l)) = after {
+            self.counts[status_index(s)][live_index(l)] += 1;
+        }
+        let sick = after.is_some_and(|(s, l)| unhealthy(s, l));
+        let was = before.is_some_and(|(s, l)| unhealthy(s, l));
+        if sick && !was {
+            self.unhealthy.insert(id);
+        } else if was && !sick {
+            self.unhealthy.remove(&id);
+        }
+        if let (true, Some((s0, l0)), Some((s1, l1))) = (record, before, after) {
+            if s0 != s1 {
+                self.pending.push(Transition { id, at_ns: now, moved: Moved::Status(s0, s1) });
+            }
+            if l0 != l1 {
+                self.pending.push(Transition { id, at_ns: now, moved: Moved::Liveness(l0, l1) });
+            }
+        }
+    }
+
+    /// Amphorae by operating status (in [`STATUSES`] order) × liveness (alive, stale).
+    pub fn counts(&self) -> [[u64; 2]; STATUSES.len()] {
+        self.counts
+    }
+
+    /// The unhealthy amphorae (see [`unhealthy`]), in id order.
+    pub fn unhealthy(&self) -> &imbl::OrdSet<Uuid> {
+        &self.unhealthy
+    }
+
+    /// The transitions since the last call, oldest first.
+    pub fn take_transitions(&mut self) -> Vec<Transition> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// The fleet's newest transitions, a bounded ring (see the module documentation).
+#[derive(Debug, Default)]
+pub struct TransitionLog {
+    ring: VecDeque<Transition>,
+    total: u64,
+}
+
+impl TransitionLog {
+    /// Appends `transitions` (oldest first), dropping the oldest beyond [`LOG_CAPACITY`].
+    pub fn extend(&mut self, transitions: &[Transition]) {
+        for t in transitions {
+            if self.ring.len() == LOG_CAPACITY {
+                self.ring.pop_front();
+            }
+            self.ring.push_back(*t);
+        }
+        self.total += transitions.len() as u64;
+    }
+
+    /// Transitions recorded since start (including those the ring no longer holds).
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The newest transitions of `id` still held, newest first, at most [`PER_AMPHORA`].
+    pub fn of(&self, id: &Uuid) -> Vec<Transition> {
+        self.ring.iter().rev().filter(|t| t.id == *id).take(PER_AMPHORA).copied().collect()
+    }
+
+    /// The fleet's newest `n` transitions, newest first.
+    pub fn newest(&self, n: usize) -> Vec<Transition> {
+        self.ring.iter().rev().take(n).copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const ON: OperatingStatus = OperatingStatus::Online;
+    const ERR: OperatingStatus = OperatingStatus::Error;
+
+    #[test]
+    fn counts_the_unhealthy_index_and_transitions_follow_each_move() {
+        let mut c = Census::default();
+        let (a, b) = (Uuid::from_bytes([1; 16]), Uuid::from_bytes([2; 16]));
+        c.moved(a, None, Some((ON, Live::Alive)), 1, true);
+        c.moved(b, None, Some((ERR, Live::Alive)), 1, true);
+        assert_eq!(c.counts()[0], [1, 0]);
+        assert_eq!(c.counts()[2], [1, 0]);
+        assert_eq!(c.unhealthy().iter().copied().collect::<Vec<_>>(), vec![b]);
+        assert!(c.take_transitions().is_empty(), "a new amphora is no transition");
+        c.moved(a, Some((ON, Live::Alive)), Some((ON, Live::Stale)), 5, true);
+        c.moved(b, Some((ERR, Live::Alive)), Some((ON, Live::Alive)), 6, true);
+        assert_eq!(c.unhealthy().iter().copied().collect::<Vec<_>>(), vec![a]);
+        assert_eq!(c.counts()[0], [1, 1]);
+        assert_eq!(c.counts()[2], [0, 0]);
+        let t = c.take_transitions();
+        assert_eq!(t[0], Transition { id: a, at_ns: 5, moved: Moved::Liveness(Live::Alive, Live::Stale) });
+        assert_eq!(t[1], Transition { id: b, at_ns: 6, moved: Moved::Status(ERR, ON) });
+        c.moved(a, Some((ON, Live::Stale)), None, 7, false);
+        assert!(c.unhealthy().is_empty());
+        assert_eq!(c.counts().iter().flatten().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn the_log_is_bounded_and_finds_one_amphoras_newest_first() {
+        let mut log = TransitionLog::default();
+        let (a, b) = (Uuid::from_bytes([1; 16]), Uuid::from_bytes([2; 16]));
+        let t = |id, at| Transition { id, at_ns: at, moved: Moved::Status(ON, ERR) };
+        let many: Vec<Transition> =
+            (0..LOG_CAPACITY as u64 + 10).map(|i| t(if i % 2 == 0 { a } else { b }, i)).collect();
+        log.extend(&many);
+        assert_eq!(log.total(), LOG_CAPACITY as u64 + 10);
+        let of_a = log.of(&a);
+        assert_eq!(of_a.len(), PER_AMPHORA);
+        assert_eq!(of_a[0].at_ns, LOG_CAPACITY as u64 + 8);
+        assert!(of_a.windows(2).all(|w| w[0].at_ns > w[1].at_ns));
+        assert_eq!(log.newest(1)[0].at_ns, LOG_CAPACITY as u64 + 9);
+        assert_eq!(log.of(&Uuid::from_bytes([3; 16])), vec![]);
+        let v = of_a[0].view();
+        assert_eq!((v.what, v.from, v.to), ("operating_status", "ONLINE", "ERROR"));
+    }
+}
