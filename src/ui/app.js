@@ -240,7 +240,9 @@ async function amphorae() {
       el('td', { class: 'id' }, link(a.id)), el('td', {}, badge(a.operating_status)), el('td', {}, badge(a.liveness)),
       el('td', {}, age(a.last_refresh)), el('td', { class: 'id' }, text(a.load_balancer)), el('td', {}, text(a.zone)),
       el('td', {}, a.failover ? `#${a.failover.id} ${a.failover.state}` : '—'))));
-  $('am-page').textContent = `page ${A.markers.length + 1}, ${page.amphorae.length} shown` + (page.next_marker ? '' : ' (last page)');
+  const short = page.next_marker && page.amphorae.length < 50;
+  $('am-page').textContent = `page ${A.markers.length + 1}, ${page.amphorae.length} shown` +
+    (page.next_marker ? (short ? ` (${num(page.scanned)} amphorae searched; Next searches on)` : '') : ' (last page)');
   $('am-next').disabled = !page.next_marker;
   $('am-prev').disabled = A.markers.length === 0;
 }
