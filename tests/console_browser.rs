@@ -208,6 +208,22 @@ fn the_status_page_shows_what_the_api_says_in_a_real_browser() {
     let actions: Vec<&str> = page["admin_actions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(actions, ["Fail over…", "Forget…"]);
     assert_eq!(page["admin_actions_services"], 2);
+    // Each action asks first: a forget not confirmed forgets nothing; a confirmed failover and
+    // a confirmed lock are done.
+    assert!(page["forget_question"].as_str().unwrap().contains(id), "{}", page["forget_question"]);
+    assert_eq!(d.get(&format!("/v1/amphorae/{id}")).0, 200, "not forgotten");
+    assert!(page["failover_question"].as_str().unwrap().contains(id));
+    let (_, fo) = d.get("/v1/failovers?limit=1000");
+    assert!(
+        fo["failovers"].as_array().unwrap().iter().any(|r| r["amphora"] == id && r["reason"] == "manual"),
+        "a manual failover of {id}: {fo}"
+    );
+    assert!(page["lock_prompt"].as_str().unwrap().contains("127.0.0.1:7001"), "{}", page["lock_prompt"]);
+    assert!(page["lock_question"].as_str().unwrap().contains("at 42"));
+    let (_, services) = d.get("/v1/services?type=echo");
+    let locked = services.as_array().unwrap().iter().find(|s| s["addr"] == "127.0.0.1:7001").unwrap();
+    assert_eq!((&locked["score"], &locked["locked"]), (&json!(42), &json!(true)), "{services}");
+    assert!(page["locked_row"].as_str().unwrap().contains("locked"), "{}", page["locked_row"]);
     assert_eq!(page["console_errors"], json!([]));
 
     for name in [

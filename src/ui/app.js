@@ -137,16 +137,20 @@ async function whoami() {
 
 const isAdmin = () => S.role === 'admin';
 
-// An admin action behind a confirmation; refreshes the view after it.
+// An admin action behind a confirmation; refreshes the view after it. True when it was
+// confirmed and done.
 async function act(question, path, method, body) {
-  if (!window.confirm(question)) return;
+  if (!window.confirm(question)) return false;
+  let done = false;
   try {
     await api(path, method, body);
     say('');
+    done = true;
   } catch (e) {
     if (!(e instanceof AuthNeeded)) say(String(e.message || e));
   }
   refresh();
+  return done;
 }
 
 // ---- views -------------------------------------------------------------------------------
@@ -278,8 +282,9 @@ async function amphora(id) {
     actions.push(el('button', { type: 'button', class: 'admin-action', id: 'act-failover', onclick: () =>
       act(`Start a manual failover of amphora ${a.id}?`, `/v1/amphorae/${a.id}/failover`, 'POST') }, 'Fail over…'));
     actions.push(el('button', { type: 'button', class: 'admin-action danger', id: 'act-forget', onclick: async () => {
-      await act(`Forget amphora ${a.id}? It is new again if it beats.`, `/v1/amphorae/${a.id}`, 'DELETE');
-      location.hash = '#/amphorae';
+      if (await act(`Forget amphora ${a.id}? It is new again if it beats.`, `/v1/amphorae/${a.id}`, 'DELETE')) {
+        location.hash = '#/amphorae';
+      }
     } }, 'Forget…'));
   }
   $('ad-actions').replaceChildren(...actions);

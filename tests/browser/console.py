@@ -12,10 +12,12 @@ import json
 import os
 import sys
 import time
+import traceback
 
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 
 URL = os.environ["HEARTSINK_URL"].rstrip("/")
@@ -34,6 +36,27 @@ def wait(driver, what, script):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def dialog(driver, accept, keys=None):
+    """Answers the page's next confirm() or prompt(): its text."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            alert = driver.switch_to.alert
+            text = alert.text
+            break
+        except NoAlertPresentException:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no confirmation was asked")
+            time.sleep(0.05)
+    if keys is not None:
+        alert.send_keys(keys)
+    if accept:
+        alert.accept()
+    else:
+        alert.dismiss()
+    return text
 
 
 def refreshes(driver):
@@ -158,9 +181,24 @@ def main():
         out["admin_role_shown"] = driver.find_element(By.ID, "who-role").text
         out["admin_actions"] = [b.text for b in driver.find_elements(By.CSS_SELECTOR, "#view-amphora .admin-action")]
         shot(driver, "amphora-admin.png")
+        # Forget, then think better of it: nothing happens. Fail over, confirmed: it starts.
+        driver.find_element(By.ID, "act-forget").click()
+        out["forget_question"] = dialog(driver, accept=False)
+        n = refreshes(driver)
+        driver.find_element(By.ID, "act-failover").click()
+        out["failover_question"] = dialog(driver, accept=True)
+        settle(driver, "amphora", n)
+        out["failed_over"] = first
         go(driver, "#/services", "services")
         out["admin_actions_services"] = len(driver.find_elements(By.CSS_SELECTOR, "#view-services .admin-action"))
         shot(driver, "services-admin.png")
+        # Lock the first service's score at 42: the score asked for, then the confirmation.
+        n = refreshes(driver)
+        driver.find_element(By.CSS_SELECTOR, "#view-services tr[data-service] .admin-action").click()
+        out["lock_prompt"] = dialog(driver, accept=True, keys="42")
+        out["lock_question"] = dialog(driver, accept=True)
+        settle(driver, "services", n)
+        out["locked_row"] = driver.find_element(By.CSS_SELECTOR, "#view-services tr[data-service]").text
         out["console_errors"] = [
             e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE" and "401" not in e["message"]
         ]
@@ -174,4 +212,5 @@ if __name__ == "__main__":
         main()
     except Exception as e:  # the test prints stderr on failure
         print(f"console.py: {type(e).__name__}: {e}", file=sys.stderr)
+        traceback.print_exc(limit=3)
         sys.exit(1)
