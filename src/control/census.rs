@@ -104,7 +104,10 @@ impl Transition {
 pub struct Census {
     counts: [[u64; 2]; STATUSES.len()],
     unhealthy: imbl::OrdSet<Uuid>,
-    pending: Vec<Transition>,
+    /// At most [`LOG_CAPACITY`] (a mass event keeps its newest, as the log would).
+    pending: VecDeque<Transition>,
+    /// Transitions dropped from `pending` since it was last taken.
+    dropped: u64,
 }
 
 impl Census {
@@ -137,12 +140,20 @@ impl Census {
         }
         if let (true, Some((s0, l0)), Some((s1, l1))) = (record, before, after) {
             if s0 != s1 {
-                self.pending.push(Transition { id, at_ns: now, moved: Moved::Status(s0, s1) });
+                self.push(Transition { id, at_ns: now, moved: Moved::Status(s0, s1) });
             }
             if l0 != l1 {
-                self.pending.push(Transition { id, at_ns: now, moved: Moved::Liveness(l0, l1) });
+                self.push(Transition { id, at_ns: now, moved: Moved::Liveness(l0, l1) });
             }
         }
+    }
+
+    fn push(&mut self, t: Transition) {
+        if self.pending.len() == LOG_CAPACITY {
+            self.pending.pop_front();
+            self.dropped += 1;
+        }
+        self.pending.push_back(t);
     }
 
     /// Amphorae by operating status (in [`STATUSES`] order) × liveness (alive, stale).
@@ -155,9 +166,10 @@ impl Census {
         &self.unhealthy
     }
 
-    /// The transitions since the last call, oldest first.
-    pub fn take_transitions(&mut self) -> Vec<Transition> {
-        std::mem::take(&mut self.pending)
+    /// The transitions since the last call, oldest first, and how many older ones did not
+    /// fit (a mass event beyond [`LOG_CAPACITY`] in one round).
+    pub fn take_transitions(&mut self) -> (VecDeque<Transition>, u64) {
+        (std::mem::take(&mut self.pending), std::mem::take(&mut self.dropped))
     }
 }
 
@@ -169,15 +181,17 @@ pub struct TransitionLog {
 }
 
 impl TransitionLog {
-    /// Appends `transitions` (oldest first), dropping the oldest beyond [`LOG_CAPACITY`].
-    pub fn extend(&mut self, transitions: &[Transition]) {
+    /// Appends `transitions` (oldest first), dropping the oldest beyond [`LOG_CAPACITY`];
+    /// `skipped` more happened before them that never reached the log.
+    pub fn extend(&mut self, transitions: impl IntoIterator<Item = Transition>, skipped: u64) {
         for t in transitions {
             if self.ring.len() == LOG_CAPACITY {
                 self.ring.pop_front();
             }
-            self.ring.push_back(*t);
+            self.ring.push_back(t);
+            self.total += 1;
         }
-        self.total += transitions.len() as u64;
+        self.total += skipped;
     }
 
     /// Transitions recorded since start (including those the ring no longer holds).
@@ -188,11 +202,6 @@ impl TransitionLog {
     /// The newest transitions of `id` still held, newest first, at most [`PER_AMPHORA`].
     pub fn of(&self, id: &Uuid) -> Vec<Transition> {
         self.ring.iter().rev().filter(|t| t.id == *id).take(PER_AMPHORA).copied().collect()
-    }
-
-    /// The fleet's newest `n` transitions, newest first.
-    pub fn newest(&self, n: usize) -> Vec<Transition> {
-        self.ring.iter().rev().take(n).copied().collect()
     }
 }
 
@@ -213,18 +222,36 @@ mod tests {
         assert_eq!(c.counts()[0], [1, 0]);
         assert_eq!(c.counts()[2], [1, 0]);
         assert_eq!(c.unhealthy().iter().copied().collect::<Vec<_>>(), vec![b]);
-        assert!(c.take_transitions().is_empty(), "a new amphora is no transition");
+        assert!(c.take_transitions().0.is_empty(), "a new amphora is no transition");
         c.moved(a, Some((ON, Live::Alive)), Some((ON, Live::Stale)), 5, true);
         c.moved(b, Some((ERR, Live::Alive)), Some((ON, Live::Alive)), 6, true);
         assert_eq!(c.unhealthy().iter().copied().collect::<Vec<_>>(), vec![a]);
         assert_eq!(c.counts()[0], [1, 1]);
         assert_eq!(c.counts()[2], [0, 0]);
-        let t = c.take_transitions();
+        let (t, _) = c.take_transitions();
         assert_eq!(t[0], Transition { id: a, at_ns: 5, moved: Moved::Liveness(Live::Alive, Live::Stale) });
         assert_eq!(t[1], Transition { id: b, at_ns: 6, moved: Moved::Status(ERR, ON) });
         c.moved(a, Some((ON, Live::Stale)), None, 7, false);
         assert!(c.unhealthy().is_empty());
         assert_eq!(c.counts().iter().flatten().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn a_mass_event_keeps_the_newest_transitions_and_counts_the_rest() {
+        let mut c = Census::default();
+        let a = Uuid::from_bytes([1; 16]);
+        let (up, down) = ((ON, Live::Alive), (ON, Live::Stale));
+        c.moved(a, None, Some(up), 0, true);
+        for i in 0..LOG_CAPACITY as u64 + 5 {
+            let (from, to) = if i % 2 == 0 { (up, down) } else { (down, up) };
+            c.moved(a, Some(from), Some(to), i, true);
+        }
+        let (t, dropped) = c.take_transitions();
+        assert_eq!((t.len(), dropped), (LOG_CAPACITY, 5));
+        assert_eq!(t.back().map(|t| t.at_ns), Some(LOG_CAPACITY as u64 + 4));
+        let mut log = TransitionLog::default();
+        log.extend(t, dropped);
+        assert_eq!(log.total(), LOG_CAPACITY as u64 + 5);
     }
 
     #[test]
@@ -234,13 +261,12 @@ mod tests {
         let t = |id, at| Transition { id, at_ns: at, moved: Moved::Status(ON, ERR) };
         let many: Vec<Transition> =
             (0..LOG_CAPACITY as u64 + 10).map(|i| t(if i % 2 == 0 { a } else { b }, i)).collect();
-        log.extend(&many);
+        log.extend(many, 0);
         assert_eq!(log.total(), LOG_CAPACITY as u64 + 10);
         let of_a = log.of(&a);
         assert_eq!(of_a.len(), PER_AMPHORA);
         assert_eq!(of_a[0].at_ns, LOG_CAPACITY as u64 + 8);
         assert!(of_a.windows(2).all(|w| w[0].at_ns > w[1].at_ns));
-        assert_eq!(log.newest(1)[0].at_ns, LOG_CAPACITY as u64 + 9);
         assert_eq!(log.of(&Uuid::from_bytes([3; 16])), vec![]);
         let v = of_a[0].view();
         assert_eq!((v.what, v.from, v.to), ("operating_status", "ONLINE", "ERROR"));

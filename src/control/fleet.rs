@@ -926,8 +926,9 @@ impl Fleet {
         &self.census
     }
 
-    /// The transitions since the last call, oldest first (for the published log).
-    pub fn take_transitions(&mut self) -> Vec<super::census::Transition> {
+    /// The transitions since the last call, oldest first, and how many did not fit (for the
+    /// published log).
+    pub fn take_transitions(&mut self) -> (VecDeque<super::census::Transition>, u64) {
         self.census.take_transitions()
     }
 

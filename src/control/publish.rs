@@ -64,9 +64,9 @@ impl Control {
             self.changed = true;
         }
         let now = self.clock.now_ns();
-        let transitions = self.fleet.take_transitions();
+        let (transitions, skipped) = self.fleet.take_transitions();
         if !transitions.is_empty() {
-            self.published.transitions.lock().extend(&transitions);
+            self.published.transitions.lock().extend(transitions, skipped);
         }
         let held_due = self.publish_due().is_some_and(|due| fleet_now || now >= due);
         let fleet = self.fleet.is_changed() || held_due;
