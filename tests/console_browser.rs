@@ -165,6 +165,14 @@ fn the_status_page_shows_what_the_api_says_in_a_real_browser() {
     assert_eq!(ov["alive"], census["by_liveness"]["alive"]);
     assert_eq!(ov["unhealthy"], census["unhealthy"]);
     assert_eq!(ov["by_status"], census["by_status"]);
+    // The same census in the metrics.
+    let metrics = d.get_text("/metrics");
+    let metric = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {metrics}"));
+        line[name.len()..].trim().parse().unwrap()
+    };
+    assert_eq!(metric("heartsink_amphorae_by_status{status=\"ONLINE\",liveness=\"stale\"} "), stopped.len() as f64);
+    assert_eq!(metric("heartsink_amphorae_unhealthy "), stopped.len() as f64);
     assert_eq!(ov["keys"].as_array().unwrap().len(), stats["keys"]["fingerprints"].as_array().unwrap().len());
     // The charts drew the history on the first load.
     for c in ["chart-ingest", "chart-drops", "chart-p99"] {
