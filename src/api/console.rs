@@ -9,8 +9,9 @@
 //!
 //! A list page never sorts or counts the fleet: it walks one ordered index (every amphora, the
 //! stale ones, the unhealthy ones, or one load balancer's) from the marker and stops once the
-//! page is full. Unhealthy first walks the unhealthy index (kept by the control thread,
-//! [`crate::control::census`]) and then the whole fleet, skipping the unhealthy ones.
+//! page is full. Unhealthy first walks the unhealthy ones (the stale set and the index of those
+//! alive and not `ONLINE`, kept by the control thread, [`crate::control::census`], merged in id
+//! order) and then the whole fleet, skipping the unhealthy ones.
 
 use std::ops::Bound;
 
@@ -204,21 +205,47 @@ fn walk<'a>(
     start: Bound<Uuid>,
 ) -> Box<dyn Iterator<Item = Walked<'a>> + 'a> {
     let range = (start, Bound::Unbounded);
-    let health = |id: &Uuid| (*id, snap.amphorae.get(id));
+    let health = move |id: &Uuid| (*id, snap.amphorae.get(id));
     if let Some(lb) = &q.load_balancer {
         return match snap.load_balancers.get(lb) {
             Some(set) => Box::new(set.range(range).map(health)),
             None => Box::new(std::iter::empty()),
         };
     }
-    // Every amphora a filter on a status other than ONLINE admits is unhealthy: the unhealthy
-    // index holds them all, in the same id order.
-    let only_unhealthy = q.status.is_some_and(|s| s != OperatingStatus::Online);
-    match (phase, q.liveness) {
-        (Phase::Unhealthy | Phase::All, Some(Live::Stale)) => Box::new(snap.down.range(range).map(health)),
-        (Phase::Unhealthy, _) => Box::new(snap.unhealthy.range(range).map(health)),
-        (Phase::All, _) if only_unhealthy => Box::new(snap.unhealthy.range(range).map(health)),
-        (Phase::Healthy | Phase::All, _) => Box::new(snap.amphorae.range(range).map(|(id, h)| (*id, Some(h)))),
+    // Every amphora a filter on a status other than ONLINE admits is unhealthy: stale, or alive
+    // and sick; the two sets hold them all, in id order.
+    let only_unhealthy = phase == Phase::Unhealthy || q.status.is_some_and(|s| s != OperatingStatus::Online);
+    match q.liveness {
+        Some(Live::Stale) if phase != Phase::Healthy => Box::new(snap.down.range(range).map(health)),
+        Some(Live::Alive) if only_unhealthy => Box::new(snap.sick.range(range).map(health)),
+        _ if only_unhealthy => Box::new(
+            Merged::new(snap.down.range(range).copied(), snap.sick.range(range).copied()).map(move |id| health(&id)),
+        ),
+        _ => Box::new(snap.amphorae.range(range).map(|(id, h)| (*id, Some(h)))),
+    }
+}
+
+/// Two iterators of ids in increasing order, merged in increasing order.
+struct Merged<A: Iterator<Item = Uuid>, B: Iterator<Item = Uuid>> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<A: Iterator<Item = Uuid>, B: Iterator<Item = Uuid>> Merged<A, B> {
+    fn new(a: A, b: B) -> Self {
+        Merged { a: a.peekable(), b: b.peekable() }
+    }
+}
+
+impl<A: Iterator<Item = Uuid>, B: Iterator<Item = Uuid>> Iterator for Merged<A, B> {
+    type Item = Uuid;
+
+    fn next(&mut self) -> Option<Uuid> {
+        match (self.a.peek(), self.b.peek()) {
+            (Some(x), Some(y)) if x <= y => self.a.next(),
+            (Some(_), Some(_)) | (None, _) => self.b.next(),
+            (Some(_), None) => self.a.next(),
+        }
     }
 }
 
@@ -344,7 +371,7 @@ pub(super) fn census(snap: &Snapshot) -> serde_json::Value {
     json!({
         "by_status": by_status,
         "by_liveness": {"alive": alive, "stale": stale},
-        "unhealthy": snap.unhealthy.len(),
+        "unhealthy": snap.unhealthy_count(),
     })
 }
 
@@ -386,8 +413,8 @@ mod tests {
             if live == Live::Stale {
                 s.down.insert(id);
             }
-            if unhealthy(st, live) {
-                s.unhealthy.insert(id);
+            if crate::control::census::sick(st, live) {
+                s.sick.insert(id);
             }
         }
         s
@@ -447,8 +474,7 @@ mod tests {
         let mut marker: Option<String> = None;
         loop {
             let m = marker.as_ref().map_or(String::new(), |m| format!("&marker={m}"));
-            let mut q =
-                ListQuery::parse(&format!("limit=10&status=ERROR&liveness=alive&unhealthy_first=1{m}")).unwrap();
+            let mut q = ListQuery::parse(&format!("limit=10&status=ERROR&unhealthy_first=1{m}")).unwrap();
             q.budget = 2;
             let (ids, next, scanned) = page(&s, &q);
             assert!(scanned <= 2);
@@ -458,8 +484,8 @@ mod tests {
                 None => break,
             }
         }
-        // The unhealthy run (0, 5, 7, 10, 14, 15) two at a time; 7 and 14 are alive in ERROR.
-        assert_eq!(pages, vec![vec![], vec![7], vec![14], vec![]]);
+        // The unhealthy run (0, 5, 7, 10, 14, 15) two at a time; 0, 7 and 14 are in ERROR.
+        assert_eq!(pages, vec![vec![0], vec![7], vec![14], vec![]]);
     }
 
     #[test]
@@ -524,8 +550,8 @@ mod tests {
             if live == Live::Stale {
                 s.down.insert(id);
             }
-            if unhealthy(st, live) {
-                s.unhealthy.insert(id);
+            if crate::control::census::sick(st, live) {
+                s.sick.insert(id);
             }
             ids.push(id);
         }
@@ -548,7 +574,7 @@ mod tests {
             let mid = ids[ids.len() / 2];
             eprintln!(
                 "{fleet}: 1,000,000 amphorae ({} unhealthy) built in {:?}",
-                snap.unhealthy.len(),
+                snap.unhealthy_count(),
                 built.elapsed()
             );
             let queries = [

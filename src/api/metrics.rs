@@ -189,7 +189,7 @@ impl Collector for EngineCollector {
             &mut enc,
             "heartsink_amphorae_unhealthy",
             "Amphorae stale, or alive with an operating status other than ONLINE.",
-            snap.unhealthy.len() as f64,
+            snap.unhealthy_count() as f64,
         )?;
         {
             let g = ConstGauge::new(0i64);

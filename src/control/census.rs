@@ -1,9 +1,11 @@
 //! The fleet's census for the status page: amphorae counted by operating status × liveness,
-//! the index of unhealthy ones (so a list can put them first without sorting the fleet), and
-//! the log of recent transitions (an amphora's detail view shows its own).
+//! the index of the alive ones whose status is not `ONLINE` (with the fleet's stale set, the
+//! unhealthy ones: a list puts them first without sorting the fleet), and the log of recent
+//! transitions (an amphora's detail view shows its own).
 //!
-//! Memory: the counts are fixed; the unhealthy index holds only unhealthy amphorae (a
-//! persistent set shared with the published snapshot); the transitions are one bounded global
+//! Memory: the counts are fixed; the index holds only amphorae alive and not `ONLINE` (a
+//! persistent set shared with the published snapshot; an amphora going stale, the mass event,
+//! touches no set here); the transitions are one bounded global
 //! ring of the fleet's last [`LOG_CAPACITY`] transitions (32 bytes each, 4 MiB), nothing per
 //! amphora. An amphora's recent changes are the newest [`PER_AMPHORA`] of its transitions still
 //! in that ring: a fleet that churns faster than the ring turns over shows fewer.
@@ -45,6 +47,12 @@ fn live_index(l: Live) -> usize {
 /// Whether an amphora in this state is unhealthy: stale, or alive with any status but `ONLINE`.
 pub fn unhealthy(status: OperatingStatus, live: Live) -> bool {
     live != Live::Alive || status != OperatingStatus::Online
+}
+
+/// Whether an amphora in this state is alive with a status other than `ONLINE` (unhealthy and
+/// not stale).
+pub fn sick(status: OperatingStatus, live: Live) -> bool {
+    live == Live::Alive && status != OperatingStatus::Online
 }
 
 /// What changed in one transition.
@@ -98,12 +106,12 @@ impl Transition {
     }
 }
 
-/// Counts, the unhealthy index, and the transitions not yet handed to the log; kept by the
+/// Counts, the index of the sick, and the transitions not yet handed to the log; kept by the
 /// fleet, which reports every change of an amphora's (status, liveness) through [`Census::moved`].
 #[derive(Debug, Default)]
 pub struct Census {
     counts: [[u64; 2]; STATUSES.len()],
-    unhealthy: imbl::OrdSet<Uuid>,
+    sick: imbl::OrdSet<Uuid>,
     /// At most [`LOG_CAPACITY`] (a mass event keeps its newest, as the log would).
     pending: VecDeque<Transition>,
     /// Transitions dropped from `pending` since it was last taken.
@@ -131,12 +139,12 @@ impl Census {
         if let Some((s, l)) = after {
             self.counts[status_index(s)][live_index(l)] += 1;
         }
-        let sick = after.is_some_and(|(s, l)| unhealthy(s, l));
-        let was = before.is_some_and(|(s, l)| unhealthy(s, l));
-        if sick && !was {
-            self.unhealthy.insert(id);
-        } else if was && !sick {
-            self.unhealthy.remove(&id);
+        let now_sick = after.is_some_and(|(s, l)| sick(s, l));
+        let was = before.is_some_and(|(s, l)| sick(s, l));
+        if now_sick && !was {
+            self.sick.insert(id);
+        } else if was && !now_sick {
+            self.sick.remove(&id);
         }
         if let (true, Some((s0, l0)), Some((s1, l1))) = (record, before, after) {
             if s0 != s1 {
@@ -161,9 +169,9 @@ impl Census {
         self.counts
     }
 
-    /// The unhealthy amphorae (see [`unhealthy`]), in id order.
-    pub fn unhealthy(&self) -> &imbl::OrdSet<Uuid> {
-        &self.unhealthy
+    /// The amphorae alive with a status other than `ONLINE` (see [`sick`]), in id order.
+    pub fn sick(&self) -> &imbl::OrdSet<Uuid> {
+        &self.sick
     }
 
     /// The transitions since the last call, oldest first, and how many older ones did not
@@ -214,25 +222,25 @@ mod tests {
     const ERR: OperatingStatus = OperatingStatus::Error;
 
     #[test]
-    fn counts_the_unhealthy_index_and_transitions_follow_each_move() {
+    fn counts_the_sick_index_and_transitions_follow_each_move() {
         let mut c = Census::default();
         let (a, b) = (Uuid::from_bytes([1; 16]), Uuid::from_bytes([2; 16]));
         c.moved(a, None, Some((ON, Live::Alive)), 1, true);
         c.moved(b, None, Some((ERR, Live::Alive)), 1, true);
         assert_eq!(c.counts()[0], [1, 0]);
         assert_eq!(c.counts()[2], [1, 0]);
-        assert_eq!(c.unhealthy().iter().copied().collect::<Vec<_>>(), vec![b]);
+        assert_eq!(c.sick().iter().copied().collect::<Vec<_>>(), vec![b]);
         assert!(c.take_transitions().0.is_empty(), "a new amphora is no transition");
         c.moved(a, Some((ON, Live::Alive)), Some((ON, Live::Stale)), 5, true);
         c.moved(b, Some((ERR, Live::Alive)), Some((ON, Live::Alive)), 6, true);
-        assert_eq!(c.unhealthy().iter().copied().collect::<Vec<_>>(), vec![a]);
+        assert!(c.sick().is_empty(), "a is stale (not sick), b is ONLINE again");
         assert_eq!(c.counts()[0], [1, 1]);
         assert_eq!(c.counts()[2], [0, 0]);
         let (t, _) = c.take_transitions();
         assert_eq!(t[0], Transition { id: a, at_ns: 5, moved: Moved::Liveness(Live::Alive, Live::Stale) });
         assert_eq!(t[1], Transition { id: b, at_ns: 6, moved: Moved::Status(ERR, ON) });
         c.moved(a, Some((ON, Live::Stale)), None, 7, false);
-        assert!(c.unhealthy().is_empty());
+        assert!(c.sick().is_empty());
         assert_eq!(c.counts().iter().flatten().sum::<u64>(), 1);
     }
 

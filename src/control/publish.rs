@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{AmphoraHealth, Control, Snapshot};
 
-/// The fleet's published maps: health, stale, load balancers, unhealthy, and the census
+/// The fleet's published maps: health, stale, load balancers, alive and not `ONLINE`, and the census
 /// counts that go with them.
 pub(super) type FleetMaps = (
     imbl::OrdMap<crate::proto::octavia::Uuid, AmphoraHealth>,
@@ -87,7 +87,7 @@ impl Control {
                 self.fleet.health().clone(),
                 self.fleet.down().clone(),
                 self.fleet.load_balancers().clone(),
-                self.fleet.census().unhealthy().clone(),
+                self.fleet.census().sick().clone(),
                 self.fleet.census().counts(),
             );
         }
@@ -102,7 +102,7 @@ impl Control {
             amphorae: self.fleet_maps.0.clone(),
             down: self.fleet_maps.1.clone(),
             load_balancers: self.fleet_maps.2.clone(),
-            unhealthy: self.fleet_maps.3.clone(),
+            sick: self.fleet_maps.3.clone(),
             census: self.fleet_maps.4,
             tracked: self.fleet.health().len(),
             totals: self.engine.totals(),

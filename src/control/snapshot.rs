@@ -62,9 +62,10 @@ pub struct Snapshot {
     pub down: imbl::OrdSet<Uuid>,
     /// Load balancer → its amphorae (only those configured with one).
     pub load_balancers: imbl::OrdMap<Uuid, imbl::OrdSet<Uuid>>,
-    /// Unhealthy amphorae: stale, or alive with a status other than `ONLINE`
-    /// ([`super::census::unhealthy`]); lists put them first without sorting the fleet.
-    pub unhealthy: imbl::OrdSet<Uuid>,
+    /// Amphorae alive with a status other than `ONLINE` ([`super::census::sick`]). With
+    /// `down` (disjoint from it), the unhealthy ones: lists put them first without sorting the
+    /// fleet.
+    pub sick: imbl::OrdSet<Uuid>,
     /// Amphorae in `amphorae` by operating status ([`super::census::STATUSES`] order) ×
     /// liveness (alive, stale).
     pub census: CensusCounts,
@@ -119,6 +120,11 @@ pub struct StoreStatus {
 }
 
 impl Snapshot {
+    /// Unhealthy amphorae: stale, or alive with a status other than `ONLINE`.
+    pub fn unhealthy_count(&self) -> usize {
+        self.down.len() + self.sick.len()
+    }
+
     /// The rolled-up status of load balancer `lb`: the status of its live amphora refreshed
     /// most recently (Octavia: the last heartbeat written wins), `OFFLINE` when none is alive.
     /// An amphora configured with no load balancer is its own. `None` if unknown.
