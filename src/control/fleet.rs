@@ -92,7 +92,7 @@ pub struct Fleet {
     sweep_after: Option<Uuid>,
     /// Revivals logged in the current second: (second, logged one by one, not logged).
     revived_log: (u64, usize, usize),
-    /// Counts by status and liveness, the unhealthy index, transitions to log.
+    /// Counts by status and liveness, the index of those alive and not ONLINE, transitions to log.
     census: Census,
 }
 
@@ -921,7 +921,7 @@ impl Fleet {
         self.live.tracked()
     }
 
-    /// Counts by status and liveness, the unhealthy index, the transitions to log.
+    /// Counts by status and liveness, the index of those alive and not ONLINE, the transitions.
     pub fn census(&self) -> &Census {
         &self.census
     }
