@@ -180,6 +180,10 @@ fn the_status_page_shows_what_the_api_says_in_a_real_browser() {
     }
     assert!(ov["polylines"].as_u64().unwrap() >= 1);
 
+    // Live refresh every 2 s, and the page was never reloaded.
+    assert!(page["refreshes_in_5_s"].as_u64().unwrap() >= 2, "{}", page["refreshes_in_5_s"]);
+    assert_eq!(page["never_reloaded"], true);
+
     // The list puts the stale ones first; the stale filter shows exactly the stopped ones.
     let list: Vec<String> = page["list"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
     assert_eq!(list.len(), 35);

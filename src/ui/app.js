@@ -380,6 +380,7 @@ async function refresh() {
   if (S.busy) { S.timer = setTimeout(refresh, 100); return; }
   S.busy = true;
   const view = S.view;
+  const started = Date.now();
   try {
     await whoami();
     await VIEWS[view](S.arg);
@@ -394,7 +395,8 @@ async function refresh() {
   } finally {
     S.busy = false;
   }
-  if (document.body.dataset.auth !== 'needed') S.timer = setTimeout(refresh, REFRESH_MS);
+  // Every REFRESH_MS from the start of the last refresh (at once if it took longer).
+  if (document.body.dataset.auth !== 'needed') S.timer = setTimeout(refresh, Math.max(0, REFRESH_MS - (Date.now() - started)));
 }
 
 function page(state, dir) {

@@ -132,6 +132,11 @@ def main():
         }
         out["overview"] = ov
         shot(driver, "overview.png")
+        # Live: the view refreshes itself, without reloading the page (the marker survives).
+        driver.execute_script("window.heartsinkMarker = 'kept'")
+        n = refreshes(driver)
+        time.sleep(5)
+        out["refreshes_in_5_s"] = refreshes(driver) - n
 
         # The list, unhealthy first, then filtered to the stale ones.
         go(driver, "#/amphorae", "amphorae")
@@ -173,6 +178,8 @@ def main():
             if view != "cluster":
                 out.setdefault("read_actions_" + view, len(driver.find_elements(By.CSS_SELECTOR, ".admin-action")))
             shot(driver, f"{view}.png")
+
+        out["never_reloaded"] = driver.execute_script("return window.heartsinkMarker === 'kept'")
 
         # An admin token: the same detail view offers the actions.
         driver.find_element(By.ID, "signout").click()
