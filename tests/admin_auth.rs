@@ -92,12 +92,23 @@ fn every_route_with_every_kind_of_token() {
             }
         }
     }
-    // Unknown paths need a token too (nothing tells what exists); the status page's paths do
-    // not (no page is served yet: 404).
+    // Unknown paths need a token too (nothing tells what exists); the status page's static
+    // files do not (they hold no data), and there is nothing else under /ui/.
     assert_eq!(d.request("GET", "/v1/nope", None, None).0, 401);
     assert_eq!(d.request("GET", "/v1/nope", Some(READ), None).0, 404);
-    assert_eq!(d.request("GET", "/", None, None).0, 404);
-    assert_eq!(d.request("GET", "/ui/app.js", None, None).0, 404);
+    assert_eq!(d.request("GET", "/", None, None).0, 200);
+    assert_eq!(d.request("GET", "/ui/app.js", None, None).0, 200);
+    assert_eq!(d.request("GET", "/ui/nope.js", None, None).0, 404);
+    assert_eq!(d.request("POST", "/", None, Some("{}")).0, 404, "only GET serves the page");
+    // Who the page is talking for: the role decides which actions it offers.
+    for (token, name, role) in [(ADMIN, "ops", "admin"), (READ, "viewer", "read")] {
+        let (status, _, v) = d.request("GET", "/v1/whoami", Some(token), None);
+        assert_eq!(
+            (status, v["name"].as_str(), v["role"].as_str(), v["auth"].as_bool()),
+            (200, Some(name), Some(role), Some(true))
+        );
+    }
+    assert_eq!(d.request("GET", "/v1/whoami", Some(WRONG), None).0, 401);
     assert_eq!(d.request("GET", "/healthz", None, None).0, 200);
     let metrics = d.get_text("/metrics");
     assert!(metrics.contains("heartsink_admin_unauthorized_total "), "{metrics}");

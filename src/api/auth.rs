@@ -55,6 +55,27 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    /// `read` or `admin`, as the tokens file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Who sent a request the layer let through (a request extension, for `GET /v1/whoami`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's name (`-`: none needed or none configured).
+    pub name: String,
+    /// What it may do (`admin` when no token is configured: authentication is off).
+    pub role: Role,
+    /// Whether tokens are configured.
+    pub auth: bool,
+}
+
 /// One configured token: its name, role, and the SHA-256 digest of its value (the value itself
 /// is not kept).
 #[derive(Clone)]
@@ -247,9 +268,17 @@ impl AdminAuth {
     /// Decides a request (sans-IO): `Ok(name)` to serve it (`-` when no token is needed or
     /// configured), or the refusal.
     pub fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<String, Refusal> {
+        self.caller(method, path, headers).map(|c| c.name)
+    }
+
+    /// As [`AdminAuth::check`], with the caller's role.
+    pub fn caller(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<Caller, Refusal> {
         let tokens = self.tokens.load();
-        if tokens.is_empty() || exempt(method, path, self.metrics_auth.load(Ordering::Relaxed)) {
-            return Ok("-".into());
+        if tokens.is_empty() {
+            return Ok(Caller { name: "-".into(), role: Role::Admin, auth: false });
+        }
+        if exempt(method, path, self.metrics_auth.load(Ordering::Relaxed)) {
+            return Ok(Caller { name: "-".into(), role: Role::Read, auth: true });
         }
         let Some(presented) = bearer(headers) else { return Err(Refusal::Missing) };
         match tokens.verify(presented) {
@@ -257,7 +286,7 @@ impl AdminAuth {
             Some(t) if t.role == Role::Read && routes::mutating(method.as_str()) => {
                 Err(Refusal::ReadOnly(t.name.clone()))
             }
-            Some(t) => Ok(t.name.clone()),
+            Some(t) => Ok(Caller { name: t.name.clone(), role: t.role, auth: true }),
         }
     }
 }
@@ -339,14 +368,18 @@ pub(crate) struct AuthLayer {
 /// mutating request.
 pub(crate) async fn layer(
     State(st): State<AuthLayer>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let decision = st.auth.check(&method, &path, req.headers());
+    let decision = st.auth.caller(&method, &path, req.headers());
     let (who, resp) = match decision {
-        Ok(who) => (who, next.run(req).await),
+        Ok(caller) => {
+            let who = caller.name.clone();
+            req.extensions_mut().insert(caller);
+            (who, next.run(req).await)
+        }
         Err(refusal) => {
             // A refused request's body is not read: the connection closes after the answer.
             let h = req.headers();

@@ -185,6 +185,27 @@ impl Collector for EngineCollector {
                 ConstGauge::new(i64::from(on)).encode(m.encode_family(&[("reason", label)])?)?;
             }
         }
+        gauge(
+            &mut enc,
+            "heartsink_amphorae_unhealthy",
+            "Amphorae stale, or alive with an operating status other than ONLINE.",
+            snap.unhealthy_count() as f64,
+        )?;
+        {
+            let g = ConstGauge::new(0i64);
+            let mut m = enc.encode_descriptor(
+                "heartsink_amphorae_by_status",
+                "Amphorae by operating status and liveness.",
+                None,
+                g.metric_type(),
+            )?;
+            for (st, counts) in crate::control::census::STATUSES.iter().zip(snap.census) {
+                for (live, n) in ["alive", "stale"].into_iter().zip(counts) {
+                    ConstGauge::new(n as i64)
+                        .encode(m.encode_family(&[("status", st.as_str()), ("liveness", live)])?)?;
+                }
+            }
+        }
         {
             let g = ConstGauge::new(0i64);
             let mut m =

@@ -9,8 +9,10 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /healthz` | `200 {"status":"ok"}`; `503` when the control thread missed its ticks, or `{"status":"degraded","reason":"store: …"}` while the store cannot write |
-//! | `GET /v1/amphorae?limit=&marker=` | ids in order with operating status and liveness; `next_marker` when more |
-//! | `GET /v1/amphorae/{id}` | the whole health and stats model of one amphora; `404` if unknown |
+//! | `GET /`, `GET /ui/{file}` | the status page (`src/ui/`: HTML, CSS, JavaScript), built into the binary |
+//! | `GET /v1/whoami` | the caller's token name and role (`read` or `admin`) |
+//! | `GET /v1/amphorae?limit=&marker=&status=&liveness=&load_balancer=&prefix=&unhealthy_first=` | ids in order (or unhealthy first) with operating status and liveness, filtered; `next_marker` when more |
+//! | `GET /v1/amphorae/{id}` | the whole health and stats model of one amphora and its recent transitions; `404` if unknown |
 //! | `PATCH /v1/amphorae/{id}` | `{"expected_listeners": n\|null, "load_balancer": id\|null, "zone": name\|null}` |
 //! | `DELETE /v1/amphorae/{id}` | forget the amphora (it is new again if it beats) |
 //! | `POST /v1/amphorae/{id}/failover` | start a manual failover; `409` while one is running |
@@ -28,6 +30,7 @@
 //! the `audit` target. TLS: [`tls`].
 
 pub mod auth;
+mod console;
 pub mod metrics;
 mod plane;
 pub mod routes;
@@ -53,7 +56,7 @@ use crate::confd::server::Confd;
 use crate::control::{Call, Command, CommandResult, FleetCommand, Published};
 use crate::engine::{histogram, DropReason, Shared};
 use crate::proto::octavia::Uuid;
-use crate::state::{AmphoraState, OperatingStatus};
+use crate::state::AmphoraState;
 use crate::util::rfc3339;
 use server::{BodyError, Shared as ServerShared};
 
@@ -273,7 +276,8 @@ async fn handle(State(sh): State<Arc<ServerShared>>, req: axum::extract::Request
     {
         return forward(&sh.ctx.cluster.shared, &parts, body).await;
     }
-    match route(&sh.ctx, &sh.registry, &parts.method, &segments, query, &body) {
+    let caller = parts.extensions.get::<auth::Caller>();
+    match route(&sh.ctx, &sh.registry, caller, &parts.method, &segments, query, &body) {
         Outcome::Reply(r) => r.into_response(),
         Outcome::Call(c, ok) => {
             let commands = sh.ctx.commands.clone();
@@ -465,7 +469,7 @@ pub fn route_request(
 ) -> Routed {
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Routed::Answer(400) };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match route(ctx, registry, &method, &segments, query, body) {
+    match route(ctx, registry, None, &method, &segments, query, body) {
         Outcome::Reply(r) => Routed::Answer(r.status),
         Outcome::Call(c, ok) => Routed::Call(c, ok),
     }
@@ -474,6 +478,7 @@ pub fn route_request(
 fn route(
     ctx: &ApiContext,
     registry: &prometheus_client::registry::Registry,
+    caller: Option<&auth::Caller>,
     method: &Method,
     segments: &[&str],
     query: &str,
@@ -483,9 +488,13 @@ fn route(
     if let Some(r) = plane::route(ctx, method, segments, query, body) {
         return r;
     }
+    if let Some(page) = console::static_file(segments).filter(|_| get) {
+        return page.into();
+    }
     let r = match segments {
         ["healthz"] if get => healthz(ctx),
-        ["v1", "amphorae"] if get => list_amphorae(ctx, query),
+        ["v1", "whoami"] if get => console::whoami(caller),
+        ["v1", "amphorae"] if get => console::list_amphorae(ctx, query),
         ["v1", "history"] if get => history(ctx, query),
         ["v1", "amphorae", id] if get => show_amphora(ctx, id),
         ["v1", "amphorae", id] if method == Method::DELETE => match parse_amphora_id(id) {
@@ -730,16 +739,21 @@ fn configure_command(id: Uuid, body: &serde_json::Value) -> Result<Command, Stri
     Ok(Command::Fleet(FleetCommand::Configure { id, expected_listeners, load_balancer, zone }))
 }
 
+/// The `limit` of a list request.
+fn paging_limit(v: &str) -> Result<usize, Resp> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(error(400, &format!("limit must be an integer in 1..={MAX_LIMIT}"))),
+    }
+}
+
 /// `limit` and `marker` of a list request.
 fn paging<M: std::str::FromStr>(query: &str) -> Result<(Option<M>, usize), Resp> {
     let mut limit = DEFAULT_LIMIT;
     let mut marker = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
-            "limit" => match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
-                _ => return Err(error(400, &format!("limit must be an integer in 1..={MAX_LIMIT}"))),
-            },
+            "limit" => limit = paging_limit(&v)?,
             "marker" => match v.parse::<M>() {
                 Ok(u) => marker = Some(u),
                 Err(_) => return Err(error(400, "marker is not an id of this list")),
@@ -748,49 +762,6 @@ fn paging<M: std::str::FromStr>(query: &str) -> Result<(Option<M>, usize), Resp>
         }
     }
     Ok((marker, limit))
-}
-
-#[derive(Serialize)]
-struct ListItem {
-    id: Uuid,
-    operating_status: OperatingStatus,
-    liveness: crate::control::liveness::Live,
-    last_refresh: String,
-    load_balancer: Option<Uuid>,
-    zone: Option<String>,
-    failover: Option<serde_json::Value>,
-}
-
-fn list_amphorae(ctx: &ApiContext, query: &str) -> Resp {
-    let (marker, limit) = match paging::<Uuid>(query) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    use std::ops::Bound;
-    // Cluster mode: the leader's view, the same on every member (this member's own state
-    // while no leader is heard from).
-    let (snap, from_leader) = ctx.control.list_view(ctx.cluster.clock.now_ns());
-    let lower = marker.map_or(Bound::Unbounded, Bound::Excluded);
-    let page: Vec<_> = snap.amphorae.range((lower, Bound::Unbounded)).take(limit + 1).collect();
-    let more = page.len() > limit;
-    let items: Vec<ListItem> = page
-        .iter()
-        .take(limit)
-        .map(|(id, h)| ListItem {
-            id: **id,
-            operating_status: h.operating_status,
-            liveness: h.liveness,
-            last_refresh: rfc3339(h.last_refresh_ns),
-            load_balancer: h.load_balancer,
-            zone: h.zone.clone(),
-            failover: h.failover.map(|(r, st)| json!({"id": r, "state": st.as_str()})),
-        })
-        .collect();
-    let next = if more { items.last().map(|i| i.id) } else { None };
-    json_response(
-        200,
-        &json!({ "amphorae": items, "next_marker": next, "generation": snap.generation, "leader_view": from_leader }),
-    )
 }
 
 #[derive(Serialize)]
@@ -808,6 +779,8 @@ struct AmphoraView<'a> {
     heard_by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     heard_at: Option<String>,
+    /// Its newest transitions (status, liveness), newest first ([`crate::control::census`]).
+    recent_transitions: Vec<crate::control::census::TransitionView>,
     #[serde(flatten)]
     state: &'a AmphoraState,
 }
@@ -816,6 +789,8 @@ fn show_amphora(ctx: &ApiContext, id: &str) -> Resp {
     let Ok(uuid) = Uuid::try_parse(id) else {
         return error(404, &format!("no amphora {id:?} (not a UUID)"));
     };
+    // Read before the shard's lock is taken: a worker never waits for the log's scan.
+    let recent = ctx.control.transitions.lock().of(&uuid);
     match ctx.engine.pipeline.shards.get(&uuid) {
         Some(mut state) => {
             let now = ctx.engine.now_ns();
@@ -842,6 +817,7 @@ fn show_amphora(ctx: &ApiContext, id: &str) -> Resp {
                         }
                     }),
                     heard_at: ctx.cluster.shared.enabled.then(|| rfc3339(state.refreshed_ns())),
+                    recent_transitions: recent.iter().map(|t| t.view()).collect(),
                     state: &state,
                 },
             )
@@ -904,7 +880,11 @@ pub fn stats(ctx: &ApiContext) -> serde_json::Value {
         "restarts": t.restarts,
         "amphorae": ctx.control.amphora_count(),
         "status_changes": ctx.control.status_changes.load(r),
-        "control": {"tick_us_last": ctx.control.tick_ns_last.load(r) as f64 / 1000.0, "tick_us_max": ctx.control.tick_ns_max.load(r) as f64 / 1000.0},
+        "control": {
+            "tick_us_last": ctx.control.tick_ns_last.load(r) as f64 / 1000.0,
+            "tick_us_max": ctx.control.tick_ns_max.load(r) as f64 / 1000.0,
+            "tick_age_s": e.now_ns().saturating_sub(ctx.control.last_tick_ns.load(r)) as f64 / 1e9,
+        },
         "rcvbuf": e.rcvbuf(),
         "workers": workers,
         "rx": rx,
@@ -928,6 +908,8 @@ fn liveness_stats(ctx: &ApiContext) -> serde_json::Value {
         .map(|(s, n)| (s.as_str().to_owned(), json!(n)))
         .collect();
     json!({
+        "census": console::census(&snap),
+        "transitions": ctx.control.transitions.lock().total(),
         "tracked": snap.amphorae.len(),
         "stale": snap.down.len(),
         "failovers_suspended": snap.suspended.iter().any(|s| s.group().is_none()),

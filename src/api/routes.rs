@@ -43,6 +43,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/stats"),
     r("GET", "/v1/latency"),
     r("GET", "/v1/history"),
+    r("GET", "/v1/whoami"),
     r("GET", "/v1/amphorae"),
     r("GET", "/v1/amphorae/{id}"),
     r("PATCH", "/v1/amphorae/{id}"),
@@ -117,7 +118,7 @@ mod tests {
             ROUTES.iter().flat_map(|r| r.path.trim_matches('/').split('/')).collect();
         let methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
         let mut checked = 0;
-        for src in [include_str!("mod.rs"), include_str!("plane.rs")] {
+        for src in [include_str!("mod.rs"), include_str!("plane.rs"), include_str!("console.rs")] {
             for line in src.lines().map(str::trim) {
                 if !(line.contains("[\"v1\"") || line.contains("[\"healthz\"]") || line.contains("[\"metrics\"]")) {
                     continue;

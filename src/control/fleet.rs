@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use super::census::Census;
 use super::command::{CommandError, FleetCommand, Reply};
 use super::failover::{FailoverReason, FailoverRecord, FailoverState, Outcome, Runner};
 use super::liveness::{GroupKey, Live, Liveness, LivenessConfig, Probed, Signals, SuspendReason};
@@ -91,6 +92,13 @@ pub struct Fleet {
     sweep_after: Option<Uuid>,
     /// Revivals logged in the current second: (second, logged one by one, not logged).
     revived_log: (u64, usize, usize),
+    /// Counts by status and liveness, the index of those alive and not ONLINE, transitions to log.
+    census: Census,
+}
+
+/// An amphora's (status, liveness), what the census counts.
+fn state_of(h: &AmphoraHealth) -> (OperatingStatus, Live) {
+    (h.operating_status, h.liveness)
 }
 
 impl Fleet {
@@ -116,6 +124,7 @@ impl Fleet {
             status_changes: 0,
             sweep_after: None,
             revived_log: (0, 0, 0),
+            census: Census::default(),
         }
     }
 
@@ -282,6 +291,7 @@ impl Fleet {
         if stored.stale_since_ns.is_some() {
             self.down.insert(id);
         }
+        self.census.moved(id, None, Some(state_of(&health)), 0, false);
         if let Some(lb) = stored.load_balancer {
             self.lbs.entry(lb).or_default().insert(id);
         }
@@ -321,7 +331,9 @@ impl Fleet {
                         self.changed = true;
                         self.status_changes += 1;
                         if let Some(h) = self.health.get_mut(&id) {
+                            let before = state_of(h);
                             h.operating_status = to;
+                            self.census.moved(id, Some(before), Some(state_of(h)), now, true);
                         }
                         out.amphora(id);
                         if to == OperatingStatus::Online {
@@ -352,6 +364,8 @@ impl Fleet {
         self.held += 1;
         self.live.track(id, now, None, false);
         let operating_status = shards.with(&id, |s| s.operating_status).unwrap_or(OperatingStatus::Offline);
+        let before = self.health.get(&id).map(state_of);
+        self.census.moved(id, before, Some((operating_status, Live::Alive)), now, true);
         self.health.insert(
             id,
             AmphoraHealth {
@@ -376,8 +390,10 @@ impl Fleet {
         }
         self.changed = true;
         if let Some(h) = self.health.get_mut(&id) {
+            let before = state_of(h);
             h.liveness = Live::Alive;
             h.last_refresh_ns = at;
+            self.census.moved(id, Some(before), Some(state_of(h)), at, true);
         }
         self.down.remove(&id);
         out.amphora(id);
@@ -412,7 +428,9 @@ impl Fleet {
                         self.changed = true;
                         self.status_changes += 1;
                         if let Some(h) = self.health.get_mut(&id) {
+                            let before = state_of(h);
                             h.operating_status = status;
+                            self.census.moved(id, Some(before), Some(state_of(h)), now, true);
                         }
                         out.amphora(id);
                     }
@@ -546,8 +564,10 @@ impl Fleet {
         }
         for (i, (id, last)) in check.newly_stale.iter().enumerate() {
             if let Some(h) = self.health.get_mut(id) {
+                let before = state_of(h);
                 h.liveness = Live::Stale;
                 h.last_refresh_ns = *last;
+                self.census.moved(*id, Some(before), Some(state_of(h)), now, true);
             }
             self.down.insert(*id);
             out.amphora(*id);
@@ -791,6 +811,7 @@ impl Fleet {
                 let Some(h) = self.health.remove(&id) else {
                     return Err(CommandError::NotFound(format!("no amphora {id}")));
                 };
+                self.census.moved(id, Some(state_of(&h)), None, now, false);
                 shards.remove(&id);
                 self.live.forget(&id);
                 self.down.remove(&id);
@@ -898,6 +919,17 @@ impl Fleet {
     /// Amphorae tracked by the liveness rules.
     pub fn tracked(&self) -> usize {
         self.live.tracked()
+    }
+
+    /// Counts by status and liveness, the index of those alive and not ONLINE, the transitions.
+    pub fn census(&self) -> &Census {
+        &self.census
+    }
+
+    /// The transitions since the last call, oldest first, and how many did not fit (for the
+    /// published log).
+    pub fn take_transitions(&mut self) -> (VecDeque<super::census::Transition>, u64) {
+        self.census.take_transitions()
     }
 
     /// Stale amphorae.

@@ -22,6 +22,7 @@
 //! [`command`]. Workers tell the control thread only of transitions (a new amphora, a status
 //! change, a stale amphora beating again); liveness deadlines are checked lazily.
 
+pub mod census;
 pub mod cluster;
 mod cluster_part;
 pub mod command;

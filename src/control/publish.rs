@@ -7,11 +7,14 @@ use std::sync::Arc;
 
 use super::{AmphoraHealth, Control, Snapshot};
 
-/// The fleet's published maps: health, stale, load balancers.
+/// The fleet's published maps: health, stale, load balancers, alive and not `ONLINE`, and the census
+/// counts that go with them.
 pub(super) type FleetMaps = (
     imbl::OrdMap<crate::proto::octavia::Uuid, AmphoraHealth>,
     imbl::OrdSet<crate::proto::octavia::Uuid>,
     imbl::OrdMap<crate::proto::octavia::Uuid, imbl::OrdSet<crate::proto::octavia::Uuid>>,
+    imbl::OrdSet<crate::proto::octavia::Uuid>,
+    super::snapshot::CensusCounts,
 );
 
 /// The longest a published snapshot's figures (counters, tasks, store) may lag, ns: one idle
@@ -61,6 +64,10 @@ impl Control {
             self.changed = true;
         }
         let now = self.clock.now_ns();
+        let (transitions, skipped) = self.fleet.take_transitions();
+        if !transitions.is_empty() {
+            self.published.transitions.lock().extend(transitions, skipped);
+        }
         let held_due = self.publish_due().is_some_and(|due| fleet_now || now >= due);
         let fleet = self.fleet.is_changed() || held_due;
         let parts = [self.services.take_changed(), self.volumes.take_changed()];
@@ -76,8 +83,13 @@ impl Control {
         if fleet {
             self.fleet.take_changed();
             self.fleet_published_ns = now;
-            self.fleet_maps =
-                (self.fleet.health().clone(), self.fleet.down().clone(), self.fleet.load_balancers().clone());
+            self.fleet_maps = (
+                self.fleet.health().clone(),
+                self.fleet.down().clone(),
+                self.fleet.load_balancers().clone(),
+                self.fleet.census().sick().clone(),
+                self.fleet.census().counts(),
+            );
         }
         self.changed = false;
         self.published_ns = now;
@@ -90,6 +102,8 @@ impl Control {
             amphorae: self.fleet_maps.0.clone(),
             down: self.fleet_maps.1.clone(),
             load_balancers: self.fleet_maps.2.clone(),
+            sick: self.fleet_maps.3.clone(),
+            census: self.fleet_maps.4,
             tracked: self.fleet.health().len(),
             totals: self.engine.totals(),
             suspended: self.fleet.suspended().to_vec(),

@@ -62,6 +62,13 @@ pub struct Snapshot {
     pub down: imbl::OrdSet<Uuid>,
     /// Load balancer → its amphorae (only those configured with one).
     pub load_balancers: imbl::OrdMap<Uuid, imbl::OrdSet<Uuid>>,
+    /// Amphorae alive with a status other than `ONLINE` ([`super::census::sick`]). With
+    /// `down` (disjoint from it), the unhealthy ones: lists put them first without sorting the
+    /// fleet.
+    pub sick: imbl::OrdSet<Uuid>,
+    /// Amphorae in `amphorae` by operating status ([`super::census::STATUSES`] order) ×
+    /// liveness (alive, stale).
+    pub census: CensusCounts,
     /// Engine counters at publication.
     pub totals: Totals,
     /// Why automatic failovers are suspended (empty: they are not).
@@ -94,6 +101,9 @@ pub struct Snapshot {
     pub cluster_view: bool,
 }
 
+/// Amphorae by operating status × liveness (see [`Snapshot::census`]).
+pub type CensusCounts = [[u64; 2]; super::census::STATUSES.len()];
+
 /// Durable store figures.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StoreStatus {
@@ -116,6 +126,11 @@ pub struct StoreStatus {
 }
 
 impl Snapshot {
+    /// Unhealthy amphorae: stale, or alive with a status other than `ONLINE`.
+    pub fn unhealthy_count(&self) -> usize {
+        self.down.len() + self.sick.len()
+    }
+
     /// The rolled-up status of load balancer `lb`: the status of its live amphora refreshed
     /// most recently (Octavia: the last heartbeat written wins), `OFFLINE` when none is alive.
     /// An amphora configured with no load balancer is its own. `None` if unknown.
@@ -178,6 +193,8 @@ pub struct Published {
     /// Cluster mode: how long a view without contact stays the amphora list's source (then the
     /// list is this member's own, until a leader is heard again), ns.
     pub view_fresh_ns: AtomicU64,
+    /// The fleet's newest transitions (an amphora's detail view shows its own).
+    pub transitions: parking_lot::Mutex<super::census::TransitionLog>,
 }
 
 impl Published {
@@ -196,6 +213,7 @@ impl Published {
             views: parking_lot::Mutex::new(super::view::Receiver::default()),
             view_contact_ns: AtomicU64::new(0),
             view_fresh_ns: AtomicU64::new(u64::MAX),
+            transitions: parking_lot::Mutex::new(super::census::TransitionLog::default()),
         }
     }
 

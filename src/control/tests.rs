@@ -175,6 +175,33 @@ fn an_amphora_beating_again_is_alive_and_not_failed_over_twice() {
 }
 
 #[test]
+fn the_census_and_the_transitions_log_follow_a_death_a_revival_and_a_forget() {
+    use super::census::Moved;
+    let mut r = rig();
+    run(&mut r, 4, &[], 10);
+    let snap = r.snapshot();
+    assert_eq!(snap.census[0], [4, 0], "four ONLINE and alive");
+    assert_eq!(snap.unhealthy_count(), 0);
+    run(&mut r, 4, &[2], 10);
+    let snap = r.snapshot();
+    assert_eq!(snap.census[0], [3, 1]);
+    assert_eq!(snap.down.iter().copied().collect::<Vec<_>>(), vec![amphora(2)]);
+    assert!(snap.sick.is_empty(), "stale, not sick");
+    assert_eq!(snap.unhealthy_count(), 1);
+    run(&mut r, 4, &[], 4);
+    let snap = r.snapshot();
+    assert_eq!(snap.census[0], [4, 0]);
+    assert_eq!(snap.unhealthy_count(), 0);
+    let log = r.published.transitions.lock().of(&amphora(2));
+    let moves: Vec<Moved> = log.iter().map(|t| t.moved).collect();
+    assert_eq!(moves, [Moved::Liveness(Live::Stale, Live::Alive), Moved::Liveness(Live::Alive, Live::Stale)]);
+    assert!(log[0].at_ns > log[1].at_ns, "newest first");
+    assert!(r.published.transitions.lock().of(&amphora(1)).is_empty());
+    r.execute(Command::Fleet(FleetCommand::Forget(amphora(3)))).expect("forget");
+    assert_eq!(r.snapshot().census[0], [3, 0]);
+}
+
+#[test]
 fn commands_answer_typed_replies_and_errors() {
     let mut r = rig();
     r.beat([1]);
@@ -283,6 +310,7 @@ fn restore_brings_back_amphorae_and_reruns_unfinished_failovers() {
     assert_eq!(snap.amphorae.len(), 6);
     assert_eq!(snap.amphorae[&amphora(5)].liveness, Live::Stale);
     assert_eq!(snap.amphorae[&amphora(1)].load_balancer, Some(amphora(50)));
+    assert_eq!((snap.census[0], snap.unhealthy_count()), ([5, 1], 1), "the census is restored too");
     // A beating amphora's counts reach the store by the sweep (100 rows a second: all 6 each flush).
     assert!(before.amphorae.contains_key(&amphora(0)));
     let (restored, live) = (again.state(0).and_then(|s| s.seq), r.state(0).and_then(|s| s.seq));

@@ -9,7 +9,8 @@
 //! from the view that peer holds (the changed, added and removed rows, and the small head:
 //! counters, suspension reasons, services, pools), and every member, the leader included,
 //! builds its view with the same [`Receiver`] from the same rows: the derived sets (stale
-//! amphorae, load balancers) come from the rows alike everywhere, and pool picks are a
+//! amphorae, alive but not `ONLINE`, load balancers, the counts by status and liveness) come
+//! from the rows alike everywhere, and pool picks are a
 //! function of the serial, the query and the request's salt. A member that holds no view
 //! answers confd's heartsink types with an error of serial 0 (which any real answer outranks).
 //!
@@ -190,6 +191,11 @@ fn unlink(s: &mut Snapshot, id: &Uuid, h: &AmphoraHealth) {
     if h.liveness == Live::Stale {
         s.down.remove(id);
     }
+    if super::census::sick(h.operating_status, h.liveness) {
+        s.sick.remove(id);
+    }
+    let (i, j) = super::census::cell(h.operating_status, h.liveness);
+    s.census[i][j] = s.census[i][j].saturating_sub(1);
     if let Some(lb) = h.load_balancer {
         if let Some(set) = s.load_balancers.get_mut(&lb) {
             set.remove(id);
@@ -204,6 +210,11 @@ fn link(s: &mut Snapshot, id: &Uuid, h: &AmphoraHealth) {
     if h.liveness == Live::Stale {
         s.down.insert(*id);
     }
+    if super::census::sick(h.operating_status, h.liveness) {
+        s.sick.insert(*id);
+    }
+    let (i, j) = super::census::cell(h.operating_status, h.liveness);
+    s.census[i][j] += 1;
     if let Some(lb) = h.load_balancer {
         s.load_balancers.entry(lb).or_default().insert(*id);
     }
@@ -313,6 +324,9 @@ mod tests {
             (w.generation, &w.amphorae, &w.down, &w.load_balancers),
             (v2.generation, &v2.amphorae, &v2.down, &v2.load_balancers)
         );
+        assert_eq!((&w.sick, w.census), (&v2.sick, v2.census));
+        let counted: u64 = v2.census.iter().flatten().sum();
+        assert_eq!(counted, 3, "the counts follow the rows: {:?}", v2.census);
     }
 
     #[test]
