@@ -52,7 +52,8 @@ use crate::proto::keyring::Keyring;
 
 type Error = Box<dyn std::error::Error>;
 
-const KEY: &str = "heartsink-bench";
+/// The key the bench fleet signs with.
+pub const KEY: &str = "heartsink-bench";
 
 /// What to run.
 #[derive(Clone, Debug)]
