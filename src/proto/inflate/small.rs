@@ -750,3 +750,7 @@ fn copy_match(out: &mut [u8], n: usize, distance: usize, len: usize) -> Result<u
     }
     Ok(end)
 }
+
+#[cfg(test)]
+#[path = "small_tests.rs"]
+mod tests;
