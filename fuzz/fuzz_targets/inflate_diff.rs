@@ -45,39 +45,9 @@ thread_local! {
     });
 }
 
-/// An LSB-first bit writer, as deflate packs its fields.
-struct BitWriter {
-    out: Vec<u8>,
-    acc: u64,
-    n: u32,
-}
-
-impl BitWriter {
-    fn new(out: Vec<u8>) -> BitWriter {
-        BitWriter { out, acc: 0, n: 0 }
-    }
-    fn put(&mut self, v: u32, k: u32) {
-        self.acc |= u64::from(v & ((1u32 << k) - 1)) << self.n;
-        self.n += k;
-        while self.n >= 8 {
-            self.out.push(self.acc as u8);
-            self.acc >>= 8;
-            self.n -= 8;
-        }
-    }
-    /// A Huffman code: sent from its most significant bit.
-    fn put_code(&mut self, code: u32, len: u32) {
-        for i in (0..len).rev() {
-            self.put((code >> i) & 1, 1);
-        }
-    }
-    fn finish(mut self) -> Vec<u8> {
-        if self.n > 0 {
-            self.out.push(self.acc as u8);
-        }
-        self.out
-    }
-}
+#[path = "../../tests/common/deflate_bits.rs"]
+mod deflate_bits;
+use deflate_bits::BitWriter;
 
 /// Canonical codes of a set of code lengths (as deflate assigns them).
 fn canonical(lens: &[u32]) -> Vec<u32> {
@@ -146,7 +116,7 @@ fn dynamic(data: &[u8], mut out: Vec<u8>) -> Vec<u8> {
             18 | 19 | 20 => 17,
             _ => 18,
         };
-        w.put_code(codes[sym], cl[sym]);
+        w.code(codes[sym], cl[sym]);
         match sym {
             16 => {
                 w.put(u32::from(x >> 6), 2);

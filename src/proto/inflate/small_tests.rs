@@ -4,38 +4,17 @@
 use super::Small;
 use crate::proto::inflate::InflateError::{self, Corrupt, TooLarge};
 
-/// An LSB-first bit writer, as deflate packs its fields.
-#[derive(Default)]
-struct W {
-    out: Vec<u8>,
-    acc: u64,
-    n: u32,
+#[path = "../../../tests/common/deflate_bits.rs"]
+mod deflate_bits;
+use deflate_bits::BitWriter as W;
+
+/// Test helpers on the bit writer.
+trait Deflate {
+    fn fixed(&mut self, sym: u32) -> &mut Self;
+    fn bytes(&mut self, b: &[u8]) -> &mut Self;
 }
 
-impl W {
-    fn put(&mut self, v: u32, k: u32) -> &mut Self {
-        self.acc |= u64::from(v & ((1u32 << k) - 1)) << self.n;
-        self.n += k;
-        while self.n >= 8 {
-            self.out.push(self.acc as u8);
-            self.acc >>= 8;
-            self.n -= 8;
-        }
-        self
-    }
-    /// A Huffman code, most significant bit first.
-    fn code(&mut self, code: u32, len: u32) -> &mut Self {
-        for i in (0..len).rev() {
-            self.put((code >> i) & 1, 1);
-        }
-        self
-    }
-    fn align(&mut self) -> &mut Self {
-        if self.n > 0 {
-            self.put(0, 8 - self.n);
-        }
-        self
-    }
+impl Deflate for W {
     /// A fixed-Huffman literal/length symbol.
     fn fixed(&mut self, sym: u32) -> &mut Self {
         match sym {
