@@ -569,7 +569,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
     for (name, v) in [
         ("receive (recvmmsg, full batches of 64)", t.receive_ns),
         ("verify", t.verify_ns),
-        ("inflate (libdeflate)", t.inflate_ns),
+        ("inflate (small, reused)", t.inflate_ns),
         ("parse", t.parse_ns),
         ("apply", t.apply_ns),
         ("the in-process pipeline (verify + inflate + parse + apply, batched)", t.pipeline_ns),
