@@ -19,21 +19,21 @@
 //!
 //! | candidate                                         | ns          | instr  |
 //! |---------------------------------------------------|-------------|--------|
-//! | heartsink `small` (default back-end), reused      | 1,587–1,684 | 18,560 |
+//! | heartsink `small` (default back-end), reused      | 1,404–1,451 | 18,284 |
 //! | libdeflate (libdeflater 1.26), reused             | 1,967–2,179 | 16,034 |
 //! | zlib-rs 0.6 (flate2), reused                      | 2,167–2,290 | 33,712 |
 //! | zlib 1.3 (libz-sys, `inflateReset`)               | 2,594–2,670 | 26,695 |
 //! | zune-inflate 0.2 (a `Vec` per packet)             | 2,596–2,684 | 56,500 |
 //! | miniz_oxide 0.8 (core, reused state)              | 3,502–4,271 | 38,756 |
 //! | fdeflate 0.3 (new state per packet)               | 3,920–4,300 | 83,156 |
-//! | `small` on the same JSON as fixed-Huffman blocks  | 918         | 10,773 |
+//! | `small` on the same JSON as fixed-Huffman blocks  | 864         | 10,796 |
 //! | libdeflate on the same fixed-Huffman blocks       | 736         | 7,102  |
 //!
 //! The last two rows split the cost: reading the dynamic header and building the tables takes
-//! `small` ≈670 ns (7.8k instructions) against libdeflate's ≈1,250 ns (8.9k: its table build
-//! stalls far more per instruction), while decoding the symbols takes `small` ≈25 % longer
+//! `small` ≈570 ns (7.5k instructions) against libdeflate's ≈1,250 ns (8.9k: its table build
+//! stalls far more per instruction), while decoding the symbols takes `small` ≈15 % longer
 //! (10.8k against 7.1k instructions). No candidate reaches issue 17's 1.0 µs; `small` is the
-//! fastest, ≈20 % under libdeflate, though it executes ≈16 % more instructions.
+//! fastest, ≈30 % under libdeflate, though it executes ≈14 % more instructions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::hint::black_box;

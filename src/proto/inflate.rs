@@ -14,8 +14,8 @@
 //!   heartbeat is one dynamic Huffman block of ≈260–350 bytes, and the general-purpose
 //!   inflaters spend most of their time building decode tables sized for large inputs; this
 //!   one builds only what the block's codes need. On the load generator's packets it takes
-//!   ≈1.6 µs per heartbeat against libdeflate's ≈2.0 µs (18.6k against 16.0k instructions,
-//!   but far fewer spent on tables). It agrees with zlib byte for byte on every input (the
+//!   ≈1.4 µs per heartbeat against libdeflate's ≈2.0 µs (18.3k against 16.0k instructions:
+//!   its tables cost about as many instructions but half the time). It agrees with zlib byte for byte on every input (the
 //!   `inflate_diff` fuzz target compares the two).
 //! * `libdeflate`: whole-buffer, the fastest general-purpose one measured; about twice as fast
 //!   as zlib-rs on a 24 KB heartbeat.

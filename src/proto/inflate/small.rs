@@ -614,7 +614,15 @@ fn decode_symbols(
     // The fast loop: while a refill loads a whole word (so every bit in the buffer is real
     // input) and the longest match plus a chunked copy's overshoot fits in `out`, no symbol
     // needs the end-of-input or the cap check.
+    //
+    // Each iteration starts with `e`, the table entry of its first symbol, looked up before the
+    // refill (as libdeflate does): a refill only adds bits above the valid ones, so the lookup
+    // need not wait for it. After a refill from whole words all 64 bits of the buffer are input
+    // bits in order (only whole bytes are counted in `nb`), so even after a match has used 48
+    // of them the next 10-bit index is real input.
+    bits.refill();
     let (mut buf, mut nb, mut pos) = (bits.buf, bits.n, bits.pos);
+    let mut e = litlen.entries[(buf & ll_mask) as usize & ((1 << LITLEN_BITS) - 1)];
     while n + 258 + 16 <= out.len() {
         let Some(w) = inp.get(pos..).and_then(<[u8]>::first_chunk::<8>) else {
             break;
@@ -622,7 +630,6 @@ fn decode_symbols(
         buf |= u64::from_le_bytes(*w) << nb;
         pos += ((63 - nb) >> 3) as usize;
         nb |= 56;
-        let mut e = litlen.entries[(buf & ll_mask) as usize & ((1 << LITLEN_BITS) - 1)];
         if e & 0xff == 0 {
             e = litlen.slow(buf, Kind::LitLen);
         }
@@ -633,8 +640,8 @@ fn decode_symbols(
             n += 1;
             // At least 41 bits are left: room for two more literals without a refill (a
             // slow-path marker is not a literal: it goes round the loop).
+            e = litlen.entries[(buf & ll_mask) as usize & ((1 << LITLEN_BITS) - 1)];
             for _ in 0..2 {
-                let e = litlen.entries[(buf & ll_mask) as usize & ((1 << LITLEN_BITS) - 1)];
                 if e & 0xff00 != 0 {
                     break;
                 }
@@ -642,6 +649,7 @@ fn decode_symbols(
                 nb -= e & 0xff;
                 out[n] = (e >> 16) as u8;
                 n += 1;
+                e = litlen.entries[(buf & ll_mask) as usize & ((1 << LITLEN_BITS) - 1)];
             }
             continue;
         }
@@ -671,6 +679,7 @@ fn decode_symbols(
         if distance > n {
             return Err(InflateError::Corrupt);
         }
+        e = litlen.entries[(buf & ll_mask) as usize & ((1 << LITLEN_BITS) - 1)];
         n = copy_match(out, n, distance, len)?;
     }
     *bits = Bits { inp, pos, buf, n: nb };
