@@ -1,5 +1,5 @@
 //! Per-stage costs of the heartbeat path on real Octavia packets (`tests/data/octavia/`):
-//! `verify` (HMAC-SHA256 tag), `inflate` (both back-ends, reused or fresh decompressor),
+//! `verify` (HMAC-SHA256 tag), `inflate` (the three back-ends, reused or fresh decompressor),
 //! `parse` (typed parse against a generic `serde_json::Value`), `pipeline` (a whole worker batch
 //! of 64 distinct amphorae, also with 10% forged packets) and `ring` (hand-off of a boxed batch).
 //!
@@ -77,7 +77,9 @@ fn inflate(c: &mut Criterion) {
     let large = ring(&[LARGE_KEY]);
     let small_z = envelope::verify(SMALL_BIN, &small).unwrap().payload();
     let large_z = envelope::verify(LARGE_BIN, &large).unwrap().payload();
-    for (backend, name) in [(Backend::Libdeflate, "libdeflate"), (Backend::ZlibRs, "zlib-rs")] {
+    for (backend, name) in
+        [(Backend::Small, "small"), (Backend::Libdeflate, "libdeflate"), (Backend::ZlibRs, "zlib-rs")]
+    {
         for (size, z, json) in [("small", small_z, SMALL_JSON), ("large", large_z, LARGE_JSON)] {
             let mut inf = Inflater::new(backend, DEFAULT_MAX_INFLATED);
             assert_eq!(inf.inflate_bytes(z).unwrap(), json, "{name} {size}");

@@ -181,7 +181,8 @@ pub struct HeartbeatConfig {
     pub recv_batch: usize,
     /// State shards.
     pub shards: usize,
-    /// Inflate back-end: `libdeflate` or `zlib-rs`.
+    /// Inflate back-end: `small` (heartsink's own, for small messages; the default),
+    /// `libdeflate` or `zlib-rs` (kept for comparison; see `proto::inflate::Backend`).
     pub inflate: Backend,
     /// Sequence window restart gap, milliseconds: the silence after which a low `seq`, or two
     /// rising refused ones, count as an agent restart.

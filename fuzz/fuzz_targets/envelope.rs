@@ -12,11 +12,13 @@
 //! cross. It is differential where the two back-ends are defined to agree, and against an
 //! oracle where they are not:
 //!
-//! * success or failure, and the inflated bytes: both back-ends, and the oracle, agree exactly;
+//! * success or failure, and the inflated bytes: the three back-ends, and the oracle, agree
+//!   exactly;
 //! * the error kind: `InflateError` documents `TooLarge` as "the stream inflates to more than
 //!   the cap" and `Corrupt` as everything else that is not a complete stream. The oracle
 //!   (flate2's streaming inflate, given one byte more than the cap) computes that definition,
-//!   and heartsink's zlib-rs back-end must match it. libdeflate's kind is checked only for
+//!   and heartsink's zlib-rs and small back-ends must match it (`inflate_diff` checks the
+//!   small one against real zlib on far more streams). libdeflate's kind is checked only for
 //!   complete streams: on a broken stream near the cap it may legitimately say either (it
 //!   checks for output space before it notices an invalid distance or an incomplete Huffman
 //!   code, and it rejects a stored block longer than the remaining input before copying any
@@ -36,8 +38,9 @@ mod common;
 /// Small enough that the seeds' JSON (381, 485 and 799 bytes) falls on both sides of it.
 const SMALL_CAP: usize = 512;
 
-/// One cap, both back-ends, and the oracle.
+/// One cap, the three back-ends, and the oracle.
 struct Pair {
+    small: Inflater,
     lib: Inflater,
     zrs: Inflater,
     oracle: flate2::Decompress,
@@ -47,6 +50,7 @@ struct Pair {
 impl Pair {
     fn new(cap: usize) -> Pair {
         Pair {
+            small: Inflater::new(Backend::Small, cap),
             lib: Inflater::new(Backend::Libdeflate, cap),
             zrs: Inflater::new(Backend::ZlibRs, cap),
             oracle: flate2::Decompress::new(true),
@@ -77,8 +81,10 @@ impl Pair {
         let want = Pair::oracle(&mut self.oracle, &mut self.oracle_out, payload);
         let lib = self.lib.inflate(v);
         let zrs = self.zrs.inflate(v);
+        let small = self.small.inflate(v);
         let show = |r: &Result<&[u8], InflateError>| r.map(<[u8]>::len);
         let ctx = || format!("cap {cap}, payload {}", hex(payload));
+        assert!(small == want, "small back-end: {:?}, expected {:?} ({})", show(&small), show(&want), ctx());
         assert!(zrs == want, "zlib-rs back-end: {:?}, expected {:?} ({})", show(&zrs), show(&want), ctx());
         match (&lib, &want) {
             (Ok(x), Ok(y)) => assert!(x == y, "libdeflate back-end inflated other bytes than zlib ({})", ctx()),

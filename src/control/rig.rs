@@ -84,7 +84,7 @@ impl ControlRig {
         let engine = Arc::new(crate::engine::Shared::detached(pipeline_shared.clone(), 1, 8));
         // The engine's own worker counters: the control plane reads what the pipeline applied.
         let counters = engine.workers.first().cloned().unwrap_or_else(|| Arc::new(WorkerCounters::default()));
-        let pipeline = Pipeline::new(pipeline_shared, Backend::Libdeflate, counters, None);
+        let pipeline = Pipeline::new(pipeline_shared, Backend::default(), counters, None);
         let store = restore_from.cloned().unwrap_or_default();
         let runner = ManualRunner::default();
         let parts = Parts {
