@@ -275,6 +275,11 @@ impl AdminAuth {
     pub fn caller(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<Caller, Refusal> {
         let tokens = self.tokens.load();
         if tokens.is_empty() {
+            // No tokens: whoever reaches the port is admin, so a web page in an operator's
+            // browser must not be able to act through it (cross-site requests, DNS rebinding).
+            if let Some(why) = cross_site(headers) {
+                return Err(Refusal::CrossSite(why));
+            }
             return Ok(Caller { name: "-".into(), role: Role::Admin, auth: false });
         }
         if exempt(method, path, self.metrics_auth.load(Ordering::Relaxed)) {
@@ -300,6 +305,35 @@ pub enum Refusal {
     Unknown,
     /// A `read` token (its name) on a mutating route: `403`.
     ReadOnly(String),
+    /// No tokens configured, and the request came from a web page of another origin (its
+    /// `Origin` is not its `Host`) or of a name that is not an address (neither an IP address
+    /// nor `localhost`: DNS rebinding): `403`.
+    CrossSite(&'static str),
+}
+
+/// Why a request to an admin API without tokens looks like a browser's cross-site request.
+/// Only browsers send `Origin` (on every request but a same-origin `GET`): a request with one
+/// must come from a page of this very address, an IP address or `localhost` (a page reached
+/// through a name may be a DNS-rebinding attacker's). Clients without `Origin` (curl,
+/// scrapers, the cluster's peers) are never refused here.
+fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
+    let origin = headers.get(header::ORIGIN)?;
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let own = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .is_some_and(|(_, authority)| authority.trim_end_matches('/') == host);
+    if !own {
+        return Some("a request from a web page of another origin");
+    }
+    let name = match host.rsplit_once(':') {
+        Some((n, p)) if !n.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(']') => n,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let address = name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
+    (!address).then_some("a web page reached through a name, not an address (DNS rebinding?): configure tokens")
 }
 
 impl Refusal {
@@ -317,6 +351,7 @@ impl Refusal {
                 "this token has the read role; changes need an admin token",
                 r#"Bearer realm="heartsink admin", error="insufficient_scope""#,
             ),
+            Refusal::CrossSite(why) => (403, *why, r#"Bearer realm="heartsink admin""#),
         };
         let mut r = super::error(status, message).into_response();
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
@@ -329,6 +364,7 @@ impl Refusal {
             Refusal::Missing => "-",
             Refusal::Unknown => "?",
             Refusal::ReadOnly(name) => name,
+            Refusal::CrossSite(_) => "-",
         }
     }
 }
@@ -429,6 +465,37 @@ mod tests {
     fn tokens() -> Tokens {
         let text = format!("# comment\n\nadmin ops {A}  # trailing comment\nread  viewer {R}\r\n");
         Tokens::parse(&text, Path::new("t")).unwrap()
+    }
+
+    /// Without tokens: a web page of another origin, or a Host that is a name (DNS
+    /// rebinding), is refused; the page itself, curl and the cluster's peers are not.
+    #[test]
+    fn without_tokens_cross_site_requests_and_rebound_names_are_refused() {
+        let auth = AdminAuth::new(Tokens::none(), false);
+        let post = Method::POST;
+        let with = |pairs: &[(header::HeaderName, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(k.clone(), HeaderValue::from_str(v).unwrap());
+            }
+            auth.check(&post, "/v1/volumes", &h)
+        };
+        assert_eq!(with(&[]), Ok("-".into()));
+        assert_eq!(with(&[(header::HOST, "127.0.0.1:9555")]), Ok("-".into()));
+        assert_eq!(with(&[(header::HOST, "[::1]:9555")]), Ok("-".into()));
+        assert_eq!(
+            with(&[(header::HOST, "localhost:9555"), (header::ORIGIN, "http://localhost:9555")]),
+            Ok("-".into())
+        );
+        let refused = |r: Result<String, Refusal>| matches!(r, Err(Refusal::CrossSite(_)));
+        assert!(refused(with(&[(header::HOST, "127.0.0.1:9555"), (header::ORIGIN, "http://evil.example")])));
+        assert!(refused(with(&[(header::HOST, "127.0.0.1:9555"), (header::ORIGIN, "null")])));
+        assert!(refused(with(&[
+            (header::HOST, "rebind.evil.example:9555"),
+            (header::ORIGIN, "http://rebind.evil.example:9555")
+        ])));
+        // Not a browser: no Origin, whatever the Host.
+        assert_eq!(with(&[(header::HOST, "heartsink.example:9555")]), Ok("-".into()));
     }
 
     fn headers(token: Option<&str>) -> HeaderMap {

@@ -789,10 +789,13 @@ fn show_amphora(ctx: &ApiContext, id: &str) -> Resp {
     let Ok(uuid) = Uuid::try_parse(id) else {
         return error(404, &format!("no amphora {id:?} (not a UUID)"));
     };
-    // Read before the shard's lock is taken: a worker never waits for the log's scan.
-    let recent = ctx.control.transitions.lock().of(&uuid);
     match ctx.engine.pipeline.shards.get(&uuid) {
         Some(mut state) => {
+            // Scanned after the shard's copy is taken (a worker never waits for it), for a
+            // known amphora only, and only this life's (a forgotten amphora that came back
+            // starts afresh).
+            let mut recent = ctx.control.transitions.lock().of(&uuid);
+            recent.retain(|t| t.at_ns >= state.first_seen_ns);
             let now = ctx.engine.now_ns();
             let snap = ctx.control.snapshot.load();
             let h = snap.amphorae.get(&uuid);

@@ -366,7 +366,7 @@ const VIEWS = { overview, amphorae, amphora, failovers, services, volumes, clust
 
 function route() {
   const [view, ...rest] = (location.hash.replace(/^#\/?/, '') || 'overview').split('/');
-  S.view = VIEWS[view] ? view : 'overview';
+  S.view = Object.hasOwn(VIEWS, view) ? view : 'overview';
   S.arg = rest.join('/') || null;
   for (const s of document.querySelectorAll('.view')) s.hidden = s.id !== 'view-' + S.view;
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.view === (S.view === 'amphora' ? 'amphorae' : S.view));
