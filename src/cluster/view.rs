@@ -360,7 +360,9 @@ pub(super) fn ship(cfg: &ClusterConfig, w: &Wiring, shared: &Shared, stop: &Atom
                 }
             }
             cut_from = Some(snap);
-            if let Some(v) = published.cluster_view.load_full() {
+            // Only this term's views are shipped (a member deposed meanwhile may hold a later
+            // leader's).
+            if let Some(v) = published.cluster_view.load_full().filter(|v| view::term_of(v.generation) == term) {
                 kept.push_back(v);
                 if kept.len() > KEPT {
                     kept.pop_front();
