@@ -30,7 +30,9 @@
 //! the `audit` target. TLS: [`tls`].
 
 pub mod auth;
+mod cluster;
 mod console;
+mod forward;
 pub mod metrics;
 mod plane;
 pub mod routes;
@@ -271,10 +273,10 @@ async fn handle(State(sh): State<Arc<ServerShared>>, req: axum::extract::Request
         axum::body::Bytes::new()
     };
     if sh.ctx.cluster.shared.enabled
-        && leader_write(&parts.method, &segments, query)
+        && forward::leader_write(&parts.method, &segments, query)
         && !sh.ctx.cluster.shared.is_leader()
     {
-        return forward(&sh.ctx.cluster.shared, &parts, body).await;
+        return forward::forward(&sh.ctx.cluster.shared, &parts, body).await;
     }
     let caller = parts.extensions.get::<auth::Caller>();
     match route(&sh.ctx, &sh.registry, caller, &parts.method, &segments, query, &body) {
@@ -295,156 +297,6 @@ async fn handle(State(sh): State<Arc<ServerShared>>, req: axum::extract::Request
             }
         }
     }
-}
-
-/// The header a member sets on a request it forwards to the leader (never forwarded twice).
-const FORWARDED: &str = "x-heartsink-forwarded-by";
-
-/// Forwards in flight at most (more are refused at once, 503 + `Retry-After`): a leader that
-/// hangs holds at most this many threads, never the control calls' pool.
-const FORWARDS: usize = 16;
-/// A forward's connect timeout and its whole budget (the leader answers a write once etcd
-/// has it, within a few etcd timeouts).
-const FORWARD_CONNECT: Duration = Duration::from_secs(1);
-const FORWARD_TOTAL: Duration = Duration::from_secs(5);
-
-static FORWARDS_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// One forward slot, released on drop.
-struct ForwardSlot;
-
-impl ForwardSlot {
-    fn take() -> Option<ForwardSlot> {
-        let n = FORWARDS_IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
-        if n >= FORWARDS {
-            FORWARDS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ForwardSlot)
-    }
-}
-
-impl Drop for ForwardSlot {
-    fn drop(&mut self) {
-        FORWARDS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Cluster mode: whether a request changes the state only the leader writes (volumes, pools,
-/// locks, deregistrations, manual failovers). A member that does not lead forwards it.
-/// Registrations (service heartbeats) are not: every member applies them and relays them.
-fn leader_write(method: &Method, segments: &[&str], query: &str) -> bool {
-    let m = method.as_str();
-    match segments {
-        ["v1", "volumes"] | ["v1", "volumes", _, "state"] | ["v1", "pools"] => m == "POST",
-        ["v1", "volumes", _] => m == "PATCH" || m == "DELETE",
-        ["v1", "pools", _] => m == "DELETE",
-        ["v1", "services", "lock" | "unlock" | "flush"] | ["v1", "amphorae", _, "failover"] => m == "POST",
-        ["v1", "services"] => {
-            m == "POST"
-                && form_urlencoded::parse(query.as_bytes())
-                    .any(|(k, v)| k == "action" && matches!(&*v, "lock" | "unlock" | "deregister"))
-        }
-        _ => false,
-    }
-}
-
-/// Sends a leader write to the leader and answers with its answer (so the write is answered
-/// once the leader has it in etcd). No leader known, the leader unreachable, or a request
-/// already forwarded once: `503` with `Retry-After` (the write was not applied, or, if the
-/// leader fell mid-write, at most once: read back before retrying a create).
-async fn forward(
-    shared: &crate::control::cluster::Shared,
-    parts: &axum::http::request::Parts,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    let refuse = |msg: String| {
-        shared.forward_refused.fetch_add(1, Ordering::Relaxed);
-        error(503, &msg).with_header("retry-after", "1").into_response()
-    };
-    if let Some(by) = parts.headers.get(FORWARDED) {
-        return refuse(format!(
-            "this member ({}) no longer leads (forwarded by {}): retry",
-            shared.node,
-            by.to_str().unwrap_or("?")
-        ));
-    }
-    let Some(leader) = shared.leader_admin() else {
-        return refuse("no cluster leader is known right now (an election is under way): retry".into());
-    };
-    let url = format!(
-        "http://{leader}{}",
-        parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned())
-    );
-    let method = parts.method.as_str().to_owned();
-    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    // The caller's credentials go along: the leader checks them as its own caller's.
-    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let node = shared.node.clone();
-    let Some(slot) = ForwardSlot::take() else {
-        return refuse(format!("{FORWARDS} writes are already on their way to the leader at {leader}: retry"));
-    };
-    // Its own thread, not the blocking pool of the control calls: a leader that accepts
-    // connections but never answers (paused, partitioned) holds only forward slots, never this
-    // member's own reads and registrations.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new().name("admin-forward".into()).spawn(move || {
-        let _slot = slot;
-        let _ = tx.send(send_forward(&method, &url, &node, content_type.as_deref(), authorization.as_deref(), &body));
-    });
-    if spawned.is_err() {
-        return refuse("no thread to forward the write to the leader: retry".into());
-    }
-    let sent = rx.await;
-    match sent {
-        Ok(Ok((status, ct, retry, buf))) => {
-            shared.forwarded.fetch_add(1, Ordering::Relaxed);
-            let mut r = (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), buf).into_response();
-            if let Ok(v) = HeaderValue::from_str(&ct) {
-                r.headers_mut().insert(header::CONTENT_TYPE, v);
-            }
-            if let Some(v) = retry.and_then(|v| HeaderValue::from_str(&v).ok()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            r
-        }
-        Ok(Err(e)) => refuse(format!("the leader at {leader} did not answer ({e}): retry")),
-        Err(_) => refuse("forwarding to the leader failed: retry".into()),
-    }
-}
-
-/// What the leader answered a forwarded request: status, content type, `Retry-After`, body.
-type Forwarded = (u16, String, Option<String>, Vec<u8>);
-
-/// Sends one forwarded request (blocking, within [`FORWARD_TOTAL`]).
-fn send_forward(
-    method: &str,
-    url: &str,
-    node: &str,
-    content_type: Option<&str>,
-    authorization: Option<&str>,
-    body: &[u8],
-) -> Result<Forwarded, String> {
-    let agent = ureq::AgentBuilder::new().timeout_connect(FORWARD_CONNECT).timeout(FORWARD_TOTAL).build();
-    let mut req = agent.request(method, url).set(FORWARDED, node);
-    if let Some(ct) = content_type {
-        req = req.set("content-type", ct);
-    }
-    if let Some(a) = authorization {
-        req = req.set("authorization", a);
-    }
-    let r = if body.is_empty() { req.call() } else { req.send_bytes(body) };
-    let resp = match r {
-        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => return Err(e.to_string()),
-    };
-    let status = resp.status();
-    let ct = resp.header("content-type").unwrap_or("application/json").to_owned();
-    let retry = resp.header("retry-after").map(str::to_owned);
-    let mut buf = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(resp.into_reader(), MAX_BODY), &mut buf)
-        .map_err(|e| e.to_string())?;
-    Ok((status, ct, retry, buf))
 }
 
 /// What the admin API makes of one request before anything reaches the control thread.
@@ -530,9 +382,9 @@ fn route(
             Err(_) => error(404, &format!("no failover record {id:?}")),
         },
         ["v1", "stats"] if get => json_response(200, &stats(ctx)),
-        ["v1", "cluster"] if get => json_response(200, &cluster_view(ctx)),
-        ["v1", "cluster", "digest"] if method == Method::POST => cluster_digest(ctx, body),
-        ["v1", "cluster", "view"] if method == Method::POST => cluster_view_part(ctx, body),
+        ["v1", "cluster"] if get => json_response(200, &cluster::cluster_view(ctx)),
+        ["v1", "cluster", "digest"] if method == Method::POST => cluster::cluster_digest(ctx, body),
+        ["v1", "cluster", "view"] if method == Method::POST => cluster::cluster_view_part(ctx, body),
         ["v1", "latency"] if get => json_response(
             200,
             &json!({
@@ -553,118 +405,6 @@ fn route(
         _ => error(404, "no such resource"),
     };
     r.into()
-}
-
-/// `GET /v1/cluster`: the cluster as this member sees it.
-fn cluster_view(ctx: &ApiContext) -> serde_json::Value {
-    let c = &ctx.cluster.shared;
-    let mut v = serde_json::to_value(&**c.view.load()).unwrap_or_default();
-    if !c.enabled {
-        v["mode"] = json!("single");
-        v["leader"] = serde_json::Value::Null;
-    }
-    v["leading"] = json!(c.enabled && c.is_leader());
-    v["etcd"]["writes"] = json!(c.etcd_writes.load(Ordering::Relaxed));
-    v["etcd"]["write_bytes"] = json!(c.etcd_write_bytes.load(Ordering::Relaxed));
-    v["fenced_writes_refused"] = json!(c.fenced_refused.load(Ordering::Relaxed));
-    v["leader_changes"] = json!(c.leader_changes.load(Ordering::Relaxed));
-    v["digests"] = json!({
-        "sent": c.digests_sent.load(Ordering::Relaxed),
-        "received": c.digests_received.load(Ordering::Relaxed),
-        "refused": c.digests_refused.load(Ordering::Relaxed),
-    });
-    v["forwarded"] = json!({
-        "to_leader": c.forwarded.load(Ordering::Relaxed),
-        "refused": c.forward_refused.load(Ordering::Relaxed),
-    });
-    v["tables_revision"] = json!(c.tables_revision.load(Ordering::Relaxed));
-    v["tables_bad_rows"] = json!(c.bad_rows.load(Ordering::Relaxed));
-    // The leader's answer view this member holds (cluster mode).
-    if c.enabled {
-        let held = ctx.control.cluster_view.load();
-        v["view"] = json!({
-            "serial": held.as_ref().map_or(0, |s| s.generation),
-            "term": held.as_ref().map_or(0, |s| s.term),
-            "taken": held.as_ref().map(|s| rfc3339(s.taken_ns)),
-        });
-    }
-    v
-}
-
-/// `POST /v1/cluster/digest`: a peer's digest (signed with the heartbeat key).
-fn cluster_digest(ctx: &ApiContext, body: &[u8]) -> Resp {
-    let link = &ctx.cluster;
-    let Some(input) = &link.input else { return error(404, "not in cluster mode") };
-    let keys = ctx.engine.pipeline.keyring.load();
-    match crate::cluster::digest::decode(body, &keys) {
-        Ok(d) if !link.shared.view.load().members.iter().any(|m| m.node == d.node && m.node != link.shared.node) => {
-            link.shared.digests_refused.fetch_add(1, Ordering::Relaxed);
-            // Also the first digests of a member that joined less than a second ago (this
-            // member reads the member list once a second): the sender delivers them again.
-            tracing::debug!(node = %d.node, "digest from a node that is not a live member refused");
-            error(403, &format!("{:?} is not a live member of this cluster", d.node))
-        }
-        Ok(d) => {
-            let now = link.clock.now_ns();
-            let heard =
-                d.heard.iter().map(|h| (h.id, now.saturating_sub(u64::from(h.age_ms) * 1_000_000), h.status)).collect();
-            let services: Vec<(u64, crate::control::cluster::Relayed)> =
-                d.services.into_iter().map(|(age, r)| (now.saturating_sub(u64::from(age) * 1_000_000), r)).collect();
-            link.shared.digests_received.fetch_add(1, Ordering::Relaxed);
-            let accepted = d.heard.len();
-            let relayed = services.len();
-            let _ = input.send(crate::control::cluster::ClusterInput::Digest {
-                node: d.node,
-                impaired: d.impaired,
-                heard,
-                services,
-            });
-            json_response(200, &json!({"accepted": accepted, "services": relayed}))
-        }
-        Err(e) => {
-            link.shared.digests_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "peer digest refused");
-            error(if e == crate::cluster::digest::DigestError::BadTag { 403 } else { 400 }, &e.to_string())
-        }
-    }
-}
-
-/// `POST /v1/cluster/view`: a part of the leader's answer view (signed with the heartbeat key);
-/// answers the serial this member holds after it (`409` with it when the part builds on
-/// another view or is older than it).
-fn cluster_view_part(ctx: &ApiContext, body: &[u8]) -> Resp {
-    let link = &ctx.cluster;
-    if link.input.is_none() {
-        return error(404, "not in cluster mode");
-    }
-    let keys = ctx.engine.pipeline.keyring.load();
-    match crate::cluster::view::decode(body, &keys) {
-        Ok((node, _))
-            if !link.shared.view.load().members.iter().any(|m| m.node == node && m.node != link.shared.node) =>
-        {
-            link.shared.digests_refused.fetch_add(1, Ordering::Relaxed);
-            error(403, &format!("{node:?} is not a live member of this cluster"))
-        }
-        Ok((_, part)) if part.term < link.shared.view.load().term => {
-            let held = ctx.control.views.lock().held_serial();
-            json_response(409, &json!({"error": "a view of an earlier leader", "held": held}))
-        }
-        Ok((_, part)) => match ctx.control.apply_view(part, link.clock.now_ns()) {
-            Ok(held) => json_response(200, &json!({"held": held})),
-            Err(r) => {
-                let held = match r {
-                    crate::control::view::Refused::Stale { held }
-                    | crate::control::view::Refused::BaseMismatch { held } => held,
-                };
-                json_response(409, &json!({"error": r.to_string(), "held": held}))
-            }
-        },
-        Err(e) => {
-            link.shared.digests_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "peer view refused");
-            error(if e == crate::cluster::view::ViewError::BadTag { 403 } else { 400 }, &e.to_string())
-        }
-    }
 }
 
 /// `GET /v1/history[?since=MS]`: the data plane's last 15 minutes, a sample a second, oldest

@@ -118,7 +118,9 @@ mod tests {
             ROUTES.iter().flat_map(|r| r.path.trim_matches('/').split('/')).collect();
         let methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
         let mut checked = 0;
-        for src in [include_str!("mod.rs"), include_str!("plane.rs"), include_str!("console.rs")] {
+        for src in
+            [include_str!("mod.rs"), include_str!("plane.rs"), include_str!("console.rs"), include_str!("forward.rs")]
+        {
             for line in src.lines().map(str::trim) {
                 if !(line.contains("[\"v1\"") || line.contains("[\"healthz\"]") || line.contains("[\"metrics\"]")) {
                     continue;
