@@ -481,7 +481,7 @@ impl Config {
         let check = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(ConfigError::Invalid(msg.to_owned())) };
         check((64..=65536).contains(&h.max_datagram), "heartbeat.max_datagram must be in 64..=65536")?;
         check((1024..=(64 << 20)).contains(&h.max_inflated), "heartbeat.max_inflated must be in 1 KiB..=64 MiB")?;
-        check((1..=64).contains(&h.rx_threads), "heartbeat.rx_threads must be in 1..=64")?;
+        check(h.rx_threads <= 64, "heartbeat.rx_threads must be in 0..=64")?;
         check(h.workers <= 1024, "heartbeat.workers must be at most 1024 (0 = one per core)")?;
         check((1..=65536).contains(&h.ring_batches), "heartbeat.ring_batches must be in 1..=65536")?;
         check((1..=4096).contains(&h.batch_packets), "heartbeat.batch_packets must be in 1..=4096")?;

@@ -290,7 +290,7 @@ struct ServeCli {
     /// Worker threads [default: one per core].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
-    /// Receive threads (SO_REUSEPORT sockets) [default: 1].
+    /// Receive threads (SO_REUSEPORT sockets); 0: each worker reads its own socket [default: 0].
     #[arg(long, value_name = "N")]
     rx_threads: Option<usize>,
     /// SO_RCVBUF to ask for, bytes [default: 8388608].

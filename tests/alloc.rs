@@ -50,7 +50,7 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn steady_state_pipeline_allocates_nothing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for backend in [Backend::Libdeflate, Backend::ZlibRs] {
+    for backend in [Backend::Small, Backend::Libdeflate, Backend::ZlibRs] {
         let shared = PipelineShared {
             keyring: Arc::new(ArcSwap::from_pointee(Keyring::from_strs(&["k"], 0))),
             settings: Arc::new(ArcSwap::from_pointee(Settings::default())),

@@ -14,6 +14,7 @@ use heartsink::proto::envelope::{wrap, TagForm};
 use heartsink::proto::inflate::Backend;
 use heartsink::proto::keyring::{Key, Keyring};
 use heartsink::proto::octavia::Uuid;
+use heartsink::state::OperatingStatus;
 
 const S: u64 = 1_000_000_000;
 
@@ -84,7 +85,7 @@ fn only_the_expected_listener_count_refreshes_liveness() {
 fn a_stale_amphora_that_refreshes_is_reported_revived_once() {
     let mut r = rig();
     r.p.process([&common::heartbeat(3, 1, 1, "k")[..]], 100 * S);
-    assert_eq!(r.changes.try_recv().unwrap(), vec![Change::New(id(3))]);
+    assert_eq!(r.changes.try_recv().unwrap(), vec![Change::New { id: id(3), status: OperatingStatus::Online }]);
     // The control thread marks it stale.
     r.shards.with_mut(&id(3), |s| s.stale = true);
     r.clock.set(200 * S);
@@ -105,10 +106,9 @@ fn heartbeat_pool_down(amphora: u64, seq: u64, tx: u64) -> Vec<u8> {
 
 #[test]
 fn a_reordered_heartbeat_adds_its_deltas_and_never_moves_state_backwards() {
-    use heartsink::state::OperatingStatus;
     let mut r = rig();
     r.p.process([&common::heartbeat(4, 5, 10, "k")[..]], 100 * S);
-    assert_eq!(r.changes.try_recv().unwrap(), vec![Change::New(id(4))]);
+    assert_eq!(r.changes.try_recv().unwrap(), vec![Change::New { id: id(4), status: OperatingStatus::Online }]);
     // seq 4 was sent before 5 and arrives after it: older, never seen.
     r.clock.set(101 * S);
     let t = r.p.process([&heartbeat_pool_down(4, 4, 7)[..]], 101 * S);

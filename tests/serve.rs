@@ -365,6 +365,55 @@ fn several_rx_threads_share_the_port() {
 }
 
 #[test]
+fn each_worker_reads_its_own_socket_and_keeps_a_senders_order() {
+    // The default (`rx_threads = 0`): two workers, two SO_REUSEPORT sockets on one port, no rx
+    // thread. Each source is hashed to one socket, so its heartbeats arrive in order: none is
+    // refused as a replay or as stale, although each amphora sends 20 in a row.
+    let d = Daemon::start(&["--key", "k", "--workers", "2"]);
+    let sockets: Vec<_> = (0..16).map(|_| client()).collect();
+    for seq in 0..20u64 {
+        for a in 0..40u64 {
+            sockets[(a % 16) as usize].send_to(&heartbeat(a, seq, 1, "k"), d.heartbeat).unwrap();
+        }
+    }
+    let stats = d.wait_processed(800);
+    assert_eq!(stats["accepted"], 800, "{stats}");
+    assert_eq!(stats["dropped"]["replay"], 0);
+    assert_eq!(stats["dropped"]["stale"], 0);
+    let rx: Vec<_> = stats["rx"].as_array().unwrap().iter().filter(|r| r["socket"] == "heartbeat").collect();
+    assert_eq!(rx.len(), 2, "one heartbeat socket per worker");
+    assert_eq!(rx.iter().map(|r| r["packets"].as_u64().unwrap()).sum::<u64>(), 800);
+    let threads = std::fs::read_dir(format!("/proc/{}/task", d.child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .collect::<Vec<_>>();
+    assert!(!threads.iter().any(|c| c.trim() == "rx-0"), "no heartbeat rx thread: {threads:?}");
+}
+
+#[test]
+fn a_second_daemon_cannot_share_the_heartbeat_port() {
+    // Both would bind SO_REUSEPORT sockets (one per worker); the second must refuse rather than
+    // take half of the first one's heartbeats.
+    let d = Daemon::start(&["--key", "k", "--workers", "2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_heartsink"))
+        .args(["serve", "--key", "k", "--workers", "2", "--no-confd", "--admin-addr", "127.0.0.1:0"])
+        .args(["--heartbeat-addr", &d.heartbeat.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a second daemon started on {}", d.heartbeat);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains(&format!("heartbeat socket to {}/udp", d.heartbeat)), "{e}");
+    // The first one still gets every heartbeat.
+    let c = client();
+    for seq in 0..10 {
+        c.send_to(&heartbeat(1, seq, 1, "k"), d.heartbeat).unwrap();
+    }
+    assert_eq!(d.wait_processed(10)["accepted"], 10);
+}
+
+#[test]
 fn startup_errors_name_the_socket_the_file_and_the_key() {
     let run = |args: &[&str]| {
         let dir = tempfile::tempdir().unwrap();

@@ -461,6 +461,12 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         steps.push(measure_heartsink(&serve, prebuilt(cfg, args.seconds.min(3.0)), 2 + i as u64)?);
     }
     drop(serve);
+    // Side by side: the same maximum-rate step with one receive thread handing batches to the
+    // workers (`rx_threads = 1`) instead of each worker reading its own socket (the default).
+    eprintln!("bench: heartsink end to end at max rate, one rx thread …");
+    let serve = start_serve(&args.out.join("serve-rx-thread.log"), &["--rx-threads", "1"])?;
+    let e2e_rx_thread = measure_heartsink(&serve, prebuilt(load.clone(), args.seconds), 1)?;
+    drop(serve);
 
     let mut octavia = Vec::new();
     let mut octavia_steps = Vec::new();
@@ -509,6 +515,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         "machine": machine(),
         "in_process_bound": bound,
         "heartsink_e2e": e2e,
+        "heartsink_e2e_rx_thread": e2e_rx_thread,
         "heartsink_steps": steps,
         "at_80_percent": at80,
         "octavia": octavia,
@@ -524,6 +531,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
     println!("|---|---|---|---|---|---|---|---|");
     println!("| in-process bound (1 thread) | {bound:.0} | {bound:.0} | | | | | |");
     for (name, s) in std::iter::once(("max rate".to_owned(), &e2e))
+        .chain(std::iter::once(("max rate, one rx thread (`--rx-threads 1`)".to_owned(), &e2e_rx_thread)))
         .chain(steps.iter().map(|s| (format!("at {:.0}/s offered", s.offered.unwrap_or(0.0)), s)))
     {
         println!(

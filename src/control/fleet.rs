@@ -83,7 +83,9 @@ pub struct Fleet {
     /// Bulk updates since `changed` was last taken (published when due, not at once).
     held: usize,
     /// Scratch: the new amphorae of one round of changes.
-    new_ids: Vec<Uuid>,
+    new_ids: Vec<(Uuid, OperatingStatus)>,
+    /// Status changes of amphorae new in the same round, applied after they are inserted.
+    late_status: Vec<(Uuid, OperatingStatus)>,
     /// Whether this member runs failovers (single mode: always; cluster mode: the leader).
     leading: bool,
     /// Amphora status transitions applied.
@@ -120,6 +122,7 @@ impl Fleet {
             changed: true,
             held: 0,
             new_ids: Vec::new(),
+            late_status: Vec::new(),
             leading: true,
             status_changes: 0,
             sweep_after: None,
@@ -299,15 +302,9 @@ impl Fleet {
         health
     }
 
-    /// Applies batches of change records from the workers. `shards` is read once per new
-    /// amphora (its first status came with its first heartbeat).
-    pub fn apply_changes(
-        &mut self,
-        batches: impl Iterator<Item = Vec<Change>>,
-        now: u64,
-        shards: &Shards,
-        out: &mut Writes,
-    ) {
+    /// Applies batches of change records from the workers (a new amphora's first status comes
+    /// with it, so no shard is read).
+    pub fn apply_changes(&mut self, batches: impl Iterator<Item = Vec<Change>>, now: u64, out: &mut Writes) {
         // One window a second: LOG_EACH revivals logged one by one, the rest summed up when
         // the window ends (a fleet coming back at once is one summary line a second, not one
         // line per amphora).
@@ -326,7 +323,7 @@ impl Fleet {
                 match c {
                     // Inserted after the loop, in id order: neighbouring inserts share the
                     // upper nodes of the published map (a fill costs fewer cache misses).
-                    Change::New(id) => self.new_ids.push(id),
+                    Change::New { id, status } => self.new_ids.push((id, status)),
                     Change::Status { id, from, to } => {
                         self.changed = true;
                         self.status_changes += 1;
@@ -334,6 +331,9 @@ impl Fleet {
                             let before = state_of(h);
                             h.operating_status = to;
                             self.census.moved(id, Some(before), Some(state_of(h)), now, true);
+                        } else {
+                            // New in this same round (inserted below): it takes the latest.
+                            self.late_status.push((id, to));
                         }
                         out.amphora(id);
                         if to == OperatingStatus::Online {
@@ -346,27 +346,34 @@ impl Fleet {
                 }
             }
         }
-        // New amphorae: the shard holds their latest status (a status change that came in the
-        // same round, before this insert, is already there).
+        // New amphorae, with the status of their first heartbeat; a status change that came in
+        // the same round (after that heartbeat) is applied once they are in.
         let mut new_ids = std::mem::take(&mut self.new_ids);
-        new_ids.sort_unstable();
-        for id in new_ids.drain(..) {
-            self.add_new(id, now, shards, out);
+        new_ids.sort_unstable_by_key(|&(id, _)| id);
+        for (id, status) in new_ids.drain(..) {
+            self.add_new(id, status, now, out);
         }
         if new_ids.capacity() > 4096 {
             new_ids = Vec::new();
         }
         self.new_ids = new_ids;
+        for (id, to) in std::mem::take(&mut self.late_status) {
+            if let Some(h) = self.health.get_mut(&id) {
+                let before = state_of(h);
+                h.operating_status = to;
+                self.census.moved(id, Some(before), Some(state_of(h)), now, true);
+            }
+        }
     }
 
-    /// Starts tracking a new amphora first heard (here or by a peer) at `now`.
-    fn add_new(&mut self, id: Uuid, now: u64, shards: &Shards, out: &mut Writes) {
+    /// Starts tracking a new amphora first heard (here or by a peer) at `now`, with the
+    /// operating status its first heartbeat set.
+    fn add_new(&mut self, id: Uuid, operating_status: OperatingStatus, now: u64, out: &mut Writes) {
         self.held += 1;
         self.live.track(id, now, None, false);
-        let operating_status = shards.with(&id, |s| s.operating_status).unwrap_or(OperatingStatus::Offline);
-        let before = self.health.get(&id).map(state_of);
-        self.census.moved(id, before, Some((operating_status, Live::Alive)), now, true);
-        self.health.insert(
+        // One walk of the ordered map: the insert returns what it replaced (an amphora a peer
+        // reported before this member's first heartbeat, say).
+        let replaced = self.health.insert(
             id,
             AmphoraHealth {
                 operating_status,
@@ -379,6 +386,8 @@ impl Fleet {
                 failover: None,
             },
         );
+        let before = replaced.as_ref().map(state_of);
+        self.census.moved(id, before, Some((operating_status, Live::Alive)), now, true);
         out.amphora(id);
         tracing::debug!(amphora = %id, "new amphora");
     }
@@ -445,7 +454,7 @@ impl Fleet {
                     st.remote_by = by;
                     st.operating_status = status;
                     shards.insert_if_absent(id, st);
-                    self.add_new(id, at, shards, out);
+                    self.add_new(id, status, at, out);
                     taken += 1;
                 }
             }

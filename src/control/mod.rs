@@ -538,7 +538,7 @@ impl Control {
     pub fn apply_changes(&mut self, batches: impl Iterator<Item = Vec<crate::engine::Change>>) {
         let now = self.clock.now_ns();
         let before = self.fleet.status_changes;
-        self.fleet.apply_changes(batches, now, &self.engine.pipeline.shards, &mut self.writes);
+        self.fleet.apply_changes(batches, now, &mut self.writes);
         self.published.status_changes.fetch_add(self.fleet.status_changes - before, Ordering::Relaxed);
     }
 

@@ -11,8 +11,14 @@ use crate::state::OperatingStatus;
 /// A transition the control thread must know about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// An amphora seen for the first time.
-    New(Uuid),
+    /// An amphora seen for the first time, with the operating status its first heartbeat set
+    /// (the control thread need not read the shard for it).
+    New {
+        /// Amphora id.
+        id: Uuid,
+        /// Its rolled-up operating status after the first heartbeat.
+        status: OperatingStatus,
+    },
     /// A stale amphora refreshed its liveness again.
     Revived(Uuid),
     /// An amphora's rolled-up operating status changed.

@@ -300,7 +300,7 @@ impl Pipeline {
                         }
                         if new {
                             tally.new_senders += 1;
-                            self.changes.push(Change::New(hb.id));
+                            self.changes.push(Change::New { id: hb.id, status: state.operating_status });
                         } else if let Some((Some(from), to)) = applied.status_change {
                             self.changes.push(Change::Status { id: hb.id, from, to });
                         }

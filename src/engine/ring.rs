@@ -62,20 +62,34 @@ impl Ring {
     /// receiving side (the worker's).
     pub fn bounded(capacity: usize) -> (RingTx, RingRx) {
         let (tx, rx) = channel::bounded(capacity.max(1));
-        (RingTx(tx), RingRx(rx))
+        (RingTx(tx, None), RingRx(rx))
     }
 }
 
 /// The sending side of a [`Ring`].
 #[derive(Clone, Debug)]
-pub struct RingTx(Sender<Box<Batch>>);
+pub struct RingTx(Sender<Box<Batch>>, Option<Arc<mio::Waker>>);
 
 impl RingTx {
+    /// Wakes `waker` after each push into an empty ring: the worker waits in a poll (on its
+    /// own socket) rather than on the ring.
+    pub fn set_waker(&mut self, waker: Arc<mio::Waker>) {
+        self.1 = Some(waker);
+    }
+
     /// Pushes without waiting; gives the batch back when the ring is full or the worker gone.
     pub fn try_push(&self, batch: Box<Batch>) -> Result<(), Box<Batch>> {
+        let was_empty = self.1.is_some() && self.0.is_empty();
         self.0.try_send(batch).map_err(|e| match e {
             TrySendError::Full(b) | TrySendError::Disconnected(b) => b,
-        })
+        })?;
+        if was_empty {
+            if let Some(w) = &self.1 {
+                // A failed wake leaves the batch for the worker's next round (at most 500 ms).
+                let _ = w.wake();
+            }
+        }
+        Ok(())
     }
 
     /// True when the worker has taken every batch (it is waiting for work).
@@ -92,6 +106,11 @@ impl RingRx {
     /// The next batch; `None` once every sender is gone and the ring is empty.
     pub fn pop(&self) -> Option<Box<Batch>> {
         self.0.recv().ok()
+    }
+
+    /// The next batch if one waits.
+    pub fn try_pop(&self) -> Option<Box<Batch>> {
+        self.0.try_recv().ok()
     }
 
     /// Batches waiting.

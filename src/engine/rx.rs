@@ -78,6 +78,10 @@ impl RxThread {
             }
             // Drain the socket (edge-triggered readiness), also once more when stopping.
             self.drain();
+            // Empty now: drops at the end of a burst have no later datagram to report them.
+            if let Some(k) = self.recv.poll_kernel_drops(&self.socket) {
+                self.router.counters.kernel_drops.store(u64::from(k), Ordering::Relaxed);
+            }
             if self.stopping.load(Ordering::SeqCst) {
                 break;
             }

@@ -227,6 +227,13 @@ impl RecvBatch {
         (&self.data[start..start + self.lens[i]], sockaddr_to_std(&self.addrs[i]), self.truncated[i])
     }
 
+    /// Datagram `i` of the last `recv` without its source: bytes, and whether the kernel
+    /// truncated it.
+    pub fn datagram(&self, i: usize) -> (&[u8], bool) {
+        let start = i * self.slot;
+        (&self.data[start..start + self.lens[i]], self.truncated[i])
+    }
+
     /// The kernel's receive time of datagram `i` (ns since the epoch), or 0 when unknown.
     pub fn rx_ns(&self, i: usize) -> u64 {
         self.rx_ns[i]
@@ -234,6 +241,23 @@ impl RecvBatch {
 
     /// The kernel's cumulative count of datagrams dropped on this socket, as last reported.
     pub fn kernel_drops(&self) -> Option<u32> {
+        self.kernel_drops
+    }
+
+    /// Reads the kernel's drop count of `socket` now (`SO_MEMINFO`), for when no datagram has
+    /// arrived since the drops to carry it (`SO_RXQ_OVFL` only rides on received datagrams, so
+    /// drops at the end of a burst would otherwise stay unreported); remembered as the latest.
+    pub fn poll_kernel_drops(&mut self, socket: &impl AsRawFd) -> Option<u32> {
+        let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+        let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `info` and updates `len`.
+        let rc = unsafe {
+            libc::getsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MEMINFO, info.as_mut_ptr().cast(), &mut len)
+        };
+        if rc == 0 && len as usize >= std::mem::size_of_val(&info) {
+            let drops = info[libc::SK_MEMINFO_DROPS as usize];
+            self.kernel_drops = Some(self.kernel_drops.map_or(drops, |k| k.max(drops)));
+        }
         self.kernel_drops
     }
 }
