@@ -293,7 +293,7 @@ struct ServeCli {
     /// Receive threads (SO_REUSEPORT sockets); 0: each worker reads its own socket [default: 0].
     #[arg(long, value_name = "N")]
     rx_threads: Option<usize>,
-    /// SO_RCVBUF to ask for, bytes [default: 8388608].
+    /// SO_RCVBUF to ask for per heartbeat socket, bytes [default: 33554432].
     #[arg(long, value_name = "BYTES")]
     rcvbuf: Option<usize>,
     /// Log format.

@@ -10,7 +10,8 @@
 //!    send time) sends 20,000 heartbeats/s spread over the N senders, so that each beats at its
 //!    configured interval: `heartbeat_interval = N / 20000` s, `heartbeat_timeout = 3 ×` that
 //!    (at least 5 s), `health_check_interval = 1` s, `startup_grace = 2` s (over before the
-//!    steady window: the rules are in force). After a 2 s warm-up, over a 30 s window:
+//!    steady window: the rules are in force). Once the store has written the fill's rows (one
+//!    per sender; at most 300 s, the wait reported) and after a 2 s warm-up, over a 30 s window:
 //!    - bytes of RSS per tracked amphora ((RSS at the window's end − RSS of the empty daemon)
 //!      ÷ tracked; `VmRSS` of `/proc/PID/status`);
 //!    - the control thread's longest tick and the health check's longest run in the window.
@@ -332,6 +333,28 @@ fn point(d: &Daemon) -> Result<Point, Error> {
     Ok(Point { at, stats: d.stats()?, latency: latency_counts(d.admin)?, rss_kib, cpu_s })
 }
 
+/// The longest wait for the fill's rows to be written before the steady window.
+const SETTLE_MAX: Duration = Duration::from_secs(300);
+
+/// Waits (at most [`SETTLE_MAX`]) until the store has committed a row for each of the `n`
+/// senders the fill added and holds none pending, so that the steady window measures a fleet
+/// where nothing changes rather than the fill's backlog. Returns the seconds waited and
+/// whether it settled.
+fn settle(d: &Daemon, n: u64) -> Result<(f64, bool), Error> {
+    let t = Instant::now();
+    loop {
+        let s = d.stats()?;
+        let store = &s["liveness"]["store"];
+        if u(store, &["writes"]) >= n && u(store, &["pending"]) == 0 {
+            return Ok((t.elapsed().as_secs_f64(), true));
+        }
+        if t.elapsed() >= SETTLE_MAX {
+            return Ok((t.elapsed().as_secs_f64(), false));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// The steady-state window: polls every 100 ms for the largest tick and health check seen.
 fn steady(d: &Daemon, rss_empty_kib: u64) -> Result<Value, Error> {
     std::thread::sleep(WARM_UP);
@@ -496,7 +519,10 @@ fn measure(out: &Path, n: u64) -> Result<Value, Error> {
         first_seq: 1000,
         ..LoadConfig::default()
     });
-    let steady = steady(&d, rss_empty)?;
+    let (settle_s, settled) = settle(&d, n)?;
+    let mut steady = steady(&d, rss_empty)?;
+    steady["fill_rows_written_s"] = json!(settle_s);
+    steady["fill_rows_written"] = json!(settled);
     eprintln!("bench: scale {n}: restart under load …");
     let (d2, restart) = restart(&mut d, &config, &data_dir, &log, rss_empty)?;
     let report = load.finish()?;
@@ -524,7 +550,7 @@ fn opt(v: &Value, digits: usize) -> String {
 /// The Markdown table: one row per figure, one column per size.
 fn table(sizes: &[Value]) -> Vec<String> {
     type Row = (&'static str, fn(&Value) -> String);
-    let rows: [Row; 24] = [
+    let rows: [Row; 25] = [
         ("fill: seconds to track all", |s| opt(&s["fill"]["seconds"], 2)),
         ("fill: senders tracked/s", |s| opt(&s["fill"]["senders_per_s"], 0)),
         ("fill: passes (halving rate from 150k/s), all tracked", |s| {
@@ -557,6 +583,9 @@ fn table(sizes: &[Value]) -> Vec<String> {
         ("steady: health check max / last, ms", |s| {
             let h = &s["steady"]["health_check"];
             format!("{} / {}", opt(&h["window_max_ms"], 2), opt(&h["last_ms"], 2))
+        }),
+        ("steady load: s until the fill's rows were written (all written)", |s| {
+            format!("{} ({})", opt(&s["steady"]["fill_rows_written_s"], 1), s["steady"]["fill_rows_written"])
         }),
         ("steady: store writes/s", |s| opt(&s["steady"]["store"]["writes_per_s"], 0)),
         ("steady: receive-to-applied p99, µs", |s| opt(&s["steady"]["receive_to_applied_us"]["p99"], 0)),
