@@ -5,7 +5,12 @@ use std::time::{Duration, UNIX_EPOCH};
 /// `ns` since the Unix epoch as an RFC 3339 timestamp with milliseconds, in UTC
 /// (`2026-12-04T13:31:16.123Z`), as the admin API and confd show times.
 pub fn rfc3339(ns: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
+    rfc3339_display(ns).to_string()
+}
+
+/// [`rfc3339`] as a `Display` (formats into a fixed buffer: no allocation).
+pub fn rfc3339_display(ns: u64) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns))
 }
 
 /// Largest configuration file read (`--config`): 16 MiB.

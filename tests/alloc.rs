@@ -195,3 +195,141 @@ fn load_sender_allocates_nothing_per_packet() {
         assert!(long <= short + 2, "{} target(s): {short} allocations for 500 packets, {long} for 5000", targets.len());
     }
 }
+
+/// A confd responder's request handling allocates nothing in steady state: the Ganeti mix of
+/// `heartsink bench` against the test `config.data`, heartsink's types 100–103 from a populated
+/// snapshot, with and without the replay cache, and dropped requests (bad HMAC, replay, stale
+/// timestamp). Every request is signed beforehand with a salt of its own.
+#[test]
+fn confd_requests_allocate_nothing() {
+    use heartsink::confd::proto::{encode_request, parse_reply, HmacKey, Query, Request, RequestType};
+    use heartsink::confd::replay::ReplayCache;
+    use heartsink::confd::server::{handle, ConfdScratch, ConfdState};
+    use heartsink::control::liveness::Live;
+    use heartsink::control::{AmphoraHealth, Snapshot};
+    use heartsink::proto::octavia::Uuid;
+    use heartsink::state::OperatingStatus;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/confd");
+    let key = HmacKey::from_file(data.join("hmac.key")).unwrap();
+    let state = ConfdState::load(vec![key.clone()], Some(data.join("config.data.json"))).unwrap();
+
+    let lb = Uuid::from_bytes([0xb0; 16]);
+    let amphora = |i: u8| Uuid::from_bytes([i; 16]);
+    let mut snap = Snapshot { generation: 42, ..Snapshot::default() };
+    for i in 1..=40u8 {
+        snap.amphorae.insert(
+            amphora(i),
+            AmphoraHealth {
+                operating_status: OperatingStatus::Online,
+                liveness: if i % 5 == 0 { Live::Stale } else { Live::Alive },
+                last_refresh_ns: u64::from(i) * 1_000_000_000,
+                first_seen_ns: 0,
+                load_balancer: (i <= 4).then_some(lb),
+                expected_listeners: None,
+                zone: None,
+                failover: None,
+            },
+        );
+        if i <= 4 {
+            snap.load_balancers.entry(lb).or_default().insert(amphora(i));
+        }
+        if i % 5 == 0 {
+            snap.down.insert(amphora(i));
+        }
+    }
+    snap.totals.received = 1000;
+
+    let mix = [
+        (RequestType::Ping, Query::Empty),
+        (RequestType::ClusterMaster, Query::Empty),
+        (RequestType::NodeRoleByName, Query::Plain("node1.example.com".into())),
+        (RequestType::InstancesIpsList, Query::Empty),
+        (RequestType::AmphoraHealth, Query::Plain(amphora(7).to_string())),
+        (RequestType::AmphoraHealth, Query::Plain(amphora(99).to_string())),
+        (RequestType::LbStatus, Query::Plain(lb.to_string())),
+        (RequestType::LbStatus, Query::Plain(amphora(9).to_string())),
+        (RequestType::DownSenders, Query::Empty),
+        (RequestType::DownSenders, Query::Plain(amphora(10).to_string())),
+        (RequestType::EngineCounters, Query::Empty),
+    ];
+    let now = 1_700_000_000;
+    let rounds = 40; // 440 requests per loop
+    let signed = |tag: &str, at: i64, key: &HmacKey| -> Vec<Vec<u8>> {
+        (0..rounds)
+            .flat_map(|r| mix.iter().enumerate().map(move |(i, q)| (r, i, q)))
+            .map(|(r, i, (kind, query))| {
+                let rsalt = format!("{tag}-{r}-{i}-00000000-0000-4000-8000-000000000000");
+                encode_request(&Request::new(*kind, query.clone(), rsalt), at, key)
+            })
+            .collect()
+    };
+    let warm = signed("warm", now, &key);
+    let fresh = signed("fresh", now, &key);
+    let cached = signed("cached", now, &key);
+    let forged = signed("forged", now, &HmacKey::new(b"another key\n"));
+    let stale = signed("stale", now - 301, &key);
+
+    let cache = ReplayCache::new(1 << 12);
+    let mut scratch = ConfdScratch::default();
+    let mut out = Vec::new();
+    let mut run = |packets: &[Vec<u8>], replay: Option<&ReplayCache>| -> (usize, usize) {
+        let (mut ok, mut dropped) = (0, 0);
+        for p in packets {
+            out.clear();
+            match handle(p, now, &state, Some(&snap), replay, &mut scratch, &mut out) {
+                Ok(()) => ok += 1,
+                Err(_) => dropped += 1,
+            }
+        }
+        (ok, dropped)
+    };
+    // Warm-up: every buffer grows to the largest request and reply; the thread's first use
+    // of anything lazily initialised happens here.
+    assert_eq!(run(&warm, Some(&cache)), (warm.len(), 0));
+    assert_eq!(run(&warm, None), (warm.len(), 0));
+
+    COUNTING.store(true, Ordering::SeqCst);
+    let answered = run(&fresh, None);
+    let answered_cached = run(&cached, Some(&cache));
+    let replayed = run(&cached, Some(&cache));
+    let forged_out = run(&forged, Some(&cache));
+    let stale_out = run(&stale, Some(&cache));
+    COUNTING.store(false, Ordering::SeqCst);
+    let allocs = ALLOCS.swap(0, Ordering::SeqCst);
+
+    assert_eq!(answered, (fresh.len(), 0));
+    assert_eq!(answered_cached, (cached.len(), 0));
+    assert_eq!(replayed, (0, cached.len()), "replays dropped");
+    assert_eq!(forged_out, (0, forged.len()), "bad HMAC dropped");
+    assert_eq!(stale_out, (0, stale.len()), "stale timestamps dropped");
+    assert_eq!(allocs, 0, "allocations in steady state");
+
+    // The counter sees this path: the pools' answers (104, 105) are still built as values
+    // (`registry::lb::poll` allocates its selection), and are counted.
+    let pools: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            encode_request(
+                &Request::new(RequestType::PoolNext, Query::Plain("rawx?size=2".into()), format!("pool-{i}")),
+                now,
+                &key,
+            )
+        })
+        .collect();
+    COUNTING.store(true, Ordering::SeqCst);
+    let pooled = run(&pools, None);
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(pooled, (pools.len(), 0));
+    assert!(ALLOCS.swap(0, Ordering::SeqCst) > 0, "the counting allocator counts the confd path");
+
+    // The replies verify (outside the counted region).
+    for (i, p) in fresh.iter().take(mix.len()).enumerate() {
+        out.clear();
+        let cache = ReplayCache::new(1 << 8);
+        handle(p, now, &state, Some(&snap), Some(&cache), &mut ConfdScratch::default(), &mut out).unwrap();
+        let (salt, reply) = parse_reply(&out, &key).unwrap();
+        assert_eq!(salt, format!("fresh-0-{i}-00000000-0000-4000-8000-000000000000"));
+        let unknown_amphora = i == 5;
+        assert_eq!(reply.status, i64::from(unknown_amphora), "{:?}: {reply:?}", mix[i]);
+    }
+}

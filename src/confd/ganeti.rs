@@ -24,8 +24,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
+use super::json::write_json;
 use super::json::{hs_int, hs_show_string};
-use super::proto::{DictQuery, Query, Reply, ReqField, Request, RequestType, ERROR_ARGUMENT, ERROR_UNKNOWN_ENTRY};
+use super::proto::{
+    Answer, Answered, DictView, QueryView, Reply, ReqField, Request, RequestType, RequestView, ERROR_ARGUMENT,
+    ERROR_UNKNOWN_ENTRY, STATUS_OK,
+};
 
 /// The data collectors compiled into `ganeti-confd` 3.0.2 (`DataCollectors.collectors`).
 pub const DATA_COLLECTORS: [&str; 6] =
@@ -98,12 +102,18 @@ pub struct ConfigIndex {
     default_link: String,
     /// By UUID (the daemon's `Map` order).
     nodes: BTreeMap<String, Node>,
+    /// Node name → UUID (`M.mapKeys nodeName`: on equal names the greatest UUID's node).
+    node_names: BTreeMap<String, String>,
     /// By UUID.
     instances: BTreeMap<String, Instance>,
+    /// Name → UUID of the named instances (on equal names the greatest UUID's).
+    instance_names: BTreeMap<String, String>,
     /// By UUID: the parsed tree and the JSON value (with defaults).
     disks: BTreeMap<String, (Disk, Value)>,
     /// link → instance IP → instance name.
     link_ips: BTreeMap<String, BTreeMap<String, String>>,
+    /// link → its `INSTANCES_IPS_LIST` answer, written at load time.
+    link_ips_json: BTreeMap<String, String>,
     data_collectors: Value,
     /// The whole file with defaults, for `CONFIG_QUERY`.
     config: Value,
@@ -261,29 +271,29 @@ impl NoEnt {
 }
 
 /// `show` of a query, as in the daemon's "Invalid query type …" answers.
-fn show_query(q: &Query) -> String {
+fn show_query(q: &QueryView<'_>) -> String {
     match q {
-        Query::Empty => "EmptyQuery".to_owned(),
-        Query::Plain(s) => format!("PlainQuery {}", hs_show_string(s)),
-        Query::Dict(d) => show_dict(d),
+        QueryView::Empty => "EmptyQuery".to_owned(),
+        QueryView::Plain(s) => format!("PlainQuery {}", hs_show_string(s)),
+        QueryView::Dict(d) => show_dict(d),
     }
 }
 
-fn show_dict(d: &DictQuery) -> String {
-    let maybe = |m: &Option<String>| m.as_ref().map_or("Nothing".to_owned(), |s| format!("Just {}", hs_show_string(s)));
-    let ips: Vec<String> = d.ip_list.iter().map(|s| hs_show_string(s)).collect();
+fn show_dict(d: &DictView<'_>) -> String {
+    let maybe = |m: Option<&str>| m.map_or("Nothing".to_owned(), |s| format!("Just {}", hs_show_string(s)));
+    let ips: Vec<String> = d.ip_list.iter().map(hs_show_string).collect();
     let fields: Vec<&str> = d.fields.iter().map(|f| f.hs_name()).collect();
     format!(
         "DictQuery (ConfdReqQ {{confdReqQIp = {}, confdReqQIpList = [{}], confdReqQLink = {}, confdReqQFields = [{}]}})",
-        maybe(&d.ip),
+        maybe(d.ip),
         ips.join(","),
-        maybe(&d.link),
+        maybe(d.link),
         fields.join(",")
     )
 }
 
 /// `Invalid query type <show query>`, status 1.
-fn invalid_query(q: &Query) -> Reply {
+fn invalid_query(q: &QueryView<'_>) -> Reply {
     Reply::error(format!("Invalid query type {}", show_query(q)))
 }
 
@@ -423,6 +433,19 @@ impl ConfigIndex {
                 },
             );
         }
+        let node_names = nodes.values().map(|n| (n.name.clone(), n.uuid.clone())).collect();
+        let instance_names = instances
+            .iter()
+            .filter_map(|(u, i)| i.name.clone().filter(|n| !n.is_empty()).map(|n| (n, u.clone())))
+            .collect();
+        let link_ips_json = link_ips
+            .iter()
+            .map(|(link, ips)| {
+                let mut text = Vec::new();
+                write_json(&mut text, &ips.keys().collect::<Vec<_>>());
+                (link.clone(), String::from_utf8(text).unwrap_or_default())
+            })
+            .collect();
         Ok(ConfigIndex {
             version,
             serial_no,
@@ -431,9 +454,12 @@ impl ConfigIndex {
             master_ip,
             default_link,
             nodes,
+            node_names,
             instances,
+            instance_names,
             disks,
             link_ips,
+            link_ips_json,
             data_collectors: Value::Object(collectors),
             config,
         })
@@ -454,10 +480,9 @@ impl ConfigIndex {
         if let Some(n) = self.nodes.get(key) {
             return Ok(n);
         }
-        // `M.mapKeys nodeName`: on equal names the greatest UUID's node stays.
-        let by_name: BTreeMap<&str, &Node> = self.nodes.values().map(|n| (n.name.as_str(), n)).collect();
-        match lookup_name(by_name.keys().copied(), key) {
-            Lookup::Found(n) => by_name.get(n).copied().ok_or_else(|| NoEnt(format!("Node name {key} not found"))),
+        let by_name = |n: &str| self.node_names.get(n).and_then(|u| self.nodes.get(u));
+        match lookup_name(self.node_names.keys().map(String::as_str), key) {
+            Lookup::Found(n) => by_name(n).ok_or_else(|| NoEnt(format!("Node name {key} not found"))),
             Lookup::Multiple => Err(NoEnt(format!("Node name {key} has multiple matches"))),
             Lookup::NotFound => Err(NoEnt(format!("Node name {key} not found"))),
         }
@@ -468,13 +493,11 @@ impl ConfigIndex {
         if let Some((u, i)) = self.instances.get_key_value(key) {
             return Ok((u.as_str(), i));
         }
-        let by_name: BTreeMap<&str, (&str, &Instance)> = self
-            .instances
-            .iter()
-            .filter_map(|(u, i)| i.name.as_deref().filter(|n| !n.is_empty()).map(|n| (n, (u.as_str(), i))))
-            .collect();
-        match lookup_name(by_name.keys().copied(), key) {
-            Lookup::Found(n) => by_name.get(n).copied().ok_or_else(|| NoEnt(format!("Instance name {key} not found"))),
+        let by_name = |n: &str| self.instance_names.get(n).and_then(|u| self.instances.get_key_value(u));
+        match lookup_name(self.instance_names.keys().map(String::as_str), key) {
+            Lookup::Found(n) => {
+                by_name(n).map(|(u, i)| (u.as_str(), i)).ok_or_else(|| NoEnt(format!("Instance name {key} not found")))
+            }
             Lookup::Multiple => Err(NoEnt(format!("Instance name {key} has multiple matches"))),
             Lookup::NotFound => Err(NoEnt(format!("Instance name {key} not found"))),
         }
@@ -517,38 +540,72 @@ impl ConfigIndex {
         }
     }
 
-    /// Answers a request as the daemon does.
+    /// Answers a request as the daemon does (allocates: see [`ConfigIndex::answer_view`]).
     pub fn answer(&self, req: &Request) -> Reply {
+        self.answer_view(&req.view()).to_reply()
+    }
+
+    /// Answers a request as the daemon does. The answers of `PING`, `NODE_ROLE_BYNAME`,
+    /// `CLUSTER_MASTER` (name) and `INSTANCES_IPS_LIST` are borrowed from the index (no
+    /// allocation); the others, and errors, are built.
+    pub fn answer_view(&self, req: &RequestView<'_>) -> Answered<'_> {
+        let cs = self.cluster_serial;
+        let ok = |answer| Answered { status: STATUS_OK, answer, serial: cs };
+        match (req.kind, &req.query) {
+            (RequestType::Ping, _) => Answered { status: STATUS_OK, answer: Answer::Int(self.version), serial: 0 },
+            (RequestType::NodeRoleByName, QueryView::Plain(name)) => match self.node_role(name) {
+                Ok(role) => ok(Answer::Int(role)),
+                Err(e) => Reply::error(e.formatted()).into(),
+            },
+            (RequestType::ClusterMaster, QueryView::Empty) => match self.master_name() {
+                Ok(m) => ok(Answer::Str(m)),
+                Err(e) => Reply::error(e.formatted()).into(),
+            },
+            (RequestType::InstancesIpsList, QueryView::Plain(_) | QueryView::Empty) => {
+                let link = match req.query {
+                    QueryView::Plain(l) => l,
+                    _ => &self.default_link,
+                };
+                ok(Answer::Json(self.link_ips_json.get(link).map_or("[]", String::as_str)))
+            }
+            _ => self.answer_built(req).into(),
+        }
+    }
+
+    /// `NODE_ROLE_BYNAME`: master (0) only for the master's full name, then drained (3),
+    /// offline (2), master candidate (1), regular (4).
+    fn node_role(&self, name: &str) -> Result<i64, NoEnt> {
+        let master = self.master_name()?;
+        let node = self.node(name)?;
+        Ok(if master == name {
+            0
+        } else if node.drained {
+            3
+        } else if node.offline {
+            2
+        } else if node.master_candidate {
+            1
+        } else {
+            4
+        })
+    }
+
+    /// The answers [`ConfigIndex::answer_view`] builds.
+    fn answer_built(&self, req: &RequestView<'_>) -> Reply {
         let cs = self.cluster_serial;
         match req.kind {
             RequestType::Ping => Reply::ok(self.version, 0),
             RequestType::NodeRoleByName => {
-                let Query::Plain(name) = &req.query else { return invalid_query(&req.query) };
-                let master = match self.master_name() {
-                    Ok(m) => m,
-                    Err(e) => return Reply::error(e.formatted()),
-                };
-                let node = match self.node(name) {
-                    Ok(n) => n,
-                    Err(e) => return Reply::error(e.formatted()),
-                };
-                let role = if master == name.as_str() {
-                    0
-                } else if node.drained {
-                    3
-                } else if node.offline {
-                    2
-                } else if node.master_candidate {
-                    1
-                } else {
-                    4
-                };
-                Reply::ok(role, cs)
+                let QueryView::Plain(name) = req.query else { return invalid_query(&req.query) };
+                match self.node_role(name) {
+                    Ok(role) => Reply::ok(role, cs),
+                    Err(e) => Reply::error(e.formatted()),
+                }
             }
             RequestType::NodePipByInstanceIp => {
-                let Query::Dict(q) = &req.query else { return Reply::error(ERROR_ARGUMENT) };
-                let link = q.link.as_deref().unwrap_or(&self.default_link);
-                match &q.ip {
+                let QueryView::Dict(q) = &req.query else { return Reply::error(ERROR_ARGUMENT) };
+                let link = q.link.unwrap_or(&self.default_link);
+                match q.ip {
                     Some(ip) => {
                         let (s, a, serial) = self.node_pip(link, ip);
                         Reply::new(s, a, serial)
@@ -567,12 +624,12 @@ impl ConfigIndex {
                 }
             }
             RequestType::ClusterMaster => match &req.query {
-                Query::Empty => match self.master_name() {
+                QueryView::Empty => match self.master_name() {
                     Ok(m) => Reply::ok(m, cs),
                     Err(e) => Reply::error(e.formatted()),
                 },
-                Query::Plain(_) => Reply::error(ERROR_ARGUMENT),
-                Query::Dict(q) => {
+                QueryView::Plain(_) => Reply::error(ERROR_ARGUMENT),
+                QueryView::Dict(q) => {
                     let mnode = match self.node(&self.master_uuid) {
                         Ok(n) => n,
                         Err(e) => return Reply::error(e.shown()),
@@ -599,17 +656,17 @@ impl ConfigIndex {
                 Reply::ok(ips, cs)
             }
             RequestType::InstancesIpsList => {
-                let link = match &req.query {
-                    Query::Plain(l) => l.as_str(),
-                    Query::Empty => &self.default_link,
-                    Query::Dict(_) => return Reply::error("Invalid query type"),
+                let link = match req.query {
+                    QueryView::Plain(l) => l,
+                    QueryView::Empty => &self.default_link,
+                    QueryView::Dict(_) => return Reply::error("Invalid query type"),
                 };
                 let ips: Vec<&str> =
                     self.link_ips.get(link).map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
                 Reply::ok(ips, cs)
             }
             RequestType::NodeDrbd => {
-                let Query::Plain(name) = &req.query else { return invalid_query(&req.query) };
+                let QueryView::Plain(name) = req.query else { return invalid_query(&req.query) };
                 let node = match self.node(name) {
                     Ok(n) => n,
                     Err(e) => return Reply::error(e.shown()),
@@ -640,7 +697,7 @@ impl ConfigIndex {
                 Reply::ok(rows, node.serial)
             }
             RequestType::NodeInstances => {
-                let Query::Plain(name) = &req.query else { return invalid_query(&req.query) };
+                let QueryView::Plain(name) = req.query else { return invalid_query(&req.query) };
                 let node = match self.node(name) {
                     Ok(n) => n,
                     Err(e) => return Reply::error(format!("Node not found in the configuration: {}", e.shown())),
@@ -667,7 +724,7 @@ impl ConfigIndex {
                 Reply::ok(json!([primary, secondary]), node.serial)
             }
             RequestType::InstanceDisks => {
-                let Query::Plain(name) = &req.query else { return invalid_query(&req.query) };
+                let QueryView::Plain(name) = req.query else { return invalid_query(&req.query) };
                 let (_, inst) = match self.instance(name) {
                     Ok(i) => i,
                     Err(e) => return Reply::error(format!("Instance not found in the configuration: {}", e.shown())),
@@ -678,7 +735,7 @@ impl ConfigIndex {
                 }
             }
             RequestType::ConfigQuery => {
-                let Query::Plain(path) = &req.query else { return invalid_query(&req.query) };
+                let QueryView::Plain(path) = req.query else { return invalid_query(&req.query) };
                 match parse_pointer(path).and_then(|p| extract(&self.config, &p)) {
                     Some(v) => Reply::ok(v.clone(), cs),
                     None => Reply::error(ERROR_ARGUMENT),
@@ -770,6 +827,7 @@ fn extract<'a>(v: &'a Value, tokens: &[String]) -> Option<&'a Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::confd::proto::{DictQuery, Query, ReplyMsg};
 
     fn index() -> ConfigIndex {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/confd/config.data.json");
@@ -906,5 +964,50 @@ mod tests {
         assert!(ConfigIndex::from_slice(b"not json").unwrap_err().reason.contains("not JSON"));
         let e = ConfigIndex::from_slice(b"{\"version\": 3000000}").unwrap_err();
         assert_eq!(e.reason, "missing serial_no");
+    }
+
+    /// The answers written in place are the bytes of the built ones, for every type.
+    #[test]
+    fn borrowed_answers_are_byte_identical_to_built_ones() {
+        use RequestType::*;
+        let ix = index();
+        let dict = |f: fn(&mut DictQuery)| {
+            let mut d = DictQuery::default();
+            f(&mut d);
+            Query::Dict(d)
+        };
+        let queries = [
+            Query::Empty,
+            plain(""),
+            plain("node1.example.com"),
+            plain("node1"),
+            plain("node2"),
+            plain("node"),
+            plain("2ae3d962-2dad-44f2-bdb1-85f77107f907"),
+            plain("instance1"),
+            plain("br0"),
+            plain("xen-br0"),
+            plain("/cluster/cluster_name"),
+            plain("n\u{f6}de\n\\"),
+            dict(|d| d.fields = vec![ReqField::Name, ReqField::Ip, ReqField::MNodePip]),
+            dict(|d| d.ip = Some("198.51.100.11".into())),
+            dict(|d| d.ip_list = vec!["198.51.100.11".into(), "1.2.3.4".into()]),
+            dict(|d| d.link = Some("xen-br0".into())),
+        ];
+        let (mut fast, mut built) = (ReplyMsg::default(), ReplyMsg::default());
+        for kind in RequestType::ALL {
+            for q in &queries {
+                let req = Request::new(kind, q.clone(), "r");
+                fast.write(&ix.answer_view(&req.view()));
+                built.write_reply(&ix.answer_built(&req.view()));
+                assert_eq!(fast.as_str(), built.as_str(), "{req:?}");
+            }
+        }
+        for link in ix.link_ips.keys() {
+            let req = Request::new(InstancesIpsList, plain(link), "r");
+            fast.write(&ix.answer_view(&req.view()));
+            built.write_reply(&ix.answer_built(&req.view()));
+            assert_eq!(fast.as_str(), built.as_str(), "{req:?}");
+        }
     }
 }

@@ -30,30 +30,6 @@
 
 use std::fmt::Write as _;
 
-/// A parsed JSON value in the daemon's dialect. Object members keep their order and duplicates.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum JValue {
-    /// `null`
-    Null,
-    /// `true` / `false`
-    Bool(bool),
-    /// A number, as its exact source text (converted on use, see [`hs_int`]).
-    Num(String),
-    /// A string, unescaped.
-    Str(String),
-    /// An array.
-    Arr(Vec<JValue>),
-    /// An object: members in source order, duplicates kept.
-    Obj(Vec<(String, JValue)>),
-}
-
-impl JValue {
-    /// The first member named `key` of an object (Text.JSON's `valFromObj`).
-    pub(crate) fn first<'a>(members: &'a [(String, JValue)], key: &str) -> Option<&'a JValue> {
-        members.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-    }
-}
-
 /// Why a document is not JSON for the daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum JsonError {
@@ -75,14 +51,17 @@ pub(crate) fn hs_is_space(c: char) -> bool {
 }
 
 /// Reads the bytes of a datagram as Latin-1 characters, as the daemon does. ASCII (every
-/// well-behaved client's request) is the same text in UTF-8, and is borrowed.
-pub(crate) fn latin1(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+/// well-behaved client's request) is the same text in UTF-8, and is borrowed; other text is
+/// written into `buf` (cleared first), whose capacity is kept for the next datagram.
+pub(crate) fn latin1<'a>(bytes: &'a [u8], buf: &'a mut String) -> &'a str {
     if bytes.is_ascii() {
         if let Ok(s) = std::str::from_utf8(bytes) {
-            return std::borrow::Cow::Borrowed(s);
+            return s;
         }
     }
-    std::borrow::Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect())
+    buf.clear();
+    buf.extend(bytes.iter().map(|&b| char::from(b)));
+    buf
 }
 
 /// A byte that stands for itself inside a JSON string, in and out: printable ASCII other than
@@ -91,14 +70,161 @@ fn plain_ascii(b: u8) -> bool {
     (b' '..0x7f).contains(&b) && b != b'"' && b != b'\\'
 }
 
-/// Parses one document: no leading whitespace, the value, then only whitespace.
-pub(crate) fn parse(text: &str) -> Result<JValue, JsonError> {
-    let mut p = Parser { s: text.as_bytes(), text, i: 0 };
-    let v = p.value(0)?;
-    if text[p.i..].chars().all(hs_is_space) {
-        Ok(v)
-    } else {
-        Err(JsonError::Syntax)
+/// What a [`Node`] of a [`Tape`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `null`
+    Null,
+    /// `true` / `false`
+    Bool(bool),
+    /// A number; its span is its exact source text (converted on use, see [`hs_int`]).
+    Num,
+    /// A string; its span is the source between the quotes, escapes included ([`Tape::chars`]).
+    Str,
+    /// An array: its items follow it on the tape.
+    Arr,
+    /// An object: its members follow it on the tape, key then value, in source order,
+    /// duplicates kept (the callers take the **first** one, as the daemon does).
+    Obj,
+}
+
+/// One value of a [`Tape`]: its kind, its span in the parsed text, and the index of the node
+/// after it and all its contents (its next sibling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Node {
+    /// What it is.
+    pub kind: Kind,
+    start: usize,
+    end: usize,
+    next: usize,
+}
+
+/// A parsed document in the daemon's dialect, as a flat list of [`Node`]s in source order
+/// (a container first, then its contents) that point into the parsed text instead of owning
+/// strings. Parsing into a kept tape allocates nothing once its capacity suffices; the text is
+/// passed again to read the values.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Tape {
+    nodes: Vec<Node>,
+}
+
+impl Tape {
+    /// Parses one document: no leading whitespace, the value, then only whitespace. The
+    /// document is node 0.
+    pub(crate) fn parse(&mut self, text: &str) -> Result<(), JsonError> {
+        self.nodes.clear();
+        let mut p = Parser { s: text.as_bytes(), text, i: 0, nodes: &mut self.nodes };
+        p.value(0)?;
+        if text[p.i..].chars().all(hs_is_space) {
+            Ok(())
+        } else {
+            Err(JsonError::Syntax)
+        }
+    }
+
+    /// The node at `i` (node 0 is the document).
+    pub(crate) fn node(&self, i: usize) -> Option<Node> {
+        self.nodes.get(i).copied()
+    }
+
+    /// The kind of the node at `i`.
+    pub(crate) fn kind(&self, i: usize) -> Option<Kind> {
+        self.node(i).map(|n| n.kind)
+    }
+
+    /// The items of the array (or the keys and values of the object) at `i`, by index.
+    pub(crate) fn children(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        let end = self.node(i).map_or(0, |n| n.next);
+        let mut at = i + 1;
+        std::iter::from_fn(move || {
+            let here = at;
+            let n = self.nodes.get(here).filter(|_| here < end)?;
+            at = n.next;
+            Some(here)
+        })
+    }
+
+    /// The members of the object at `i`: (key, value) indexes, in source order.
+    pub(crate) fn members(&self, i: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let mut c = self.children(i);
+        std::iter::from_fn(move || Some((c.next()?, c.next()?)))
+    }
+
+    /// The value of the first member named `key` of the object at `i` (Text.JSON's
+    /// `valFromObj`).
+    pub(crate) fn first(&self, text: &str, i: usize, key: &str) -> Option<usize> {
+        self.members(i).find(|&(k, _)| self.str_is(text, k, key)).map(|(_, v)| v)
+    }
+
+    /// The source text of the node at `i` (a number's digits, a string's escaped contents).
+    pub(crate) fn raw<'t>(&self, text: &'t str, i: usize) -> &'t str {
+        self.node(i).and_then(|n| text.get(n.start..n.end)).unwrap_or("")
+    }
+
+    /// The characters of the string at `i`, unescaped.
+    pub(crate) fn chars<'t>(&self, text: &'t str, i: usize) -> Unescaped<'t> {
+        Unescaped { rest: self.raw(text, i) }
+    }
+
+    /// Whether the string at `i` is `s` once unescaped (false for any other kind).
+    pub(crate) fn str_is(&self, text: &str, i: usize, s: &str) -> bool {
+        self.kind(i) == Some(Kind::Str) && self.chars(text, i).eq(s.chars())
+    }
+
+    /// Appends the string at `i`, unescaped, to `out`.
+    pub(crate) fn push_str(&self, text: &str, i: usize, out: &mut String) {
+        let raw = self.raw(text, i);
+        if raw.bytes().all(|b| b != b'\\') {
+            out.push_str(raw);
+        } else {
+            out.extend(self.chars(text, i));
+        }
+    }
+
+    /// The string at `i`, unescaped, into `out` (cleared first); false (and `out` empty) when
+    /// the node is not a string.
+    pub(crate) fn read_str(&self, text: &str, i: usize, out: &mut String) -> bool {
+        out.clear();
+        let is_str = self.kind(i) == Some(Kind::Str);
+        if is_str {
+            self.push_str(text, i, out);
+        }
+        is_str
+    }
+}
+
+/// The characters of a string node: its source with the escapes read. The parser checked the
+/// escapes, so none fails here.
+#[derive(Clone, Debug)]
+pub(crate) struct Unescaped<'t> {
+    rest: &'t str,
+}
+
+impl Iterator for Unescaped<'_> {
+    type Item = char;
+
+    fn next(&mut self) -> Option<char> {
+        let mut chars = self.rest.chars();
+        let c = chars.next()?;
+        if c != '\\' {
+            self.rest = chars.as_str();
+            return Some(c);
+        }
+        let e = chars.next()?;
+        self.rest = chars.as_str();
+        Some(match e {
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'u' => {
+                let hex = self.rest.get(..4).unwrap_or("");
+                self.rest = self.rest.get(4..).unwrap_or("");
+                u32::from_str_radix(hex, 16).ok().and_then(char::from_u32).unwrap_or('\u{fffd}')
+            }
+            other => other, // `"`, `\`, `/`
+        })
     }
 }
 
@@ -106,6 +232,7 @@ struct Parser<'a> {
     s: &'a [u8],
     text: &'a str,
     i: usize,
+    nodes: &'a mut Vec<Node>,
 }
 
 impl Parser<'_> {
@@ -126,82 +253,82 @@ impl Parser<'_> {
         }
     }
 
-    fn literal(&mut self, word: &str, v: JValue) -> Result<JValue, JsonError> {
+    /// Adds a leaf node.
+    fn leaf(&mut self, kind: Kind, start: usize, end: usize) {
+        let next = self.nodes.len() + 1;
+        self.nodes.push(Node { kind, start, end, next });
+    }
+
+    fn literal(&mut self, word: &str, kind: Kind) -> Result<(), JsonError> {
         if self.s[self.i..].starts_with(word.as_bytes()) {
+            self.leaf(kind, self.i, self.i + word.len());
             self.i += word.len();
-            Ok(v)
+            Ok(())
         } else {
             Err(JsonError::Syntax)
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<JValue, JsonError> {
+    fn value(&mut self, depth: usize) -> Result<(), JsonError> {
         if depth > MAX_DEPTH {
             return Err(JsonError::Syntax);
         }
         match self.peek() {
-            Some(b'n') => self.literal("null", JValue::Null),
-            Some(b't') => self.literal("true", JValue::Bool(true)),
-            Some(b'f') => self.literal("false", JValue::Bool(false)),
-            Some(b'"') => self.string().map(JValue::Str),
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.skip_ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Ok(JValue::Arr(items));
-                }
-                loop {
-                    self.skip_ws();
-                    items.push(self.value(depth + 1)?);
-                    self.skip_ws();
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(JValue::Arr(items));
-                        }
-                        _ => return Err(JsonError::Syntax),
-                    }
-                }
-            }
-            Some(b'{') => {
-                self.i += 1;
-                let mut members = Vec::new();
-                self.skip_ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Ok(JValue::Obj(members));
-                }
-                loop {
-                    self.skip_ws();
-                    if self.peek() != Some(b'"') {
-                        return Err(JsonError::Syntax);
-                    }
-                    let k = self.string()?;
-                    self.skip_ws();
-                    if self.peek() != Some(b':') {
-                        return Err(JsonError::Syntax);
-                    }
-                    self.i += 1;
-                    self.skip_ws();
-                    let v = self.value(depth + 1)?;
-                    members.push((k, v));
-                    self.skip_ws();
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(JValue::Obj(members));
-                        }
-                        _ => return Err(JsonError::Syntax),
-                    }
-                }
-            }
+            Some(b'n') => self.literal("null", Kind::Null),
+            Some(b't') => self.literal("true", Kind::Bool(true)),
+            Some(b'f') => self.literal("false", Kind::Bool(false)),
+            Some(b'"') => self.string(),
+            Some(b'[') => self.container(Kind::Arr, depth),
+            Some(b'{') => self.container(Kind::Obj, depth),
             Some(b'-' | b'0'..=b'9') => self.number(),
             _ => Err(JsonError::Syntax),
         }
+    }
+
+    /// An array or an object: its node, then its contents, then its node's end and next.
+    fn container(&mut self, kind: Kind, depth: usize) -> Result<(), JsonError> {
+        let (at, start) = (self.nodes.len(), self.i);
+        self.leaf(kind, start, start);
+        self.i += 1;
+        let close = if kind == Kind::Obj { b'}' } else { b']' };
+        self.skip_ws();
+        if self.peek() == Some(close) {
+            self.i += 1;
+            return self.close(at);
+        }
+        loop {
+            self.skip_ws();
+            if kind == Kind::Obj {
+                if self.peek() != Some(b'"') {
+                    return Err(JsonError::Syntax);
+                }
+                self.string()?;
+                self.skip_ws();
+                if self.peek() != Some(b':') {
+                    return Err(JsonError::Syntax);
+                }
+                self.i += 1;
+                self.skip_ws();
+            }
+            self.value(depth + 1)?;
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(c) if c == close => {
+                    self.i += 1;
+                    return self.close(at);
+                }
+                _ => return Err(JsonError::Syntax),
+            }
+        }
+    }
+
+    fn close(&mut self, at: usize) -> Result<(), JsonError> {
+        let (end, next) = (self.i, self.nodes.len());
+        let n = self.nodes.get_mut(at).ok_or(JsonError::Syntax)?;
+        n.end = end;
+        n.next = next;
+        Ok(())
     }
 
     fn digits(&mut self) -> usize {
@@ -212,7 +339,7 @@ impl Parser<'_> {
         self.i - start
     }
 
-    fn number(&mut self) -> Result<JValue, JsonError> {
+    fn number(&mut self) -> Result<(), JsonError> {
         let start = self.i;
         if self.peek() == Some(b'-') {
             self.i += 1;
@@ -239,7 +366,8 @@ impl Parser<'_> {
                 return Err(JsonError::Syntax);
             }
         }
-        Ok(JValue::Num(self.text[start..self.i].to_owned()))
+        self.leaf(Kind::Num, start, self.i);
+        Ok(())
     }
 
     fn hex4(&mut self) -> Result<u32, JsonError> {
@@ -253,45 +381,67 @@ impl Parser<'_> {
         Ok(v)
     }
 
-    fn string(&mut self) -> Result<String, JsonError> {
+    /// Checks a string and adds its node (the span between the quotes).
+    fn string(&mut self) -> Result<(), JsonError> {
         self.i += 1; // the opening quote
-        let mut out = String::new();
+        let start = self.i;
         loop {
-            // A run of plain ASCII in one copy.
-            let run = self.s[self.i..].iter().take_while(|&&b| plain_ascii(b)).count();
-            if run > 0 {
-                out.push_str(&self.text[self.i..self.i + run]);
-                self.i += run;
-            }
+            // A run of plain ASCII at once.
+            self.i += self.s[self.i..].iter().take_while(|&&b| plain_ascii(b)).count();
             let c = self.text[self.i..].chars().next().ok_or(JsonError::Syntax)?;
             self.i += c.len_utf8();
             match c {
-                '"' => return Ok(out),
+                '"' => {
+                    self.leaf(Kind::Str, start, self.i - 1);
+                    return Ok(());
+                }
                 '\\' => {
                     let e = self.peek().ok_or(JsonError::Syntax)?;
                     self.i += 1;
-                    out.push(match e {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
+                    match e {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
                         b'u' => {
                             let u = self.hex4()?;
                             if (0xd800..=0xdfff).contains(&u) {
                                 return Err(JsonError::Surrogate);
                             }
-                            char::from_u32(u).ok_or(JsonError::Syntax)?
+                            char::from_u32(u).ok_or(JsonError::Syntax)?;
                         }
                         _ => return Err(JsonError::Syntax),
-                    });
+                    }
                 }
                 c if c < ' ' => return Err(JsonError::Syntax),
-                c => out.push(c),
+                _ => {}
             }
+        }
+    }
+}
+
+/// The value at `i` of a tape as `serde_json` (numbers through serde_json's own reader; the
+/// first of duplicate keys wins, as everywhere in this dialect). Allocates: for the client.
+pub(crate) fn to_serde(tape: &Tape, text: &str, i: usize) -> serde_json::Value {
+    use serde_json::Value;
+    match tape.kind(i) {
+        None | Some(Kind::Null) => Value::Null,
+        Some(Kind::Bool(b)) => Value::Bool(b),
+        Some(Kind::Num) => {
+            let t = tape.raw(text, i);
+            let t = t.strip_suffix('.').unwrap_or(t);
+            serde_json::from_str::<serde_json::Number>(t)
+                .map(Value::Number)
+                .or_else(|_| {
+                    t.parse::<f64>().map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number))
+                })
+                .unwrap_or(Value::Null)
+        }
+        Some(Kind::Str) => Value::String(tape.chars(text, i).collect()),
+        Some(Kind::Arr) => Value::Array(tape.children(i).map(|c| to_serde(tape, text, c)).collect()),
+        Some(Kind::Obj) => {
+            let mut map = serde_json::Map::new();
+            for (k, v) in tape.members(i) {
+                map.entry(tape.chars(text, k).collect::<String>()).or_insert_with(|| to_serde(tape, text, v));
+            }
+            Value::Object(map)
         }
     }
 }
@@ -333,12 +483,14 @@ pub(crate) fn hs_int(text: &str) -> Option<i64> {
             e = -e;
         }
     }
-    // value = digits * 10^k, with digits = int_part ++ frac_part.
-    let digits: Vec<u8> = int_part.bytes().chain(frac_part.bytes()).map(|b| b.wrapping_sub(b'0')).collect();
+    // value = digits * 10^k, with digits = int_part ++ frac_part (read twice, not collected).
+    let digits = || int_part.bytes().chain(frac_part.bytes()).map(|b| b.wrapping_sub(b'0'));
+    let n = int_part.len() + frac_part.len();
     let k = e - frac_part.len() as i64;
-    let wrap = |ds: &[u8]| ds.iter().fold(0u64, |acc, &d| acc.wrapping_mul(10).wrapping_add(u64::from(d)));
+    let wrap =
+        |ds: &mut dyn Iterator<Item = u8>| ds.fold(0u64, |acc, d| acc.wrapping_mul(10).wrapping_add(u64::from(d)));
     let magnitude = if k >= 0 {
-        let mut v = wrap(&digits);
+        let mut v = wrap(&mut digits());
         // 10^64 is 0 mod 2^64, so at most 64 multiplications matter.
         for _ in 0..k.min(64) {
             v = v.wrapping_mul(10);
@@ -346,18 +498,18 @@ pub(crate) fn hs_int(text: &str) -> Option<i64> {
         v
     } else {
         let cut = (-k) as usize;
-        let (int_digits, rem) =
-            if cut >= digits.len() { (&digits[..0], &digits[..]) } else { digits.split_at(digits.len() - cut) };
-        let pad = cut.saturating_sub(digits.len());
-        let v = wrap(int_digits);
-        // Round half to even on the removed digits (conceptually `pad` zeros, then `rem`).
+        let kept = n.saturating_sub(cut);
+        let pad = cut.saturating_sub(n);
+        let v = wrap(&mut digits().take(kept));
+        // Round half to even on the removed digits (conceptually `pad` zeros, then the rest).
+        let mut rem = digits().skip(kept);
         let up = if pad > 0 {
             false // below 0.1 of a unit
         } else {
-            match rem.first() {
-                Some(&d) if d > 5 => true,
-                Some(&5) => {
-                    let tail_nonzero = rem[1..].iter().any(|&d| d != 0);
+            match rem.next() {
+                Some(d) if d > 5 => true,
+                Some(5) => {
+                    let tail_nonzero = rem.any(|d| d != 0);
                     tail_nonzero || v & 1 == 1
                 }
                 _ => false,
@@ -373,36 +525,69 @@ pub(crate) fn hs_int(text: &str) -> Option<i64> {
     Some(v as i64)
 }
 
+/// Where JSON text is written: a `String`, or the bytes of a datagram being built.
+pub(crate) trait Sink {
+    /// Appends `s`.
+    fn put(&mut self, s: &str);
+
+    /// Appends formatted text (numbers), without an intermediate `String`.
+    fn put_fmt(&mut self, args: std::fmt::Arguments<'_>) {
+        struct Adapter<'a, S: ?Sized>(&'a mut S);
+        impl<S: Sink + ?Sized> std::fmt::Write for Adapter<'_, S> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0.put(s);
+                Ok(())
+            }
+        }
+        let _ = Adapter(self).write_fmt(args);
+    }
+}
+
+impl Sink for String {
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, s: &str) {
+        self.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// Writes a character that is not plain ASCII as `\uXXXX` (a surrogate pair above U+FFFF).
+fn put_unicode_escape<S: Sink + ?Sized>(out: &mut S, c: char) {
+    let mut units = [0u16; 2];
+    for u in c.encode_utf16(&mut units) {
+        out.put_fmt(format_args!("\\u{:04x}", u));
+    }
+}
+
 /// Appends `s` as a JSON string: Text.JSON escaping for ASCII, `\uXXXX` for everything else.
-pub(crate) fn write_str(out: &mut String, s: &str) {
-    out.push('"');
+pub(crate) fn write_str<S: Sink + ?Sized>(out: &mut S, s: &str) {
+    out.put("\"");
     let mut rest = s;
     loop {
         // A run of plain ASCII in one copy, then one character that may need escaping.
         let run = rest.bytes().take_while(|&b| plain_ascii(b)).count();
-        out.push_str(&rest[..run]);
+        out.put(&rest[..run]);
         rest = &rest[run..];
         let mut chars = rest.chars();
         let Some(c) = chars.next() else { break };
         rest = chars.as_str();
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c < ' ' || !c.is_ascii() => {
-                let mut units = [0u16; 2];
-                for u in c.encode_utf16(&mut units) {
-                    let _ = write!(out, "\\u{:04x}", u);
-                }
-            }
-            c => out.push(c),
+            '"' => out.put("\\\""),
+            '\\' => out.put("\\\\"),
+            '\u{8}' => out.put("\\b"),
+            '\u{c}' => out.put("\\f"),
+            '\n' => out.put("\\n"),
+            '\r' => out.put("\\r"),
+            '\t' => out.put("\\t"),
+            c if c < ' ' || !c.is_ascii() => put_unicode_escape(out, c),
+            c => out.put(c.encode_utf8(&mut [0; 4])),
         }
     }
-    out.push('"');
+    out.put("\"");
 }
 
 /// Haskell's `show :: Double -> String` (shortest digits that read back, `FFGeneric`): fixed
@@ -452,45 +637,47 @@ pub(crate) fn hs_show_double(x: f64) -> String {
     out
 }
 
-/// Appends `v` compactly, as the daemon's `encodeStrict` would (see the module docs).
-pub(crate) fn write_value(out: &mut String, v: &serde_json::Value) {
-    use serde_json::Value;
-    match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                let _ = write!(out, "{i}");
-            } else if let Some(u) = n.as_u64() {
-                let _ = write!(out, "{u}");
-            } else {
-                out.push_str(&hs_show_double(n.as_f64().unwrap_or(0.0)));
-            }
-        }
-        Value::String(s) => write_str(out, s),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
+/// `serde_json`'s compact output made the daemon's `encodeStrict` (see the module docs): every
+/// non-ASCII character as a `\uXXXX` escape, doubles in Haskell's `show` format. The escapes of
+/// ASCII controls, quote and backslash are `serde_json`'s own, which are Text.JSON's.
+struct DaemonFormatter;
+
+impl serde_json::ser::Formatter for DaemonFormatter {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(&mut self, w: &mut W, fragment: &str) -> std::io::Result<()> {
+        let mut rest = fragment;
+        while !rest.is_empty() {
+            let run = rest.bytes().take_while(u8::is_ascii).count();
+            w.write_all(&rest.as_bytes()[..run])?;
+            rest = &rest[run..];
+            let mut chars = rest.chars();
+            if let Some(c) = chars.next() {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    write!(w, "\\u{:04x}", u)?;
                 }
-                write_value(out, item);
+                rest = chars.as_str();
             }
-            out.push(']');
         }
-        Value::Object(map) => {
-            out.push('{');
-            for (i, (k, item)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_str(out, k);
-                out.push(':');
-                write_value(out, item);
-            }
-            out.push('}');
-        }
+        Ok(())
     }
+
+    fn write_f64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, x: f64) -> std::io::Result<()> {
+        w.write_all(hs_show_double(x).as_bytes())
+    }
+
+    fn write_f32<W: ?Sized + std::io::Write>(&mut self, w: &mut W, x: f32) -> std::io::Result<()> {
+        self.write_f64(w, f64::from(x))
+    }
+}
+
+/// Appends `v` compactly, as the daemon's `encodeStrict` would (see the module docs). Writing
+/// a borrowed structure (not a `serde_json::Value`) into a buffer with room allocates nothing,
+/// unless it holds a double. An object's members come in the structure's order: a
+/// `serde_json::Value` object's are sorted by key.
+pub(crate) fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    let mut ser = serde_json::Serializer::with_formatter(out, DaemonFormatter);
+    // Writing into a Vec does not fail; a Serialize impl that fails leaves a partial value.
+    let _ = v.serialize(&mut ser);
 }
 
 /// Haskell's `show :: String -> String` (used by the daemon in some error answers, e.g.
@@ -564,12 +751,19 @@ mod tests {
         assert_eq!(hs_int("1e9999999999"), None);
     }
 
+    fn parse(text: &str) -> Result<serde_json::Value, JsonError> {
+        let mut tape = Tape::default();
+        tape.parse(text)?;
+        Ok(to_serde(&tape, text, 0))
+    }
+
     #[test]
     fn dialect_quirks() {
+        use serde_json::json;
         assert!(parse(" {}").is_err(), "leading whitespace");
         assert!(parse("{} \n\u{b}").is_ok(), "trailing whitespace");
         assert!(parse("{}x").is_err());
-        assert_eq!(parse("[1.]"), Ok(JValue::Arr(vec![JValue::Num("1.".into())])));
+        assert_eq!(parse("[1.]"), Ok(json!([1])));
         assert!(parse("[1.e5]").is_err());
         assert!(parse("[1e]").is_err());
         assert!(parse("[01]").is_err());
@@ -578,14 +772,36 @@ mod tests {
         assert!(parse("[\"a\u{1}\"]").is_err());
         assert!(parse("[\"a\u{7f}\"]").is_ok());
         assert!(parse("[\"\\x\"]").is_err());
-        assert_eq!(parse("[\"\\u00E4\\/\"]"), Ok(JValue::Arr(vec![JValue::Str("ä/".into())])));
+        assert_eq!(parse("[\"\\u00E4\\/\"]"), Ok(json!(["ä/"])));
         assert_eq!(parse("[\"\\ud800\"]"), Err(JsonError::Surrogate));
         assert!(parse("{\"a\":1,}").is_err());
-        let dup = parse("{\"a\":1,\"a\":\"x\"}").unwrap();
-        let JValue::Obj(m) = dup else { panic!() };
-        assert_eq!(JValue::first(&m, "a"), Some(&JValue::Num("1".into())));
+        assert_eq!(parse("{\"a\":1,\"a\":\"x\"}"), Ok(json!({"a": 1})));
         let deep = "[".repeat(100) + &"]".repeat(100);
         assert!(parse(&deep).is_err());
+        // Spans, escapes and siblings on the tape.
+        let text = "{\"k\\u0065y\": [1, {\"x\": null}, \"v\\n\"], \"b\": true}";
+        let mut tape = Tape::default();
+        tape.parse(text).unwrap();
+        let list = tape.first(text, 0, "key").unwrap();
+        let items: Vec<usize> = tape.children(list).collect();
+        assert_eq!(items.len(), 3);
+        assert_eq!(tape.raw(text, items[0]), "1");
+        assert_eq!(tape.chars(text, items[2]).collect::<String>(), "v\n");
+        assert_eq!(tape.kind(tape.first(text, 0, "b").unwrap()), Some(Kind::Bool(true)));
+        assert_eq!(tape.members(0).count(), 2);
+        let mut buf = String::new();
+        assert_eq!(latin1(b"a\xe4", &mut buf), "a\u{e4}");
+    }
+
+    #[test]
+    fn writes_like_the_daemon() {
+        let v = serde_json::json!({"b": [1, -2, 1.5e7, 0.5, "\u{1}\u{7f}/\"\\ä😀"], "a": null, "c": 18446744073709551615u64});
+        let mut out = Vec::new();
+        write_json(&mut out, &v);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"a\":null,\"b\":[1,-2,1.5e7,0.5,\"\\u0001\u{7f}/\\\"\\\\\\u00e4\\ud83d\\ude00\"],\"c\":18446744073709551615}"
+        );
     }
 
     #[test]

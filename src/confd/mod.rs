@@ -9,17 +9,25 @@
 //!   as a sans-IO core, with blocking and `mio` drivers.
 //! * [`load`]: a confd load generator (windowed, pre-signed requests) for `heartsink bench`.
 //!
-//! A server is: `parse_request` (drop on error, count the label) → `ConfigIndex::answer` →
-//! `encode_reply` with the request's `rsalt`, sent to the datagram's source address and port,
-//! from the address it was sent to.
+//! * [`heartsink`]: answers to heartsink's own types (100–105) from the control thread's snapshot.
+//!
+//! A server is: `RequestScratch::parse` (drop on error, count the label) →
+//! `ConfigIndex::answer_view` or `heartsink::answer_heartsink` into a `ReplyMsg` →
+//! `encode_signed` with the request's `rsalt`, sent to the datagram's source address and port,
+//! from the address it was sent to ([`server::handle`]); the buffers are kept from one request
+//! to the next ([`server::ConfdScratch`]), so a steady stream of requests allocates nothing
+//! (`tests/alloc.rs`). `parse_request`, `ConfigIndex::answer` and `encode_reply` are the same
+//! with owned values, for clients and tests.
 #![forbid(unsafe_code)]
 
 pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod ganeti;
+pub mod heartsink;
 mod json;
 pub mod load;
 pub mod proto;
 pub mod replay;
+mod request;
 pub mod server;

@@ -23,7 +23,12 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
 
-use super::json::{self, hs_int, hs_is_space, JValue, JsonError};
+use super::json::{self, Kind, Sink as _};
+use super::request::Envelope;
+pub use super::request::{
+    parse_request, parse_request_with, parse_timestamp, DictView, ParseOptions, QueryView, RequestError,
+    RequestScratch, RequestView, StrList, Verified, VerifiedRequest,
+};
 
 /// The four bytes every confd datagram starts with (`CONFD_MAGIC_FOURCC`, "plain json 0").
 pub const MAGIC: &[u8; 4] = b"plj0";
@@ -231,7 +236,7 @@ pub enum ReqField {
 }
 
 impl ReqField {
-    fn from_number(n: i64) -> Option<Self> {
+    pub(crate) fn from_number(n: i64) -> Option<Self> {
         match n {
             0 => Some(ReqField::Name),
             1 => Some(ReqField::Ip),
@@ -304,322 +309,6 @@ impl Request {
     }
 }
 
-/// A request whose envelope, MAC, schema and timestamp all verified.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VerifiedRequest {
-    /// The request.
-    pub request: Request,
-    /// Its timestamp (the outer salt, as an integer).
-    pub timestamp: i64,
-    /// Which of the keys verified it.
-    pub key_index: usize,
-    /// Its signature: the raw MAC of its salt and `msg` (the replay cache's key).
-    pub mac: [u8; HMAC_LEN],
-}
-
-/// Why a request datagram is dropped. Each variant is one drop reason ([`RequestError::label`],
-/// listed in [`RequestError::ALL`]); the real daemon drops every one of these silently too,
-/// except [`RequestError::SurrogateEscape`], which it answers with undecodable bytes, and
-/// heartsink's own [`RequestError::Replay`] and [`RequestError::ReplyBudget`] (decided by the
-/// server, not the parser), which it answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RequestError {
-    /// Longer than 4096 bytes: the daemon reads 4096 and the rest is cut, so it never answers
-    /// such a request. Usually a client with a huge query; keep requests small.
-    Oversize,
-    /// Does not start with `plj0`: not confd, or another protocol version.
-    BadMagic,
-    /// The outer document is not JSON in the daemon's dialect (syntax, trailing data, leading
-    /// whitespace, raw control characters in strings). Corruption or a foreign sender.
-    NotJson,
-    /// The outer JSON (the signed message) is not an object with exactly the string members
-    /// `msg`, `salt`, `hmac` (an extra `key_selector` is refused, as by the daemon).
-    BadEnvelope,
-    /// No configured key gives this MAC: a wrong or rotated key (the key file's trailing LF is
-    /// part of the key), a forged or corrupted packet, or raw non-ASCII text (the daemon reads
-    /// datagrams as Latin-1, so raw UTF-8 never verifies; send `\uXXXX` escapes).
-    BadHmac,
-    /// `msg` verified but is not JSON in the daemon's dialect.
-    MsgNotJson,
-    /// `msg` is JSON of the wrong shape: a key outside `protocol, type, query, rsalt`, a missing
-    /// one, a type outside 0–11 and heartsink's 100–105, a number query, unknown dict-query keys or field ids.
-    BadRequest,
-    /// A `\uD800`–`\uDFFF` escape. The daemon reads each half as a character of its own and
-    /// answers with bytes no client can decode; heartsink drops it.
-    SurrogateEscape,
-    /// The salt is not a Haskell `Integer` literal (`reads`): empty, a fraction, trailing
-    /// whitespace, garbage.
-    BadTimestamp,
-    /// The timestamp is more than 300 s behind the server clock: a replay, a client clock
-    /// behind, or a very delayed packet. Check NTP on both sides.
-    StaleTimestamp,
-    /// The timestamp is more than 300 s ahead of the server clock: a client clock ahead.
-    FutureTimestamp,
-    /// heartsink only (the daemon answers it): a request with the signature of one already
-    /// answered within its timestamp's ±300 s window, i.e. a captured packet sent again, from
-    /// any source. Real clients never resend a packet (a retry is a new request).
-    Replay,
-    /// heartsink only: a valid request whose reply would exceed the reply budget of its source
-    /// address, or of the whole server (`confd.reply_budget`, `confd.reply_budget_total`); the
-    /// reply is not sent. A client asking too much, or replies reflected at a spoofed source.
-    ReplyBudget,
-}
-
-impl RequestError {
-    /// The drop-reason label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            RequestError::Oversize => "oversize",
-            RequestError::BadMagic => "bad_magic",
-            RequestError::NotJson => "not_json",
-            RequestError::BadEnvelope => "bad_envelope",
-            RequestError::BadHmac => "bad_hmac",
-            RequestError::MsgNotJson => "msg_not_json",
-            RequestError::BadRequest => "bad_request",
-            RequestError::SurrogateEscape => "surrogate_escape",
-            RequestError::BadTimestamp => "bad_timestamp",
-            RequestError::StaleTimestamp => "stale_timestamp",
-            RequestError::FutureTimestamp => "future_timestamp",
-            RequestError::Replay => "replay",
-            RequestError::ReplyBudget => "reply_budget",
-        }
-    }
-
-    /// Every variant, for counters.
-    pub const ALL: [RequestError; 13] = [
-        RequestError::Oversize,
-        RequestError::BadMagic,
-        RequestError::NotJson,
-        RequestError::BadEnvelope,
-        RequestError::BadHmac,
-        RequestError::MsgNotJson,
-        RequestError::BadRequest,
-        RequestError::SurrogateEscape,
-        RequestError::BadTimestamp,
-        RequestError::StaleTimestamp,
-        RequestError::FutureTimestamp,
-        RequestError::Replay,
-        RequestError::ReplyBudget,
-    ];
-}
-
-impl std::fmt::Display for RequestError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.label())
-    }
-}
-
-impl std::error::Error for RequestError {}
-
-/// Options of [`parse_request_with`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ParseOptions {
-    /// Also accept `CLUSTER_MASTER` field ids given as strings (`{"3": ["0", "1"]}`), as
-    /// `tools/confd-client` sends them (a 2.x leftover). The 3.0.2 daemon drops those requests;
-    /// off by default.
-    pub string_field_ids: bool,
-}
-
-/// The members of a signed message (`{"msg", "salt", "hmac"}`), first occurrence of each.
-struct SignedMessage {
-    msg: String,
-    salt: String,
-    hmac: String,
-}
-
-fn signed_message(datagram: &[u8], allow_extra: bool) -> Result<SignedMessage, (JsonError, bool)> {
-    let text = json::latin1(datagram);
-    let doc = json::parse(&text).map_err(|e| (e, false))?;
-    let JValue::Obj(members) = doc else { return Err((JsonError::Syntax, true)) };
-    if !allow_extra && members.iter().any(|(k, _)| !matches!(k.as_str(), "msg" | "salt" | "hmac")) {
-        return Err((JsonError::Syntax, true));
-    }
-    let get = |k: &str| match JValue::first(&members, k) {
-        Some(JValue::Str(s)) => Ok(s.clone()),
-        _ => Err((JsonError::Syntax, true)),
-    };
-    Ok(SignedMessage { msg: get("msg")?, salt: get("salt")?, hmac: get("hmac")? })
-}
-
-/// Parses and verifies a request datagram with the daemon's rules; see [`parse_request_with`].
-pub fn parse_request(datagram: &[u8], keys: &[HmacKey], now: i64) -> Result<VerifiedRequest, RequestError> {
-    parse_request_with(datagram, keys, now, ParseOptions::default())
-}
-
-/// Parses and verifies a request datagram. `now` is the server clock in unix seconds; `keys`
-/// are tried in order. Checks run in the daemon's order (so a packet gets the reason the daemon
-/// would log): size, magic, outer JSON, MAC, inner JSON and schema, timestamp.
-pub fn parse_request_with(
-    datagram: &[u8],
-    keys: &[HmacKey],
-    now: i64,
-    opts: ParseOptions,
-) -> Result<VerifiedRequest, RequestError> {
-    if datagram.len() > MAX_REQUEST_LEN {
-        return Err(RequestError::Oversize);
-    }
-    let body = datagram.strip_prefix(MAGIC).ok_or(RequestError::BadMagic)?;
-    let signed = signed_message(body, false).map_err(|e| match e {
-        (JsonError::Surrogate, _) => RequestError::SurrogateEscape,
-        (_, false) => RequestError::NotJson,
-        (_, true) => RequestError::BadEnvelope,
-    })?;
-    let (key_index, mac) = keys
-        .iter()
-        .enumerate()
-        .find_map(|(i, k)| k.verified(&signed.salt, &signed.msg, &signed.hmac).map(|m| (i, m)))
-        .ok_or(RequestError::BadHmac)?;
-    let inner = json::parse(&signed.msg).map_err(|e| match e {
-        JsonError::Surrogate => RequestError::SurrogateEscape,
-        JsonError::Syntax => RequestError::MsgNotJson,
-    })?;
-    let request = request_from_json(&inner, opts).ok_or(RequestError::BadRequest)?;
-    let ts = parse_timestamp(&signed.salt).ok_or(RequestError::BadTimestamp)?;
-    let now = i128::from(now);
-    if ts < now - i128::from(MAX_CLOCK_SKEW) {
-        return Err(RequestError::StaleTimestamp);
-    }
-    if ts > now + i128::from(MAX_CLOCK_SKEW) {
-        return Err(RequestError::FutureTimestamp);
-    }
-    // In the window, so it fits.
-    let timestamp = i64::try_from(ts).map_err(|_| RequestError::FutureTimestamp)?;
-    Ok(VerifiedRequest { request, timestamp, key_index, mac })
-}
-
-fn int_of(v: &JValue) -> Option<i64> {
-    match v {
-        JValue::Num(t) => hs_int(t),
-        _ => None,
-    }
-}
-
-fn request_from_json(doc: &JValue, opts: ParseOptions) -> Option<Request> {
-    let JValue::Obj(m) = doc else { return None };
-    if m.iter().any(|(k, _)| !matches!(k.as_str(), "protocol" | "type" | "query" | "rsalt")) {
-        return None;
-    }
-    let protocol = int_of(JValue::first(m, "protocol")?)?;
-    let kind = RequestType::from_number(int_of(JValue::first(m, "type")?)?)?;
-    let JValue::Str(rsalt) = JValue::first(m, "rsalt")? else { return None };
-    let query = match JValue::first(m, "query") {
-        None | Some(JValue::Null) => Query::Empty,
-        Some(JValue::Str(s)) => Query::Plain(s.clone()),
-        Some(JValue::Obj(q)) => Query::Dict(dict_query(q, opts)?),
-        Some(_) => return None,
-    };
-    Some(Request { protocol, kind, query, rsalt: rsalt.clone() })
-}
-
-fn dict_query(q: &[(String, JValue)], opts: ParseOptions) -> Option<DictQuery> {
-    if q.iter().any(|(k, _)| !matches!(k.as_str(), "0" | "1" | "2" | "3")) {
-        return None;
-    }
-    let opt_str = |k: &str| match JValue::first(q, k) {
-        None | Some(JValue::Null) => Some(None),
-        Some(JValue::Str(s)) => Some(Some(s.clone())),
-        Some(_) => None,
-    };
-    let link = opt_str("0")?;
-    let ip = opt_str("1")?;
-    let ip_list = match JValue::first(q, "2") {
-        None | Some(JValue::Null) => Vec::new(),
-        Some(JValue::Arr(items)) => {
-            items.iter().map(|i| if let JValue::Str(s) = i { Some(s.clone()) } else { None }).collect::<Option<_>>()?
-        }
-        Some(_) => return None,
-    };
-    let fields = match JValue::first(q, "3") {
-        None | Some(JValue::Null) => Vec::new(),
-        Some(JValue::Arr(items)) => items
-            .iter()
-            .map(|i| match i {
-                JValue::Num(_) => ReqField::from_number(int_of(i)?),
-                JValue::Str(s) if opts.string_field_ids => ReqField::from_number(s.parse().ok()?),
-                _ => None,
-            })
-            .collect::<Option<_>>()?,
-        Some(_) => return None,
-    };
-    Some(DictQuery { link, ip, ip_list, fields })
-}
-
-/// Reads a request salt as the daemon does (`reads :: Integer`, whole string): leading
-/// whitespace, optional parentheses (`(1700000000)`), a `-` sign, decimal with leading zeros,
-/// `0x`/`0X` hex or `0o`/`0O` octal; no trailing whitespace, fraction, exponent or `+`.
-/// Values beyond `i128` saturate (they are outside any window anyway).
-pub fn parse_timestamp(salt: &str) -> Option<i128> {
-    // Plain decimal digits (every real client's salt): the same value, read directly.
-    if (1..=30).contains(&salt.len()) && salt.bytes().all(|b| b.is_ascii_digit()) {
-        return salt.parse().ok();
-    }
-    let chars: Vec<char> = salt.chars().collect();
-    let mut i = 0;
-    let v = ts_expr(&chars, &mut i, 0)?;
-    (i == chars.len()).then_some(v)
-}
-
-fn ts_skip_ws(c: &[char], i: &mut usize) {
-    while c.get(*i).is_some_and(|&ch| hs_is_space(ch)) {
-        *i += 1;
-    }
-}
-
-fn ts_expr(c: &[char], i: &mut usize, depth: usize) -> Option<i128> {
-    if depth > 64 {
-        return None;
-    }
-    ts_skip_ws(c, i);
-    match c.get(*i)? {
-        '(' => {
-            *i += 1;
-            let v = ts_expr(c, i, depth + 1)?;
-            ts_skip_ws(c, i);
-            (c.get(*i) == Some(&')')).then(|| *i += 1)?;
-            Some(v)
-        }
-        '-' => {
-            *i += 1;
-            ts_skip_ws(c, i);
-            ts_number(c, i).map(|v| v.saturating_neg())
-        }
-        _ => ts_number(c, i),
-    }
-}
-
-fn ts_number(c: &[char], i: &mut usize) -> Option<i128> {
-    let digit = |ch: Option<&char>, radix: u32| ch.and_then(|ch| ch.to_digit(radix));
-    digit(c.get(*i), 10)?;
-    let mut radix = 10;
-    if c.get(*i) == Some(&'0') {
-        match c.get(*i + 1) {
-            Some('x' | 'X') if digit(c.get(*i + 2), 16).is_some() => radix = 16,
-            Some('o' | 'O') if digit(c.get(*i + 2), 8).is_some() => radix = 8,
-            _ => {}
-        }
-        if radix != 10 {
-            *i += 2;
-        }
-    }
-    let mut v: i128 = 0;
-    while let Some(d) = digit(c.get(*i), radix) {
-        v = v.saturating_mul(i128::from(radix)).saturating_add(i128::from(d));
-        *i += 1;
-    }
-    if radix == 10 {
-        // A fraction or an exponent makes a non-integer lexeme: `reads` fails.
-        let frac = c.get(*i) == Some(&'.') && digit(c.get(*i + 1), 10).is_some();
-        let exp = matches!(c.get(*i), Some('e' | 'E'))
-            && (digit(c.get(*i + 1), 10).is_some()
-                || (matches!(c.get(*i + 1), Some('+' | '-')) && digit(c.get(*i + 2), 10).is_some()));
-        if frac || exp {
-            return None;
-        }
-    }
-    Some(v)
-}
-
 /// A confd reply (`ConfdReply`): exactly these four members on the wire.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reply {
@@ -651,11 +340,113 @@ impl Reply {
 
     /// The inner document, compact, as the daemon writes it.
     pub fn to_msg(&self) -> String {
-        let mut s = String::with_capacity(64);
-        let _ = write!(s, "{{\"protocol\":{},\"status\":{},\"answer\":", self.protocol, self.status);
-        json::write_value(&mut s, &self.answer);
-        let _ = write!(s, ",\"serial\":{}}}", self.serial);
-        s
+        let mut m = ReplyMsg::default();
+        m.write_reply(self);
+        m.as_str().to_owned()
+    }
+}
+
+/// The answer of a reply as a server computes it: a borrowed value, written in place without
+/// allocating, or a built one.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer<'a> {
+    /// An integer.
+    Int(i64),
+    /// A string.
+    Str(&'a str),
+    /// JSON text already in the daemon's formatting (prepared when the configuration loaded).
+    Json(&'a str),
+    /// A built value (the rarer answers).
+    Value(serde_json::Value),
+}
+
+impl Answer<'_> {
+    /// As a value (allocates).
+    pub fn to_value(&self) -> serde_json::Value {
+        match self {
+            Answer::Int(i) => (*i).into(),
+            Answer::Str(s) => (*s).into(),
+            Answer::Json(j) => serde_json::from_str(j).unwrap_or_default(),
+            Answer::Value(v) => v.clone(),
+        }
+    }
+}
+
+/// A reply ([`Reply`]) whose answer may be borrowed ([`Answer`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answered<'a> {
+    /// `status`.
+    pub status: i64,
+    /// `answer`.
+    pub answer: Answer<'a>,
+    /// `serial`.
+    pub serial: i64,
+}
+
+impl Answered<'_> {
+    /// As an owned reply (allocates).
+    pub fn to_reply(&self) -> Reply {
+        Reply::new(self.status, self.answer.to_value(), self.serial)
+    }
+}
+
+impl From<Reply> for Answered<'_> {
+    fn from(r: Reply) -> Self {
+        Answered { status: r.status, answer: Answer::Value(r.answer), serial: r.serial }
+    }
+}
+
+/// A reply's inner document (`{"protocol":1,"status":S,"answer":A,"serial":N}`, compact, as
+/// the daemon writes it) in a buffer kept from one reply to the next: writing a borrowed
+/// answer allocates nothing once it has grown.
+#[derive(Clone, Debug, Default)]
+pub struct ReplyMsg {
+    buf: Vec<u8>,
+}
+
+impl ReplyMsg {
+    /// Writes a reply whose answer `answer` writes (in the daemon's formatting).
+    pub(crate) fn write_with(&mut self, protocol: i64, status: i64, serial: i64, answer: impl FnOnce(&mut Vec<u8>)) {
+        self.buf.clear();
+        self.buf.put_fmt(format_args!("{{\"protocol\":{protocol},\"status\":{status},\"answer\":"));
+        answer(&mut self.buf);
+        self.buf.put_fmt(format_args!(",\"serial\":{serial}}}"));
+    }
+
+    /// Writes a protocol-1 reply whose answer is `answer` serialized in the daemon's formatting
+    /// (a borrowed structure allocates nothing; an object's members come in its order, where a
+    /// `serde_json::Value` object's are sorted by key).
+    pub fn write_json<T: serde::Serialize + ?Sized>(&mut self, status: i64, answer: &T, serial: i64) {
+        self.write_with(PROTOCOL_VERSION, status, serial, |b| json::write_json(b, answer));
+    }
+
+    /// Writes a protocol-1 reply.
+    pub fn write(&mut self, r: &Answered<'_>) {
+        self.write_with(PROTOCOL_VERSION, r.status, r.serial, |b| match &r.answer {
+            Answer::Int(i) => b.put_fmt(format_args!("{i}")),
+            Answer::Str(s) => json::write_str(b, s),
+            Answer::Json(j) => b.put(j),
+            Answer::Value(v) => json::write_json(b, v),
+        });
+    }
+
+    /// Writes `r`.
+    pub fn write_reply(&mut self, r: &Reply) {
+        self.write_with(r.protocol, r.status, r.serial, |b| json::write_json(b, &r.answer));
+    }
+
+    /// The reply written last, read back (allocates; `None` only for an answer this dialect
+    /// does not read back: a character above U+FFFF).
+    pub fn to_reply(&self) -> Option<Reply> {
+        let mut tape = json::Tape::default();
+        tape.parse(self.as_str()).ok()?;
+        reply_from_tape(&tape, self.as_str()).ok()
+    }
+
+    /// The document written last.
+    pub fn as_str(&self) -> &str {
+        // Only JSON text is written here, which is UTF-8 (ASCII, in fact).
+        std::str::from_utf8(&self.buf).unwrap_or_default()
     }
 }
 
@@ -669,23 +460,25 @@ pub fn encode_reply(reply: &Reply, rsalt: &str, key: &HmacKey) -> Vec<u8> {
 
 /// [`encode_reply`] into a reused buffer (cleared first).
 pub fn encode_reply_into(out: &mut Vec<u8>, reply: &Reply, rsalt: &str, key: &HmacKey) {
-    let msg = reply.to_msg();
+    let mut msg = ReplyMsg::default();
+    msg.write_reply(reply);
     encode_signed(out, &msg, rsalt, key);
 }
 
-fn encode_signed(out: &mut Vec<u8>, msg: &str, salt: &str, key: &HmacKey) {
+/// Signs `msg` with `salt` (the request's rsalt) into `out` (cleared first), as
+/// [`encode_reply`]; allocates nothing once `out` has room.
+pub fn encode_signed(out: &mut Vec<u8>, msg: &ReplyMsg, salt: &str, key: &HmacKey) {
+    let msg = msg.as_str();
     let mac = key.sign(salt, msg);
-    let mut s = String::with_capacity(msg.len() + salt.len() + 80);
-    s.push_str("{\"hmac\":\"");
-    s.push_str(std::str::from_utf8(&mac).unwrap_or_default());
-    s.push_str("\",\"msg\":");
-    json::write_str(&mut s, msg);
-    s.push_str(",\"salt\":");
-    json::write_str(&mut s, salt);
-    s.push('}');
     out.clear();
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(s.as_bytes());
+    out.put("{\"hmac\":\"");
+    out.extend_from_slice(&mac);
+    out.put("\",\"msg\":");
+    json::write_str(out, msg);
+    out.put(",\"salt\":");
+    json::write_str(out, salt);
+    out.put("}");
 }
 
 /// Encodes a signed request exactly as the real Python `ConfdClient._PackRequest(req, now)`
@@ -809,63 +602,44 @@ impl std::fmt::Display for ReplyError {
 
 impl std::error::Error for ReplyError {}
 
-/// Converts a parsed value to `serde_json` (numbers through serde_json's own reader).
-pub(crate) fn to_serde(v: &JValue) -> serde_json::Value {
-    use serde_json::Value;
-    match v {
-        JValue::Null => Value::Null,
-        JValue::Bool(b) => Value::Bool(*b),
-        JValue::Num(t) => {
-            let t = t.strip_suffix('.').unwrap_or(t);
-            serde_json::from_str::<serde_json::Number>(t)
-                .map(Value::Number)
-                .or_else(|_| {
-                    t.parse::<f64>().map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number))
-                })
-                .unwrap_or(Value::Null)
-        }
-        JValue::Str(s) => Value::String(s.clone()),
-        JValue::Arr(a) => Value::Array(a.iter().map(to_serde).collect()),
-        JValue::Obj(m) => {
-            let mut map = serde_json::Map::new();
-            for (k, v) in m {
-                // First occurrence wins, as everywhere in this dialect.
-                map.entry(k.clone()).or_insert_with(|| to_serde(v));
-            }
-            Value::Object(map)
-        }
-    }
-}
-
 /// Parses and verifies a reply datagram: returns its salt (the request's rsalt) and the reply.
 /// Accepts the daemon's compact formatting and the Python serializer's (spaces, LFs).
 pub fn parse_reply(datagram: &[u8], key: &HmacKey) -> Result<(String, Reply), ReplyError> {
     let body = datagram.strip_prefix(MAGIC).ok_or(ReplyError::BadMagic)?;
-    let signed = signed_message(body, true).map_err(|e| match e {
+    let mut env = Envelope::default();
+    env.read(body, true).map_err(|e| match e {
         (_, false) => ReplyError::NotJson,
         (_, true) => ReplyError::BadEnvelope,
     })?;
-    if !key.verify(&signed.salt, &signed.msg, &signed.hmac) {
+    if !key.verify(&env.salt, &env.msg, &env.hmac) {
         return Err(ReplyError::BadHmac);
     }
     // Leading whitespace is fine for the Python client (json.loads), not for Text.JSON.
-    let trimmed = signed.msg.trim_start_matches(hs_is_space);
-    let inner = json::parse(trimmed).map_err(|_| ReplyError::MsgNotJson)?;
-    let JValue::Obj(m) = &inner else { return Err(ReplyError::BadReply) };
-    if m.iter().any(|(k, _)| !matches!(k.as_str(), "protocol" | "status" | "answer" | "serial")) {
+    let from = env.parse_msg(true).map_err(|_| ReplyError::MsgNotJson)?;
+    let reply = reply_from_tape(&env.tape, env.parsed_msg(from))?;
+    Ok((std::mem::take(&mut env.salt), reply))
+}
+
+/// The reply in a parsed inner document: exactly `{protocol, status, answer, serial}`, integers
+/// but the answer.
+fn reply_from_tape(tape: &json::Tape, text: &str) -> Result<Reply, ReplyError> {
+    if tape.kind(0) != Some(Kind::Obj) {
         return Err(ReplyError::BadReply);
     }
-    let int = |k: &str| match JValue::first(m, k) {
-        Some(JValue::Num(t)) => t.parse::<i64>().ok(),
+    const MEMBERS: [&str; 4] = ["protocol", "status", "answer", "serial"];
+    if tape.members(0).any(|(k, _)| !MEMBERS.iter().any(|m| tape.str_is(text, k, m))) {
+        return Err(ReplyError::BadReply);
+    }
+    let int = |k: &str| match tape.first(text, 0, k) {
+        Some(v) if tape.kind(v) == Some(Kind::Num) => tape.raw(text, v).parse::<i64>().ok(),
         _ => None,
     };
-    let reply = Reply {
+    Ok(Reply {
         protocol: int("protocol").ok_or(ReplyError::BadReply)?,
         status: int("status").ok_or(ReplyError::BadReply)?,
-        answer: JValue::first(m, "answer").map(to_serde).ok_or(ReplyError::BadReply)?,
+        answer: tape.first(text, 0, "answer").map(|v| json::to_serde(tape, text, v)).ok_or(ReplyError::BadReply)?,
         serial: int("serial").ok_or(ReplyError::BadReply)?,
-    };
-    Ok((signed.salt, reply))
+    })
 }
 
 #[cfg(test)]

@@ -36,29 +36,19 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use serde_json::json;
-
 use super::budget::{ReplyBudget, ReplyLimits};
 use super::ganeti::ConfigIndex;
+pub use super::heartsink::{answer_heartsink, DOWN_PAGE, DOWN_REPLY_MAX};
 use super::proto::{
-    encode_reply_into, parse_request, HmacKey, Query, Reply, Request, RequestError, RequestType, VerifiedRequest,
-    ERROR_ARGUMENT, ERROR_INTERNAL, ERROR_UNKNOWN_ENTRY, STATUS_ERROR,
+    encode_signed, Answered, HmacKey, ParseOptions, Reply, ReplyMsg, Request, RequestError, RequestScratch,
+    RequestView, ERROR_INTERNAL, STATUS_ERROR,
 };
 use crate::control::{Published, Snapshot};
 use crate::engine::counters::bump;
-use crate::engine::{Batch, Clock, DropReason, Lane, LaneFactory};
+use crate::engine::{Batch, Clock, Lane, LaneFactory};
 use crate::proto::octavia::Uuid;
-use crate::util::rfc3339;
 
 use super::replay::{ReplayCache, Seen};
-
-/// Most ids in one `DOWN_SENDERS` answer: 150 ids of 41 bytes each in the signed reply (36
-/// characters, two escaped quotes, a comma) keep it within [`DOWN_REPLY_MAX`].
-pub const DOWN_PAGE: usize = 150;
-
-/// The largest `DOWN_SENDERS` reply, bytes, not counting the request's `rsalt` (echoed as the
-/// reply's salt; the request carries it too, so it adds no amplification).
-pub const DOWN_REPLY_MAX: usize = 8192;
 
 /// The abuse bounds of a server: reloadable reply budget, and the replay cache's size (fixed at
 /// start).
@@ -126,189 +116,75 @@ fn stamp_of(p: &std::path::Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-fn id_query(q: &Query) -> Result<Uuid, Reply> {
-    match q {
-        Query::Plain(s) => Uuid::try_parse(s).map_err(|_| Reply::error(ERROR_ARGUMENT)),
-        _ => Err(Reply::error(ERROR_ARGUMENT)),
-    }
+/// The buffers a responder answers with, kept from one request to the next: once they have
+/// grown, [`handle`] allocates nothing for a dropped request, nor for the Ganeti types
+/// answered from the index without building a value (see [`ConfigIndex::answer_view`]), nor
+/// for heartsink's types 100–103 (see [`answer_heartsink`]).
+#[derive(Clone, Debug, Default)]
+pub struct ConfdScratch {
+    request: RequestScratch,
+    msg: ReplyMsg,
+    page: Vec<Uuid>,
 }
 
-/// heartsink's own request types, answered from `snap`.
-pub fn answer_heartsink(req: &Request, snap: &Snapshot) -> Reply {
-    let serial = snap.generation as i64;
-    let unknown = || Reply::new(STATUS_ERROR, json!(ERROR_UNKNOWN_ENTRY), serial);
-    match req.kind {
-        RequestType::AmphoraHealth => {
-            let id = match id_query(&req.query) {
-                Ok(id) => id,
-                Err(r) => return r,
-            };
-            match snap.amphorae.get(&id) {
-                Some(h) => Reply::ok(
-                    json!({
-                        "id": id,
-                        "operating_status": h.operating_status,
-                        "liveness": h.liveness,
-                        "last_refresh": rfc3339(h.last_refresh_ns),
-                        "load_balancer": h.load_balancer,
-                        "failover": h.failover.map(|(r, st)| json!({"id": r, "state": st.as_str()})),
-                    }),
-                    serial,
-                ),
-                None => unknown(),
-            }
-        }
-        RequestType::LbStatus => {
-            let id = match id_query(&req.query) {
-                Ok(id) => id,
-                Err(r) => return r,
-            };
-            match snap.load_balancer_status(&id) {
-                Some((status, members)) => Reply::ok(
-                    json!({
-                        "load_balancer": id,
-                        "operating_status": status,
-                        "amphorae": members.iter().map(|(a, h)| json!({
-                            "id": a, "operating_status": h.operating_status, "liveness": h.liveness,
-                        })).collect::<Vec<_>>(),
-                    }),
-                    serial,
-                ),
-                None => unknown(),
-            }
-        }
-        RequestType::DownSenders => {
-            let after = match &req.query {
-                Query::Empty => None,
-                Query::Plain(s) if s.is_empty() => None,
-                q => match id_query(q) {
-                    Ok(id) => Some(id),
-                    Err(r) => return r,
-                },
-            };
-            use std::ops::Bound;
-            let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-            let ids: Vec<Uuid> = snap.down.range((lower, Bound::Unbounded)).take(DOWN_PAGE + 1).copied().collect();
-            let next = if ids.len() > DOWN_PAGE { ids.get(DOWN_PAGE - 1).copied() } else { None };
-            let page: Vec<String> = ids.iter().take(DOWN_PAGE).map(Uuid::to_string).collect();
-            Reply::ok(json!({"total": snap.down.len(), "ids": page, "next": next}), serial)
-        }
-        RequestType::EngineCounters => {
-            let t = &snap.totals;
-            let drops: serde_json::Map<String, serde_json::Value> =
-                DropReason::ALL.iter().map(|d| (d.label().to_owned(), json!(t.drop_count(*d)))).collect();
-            Reply::ok(
-                json!({
-                    "received": t.received,
-                    "accepted": t.accepted,
-                    "dropped": t.dropped(),
-                    "drops": drops,
-                    "kernel_drops": t.kernel_drops,
-                    "amphorae": snap.amphorae.len(),
-                    "down": snap.down.len(),
-                    "suspended": snap.suspended.iter().map(|s| s.label()).collect::<Vec<_>>(),
-                    "generation": snap.generation,
-                }),
-                serial,
-            )
-        }
-        RequestType::PoolNext | RequestType::PoolPoll => pool_answer(req, snap),
-        _ => Reply::error(ERROR_ARGUMENT),
-    }
-}
-
-fn pool_answer(req: &Request, snap: &Snapshot) -> Reply {
-    use crate::registry::lb::{next_instances, poll, LbError, ServiceRef};
-    let serial = snap.generation as i64;
-    let Query::Plain(q) = &req.query else { return Reply::error(ERROR_ARGUMENT) };
-    let (name, params) = q.split_once('?').unwrap_or((q.as_str(), ""));
-    let mut size = 1u32;
-    let mut slot = None;
-    let mut avoid = Vec::new();
-    let mut known = Vec::new();
-    for (k, v) in form_urlencoded::parse(params.as_bytes()) {
-        match &*k {
-            "size" => match v.parse::<u32>() {
-                Ok(n) if n > 0 => size = n,
-                _ => return Reply::error(ERROR_ARGUMENT),
-            },
-            "slot" => slot = Some(v.into_owned()),
-            "avoid" => avoid.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_owned)),
-            "known" => known.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_owned)),
-            _ => return Reply::error(ERROR_ARGUMENT),
-        }
-    }
-    let avoid: Vec<ServiceRef> = avoid.iter().map(|s| ServiceRef::Id(s)).collect();
-    let known: Vec<ServiceRef> = known.iter().map(|s| ServiceRef::Id(s)).collect();
-    // A cluster view's picks are a function of its serial, the query and the request's salt
-    // (which a client sends alike to every peer): equal serials give equal answers.
-    let (mut seeded, mut thread);
-    let rng: &mut dyn rand::RngCore = if snap.cluster_view {
-        use rand::SeedableRng;
-        use std::hash::BuildHasher;
-        let seed = rustc_hash::FxBuildHasher.hash_one((snap.generation, q.as_str(), req.rsalt.as_str()));
-        seeded = rand::rngs::StdRng::seed_from_u64(seed);
-        &mut seeded
-    } else {
-        thread = rand::rng();
-        &mut thread
-    };
-    let r = match (req.kind, snap.pools.get(name)) {
-        (_, Some(pool)) => poll(&snap.world, pool, &avoid, &known, rng),
-        (RequestType::PoolNext, None) => next_instances(&snap.world, name, size, slot.as_deref(), rng),
-        (_, None) => Err(LbError::UnknownPool(name.to_owned())),
-    };
-    match r {
-        Ok(sel) => Reply::ok(json!({"services": sel.items, "flawed": sel.flawed}), serial),
-        Err(LbError::UnknownPool(_)) => Reply::new(STATUS_ERROR, json!(ERROR_UNKNOWN_ENTRY), serial),
-        Err(LbError::BadPool(_) | LbError::TooManyKnown { .. }) => Reply::error(ERROR_ARGUMENT),
-        Err(_) => Reply::new(STATUS_ERROR, json!(ERROR_INTERNAL), serial),
-    }
-}
-
-/// The answer to a verified request; heartsink's types from `snap` (`None`: a cluster member
-/// holding no view of the leader's yet).
-pub fn answer(req: &Request, state: &ConfdState, snap: Option<&Snapshot>) -> Reply {
+/// Writes the answer to a verified request into `msg`; heartsink's types from `snap` (`None`:
+/// a cluster member holding no view of the leader's yet). `page` is kept between calls.
+pub fn answer_into(
+    req: &RequestView<'_>,
+    state: &ConfdState,
+    snap: Option<&Snapshot>,
+    msg: &mut ReplyMsg,
+    page: &mut Vec<Uuid>,
+) {
     if req.kind.is_heartsink() {
         // Cluster mode before a view of the leader's arrived: an error of serial 0, which any
         // member's real answer outranks.
         return match snap {
-            Some(snap) => answer_heartsink(req, snap),
-            None => Reply::new(STATUS_ERROR, json!(ERROR_INTERNAL), 0),
+            Some(snap) => answer_heartsink(req, snap, msg, page),
+            None => msg.write(&Answered {
+                status: STATUS_ERROR,
+                answer: super::proto::Answer::Int(ERROR_INTERNAL),
+                serial: 0,
+            }),
         };
     }
     match &state.index {
-        Some(index) => index.answer(req),
-        None => Reply::error(ERROR_INTERNAL),
+        Some(index) => msg.write(&index.answer_view(req)),
+        None => msg.write_reply(&Reply::error(ERROR_INTERNAL)),
     }
+}
+
+/// The answer to a verified request, as a value ([`answer_into`], read back: allocates).
+pub fn answer(req: &Request, state: &ConfdState, snap: Option<&Snapshot>) -> Reply {
+    let mut msg = ReplyMsg::default();
+    answer_into(&req.view(), state, snap, &mut msg, &mut Vec::new());
+    msg.to_reply().unwrap_or_else(|| Reply::error(ERROR_INTERNAL))
 }
 
 /// Verifies one request datagram, checks it against the replay cache (when given), and writes
 /// the signed reply into `out`. `now` is unix seconds. A dropped request returns its reason and
-/// writes nothing.
+/// writes nothing. `scratch` is kept from one call to the next.
 pub fn handle(
     datagram: &[u8],
     now: i64,
     state: &ConfdState,
     snap: Option<&Snapshot>,
     replay: Option<&ReplayCache>,
+    scratch: &mut ConfdScratch,
     out: &mut Vec<u8>,
 ) -> Result<(), RequestError> {
-    let v = parse_request(datagram, &state.keys, now)?;
+    let ConfdScratch { request, msg, page } = scratch;
+    let v = request.parse(datagram, &state.keys, now, ParseOptions::default())?;
     if let Some(cache) = replay {
         if cache.check(&v.mac, v.timestamp, now) == Seen::Replay {
             return Err(RequestError::Replay);
         }
     }
-    reply_into(&v, state, snap, out);
-    Ok(())
-}
-
-fn reply_into(v: &VerifiedRequest, state: &ConfdState, snap: Option<&Snapshot>, out: &mut Vec<u8>) {
-    let reply = answer(&v.request, state, snap);
+    answer_into(&v.request, state, snap, msg, page);
     if let Some(key) = state.keys.get(v.key_index) {
-        encode_reply_into(out, &reply, &v.request.rsalt, key);
+        encode_signed(out, msg, v.request.rsalt, key);
     }
+    Ok(())
 }
 
 /// The counters of one worker's responder.
@@ -375,6 +251,7 @@ impl Confd {
                 published: published.clone(),
                 clock: clock.clone(),
                 send: crate::io::SendBatch::new(64),
+                scratch: ConfdScratch::default(),
                 out: Vec::new(),
             })
         })
@@ -414,6 +291,7 @@ pub struct Responder {
     published: Arc<Published>,
     clock: Arc<dyn Clock>,
     send: crate::io::SendBatch,
+    scratch: ConfdScratch,
     out: Vec<u8>,
     budget: ReplyBudget,
 }
@@ -428,12 +306,11 @@ impl Lane for Responder {
         for (data, src) in batch.sourced() {
             let Some(src) = src else { continue };
             self.out.clear();
-            let handled =
-                handle(data, now, &state, snap.as_deref(), Some(&self.confd.replay), &mut self.out).and_then(|()| {
-                    match self.budget.allow(state.limits.reply, &src, self.out.len(), now_ns) {
-                        true => Ok(()),
-                        false => Err(RequestError::ReplyBudget),
-                    }
+            let replay = Some(&self.confd.replay);
+            let handled = handle(data, now, &state, snap.as_deref(), replay, &mut self.scratch, &mut self.out)
+                .and_then(|()| match self.budget.allow(state.limits.reply, &src, self.out.len(), now_ns) {
+                    true => Ok(()),
+                    false => Err(RequestError::ReplyBudget),
                 });
             match handled {
                 Ok(()) => {
@@ -475,10 +352,13 @@ impl Responder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::confd::proto::{encode_request, parse_reply};
+    use crate::confd::proto::{
+        encode_request, parse_reply, Query, RequestType, ERROR_ARGUMENT, ERROR_UNKNOWN_ENTRY, STATUS_OK,
+    };
     use crate::control::liveness::Live;
     use crate::control::AmphoraHealth;
     use crate::state::OperatingStatus;
+    use serde_json::json;
 
     fn snap() -> Snapshot {
         let mut s = Snapshot { generation: 42, ..Snapshot::default() };
@@ -507,7 +387,7 @@ mod tests {
         let req = Request::new(kind, query, "salty");
         let packet = encode_request(&req, 1000, &key);
         let mut out = Vec::new();
-        handle(&packet, 1000, state, Some(&snap()), None, &mut out).expect("answered");
+        handle(&packet, 1000, state, Some(&snap()), None, &mut ConfdScratch::default(), &mut out).expect("answered");
         let (rsalt, reply) = parse_reply(&out, &key).expect("signed reply");
         assert_eq!(rsalt, "salty");
         assert!(out.is_ascii());
@@ -598,7 +478,8 @@ mod tests {
             let rsalt = "00000000-0000-4000-8000-000000000001";
             let packet = encode_request(&Request::new(RequestType::DownSenders, after.clone(), rsalt), 1000, &key);
             let mut out = Vec::new();
-            handle(&packet, 1000, &state(), Some(&big), None, &mut out).expect("answered");
+            handle(&packet, 1000, &state(), Some(&big), None, &mut ConfdScratch::default(), &mut out)
+                .expect("answered");
             assert!(out.len() <= DOWN_REPLY_MAX + rsalt.len(), "{} bytes", out.len());
             let (_, r) = parse_reply(&out, &key).expect("signed");
             assert_eq!(r.answer["total"], 1001);
@@ -618,11 +499,14 @@ mod tests {
         let cache = ReplayCache::new(1024);
         let packet = encode_request(&Request::new(RequestType::Ping, Query::Empty, "once"), 1000, &key);
         let mut out = Vec::new();
-        assert_eq!(handle(&packet, 1000, &state(), Some(&snap()), Some(&cache), &mut out), Ok(()));
+        assert_eq!(
+            handle(&packet, 1000, &state(), Some(&snap()), Some(&cache), &mut ConfdScratch::default(), &mut out),
+            Ok(())
+        );
         for now in [1000, 1100, 1300] {
             out.clear();
             assert_eq!(
-                handle(&packet, now, &state(), Some(&snap()), Some(&cache), &mut out),
+                handle(&packet, now, &state(), Some(&snap()), Some(&cache), &mut ConfdScratch::default(), &mut out),
                 Err(RequestError::Replay)
             );
             assert!(out.is_empty());
@@ -633,12 +517,23 @@ mod tests {
         let upper = format!("{}{}{}", &text[..at], text[at..at + 40].to_uppercase(), &text[at + 40..]);
         assert_ne!(upper.as_bytes(), &packet[..]);
         assert_eq!(
-            handle(upper.as_bytes(), 1000, &state(), Some(&snap()), Some(&cache), &mut out),
+            handle(
+                upper.as_bytes(),
+                1000,
+                &state(),
+                Some(&snap()),
+                Some(&cache),
+                &mut ConfdScratch::default(),
+                &mut out
+            ),
             Err(RequestError::Replay)
         );
         // Another request is answered.
         let other = encode_request(&Request::new(RequestType::Ping, Query::Empty, "twice"), 1000, &key);
-        assert_eq!(handle(&other, 1000, &state(), Some(&snap()), Some(&cache), &mut out), Ok(()));
+        assert_eq!(
+            handle(&other, 1000, &state(), Some(&snap()), Some(&cache), &mut ConfdScratch::default(), &mut out),
+            Ok(())
+        );
     }
 
     #[test]
@@ -646,7 +541,139 @@ mod tests {
         let req = Request::new(RequestType::Ping, Query::Empty, "s");
         let packet = encode_request(&req, 1000, &HmacKey::new(b"other"));
         let mut out = Vec::new();
-        assert_eq!(handle(&packet, 1000, &state(), Some(&snap()), None, &mut out), Err(RequestError::BadHmac));
+        assert_eq!(
+            handle(&packet, 1000, &state(), Some(&snap()), None, &mut ConfdScratch::default(), &mut out),
+            Err(RequestError::BadHmac)
+        );
         assert!(out.is_empty());
+    }
+
+    /// The answers of types 100–105 as they were built before they were written in place
+    /// (`serde_json::Value`s, whose objects are sorted by key): the bytes must not change.
+    fn built_heartsink_answer(req: &Request, snap: &Snapshot) -> Reply {
+        use crate::engine::DropReason;
+        use crate::util::rfc3339;
+        let serial = snap.generation as i64;
+        let id = |q: &Query| match q {
+            Query::Plain(s) => Uuid::try_parse(s).ok(),
+            _ => None,
+        };
+        let bad = Reply::error(ERROR_ARGUMENT);
+        let unknown = Reply::new(STATUS_ERROR, json!(ERROR_UNKNOWN_ENTRY), serial);
+        match req.kind {
+            RequestType::AmphoraHealth => {
+                let Some(id) = id(&req.query) else { return bad };
+                let Some(h) = snap.amphorae.get(&id) else { return unknown };
+                Reply::ok(
+                    json!({
+                        "id": id,
+                        "operating_status": h.operating_status,
+                        "liveness": h.liveness,
+                        "last_refresh": rfc3339(h.last_refresh_ns),
+                        "load_balancer": h.load_balancer,
+                        "failover": h.failover.map(|(r, st)| json!({"id": r, "state": st.as_str()})),
+                    }),
+                    serial,
+                )
+            }
+            RequestType::LbStatus => {
+                let Some(id) = id(&req.query) else { return bad };
+                let Some((status, members)) = snap.load_balancer_status(&id) else { return unknown };
+                Reply::ok(
+                    json!({
+                        "load_balancer": id,
+                        "operating_status": status,
+                        "amphorae": members.iter().map(|(a, h)| json!({
+                            "id": a, "operating_status": h.operating_status, "liveness": h.liveness,
+                        })).collect::<Vec<_>>(),
+                    }),
+                    serial,
+                )
+            }
+            RequestType::DownSenders => {
+                let after = match &req.query {
+                    Query::Empty => None,
+                    Query::Plain(s) if s.is_empty() => None,
+                    q => match id(q) {
+                        Some(id) => Some(id),
+                        None => return bad,
+                    },
+                };
+                use std::ops::Bound;
+                let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+                let ids: Vec<Uuid> = snap.down.range((lower, Bound::Unbounded)).take(DOWN_PAGE + 1).copied().collect();
+                let next = if ids.len() > DOWN_PAGE { ids.get(DOWN_PAGE - 1).copied() } else { None };
+                let page: Vec<String> = ids.iter().take(DOWN_PAGE).map(Uuid::to_string).collect();
+                Reply::ok(json!({"total": snap.down.len(), "ids": page, "next": next}), serial)
+            }
+            RequestType::EngineCounters => {
+                let t = &snap.totals;
+                let drops: serde_json::Map<String, serde_json::Value> =
+                    DropReason::ALL.iter().map(|d| (d.label().to_owned(), json!(t.drop_count(*d)))).collect();
+                Reply::ok(
+                    json!({
+                        "received": t.received,
+                        "accepted": t.accepted,
+                        "dropped": t.dropped(),
+                        "drops": drops,
+                        "kernel_drops": t.kernel_drops,
+                        "amphorae": snap.amphorae.len(),
+                        "down": snap.down.len(),
+                        "suspended": snap.suspended.iter().map(|s| s.label()).collect::<Vec<_>>(),
+                        "generation": snap.generation,
+                    }),
+                    serial,
+                )
+            }
+            _ => bad,
+        }
+    }
+
+    #[test]
+    fn heartsink_answers_are_byte_identical_to_the_built_ones() {
+        use crate::control::failover::FailoverState;
+        let mut s = snap();
+        s.totals.received = 12345;
+        s.totals.accepted = 12000;
+        s.totals.drops[1] = 7;
+        s.totals.kernel_drops = 3;
+        if let Some(h) = s.amphorae.get_mut(&Uuid::from_bytes([2; 16])) {
+            h.failover = Some((17, FailoverState::InProgress));
+            h.load_balancer = None;
+        }
+        for i in 0..400u32 {
+            let mut b = [0xeeu8; 16];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            s.down.insert(Uuid::from_bytes(b));
+        }
+        let plain = |u: [u8; 16]| Query::Plain(Uuid::from_bytes(u).to_string());
+        let mut cases = vec![
+            (RequestType::EngineCounters, Query::Empty),
+            (RequestType::DownSenders, Query::Empty),
+            (RequestType::DownSenders, Query::Plain(String::new())),
+            (RequestType::DownSenders, plain([3; 16])),
+            (RequestType::DownSenders, Query::Plain("not an id".into())),
+            (RequestType::AmphoraHealth, Query::Empty),
+            (RequestType::AmphoraHealth, Query::Plain("nope".into())),
+            (RequestType::LbStatus, Query::Empty),
+        ];
+        for u in [[1; 16], [2; 16], [3; 16], [7; 16], [9; 16]] {
+            cases.push((RequestType::AmphoraHealth, plain(u)));
+            cases.push((RequestType::LbStatus, plain(u)));
+        }
+        let (mut msg, mut page, mut built) = (ReplyMsg::default(), Vec::new(), ReplyMsg::default());
+        for (kind, query) in cases {
+            let req = Request::new(kind, query, "salt");
+            answer_heartsink(&req.view(), &s, &mut msg, &mut page);
+            built.write_reply(&built_heartsink_answer(&req, &s));
+            assert_eq!(msg.as_str(), built.as_str(), "{req:?}");
+        }
+        s.suspended.clear();
+        answer_heartsink(&Request::new(RequestType::EngineCounters, Query::Empty, "s").view(), &s, &mut msg, &mut page);
+        let r = msg.to_reply().expect("reads back");
+        assert_eq!(
+            (r.status, r.answer["drops"].as_object().map(|m| m.len())),
+            (STATUS_OK, Some(crate::engine::DropReason::ALL.len()))
+        );
     }
 }

@@ -135,19 +135,35 @@ impl Snapshot {
     /// most recently (Octavia: the last heartbeat written wins), `OFFLINE` when none is alive.
     /// An amphora configured with no load balancer is its own. `None` if unknown.
     pub fn load_balancer_status(&self, lb: &Uuid) -> Option<(OperatingStatus, Vec<(Uuid, &AmphoraHealth)>)> {
-        let members: Vec<(Uuid, &AmphoraHealth)> = match self.load_balancers.get(lb) {
-            Some(ids) => ids.iter().filter_map(|id| self.amphorae.get(id).map(|h| (*id, h))).collect(),
+        let members: Vec<(Uuid, &AmphoraHealth)> = self.load_balancer_members(lb)?.collect();
+        Some((Self::rolled_up_status(members.iter().copied()), members))
+    }
+
+    /// The amphorae of load balancer `lb` in id order, without collecting them (an amphora
+    /// configured with no load balancer is its own). `None` if unknown.
+    pub fn load_balancer_members(
+        &self,
+        lb: &Uuid,
+    ) -> Option<impl Iterator<Item = (Uuid, &AmphoraHealth)> + Clone + '_> {
+        let (ids, own) = match self.load_balancers.get(lb) {
+            Some(ids) => (Some(ids), None),
             None => match self.amphorae.get(lb) {
-                Some(h) if h.load_balancer.is_none() => vec![(*lb, h)],
+                Some(h) if h.load_balancer.is_none() => (None, Some((*lb, h))),
                 _ => return None,
             },
         };
-        let status = members
-            .iter()
+        let members =
+            ids.into_iter().flat_map(|ids| ids.iter()).filter_map(|id| self.amphorae.get(id).map(|h| (*id, h)));
+        Some(members.chain(own))
+    }
+
+    /// The rolled-up status of a load balancer's members (see
+    /// [`Snapshot::load_balancer_status`]).
+    pub fn rolled_up_status<'a>(members: impl Iterator<Item = (Uuid, &'a AmphoraHealth)>) -> OperatingStatus {
+        members
             .filter(|(_, h)| h.liveness == Live::Alive)
             .max_by_key(|(_, h)| h.last_refresh_ns)
-            .map_or(OperatingStatus::Offline, |(_, h)| h.operating_status);
-        Some((status, members))
+            .map_or(OperatingStatus::Offline, |(_, h)| h.operating_status)
     }
 }
 
