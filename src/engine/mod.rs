@@ -55,7 +55,7 @@ pub struct EngineConfig {
     /// UDP address for heartbeats (port 0: any free port).
     pub heartbeat_addr: SocketAddr,
     /// Receive threads, one socket each (`SO_REUSEPORT` when more than one); 0: no receive
-    /// thread, every worker reads its own `SO_REUSEPORT` socket (see [`worker`]).
+    /// thread, every worker reads its own `SO_REUSEPORT` socket (see `src/engine/worker.rs`).
     pub rx_threads: usize,
     /// Worker threads.
     pub workers: usize,
