@@ -314,7 +314,13 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let t = engine.shutdown();
     // The workers are gone, so the control thread applies their last changes and exits.
     let _ = control_thread.join();
-    tracing::info!(received = t.received, accepted = t.accepted, dropped = t.dropped(), "stopped");
+    tracing::info!(
+        received = t.received,
+        accepted = t.accepted,
+        dropped = t.dropped(),
+        kernel_drops = t.kernel_drops,
+        "stopped"
+    );
     Ok(())
 }
 

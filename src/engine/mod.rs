@@ -2,20 +2,25 @@
 //! `../shared/DESIGN.md` for the data flow; one packet's path, file by file:
 //!
 //! ```text
-//! socket ─recvmmsg─▶ rx.rs ─(hash of source)─▶ ring.rs ─▶ worker.rs ─▶ pipeline.rs: verify →
-//!   inflate → parse → apply under the shard lock (shards.rs) ─▶ change.rs records ─▶ control
+//! socket (one per worker) ─recvmmsg─▶ worker.rs ─▶ pipeline.rs: verify → inflate → parse →
+//!   apply under the shard lock (shards.rs) ─▶ change.rs records ─▶ control
+//! lane socket ─recvmmsg─▶ rx.rs ─(hash of source)─▶ ring.rs ─▶ worker.rs ─▶ the lane
 //! ```
+//!
+//! (With `rx_threads ≥ 1`, heartbeats take the lanes' path: rx threads, rings, workers.)
 //!
 //! The engine knows nothing above it: it sends [`Change`] records and parsed service heartbeats
 //! out through the channels of [`Outputs`], and hands batches from any extra socket to a
 //! [`Lane`] it is given at [`Engine::bind`] (confd's responder is one), without naming it.
 //!
-//! Threads: `rx-N` (one per socket; several with `SO_REUSEPORT`), `rx-LANE` per lane socket,
-//! `worker-N`. Start in two steps, so the durable state can be restored into the shards before
-//! any packet is processed: [`Engine::bind`] binds the sockets and builds the shared state,
-//! [`Engine::start`] starts the threads. Shutdown order: rx threads stop receiving (after one
-//! last drain of the socket) and push their pending batches; when every ring sender is gone
-//! the workers finish their rings and exit, which closes the [`Outputs`] channels.
+//! Threads: `worker-N`, `rx-LANE` per lane socket, and `rx-N` with `rx_threads ≥ 1` (one per
+//! socket; several with `SO_REUSEPORT`). Start in two steps, so the durable state can be
+//! restored into the shards before any packet is processed: [`Engine::bind`] binds the sockets
+//! and builds the shared state, [`Engine::start`] starts the threads. Shutdown order: rx
+//! threads stop receiving (after one last drain of the socket) and push their pending batches;
+//! workers reading their own socket read it a bounded number of times more; when every ring
+//! sender is gone the workers finish their rings and exit, which closes the [`Outputs`]
+//! channels. Datagrams that arrive after that are never read.
 
 pub mod change;
 pub mod clock;
@@ -84,6 +89,10 @@ pub struct EngineConfig {
     /// Accepted keys.
     pub keyring: Keyring,
 }
+
+/// The ring of a worker that reads its own socket carries only lane batches (confd requests,
+/// at most 128 each): this many at most, whatever `ring_batches` says.
+const LANE_RING_BATCHES: usize = 16;
 
 impl EngineConfig {
     /// How many heartbeat sockets are bound: one per rx thread, or one per worker when the
@@ -396,12 +405,14 @@ impl Engine {
             rx_kinds.push(BatchKind::Lane(i as u8));
             rx_names.push(lane.name);
         }
-        let free = FreeList::new(
-            workers_n * (cfg.ring_batches + 2) + rx_total * workers_n,
-            cfg.batch_packets,
-            cfg.batch_bytes.max(cfg.max_datagram),
-        );
-        let (ring_tx, ring_rx): (Vec<_>, Vec<_>) = (0..workers_n).map(|_| Ring::bounded(cfg.ring_batches)).unzip();
+        // Workers reading their own socket take only the lanes' batches from their ring: a
+        // small ring, and no batch at all without a lane (the free list is the memory bound).
+        let own = cfg.rx_threads == 0;
+        let ring_batches = if own { cfg.ring_batches.min(LANE_RING_BATCHES) } else { cfg.ring_batches };
+        let batch_users = if own { lanes.len() } else { rx_total };
+        let batches = if batch_users == 0 { 0 } else { workers_n * (ring_batches + 2) + batch_users * workers_n };
+        let free = FreeList::new(batches, cfg.batch_packets, cfg.batch_bytes.max(cfg.max_datagram));
+        let (ring_tx, ring_rx): (Vec<_>, Vec<_>) = (0..workers_n).map(|_| Ring::bounded(ring_batches)).unzip();
         let (changes_tx, changes) = channel::unbounded::<Vec<Change>>();
         let (services_tx, services) = channel::unbounded();
         let pipeline = PipelineShared {
@@ -418,7 +429,7 @@ impl Engine {
             rx_kinds,
             rx_names,
             rings: ring_rx.clone(),
-            ring_batches: cfg.ring_batches.max(1),
+            ring_batches: ring_batches.max(1),
             rcvbuf: std::sync::OnceLock::new(),
             started: Instant::now(),
             stopping: Arc::new(AtomicBool::new(false)),
@@ -450,14 +461,17 @@ impl Engine {
         let cfg = &self.cfg;
         let rx_n = cfg.heartbeat_sockets();
         let bind_err = |socket, addr| move |source| EngineError::Bind { socket, addr, source };
-        if rx_n > 1 && cfg.heartbeat_addr.port() != 0 {
+        let mut addr = cfg.heartbeat_addr;
+        if rx_n > 1 {
             // A group of SO_REUSEPORT sockets would silently share the port with another
-            // process of the same user that bound it the same way (a second daemon): bind it
-            // once without the option first, which fails while anyone holds the port.
-            drop(bind_udp(cfg.heartbeat_addr, 0, false).map_err(bind_err("heartbeat", cfg.heartbeat_addr))?);
+            // process of the same user that bound it the same way (a second daemon), and with
+            // port 0 the kernel may even pick such a group's port: bind once without the
+            // option first, which fails while anyone holds the port (or picks a port nobody
+            // holds), then bind the group to that port.
+            let probe = bind_udp(addr, 0, false).map_err(bind_err("heartbeat", addr))?;
+            addr = probe.local;
         }
-        let first =
-            bind_udp(cfg.heartbeat_addr, cfg.rcvbuf, rx_n > 1).map_err(bind_err("heartbeat", cfg.heartbeat_addr))?;
+        let first = bind_udp(addr, cfg.rcvbuf, rx_n > 1).map_err(bind_err("heartbeat", addr))?;
         let _ = self.shared.rcvbuf.set(RcvBufInfo {
             requested: first.rcvbuf_requested,
             effective: first.rcvbuf_effective,

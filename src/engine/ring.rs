@@ -71,23 +71,21 @@ impl Ring {
 pub struct RingTx(Sender<Box<Batch>>, Option<Arc<mio::Waker>>);
 
 impl RingTx {
-    /// Wakes `waker` after each push into an empty ring: the worker waits in a poll (on its
-    /// own socket) rather than on the ring.
+    /// Wakes `waker` after each push: the worker waits in a poll (on its own socket) rather
+    /// than on the ring. (Waking only on a push into an empty ring races with the worker taking
+    /// the last batch, which could leave a batch waiting for the poll's timeout.)
     pub fn set_waker(&mut self, waker: Arc<mio::Waker>) {
         self.1 = Some(waker);
     }
 
     /// Pushes without waiting; gives the batch back when the ring is full or the worker gone.
     pub fn try_push(&self, batch: Box<Batch>) -> Result<(), Box<Batch>> {
-        let was_empty = self.1.is_some() && self.0.is_empty();
         self.0.try_send(batch).map_err(|e| match e {
             TrySendError::Full(b) | TrySendError::Disconnected(b) => b,
         })?;
-        if was_empty {
-            if let Some(w) = &self.1 {
-                // A failed wake leaves the batch for the worker's next round (at most 500 ms).
-                let _ = w.wake();
-            }
+        if let Some(w) = &self.1 {
+            // A failed wake leaves the batch for the worker's next round (at most 500 ms).
+            let _ = w.wake();
         }
         Ok(())
     }

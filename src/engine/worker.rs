@@ -30,6 +30,11 @@ use crate::io::RecvBatch;
 const WAKE: mio::Token = mio::Token(0);
 const SOCKET: mio::Token = mio::Token(1);
 
+/// How many `recvmmsg` calls (of up to `recv_batch` datagrams) a worker reading its own socket
+/// still makes once the engine stops: what was queued is applied (a 32 MiB socket buffer holds
+/// about 25,000 heartbeats: under 400 calls of 64), then it stops even if a flood goes on.
+const STOP_READS: u32 = 512;
+
 /// A worker's own heartbeat socket (`rx_threads = 0`).
 pub(super) struct OwnSocket {
     poll: mio::Poll,
@@ -79,6 +84,13 @@ impl OwnSocket {
             bytes += data.len() as u64;
             truncated += u64::from(trunc);
         }
+        // Counted as received before they are applied, so that received ≥ accepted + dropped
+        // holds at every instant a reader looks.
+        let c = &self.counters;
+        counters::bump(&c.packets, n as u64);
+        counters::bump(&c.bytes, bytes);
+        counters::bump(&c.truncated, truncated);
+        counters::bump(&c.recv_calls, 1);
         let recv = &self.recv;
         pipeline.process_timed(
             (0..n).filter_map(|i| match recv.datagram(i) {
@@ -87,11 +99,6 @@ impl OwnSocket {
             }),
             now,
         );
-        let c = &self.counters;
-        counters::bump(&c.packets, n as u64);
-        counters::bump(&c.bytes, bytes);
-        counters::bump(&c.truncated, truncated);
-        counters::bump(&c.recv_calls, 1);
         if let Some(k) = self.recv.kernel_drops() {
             c.kernel_drops.store(u64::from(k), Ordering::Relaxed);
         }
@@ -138,9 +145,20 @@ pub(super) fn spawn(
             }
             Some(mut own) => {
                 let mut events = mio::Events::with_capacity(8);
+                // Once stopping: reads left before the worker stops even if datagrams keep
+                // coming (a flood must not hold up a graceful stop).
+                let mut reads_left = None;
                 loop {
                     while let Some(batch) = ring.try_pop() {
                         process(batch, &mut pipeline);
+                    }
+                    if own.stopping.load(Ordering::Relaxed) {
+                        let left = reads_left.get_or_insert(STOP_READS);
+                        if *left == 0 {
+                            own.idle();
+                            break;
+                        }
+                        *left -= 1;
                     }
                     // Edge-triggered: read until the socket is empty before waiting again.
                     if own.drain_once(&mut pipeline) > 0 {
