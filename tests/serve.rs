@@ -391,6 +391,41 @@ fn each_worker_reads_its_own_socket_and_keeps_a_senders_order() {
 }
 
 #[test]
+fn a_flood_does_not_hold_up_a_graceful_stop() {
+    // One worker on its own socket, heartbeats sent as fast as two threads can for 8 s: a
+    // SIGTERM one second in stops the daemon in about a second, not when the flood ends.
+    let mut d = Daemon::start(&["--key", "k", "--workers", "1", "--no-confd"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = (0..2u64)
+        .map(|t| {
+            let (stop, to) = (stop.clone(), d.heartbeat);
+            std::thread::spawn(move || {
+                let s = client();
+                let packets: Vec<Vec<u8>> = (0..64).map(|i| heartbeat(t * 100 + i, 1, 1, "k")).collect();
+                let until = std::time::Instant::now() + Duration::from_secs(8);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < until {
+                    for p in &packets {
+                        let _ = s.send_to(p, to);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = std::time::Instant::now();
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(6));
+    let took = asked.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in senders {
+        s.join().unwrap();
+    }
+    assert!(status.success(), "{status:?}: {}", d.stderr_text());
+    assert!(took < Duration::from_secs(4), "the stop took {took:?} under a flood");
+    assert!(d.stderr_text().contains("stopped"), "{}", d.stderr_text());
+}
+
+#[test]
 fn a_second_daemon_cannot_share_the_heartbeat_port() {
     // Both would bind SO_REUSEPORT sockets (one per worker); the second must refuse rather than
     // take half of the first one's heartbeats.
