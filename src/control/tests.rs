@@ -53,6 +53,24 @@ fn new_amphorae_are_published_alive_with_their_first_status() {
 }
 
 #[test]
+fn a_status_change_in_the_round_that_adds_an_amphora_is_kept() {
+    use crate::engine::Change;
+    use crate::state::OperatingStatus;
+    let mut r = rig();
+    let id = amphora(7);
+    // The first heartbeat (ONLINE) and a later one of the same batch (ERROR): the new amphora
+    // is inserted after the loop over the batch, the status change must still land on it.
+    r.control.apply_changes(std::iter::once(vec![
+        Change::New { id, status: OperatingStatus::Online },
+        Change::Status { id, from: OperatingStatus::Online, to: OperatingStatus::Error },
+    ]));
+    r.advance(S);
+    let snap = r.snapshot();
+    assert_eq!(snap.amphorae.get(&id).map(|h| h.operating_status), Some(OperatingStatus::Error));
+    assert!(snap.sick.contains(&id), "counted alive and not ONLINE");
+}
+
+#[test]
 fn one_dead_amphora_is_failed_over_once_within_timeout_plus_one_check() {
     let mut r = rig();
     run(&mut r, 10, &[], 10);

@@ -73,7 +73,8 @@ pub struct EngineConfig {
     /// Batches each worker's ring holds with receive threads (`rx_threads ≥ 1`). The default,
     /// 256 (32,768 datagrams a worker at 128 a batch), absorbs the workers falling about 400 ms
     /// behind at 150k datagrams/s: a fill of a million new amphorae at that rate on two shared
-    /// cores dropped 0.9-6 % as `ring_full` with 64 and 128, none with 256. Batch memory is
+    /// cores dropped 0.9-6 % as `ring_full` with 64 and 128 (across runs that also varied the
+    /// store writer's priority), none with 256. Batch memory is
     /// reserved, not resident: a batch's pages count only once datagrams were written into
     /// them. A worker reading its own socket (`rx_threads = 0`) gets only lane batches through
     /// its ring, at most 16.

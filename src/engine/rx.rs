@@ -79,10 +79,12 @@ impl RxThread {
             // Drain the socket (edge-triggered readiness), also once more when stopping.
             self.drain();
             // Empty now: drops at the end of a burst have no later datagram to report them.
-            if let Some(k) = self.recv.poll_kernel_drops(&self.socket) {
+            let stopping = self.stopping.load(Ordering::SeqCst);
+            let now = (!stopping).then(|| self.clock.now_ns());
+            if let Some(k) = self.recv.poll_kernel_drops(&self.socket, now) {
                 self.router.counters.kernel_drops.store(u64::from(k), Ordering::Relaxed);
             }
-            if self.stopping.load(Ordering::SeqCst) {
+            if stopping {
                 break;
             }
         }

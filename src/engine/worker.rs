@@ -105,9 +105,10 @@ impl OwnSocket {
         n
     }
 
-    /// The socket is empty: publishes the kernel's drop count read now.
-    fn idle(&mut self) {
-        if let Some(k) = self.recv.poll_kernel_drops(&self.socket) {
+    /// The socket is empty: publishes the kernel's drop count (read from the kernel at most
+    /// every 50 ms; `now_ns` `None`: read now).
+    fn idle(&mut self, now_ns: Option<u64>) {
+        if let Some(k) = self.recv.poll_kernel_drops(&self.socket, now_ns) {
             self.counters.kernel_drops.store(u64::from(k), Ordering::Relaxed);
         }
     }
@@ -155,7 +156,7 @@ pub(super) fn spawn(
                     if own.stopping.load(Ordering::Relaxed) {
                         let left = reads_left.get_or_insert(STOP_READS);
                         if *left == 0 {
-                            own.idle();
+                            own.idle(None);
                             break;
                         }
                         *left -= 1;
@@ -164,8 +165,9 @@ pub(super) fn spawn(
                     if own.drain_once(&mut pipeline) > 0 {
                         continue;
                     }
-                    own.idle();
-                    if own.stopping.load(Ordering::SeqCst) {
+                    let stopping = own.stopping.load(Ordering::SeqCst);
+                    own.idle((!stopping).then(|| own.clock.now_ns()));
+                    if stopping {
                         break;
                     }
                     if let Err(e) = own.poll.poll(&mut events, Some(Duration::from_millis(500))) {

@@ -116,6 +116,8 @@ pub struct RecvBatch {
     hdrs: Vec<libc::mmsghdr>,
     received: usize,
     kernel_drops: Option<u32>,
+    /// When [`RecvBatch::poll_kernel_drops`] last asked the kernel (ns, the caller's clock).
+    drops_read_ns: u64,
 }
 
 // SAFETY: the raw pointers inside `iovecs` and `hdrs` only ever point into this struct's own
@@ -127,6 +129,10 @@ impl std::fmt::Debug for RecvBatch {
         f.debug_struct("RecvBatch").field("capacity", &self.lens.len()).field("slot", &self.slot).finish()
     }
 }
+
+/// How often `RecvBatch::poll_kernel_drops` asks the kernel at most: the drops of a burst's
+/// end show within this (or, on a socket gone quiet, by its reader's next poll timeout).
+pub const DROPS_READ_EVERY_NS: u64 = 50_000_000;
 
 impl RecvBatch {
     /// Buffers for `capacity` datagrams of at most `slot` bytes each. Pages of the slots are only
@@ -149,6 +155,7 @@ impl RecvBatch {
             hdrs: vec![unsafe { zeroed() }; capacity],
             received: 0,
             kernel_drops: None,
+            drops_read_ns: 0,
         }
     }
 
@@ -244,10 +251,19 @@ impl RecvBatch {
         self.kernel_drops
     }
 
-    /// Reads the kernel's drop count of `socket` now (`SO_MEMINFO`), for when no datagram has
+    /// Reads the kernel's drop count of `socket` (`SO_MEMINFO`), for when no datagram has
     /// arrived since the drops to carry it (`SO_RXQ_OVFL` only rides on received datagrams, so
     /// drops at the end of a burst would otherwise stay unreported); remembered as the latest.
-    pub fn poll_kernel_drops(&mut self, socket: &impl AsRawFd) -> Option<u32> {
+    /// Called each time the socket runs empty, it asks the kernel at most once per
+    /// 50 ms of `now_ns` (`DROPS_READ_EVERY_NS`; the syscall would otherwise come with every
+    /// wake-up of a lightly loaded socket); `None` asks now (at a stop).
+    pub fn poll_kernel_drops(&mut self, socket: &impl AsRawFd, now_ns: Option<u64>) -> Option<u32> {
+        if let Some(now) = now_ns {
+            if now.saturating_sub(self.drops_read_ns) < DROPS_READ_EVERY_NS {
+                return self.kernel_drops;
+            }
+            self.drops_read_ns = now;
+        }
         let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
         let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
         // SAFETY: the kernel writes at most `len` bytes into `info` and updates `len`.
