@@ -179,6 +179,11 @@ pub struct HeartbeatConfig {
     pub batch_packets: usize,
     /// Datagrams per `recvmmsg`.
     pub recv_batch: usize,
+    /// Microseconds a worker reading its own socket keeps asking an empty socket again before
+    /// it sleeps (0: off; at most 10,000).
+    pub busy_poll_us: u32,
+    /// `SO_BUSY_POLL` of the heartbeat sockets, microseconds (0: not set; at most 10,000).
+    pub so_busy_poll_us: u32,
     /// State shards.
     pub shards: usize,
     /// Inflate back-end: `small` (heartsink's own, for small messages; the default),
@@ -207,6 +212,8 @@ impl Default for HeartbeatConfig {
             ring_batches: e.ring_batches,
             batch_packets: e.batch_packets,
             recv_batch: e.recv_batch,
+            busy_poll_us: e.busy_poll_us,
+            so_busy_poll_us: e.so_busy_poll_us,
             shards: e.shards,
             inflate: e.inflate,
             restart_gap_ms: e.settings.restart_gap_ns / 1_000_000,
@@ -482,6 +489,8 @@ impl Config {
         check((64..=65536).contains(&h.max_datagram), "heartbeat.max_datagram must be in 64..=65536")?;
         check((1024..=(64 << 20)).contains(&h.max_inflated), "heartbeat.max_inflated must be in 1 KiB..=64 MiB")?;
         check(h.rx_threads <= 64, "heartbeat.rx_threads must be in 0..=64")?;
+        check(h.busy_poll_us <= 10_000, "heartbeat.busy_poll_us must be in 0..=10000")?;
+        check(h.so_busy_poll_us <= 10_000, "heartbeat.so_busy_poll_us must be in 0..=10000")?;
         check(h.workers <= 1024, "heartbeat.workers must be at most 1024 (0 = one per core)")?;
         check((1..=65536).contains(&h.ring_batches), "heartbeat.ring_batches must be in 1..=65536")?;
         check((1..=4096).contains(&h.batch_packets), "heartbeat.batch_packets must be in 1..=4096")?;
@@ -612,6 +621,8 @@ impl Config {
             rcvbuf: h.rcvbuf,
             max_datagram: h.max_datagram,
             recv_batch: h.recv_batch,
+            busy_poll_us: h.busy_poll_us,
+            so_busy_poll_us: h.so_busy_poll_us,
             ring_batches: h.ring_batches,
             batch_packets: h.batch_packets,
             batch_bytes: d.batch_bytes.max(h.max_datagram),

@@ -418,6 +418,8 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("heartbeat.workers", new.heartbeat.workers != old.heartbeat.workers),
         ("heartbeat.rx_threads", new.heartbeat.rx_threads != old.heartbeat.rx_threads),
         ("heartbeat.rcvbuf", new.heartbeat.rcvbuf != old.heartbeat.rcvbuf),
+        ("heartbeat.busy_poll_us", new.heartbeat.busy_poll_us != old.heartbeat.busy_poll_us),
+        ("heartbeat.so_busy_poll_us", new.heartbeat.so_busy_poll_us != old.heartbeat.so_busy_poll_us),
         ("heartbeat.max_datagram", new.heartbeat.max_datagram != old.heartbeat.max_datagram),
         ("log", new.log != old.log),
         ("confd.addr", new.confd.addr != old.confd.addr || new.confd.enabled != old.confd.enabled),

@@ -11,6 +11,8 @@
 //!   per batch instead of two, and no copy. A worker that falls behind leaves datagrams in its
 //!   socket buffer (counted by the kernel, `SO_RXQ_OVFL`, when it overflows). Lane batches
 //!   still come through the worker's ring, whose pusher wakes the worker's poll.
+//!   With `busy_poll_us > 0`, a worker whose socket runs empty asks it again (and its ring)
+//!   for that long before it sleeps in `epoll`.
 //! - **Rx threads** (`rx_threads ≥ 1`): see [`super::rx`]; the worker blocks on its ring.
 
 use std::io;
@@ -43,6 +45,8 @@ pub(super) struct OwnSocket {
     counters: Arc<RxCounters>,
     clock: Arc<dyn Clock>,
     stopping: Arc<AtomicBool>,
+    /// How long an empty socket is asked again before the worker sleeps (`busy_poll_us`).
+    busy_poll: Duration,
 }
 
 impl OwnSocket {
@@ -54,12 +58,13 @@ impl OwnSocket {
         counters: Arc<RxCounters>,
         clock: Arc<dyn Clock>,
         stopping: Arc<AtomicBool>,
+        busy_poll: Duration,
     ) -> io::Result<(OwnSocket, Arc<mio::Waker>)> {
         let poll = mio::Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
         let mut socket = mio::net::UdpSocket::from_std(socket);
         poll.registry().register(&mut socket, SOCKET, mio::Interest::READABLE)?;
-        Ok((OwnSocket { poll, socket, recv, counters, clock, stopping }, waker))
+        Ok((OwnSocket { poll, socket, recv, counters, clock, stopping, busy_poll }, waker))
     }
 
     /// One `recvmmsg` into the pipeline; returns how many datagrams it got (0: the socket is
@@ -164,6 +169,24 @@ pub(super) fn spawn(
                     // Edge-triggered: read until the socket is empty before waiting again.
                     if own.drain_once(&mut pipeline) > 0 {
                         continue;
+                    }
+                    if !own.busy_poll.is_zero() && !own.stopping.load(Ordering::Relaxed) {
+                        // Bounded busy-polling: ask again for a while before sleeping (real
+                        // time, not the engine's clock: it bounds the CPU spent spinning).
+                        let until = std::time::Instant::now() + own.busy_poll;
+                        let mut got = false;
+                        while !got && std::time::Instant::now() < until {
+                            std::hint::spin_loop();
+                            if let Some(batch) = ring.try_pop() {
+                                process(batch, &mut pipeline);
+                                got = true;
+                            } else {
+                                got = own.drain_once(&mut pipeline) > 0;
+                            }
+                        }
+                        if got {
+                            continue;
+                        }
                     }
                     let stopping = own.stopping.load(Ordering::SeqCst);
                     own.idle((!stopping).then(|| own.clock.now_ns()));

@@ -349,12 +349,15 @@ impl<'a> Bits<'a> {
     #[cold]
     #[inline(never)]
     fn refill_slow(mut self) -> Self {
-        while self.n <= 56 {
-            let b = self.inp.get(self.pos).copied().unwrap_or(0);
-            self.buf |= u64::from(b) << self.n;
-            self.pos += 1;
-            self.n += 8;
+        // The bytes left (fewer than 8), zero-padded: the same word the fast path would load
+        // were the input followed by zeros.
+        let mut w = 0u64;
+        for (i, &b) in self.inp.get(self.pos..).unwrap_or_default().iter().take(8).enumerate() {
+            w |= u64::from(b) << (8 * i);
         }
+        self.buf |= w << self.n;
+        self.pos += ((63 - self.n) >> 3) as usize;
+        self.n |= 56;
         self
     }
 
@@ -685,7 +688,10 @@ fn decode_symbols(
     *bits = Bits { inp, pos, buf, n: nb };
     // The careful loop, near the end of the input or of the output.
     loop {
-        bits.refill();
+        // A symbol with its extra bits and distance takes at most 15 + 5 + 15 + 13 bits.
+        if bits.n < 48 {
+            bits.refill();
+        }
         let e = litlen.lookup(bits.buf, Kind::LitLen);
         bits.consume(e & 0xff);
         let tag = (e >> 8) & 0xff;
