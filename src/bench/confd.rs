@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::confd_stages::{self, ConfdStageTable};
 use super::{get, repo, start_serve, u, Error, KEY};
 use crate::confd::client::unix_now;
 use crate::confd::load::{self, ConfdLoadConfig, ConfdLoadReport};
@@ -287,6 +288,15 @@ pub fn run(a: &ConfdBenchArgs, out: &Path) -> Result<(Value, Vec<String>), Error
     }
     let ratio = ganeti.as_ref().map(|(g, _)| hs.replies_per_s / g.replies_per_s.max(1e-9));
     let ratio_cpu = ganeti.as_ref().and_then(|(_, g)| (*g > 0.0 && hs_cpu > 0.0).then(|| hs_cpu / g));
+    eprintln!("bench: confd: stage table …");
+    let stages = confd_stages::measure(
+        &key,
+        &data("config.data.json"),
+        &ganeti_mix(),
+        a.window,
+        hs_cpu,
+        ganeti.as_ref().map(|(_, c)| *c),
+    )?;
 
     let doc = json!({
         "mix": mix_names,
@@ -308,6 +318,7 @@ pub fn run(a: &ConfdBenchArgs, out: &Path) -> Result<(Value, Vec<String>), Error
         "ratio_heartsink_over_ganeti": ratio,
         "ratio_heartsink_over_ganeti_per_cpu_second": ratio_cpu,
         "target_ratio": TARGET_RATIO,
+        "stages_ns_per_reply": stages,
     });
     let mut lines = vec![
         "| confd (load: {threads} threads × window {window}) | replies/s | per CPU-second of the server | sent | replies | lost |".to_owned(),
@@ -336,5 +347,26 @@ pub fn run(a: &ConfdBenchArgs, out: &Path) -> Result<(Value, Vec<String>), Error
             ));
         }
     }
+    lines.push(String::new());
+    lines.extend(stage_lines(&stages));
     Ok((doc, lines))
+}
+
+/// The confd stage table's Markdown lines.
+fn stage_lines(t: &ConfdStageTable) -> Vec<String> {
+    let header = format!(
+        "confd stage (thread CPU ns per reply, median of 3; Ganeti mix, {} requests of {:.0} B, replies of {:.0} B)",
+        t.requests, t.request_bytes, t.reply_bytes
+    );
+    let mut lines = super::stages::markdown(&header, &t.rows());
+    lines.push(String::new());
+    let ratio = match t.floor_ratio_over_ganeti {
+        Some(r) => format!("{r:.1}× ganeti-confd's replies per CPU-second"),
+        None => "ganeti-confd not measured".to_owned(),
+    };
+    lines.push(format!(
+        "confd kernel floor: {:.0} ns per reply = at most {:.0} replies per CPU-second with zero user-space work ({ratio}: the highest ratio a server doing one recv and one send per reply reaches here)",
+        t.kernel_floor_ns, t.floor_replies_per_cpu_second
+    ));
+    lines
 }

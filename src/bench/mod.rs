@@ -17,7 +17,9 @@
 //!
 //! 5. confd ([`confd`]): replies/s of `serve` (ingesting heartbeats at a fixed rate meanwhile)
 //!    and of the real `ganeti-confd` on the same `config.data`, and their ratio;
-//!    `--confd-only` runs just this section (merged into an existing bench.json).
+//!    `--confd-only` runs just this section (merged into an existing bench.json), with its
+//!    stage table ([`confd_stages`]): receive, verify+parse, answer+sign and send per reply,
+//!    and the kernel floor they imply.
 //!
 //! `--senders N[,N…]` instead measures scale ([`scale`]): for each size, a fresh daemon is
 //! filled with N senders (time, rate, drops), then held at 20,000 heartbeats/s spread over the
@@ -30,6 +32,7 @@
 
 mod chart;
 pub mod confd;
+pub mod confd_stages;
 pub mod scale;
 pub mod stages;
 
@@ -577,20 +580,8 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         println!("{l}");
     }
     println!();
-    let t = &stage_table;
-    println!("| stage (thread CPU ns per heartbeat, median of 3) | ns |");
-    println!("|---|---|");
-    for (name, v) in [
-        ("receive (recvmmsg, full batches of 64)", t.receive_ns),
-        ("verify", t.verify_ns),
-        ("inflate (small, reused)", t.inflate_ns),
-        ("parse", t.parse_ns),
-        ("apply", t.apply_ns),
-        ("the in-process pipeline (verify + inflate + parse + apply, batched)", t.pipeline_ns),
-        ("`serve` at its maximum rate (its CPU per heartbeat)", t.serve_ns),
-        ("hand-off: serve − receive − pipeline", t.handoff_ns),
-    ] {
-        println!("| {name} | {v:.0} |");
+    for l in stages::markdown("stage (thread CPU ns per heartbeat, median of 3)", &stage_table.rows()) {
+        println!("{l}");
     }
     println!();
     println!("ratios: {ratios}");

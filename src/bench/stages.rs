@@ -38,14 +38,46 @@ pub struct StageTable {
     pub handoff_ns: f64,
 }
 
-fn median3(mut f: impl FnMut() -> f64) -> f64 {
-    let mut v = [f(), f(), f()];
+impl StageTable {
+    /// The table's rows: each stage's name and its ns per heartbeat.
+    pub fn rows(&self) -> [(&'static str, f64); 8] {
+        [
+            ("receive (recvmmsg, full batches of 64)", self.receive_ns),
+            ("verify", self.verify_ns),
+            ("inflate (small, reused)", self.inflate_ns),
+            ("parse", self.parse_ns),
+            ("apply", self.apply_ns),
+            ("the in-process pipeline (verify + inflate + parse + apply, batched)", self.pipeline_ns),
+            ("`serve` at its maximum rate (its CPU per heartbeat)", self.serve_ns),
+            ("hand-off: serve − receive − pipeline", self.handoff_ns),
+        ]
+    }
+}
+
+/// A stage table's Markdown lines: the header, then one row per stage (ns, rounded).
+pub(crate) fn markdown(header: &str, rows: &[(&str, f64)]) -> Vec<String> {
+    let mut lines = vec![format!("| {header} | ns |"), "|---|---|".to_owned()];
+    lines.extend(rows.iter().map(|(name, v)| format!("| {name} | {v:.0} |")));
+    lines
+}
+
+/// The median of three calls of `f`.
+pub(crate) fn median3(mut f: impl FnMut() -> f64) -> f64 {
+    match try_median3(|| Ok::<f64, std::convert::Infallible>(f())) {
+        Ok(v) => v,
+        Err(e) => match e {},
+    }
+}
+
+/// The median of three calls of `f`; the first error ends it.
+pub(crate) fn try_median3<E>(mut f: impl FnMut() -> Result<f64, E>) -> Result<f64, E> {
+    let mut v = [f()?, f()?, f()?];
     v.sort_by(f64::total_cmp);
-    v[1]
+    Ok(v[1])
 }
 
 /// CPU ns of the calling thread spent in `f`, per item of `n`.
-fn per_item(n: usize, f: impl FnOnce()) -> f64 {
+pub(crate) fn per_item(n: usize, f: impl FnOnce()) -> f64 {
     let t0 = crate::io::thread_cpu_ns();
     f();
     (crate::io::thread_cpu_ns().saturating_sub(t0)) as f64 / n.max(1) as f64
@@ -129,7 +161,7 @@ pub fn measure(packets: &[Vec<u8>], warm: usize, key: &str, serve_s_per_heartbea
 
 /// `recvmmsg` cost per datagram with full batches: another thread fills the socket buffer
 /// first, then this thread drains it.
-fn receive(packets: &[Vec<u8>]) -> std::io::Result<f64> {
+pub(crate) fn receive(packets: &[Vec<u8>]) -> std::io::Result<f64> {
     let rx = crate::io::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)), 64 << 20, false)?;
     let to = rx.socket.local_addr()?;
     let chunk = packets.len().min(20_000);

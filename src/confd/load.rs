@@ -135,6 +135,22 @@ pub fn reply_index(datagram: &[u8]) -> Option<usize> {
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
+/// Requests in a sender thread's pool for a window of `window`: far more than the window, so a
+/// salt is reused only long after it was answered.
+pub fn pool_len(window: usize) -> usize {
+    (window * 16).max(1024)
+}
+
+/// The signed request a sender thread sends: request `i` of thread `t`'s pool in run `run_id`,
+/// its `pass`-th sending (`at` = (t, run_id, pass, i)), the mix in turn, timestamp `now`
+/// (unix seconds).
+pub fn request(mix: &[(RequestType, Query)], key: &HmacKey, now: i64, at: (usize, u64, u64, usize)) -> Vec<u8> {
+    let (t, run_id, pass, i) = at;
+    let Some((kind, query)) = mix.get(i % mix.len().max(1)) else { return Vec::new() };
+    let rsalt = format!("t{t}.{run_id:x}.{pass}-{i}");
+    encode_request(&Request::new(*kind, query.clone(), rsalt), now, key)
+}
+
 /// Runs the load; blocks for `cfg.duration` (plus at most a loss timeout).
 pub fn run(cfg: &ConfdLoadConfig) -> Result<ConfdLoadReport, ConfdLoadError> {
     if cfg.mix.is_empty() || cfg.threads == 0 || cfg.window == 0 || cfg.verify_every == 0 {
@@ -145,8 +161,7 @@ pub fn run(cfg: &ConfdLoadConfig) -> Result<ConfdLoadReport, ConfdLoadError> {
     }
     let now = unix_now().as_secs() as i64;
     let run_id: u64 = rand::random();
-    // A pool far larger than the window, so a salt is reused only long after it was answered.
-    let pool_len = (cfg.window * 16).max(1024);
+    let pool_len = pool_len(cfg.window);
     let mut sockets = Vec::with_capacity(cfg.threads);
     for _ in 0..cfg.threads {
         let bind: SocketAddr = if cfg.target.is_ipv4() {
@@ -162,11 +177,7 @@ pub fn run(cfg: &ConfdLoadConfig) -> Result<ConfdLoadReport, ConfdLoadError> {
     let mut handles = Vec::new();
     for (t, socket) in sockets.into_iter().enumerate() {
         let (mix, key) = (cfg.mix.clone(), cfg.key.clone());
-        let encode = move |i: usize, pass: u64| {
-            let (kind, query) = &mix[i % mix.len()];
-            let rsalt = format!("t{t}.{run_id:x}.{pass}-{i}");
-            encode_request(&Request::new(*kind, query.clone(), rsalt), now, &key)
-        };
+        let encode = move |i: usize, pass: u64| request(&mix, &key, now, (t, run_id, pass, i));
         let pool = Pool { packets: (0..pool_len).map(|i| encode(i, 0)).collect(), passes: vec![0; pool_len], encode };
         let cfg = cfg.clone();
         let barrier = barrier.clone();
