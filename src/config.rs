@@ -490,6 +490,10 @@ impl Config {
         check((1024..=(64 << 20)).contains(&h.max_inflated), "heartbeat.max_inflated must be in 1 KiB..=64 MiB")?;
         check(h.rx_threads <= 64, "heartbeat.rx_threads must be in 0..=64")?;
         check(h.busy_poll_us <= 10_000, "heartbeat.busy_poll_us must be in 0..=10000")?;
+        check(
+            h.busy_poll_us == 0 || h.rx_threads == 0,
+            "heartbeat.busy_poll_us applies to workers reading their own socket: it needs heartbeat.rx_threads = 0",
+        )?;
         check(h.so_busy_poll_us <= 10_000, "heartbeat.so_busy_poll_us must be in 0..=10000")?;
         check(h.workers <= 1024, "heartbeat.workers must be at most 1024 (0 = one per core)")?;
         check((1..=65536).contains(&h.ring_batches), "heartbeat.ring_batches must be in 1..=65536")?;

@@ -77,8 +77,8 @@ pub struct EngineConfig {
     pub busy_poll_us: u32,
     /// `SO_BUSY_POLL` of every heartbeat socket, microseconds (0: not set): the kernel polls the
     /// device's queue on a read instead of waiting for its interrupt. It acts only on packets
-    /// from a NIC driver with busy-poll support (not on loopback), and setting it above
-    /// `net.core.busy_read` needs `CAP_NET_ADMIN`.
+    /// from a NIC driver with busy-poll support (not on loopback). Older kernels want
+    /// `CAP_NET_ADMIN` to set it above `net.core.busy_read` (6.18 lets any user set it).
     pub so_busy_poll_us: u32,
     /// Batches each worker's ring holds with receive threads (`rx_threads ≥ 1`). The default,
     /// 256 (32,768 datagrams a worker at 128 a batch), absorbs the workers falling about 400 ms
@@ -183,9 +183,9 @@ pub enum EngineError {
         /// The system's answer.
         source: io::Error,
     },
-    /// A socket option the configuration asks for was refused (`SO_BUSY_POLL` above
-    /// `net.core.busy_read` without `CAP_NET_ADMIN`): grant the capability, or lower or unset
-    /// the option.
+    /// A socket option the configuration asks for was refused (an older kernel refuses
+    /// `SO_BUSY_POLL` above `net.core.busy_read` without `CAP_NET_ADMIN`): grant the capability,
+    /// or lower or unset the option.
     SocketOption {
         /// The option's name.
         option: &'static str,
