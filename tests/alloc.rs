@@ -197,18 +197,25 @@ fn load_sender_allocates_nothing_per_packet() {
 }
 
 /// A confd responder's request handling allocates nothing in steady state: the Ganeti mix of
-/// `heartsink bench` against the test `config.data`, heartsink's types 100–103 from a populated
-/// snapshot, with and without the replay cache, and dropped requests (bad HMAC, replay, stale
-/// timestamp). Every request is signed beforehand with a salt of its own.
+/// `heartsink bench` against the test `config.data` and the Ganeti error answers (unknown
+/// names, invalid queries), heartsink's types 100–105 from a populated snapshot (a `down` set
+/// of 100,000 ids, whose `imbl` tree is several levels deep, and pools, polled from the thread
+/// RNG and, in a cluster view, from a seeded one), with and without the replay cache, and
+/// dropped requests (bad HMAC, replay, stale timestamp). Every request is signed beforehand with
+/// a salt of its own.
 #[test]
 fn confd_requests_allocate_nothing() {
-    use heartsink::confd::proto::{encode_request, parse_reply, HmacKey, Query, Request, RequestType};
+    use heartsink::confd::proto::{
+        encode_request, parse_reply, DictQuery, HmacKey, Query, ReqField, Request, RequestType,
+    };
     use heartsink::confd::replay::ReplayCache;
     use heartsink::confd::server::{handle, ConfdScratch, ConfdState};
     use heartsink::control::liveness::Live;
     use heartsink::control::{AmphoraHealth, Snapshot};
     use heartsink::proto::octavia::Uuid;
+    use heartsink::registry::lb::{Pool, World, WorldEntry};
     use heartsink::state::OperatingStatus;
+    use RequestType as T;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/confd");
     let key = HmacKey::from_file(data.join("hmac.key")).unwrap();
@@ -238,27 +245,93 @@ fn confd_requests_allocate_nothing() {
             snap.down.insert(amphora(i));
         }
     }
+    let many = |i: u32| {
+        let mut b = [0x7fu8; 16];
+        b[..4].copy_from_slice(&i.to_be_bytes());
+        Uuid::from_bytes(b)
+    };
+    for i in 0..100_000u32 {
+        snap.down.insert(many(i));
+    }
     snap.totals.received = 1000;
+    let entries = (0..24u64).map(|i| WorldEntry {
+        type_name: "rawx".into(),
+        addr: format!("10.0.{}.{}:6000", i / 8, i % 8),
+        id: format!("rawx-{i}"),
+        score: 10 + i as i32 * 3,
+        location: ((i % 2) << 48) | ((i / 2 % 3) << 32) | ((i / 6 % 2) << 16) | (i / 12),
+        slots: if i % 2 == 0 { vec!["ssd".into()] } else { vec![] },
+    });
+    snap.world = Arc::new(World::from_entries(entries));
+    let pools = [("two", "2,rawx"), ("ssd", "3,rawx-ssd,rawx;warn_dist=2"), ("far", "3,rawx;min_dist=4")];
+    snap.pools = Arc::new(pools.into_iter().map(|(n, t)| (n.to_owned(), Pool::parse(n, t).unwrap())).collect());
+    let view = Snapshot { cluster_view: true, generation: 7 << 32 | 42, ..snap.clone() };
 
+    let plain = |s: &str| Query::Plain(s.to_owned());
+    let dict = Query::Dict(DictQuery {
+        link: Some("l\u{e4}nk".into()),
+        ip: None,
+        ip_list: vec!["198.51.100.11".into(), "\u{20ac}1".into()],
+        fields: vec![],
+    });
+    let fields =
+        Query::Dict(DictQuery { fields: vec![ReqField::MNodePip, ReqField::Ip, ReqField::Name], ..Default::default() });
+    // (type, query, reply status)
     let mix = [
-        (RequestType::Ping, Query::Empty),
-        (RequestType::ClusterMaster, Query::Empty),
-        (RequestType::NodeRoleByName, Query::Plain("node1.example.com".into())),
-        (RequestType::InstancesIpsList, Query::Empty),
-        (RequestType::AmphoraHealth, Query::Plain(amphora(7).to_string())),
-        (RequestType::AmphoraHealth, Query::Plain(amphora(99).to_string())),
-        (RequestType::LbStatus, Query::Plain(lb.to_string())),
-        (RequestType::LbStatus, Query::Plain(amphora(9).to_string())),
-        (RequestType::DownSenders, Query::Empty),
-        (RequestType::DownSenders, Query::Plain(amphora(10).to_string())),
-        (RequestType::EngineCounters, Query::Empty),
+        (T::Ping, Query::Empty, 0),
+        (T::ClusterMaster, Query::Empty, 0),
+        (T::NodeRoleByName, plain("node1.example.com"), 0),
+        (T::InstancesIpsList, Query::Empty, 0),
+        (T::AmphoraHealth, plain(&amphora(7).to_string()), 0),
+        (T::AmphoraHealth, plain(&amphora(99).to_string()), 1),
+        (T::LbStatus, plain(&lb.to_string()), 0),
+        (T::LbStatus, plain(&amphora(9).to_string()), 0),
+        (T::DownSenders, Query::Empty, 0),
+        (T::DownSenders, plain(&amphora(10).to_string()), 0),
+        (T::DownSenders, plain(&many(54_321).to_string()), 0),
+        (T::EngineCounters, Query::Empty, 0),
+        (T::PoolNext, plain("rawx?size=2"), 0),
+        (T::PoolNext, plain("rawx?size=3&slot=ssd"), 0),
+        (T::PoolPoll, plain("two?avoid=rawx-1,rawx-2&known=rawx-4"), 0),
+        (T::PoolPoll, plain("two?%61void=rawx-1+x,rawx-3&&known=10.0.0.7%3A6000"), 0),
+        (T::PoolPoll, plain("t%77o?avoid=rawx-1"), 1),
+        (T::PoolPoll, plain("ssd?known=rawx-0"), 0),
+        (T::PoolPoll, plain("ssd?known=rawx-0,rawx-2,rawx-4"), 1),
+        (T::PoolPoll, plain("far"), 1),
+        (T::PoolPoll, plain("nope"), 1),
+        (T::PoolNext, plain("rawx?size=0"), 1),
+        (T::PoolNext, plain("rawx?size=300"), 1),
+        (T::PoolNext, plain("rawx?what=1"), 1),
+        (T::PoolNext, Query::Empty, 1),
+        (T::NodeRoleByName, plain("n\u{f6}pe1"), 1),
+        (T::NodeRoleByName, Query::Empty, 1),
+        (T::NodeRoleByName, dict.clone(), 1),
+        (T::NodeDrbd, plain("nope"), 1),
+        (T::NodeDrbd, dict.clone(), 1),
+        (T::NodeInstances, plain("node"), 1),
+        (T::InstanceDisks, plain("nope"), 1),
+        (T::InstancesIpsList, dict.clone(), 1),
+        (T::ClusterMaster, plain("x"), 1),
+        (T::NodePipByInstanceIp, Query::Empty, 1),
+        (T::NodePipByInstanceIp, Query::Dict(DictQuery { ip: Some("198.51.100.11".into()), ..Default::default() }), 0),
+        (T::NodePipByInstanceIp, dict.clone(), 0),
+        (T::ClusterMaster, fields, 0),
+        (T::NodePipList, Query::Empty, 0),
+        (T::McPipList, Query::Empty, 0),
+        (T::NodeDrbd, plain("node1.example.com"), 0),
+        (T::NodeInstances, plain("node3"), 0),
+        (T::InstanceDisks, plain("instance1"), 0),
+        (T::ConfigQuery, plain("/cluster/cluster_name"), 0),
+        (T::ConfigQuery, plain("/nodes"), 0),
+        (T::ConfigQuery, plain("/cluster/x~1y"), 1),
+        (T::DataCollectors, Query::Empty, 0),
     ];
     let now = 1_700_000_000;
-    let rounds = 40; // 440 requests per loop
+    let rounds = 20;
     let signed = |tag: &str, at: i64, key: &HmacKey| -> Vec<Vec<u8>> {
         (0..rounds)
             .flat_map(|r| mix.iter().enumerate().map(move |(i, q)| (r, i, q)))
-            .map(|(r, i, (kind, query))| {
+            .map(|(r, i, (kind, query, _))| {
                 let rsalt = format!("{tag}-{r}-{i}-00000000-0000-4000-8000-000000000000");
                 encode_request(&Request::new(*kind, query.clone(), rsalt), at, key)
             })
@@ -266,70 +339,74 @@ fn confd_requests_allocate_nothing() {
     };
     let warm = signed("warm", now, &key);
     let fresh = signed("fresh", now, &key);
+    let viewed = signed("viewed", now, &key);
     let cached = signed("cached", now, &key);
     let forged = signed("forged", now, &HmacKey::new(b"another key\n"));
     let stale = signed("stale", now - 301, &key);
 
-    let cache = ReplayCache::new(1 << 12);
+    let cache = ReplayCache::new(1 << 15);
     let mut scratch = ConfdScratch::default();
     let mut out = Vec::new();
-    let mut run = |packets: &[Vec<u8>], replay: Option<&ReplayCache>| -> (usize, usize) {
+    // Allocations counted per entry of the mix (the packets are in mix order).
+    let mut per_entry = vec![0u64; mix.len()];
+    let mut run = |packets: &[Vec<u8>], replay: Option<&ReplayCache>, snap: &Snapshot| -> (usize, usize) {
         let (mut ok, mut dropped) = (0, 0);
-        for p in packets {
+        for (k, p) in packets.iter().enumerate() {
             out.clear();
-            match handle(p, now, &state, Some(&snap), replay, &mut scratch, &mut out) {
+            let before = ALLOCS.load(Ordering::SeqCst);
+            match handle(p, now, &state, Some(snap), replay, &mut scratch, &mut out) {
                 Ok(()) => ok += 1,
                 Err(_) => dropped += 1,
             }
+            per_entry[k % mix.len()] += ALLOCS.load(Ordering::SeqCst) - before;
         }
         (ok, dropped)
     };
     // Warm-up: every buffer grows to the largest request and reply; the thread's first use
     // of anything lazily initialised happens here.
-    assert_eq!(run(&warm, Some(&cache)), (warm.len(), 0));
-    assert_eq!(run(&warm, None), (warm.len(), 0));
+    assert_eq!(run(&warm, Some(&cache), &snap), (warm.len(), 0));
+    assert_eq!(run(&warm, None, &snap), (warm.len(), 0));
+    assert_eq!(run(&warm, None, &view), (warm.len(), 0));
 
     COUNTING.store(true, Ordering::SeqCst);
-    let answered = run(&fresh, None);
-    let answered_cached = run(&cached, Some(&cache));
-    let replayed = run(&cached, Some(&cache));
-    let forged_out = run(&forged, Some(&cache));
-    let stale_out = run(&stale, Some(&cache));
+    let answered = run(&fresh, None, &snap);
+    let answered_view = run(&viewed, None, &view);
+    let answered_cached = run(&cached, Some(&cache), &snap);
+    let replayed = run(&cached, Some(&cache), &snap);
+    let forged_out = run(&forged, Some(&cache), &snap);
+    let stale_out = run(&stale, Some(&cache), &snap);
     COUNTING.store(false, Ordering::SeqCst);
     let allocs = ALLOCS.swap(0, Ordering::SeqCst);
 
     assert_eq!(answered, (fresh.len(), 0));
+    assert_eq!(answered_view, (viewed.len(), 0));
     assert_eq!(answered_cached, (cached.len(), 0));
     assert_eq!(replayed, (0, cached.len()), "replays dropped");
     assert_eq!(forged_out, (0, forged.len()), "bad HMAC dropped");
     assert_eq!(stale_out, (0, stale.len()), "stale timestamps dropped");
-    assert_eq!(allocs, 0, "allocations in steady state");
+    let allocating: Vec<_> = mix.iter().zip(&per_entry).filter(|(_, n)| **n > 0).collect();
+    assert_eq!(allocs, 0, "allocations in steady state, by request: {allocating:?}");
 
-    // The counter sees this path: the pools' answers (104, 105) are still built as values
-    // (`registry::lb::poll` allocates its selection), and are counted.
-    let pools: Vec<Vec<u8>> = (0..4)
-        .map(|i| {
-            encode_request(
-                &Request::new(RequestType::PoolNext, Query::Plain("rawx?size=2".into()), format!("pool-{i}")),
-                now,
-                &key,
-            )
-        })
-        .collect();
+    // The counter sees this path: a responder's buffers allocate as they grow.
     COUNTING.store(true, Ordering::SeqCst);
-    let pooled = run(&pools, None);
+    out.clear();
+    let first = handle(&fresh[0], now, &state, Some(&snap), None, &mut ConfdScratch::default(), &mut out);
     COUNTING.store(false, Ordering::SeqCst);
-    assert_eq!(pooled, (pools.len(), 0));
+    assert_eq!(first, Ok(()));
     assert!(ALLOCS.swap(0, Ordering::SeqCst) > 0, "the counting allocator counts the confd path");
 
-    // The replies verify (outside the counted region).
+    // The replies verify (outside the counted region), with the expected status.
     for (i, p) in fresh.iter().take(mix.len()).enumerate() {
         out.clear();
         let cache = ReplayCache::new(1 << 8);
         handle(p, now, &state, Some(&snap), Some(&cache), &mut ConfdScratch::default(), &mut out).unwrap();
         let (salt, reply) = parse_reply(&out, &key).unwrap();
         assert_eq!(salt, format!("fresh-0-{i}-00000000-0000-4000-8000-000000000000"));
-        let unknown_amphora = i == 5;
-        assert_eq!(reply.status, i64::from(unknown_amphora), "{:?}: {reply:?}", mix[i]);
+        assert_eq!(reply.status, mix[i].2, "{:?}: {reply:?}", mix[i]);
+        if mix[i].0 == T::DownSenders {
+            assert_eq!(reply.answer["total"], 100_008, "{reply:?}");
+            let full = mix[i].1 != plain(&amphora(10).to_string());
+            assert_eq!(reply.answer["ids"].as_array().map(Vec::len), Some(if full { 150 } else { 6 }), "{reply:?}");
+        }
     }
 }

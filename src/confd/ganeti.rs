@@ -24,12 +24,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
+use super::json::hs_int;
 use super::json::write_json;
-use super::json::{hs_int, hs_show_string};
 use super::proto::{
-    Answer, Answered, DictView, QueryView, Reply, ReqField, Request, RequestType, RequestView, ERROR_ARGUMENT,
-    ERROR_UNKNOWN_ENTRY, STATUS_OK,
+    Answer, Answered, QueryView, Reply, ReplyMsg, ReqField, Request, RequestType, RequestView, ERROR_ARGUMENT,
+    ERROR_UNKNOWN_ENTRY, STATUS_ERROR, STATUS_OK,
 };
+use write::{ErrorText, NoEnt};
 
 /// The data collectors compiled into `ganeti-confd` 3.0.2 (`DataCollectors.collectors`).
 pub const DATA_COLLECTORS: [&str; 6] =
@@ -252,54 +253,6 @@ fn lookup_name<'a>(names: impl Iterator<Item = &'a str>, key: &str) -> Lookup<'a
     }
 }
 
-/// An `OpPrereqError … ECodeNoEnt` message, rendered one of the daemon's two ways.
-struct NoEnt(String);
-
-impl NoEnt {
-    /// `show err`: `OpPrereqError "…" ECodeNoEnt`.
-    fn shown(&self) -> String {
-        format!("OpPrereqError {} ECodeNoEnt", hs_show_string(&self.0))
-    }
-
-    /// `formatError err`.
-    fn formatted(&self) -> String {
-        format!(
-            "Failure: prerequisites not met for this operation:\nerror type: ECodeNoEnt, error details:\n{}",
-            self.0
-        )
-    }
-}
-
-/// `show` of a query, as in the daemon's "Invalid query type …" answers.
-fn show_query(q: &QueryView<'_>) -> String {
-    match q {
-        QueryView::Empty => "EmptyQuery".to_owned(),
-        QueryView::Plain(s) => format!("PlainQuery {}", hs_show_string(s)),
-        QueryView::Dict(d) => show_dict(d),
-    }
-}
-
-fn show_dict(d: &DictView<'_>) -> String {
-    let maybe = |m: Option<&str>| m.map_or("Nothing".to_owned(), |s| format!("Just {}", hs_show_string(s)));
-    let ips: Vec<String> = d.ip_list.iter().map(hs_show_string).collect();
-    let fields: Vec<&str> = d.fields.iter().map(|f| f.hs_name()).collect();
-    format!(
-        "DictQuery (ConfdReqQ {{confdReqQIp = {}, confdReqQIpList = [{}], confdReqQLink = {}, confdReqQFields = [{}]}})",
-        maybe(d.ip),
-        ips.join(","),
-        maybe(d.link),
-        fields.join(",")
-    )
-}
-
-/// `Invalid query type <show query>`, status 1.
-fn invalid_query(q: &QueryView<'_>) -> Reply {
-    Reply::error(format!("Invalid query type {}", show_query(q)))
-}
-
-/// The node-or-instance IP answer triple (`StatusAnswer`).
-type StatusAnswer = (i64, Value, i64);
-
 impl ConfigIndex {
     /// Loads `config.data` from a file.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, GanetiConfigError> {
@@ -476,63 +429,63 @@ impl ConfigIndex {
     }
 
     /// `getNode`: by UUID, then by name (`lookupName`).
-    fn node(&self, key: &str) -> Result<&Node, NoEnt> {
+    fn node<'a>(&'a self, key: &'a str) -> Result<&'a Node, NoEnt<'a>> {
         if let Some(n) = self.nodes.get(key) {
             return Ok(n);
         }
         let by_name = |n: &str| self.node_names.get(n).and_then(|u| self.nodes.get(u));
         match lookup_name(self.node_names.keys().map(String::as_str), key) {
-            Lookup::Found(n) => by_name(n).ok_or_else(|| NoEnt(format!("Node name {key} not found"))),
-            Lookup::Multiple => Err(NoEnt(format!("Node name {key} has multiple matches"))),
-            Lookup::NotFound => Err(NoEnt(format!("Node name {key} not found"))),
+            Lookup::Found(n) => by_name(n).ok_or(NoEnt::not_found("Node name", key)),
+            Lookup::Multiple => Err(NoEnt::multiple("Node name", key)),
+            Lookup::NotFound => Err(NoEnt::not_found("Node name", key)),
         }
     }
 
     /// `getInstance`: by UUID, then by name among the named instances.
-    fn instance(&self, key: &str) -> Result<(&str, &Instance), NoEnt> {
+    fn instance<'a>(&'a self, key: &'a str) -> Result<(&'a str, &'a Instance), NoEnt<'a>> {
         if let Some((u, i)) = self.instances.get_key_value(key) {
             return Ok((u.as_str(), i));
         }
         let by_name = |n: &str| self.instance_names.get(n).and_then(|u| self.instances.get_key_value(u));
         match lookup_name(self.instance_names.keys().map(String::as_str), key) {
-            Lookup::Found(n) => {
-                by_name(n).map(|(u, i)| (u.as_str(), i)).ok_or_else(|| NoEnt(format!("Instance name {key} not found")))
-            }
-            Lookup::Multiple => Err(NoEnt(format!("Instance name {key} has multiple matches"))),
-            Lookup::NotFound => Err(NoEnt(format!("Instance name {key} not found"))),
+            Lookup::Found(n) => by_name(n).map(|(u, i)| (u.as_str(), i)).ok_or(NoEnt::not_found("Instance name", key)),
+            Lookup::Multiple => Err(NoEnt::multiple("Instance name", key)),
+            Lookup::NotFound => Err(NoEnt::not_found("Instance name", key)),
         }
     }
 
     /// The disks of an instance, or `Err` naming the first missing one (`getInstDisks`).
-    fn instance_disks(&self, inst: &Instance) -> Result<Vec<&(Disk, Value)>, NoEnt> {
-        inst.disks.iter().map(|d| self.disks.get(d).ok_or_else(|| NoEnt(format!("Disk uuid {d} not found")))).collect()
+    fn instance_disks<'a>(&'a self, inst: &'a Instance) -> Result<Vec<&'a (Disk, Value)>, NoEnt<'a>> {
+        inst.disks.iter().map(|d| self.disks.get(d).ok_or(NoEnt::not_found("Disk uuid", d))).collect()
     }
 
-    fn master_name(&self) -> Result<&str, NoEnt> {
+    fn master_name(&self) -> Result<&str, NoEnt<'_>> {
         self.node(&self.master_uuid).map(|n| n.name.as_str())
     }
 
     /// `getNodePipByInstanceIp`.
-    fn node_pip(&self, link: &str, ip: &str) -> StatusAnswer {
-        let unknown = (1, json!(ERROR_UNKNOWN_ENTRY), 0);
+    fn node_pip(&self, link: &str, ip: &str) -> Answered<'_> {
+        let unknown = Answered { status: STATUS_ERROR, answer: Answer::Int(ERROR_UNKNOWN_ENTRY), serial: 0 };
         let Some(iname) = self.link_ips.get(link).and_then(|m| m.get(ip)) else { return unknown };
         // `getInstanceByName`: exact name, first in UUID order.
         let Some(inst) = self.instances.values().find(|i| i.name.as_deref() == Some(iname.as_str())) else {
             return unknown;
         };
         match inst.primary_node.as_deref().map(|p| self.node(p)) {
-            Some(Ok(node)) => (0, json!(node.primary_ip), self.cluster_serial),
+            Some(Ok(node)) => {
+                Answered { status: STATUS_OK, answer: Answer::Str(&node.primary_ip), serial: self.cluster_serial }
+            }
             _ => unknown,
         }
     }
 
     /// The DRBD minors of `node` in `disk` and its children (`getDrbdMinorsForNode`).
-    fn drbd_minors(node: &str, disk: &Disk, out: &mut Vec<(i64, String)>) {
+    fn drbd_minors<'a>(node: &str, disk: &'a Disk, out: &mut Vec<(i64, &'a str)>) {
         if let Some(d) = &disk.drbd {
             if d.node_a == node {
-                out.push((d.minor_a, d.node_b.clone()));
+                out.push((d.minor_a, &d.node_b));
             } else if d.node_b == node {
-                out.push((d.minor_b, d.node_a.clone()));
+                out.push((d.minor_b, &d.node_a));
             }
         }
         for c in &disk.children {
@@ -546,20 +499,38 @@ impl ConfigIndex {
     }
 
     /// Answers a request as the daemon does. The answers of `PING`, `NODE_ROLE_BYNAME`,
-    /// `CLUSTER_MASTER` (name) and `INSTANCES_IPS_LIST` are borrowed from the index (no
-    /// allocation); the others, and errors, are built.
-    pub fn answer_view(&self, req: &RequestView<'_>) -> Answered<'_> {
+    /// `CLUSTER_MASTER` (name) and `INSTANCES_IPS_LIST` are borrowed from the index; the
+    /// others, and errors, are built (see [`ConfigIndex::write_answer`]).
+    pub fn answer_view<'a>(&'a self, req: &RequestView<'a>) -> Answered<'a> {
+        self.answer_or_error(req).unwrap_or_else(|e| e.to_reply().into())
+    }
+
+    /// Writes the answer to a request into `msg`, as the daemon answers it, without allocating:
+    /// the answers [`ConfigIndex::answer_view`] builds are written from the index as they are
+    /// walked, and error texts as they are formatted.
+    pub fn write_answer(&self, req: &RequestView<'_>, msg: &mut ReplyMsg) {
+        if self.write_in_place(req, msg) {
+            return;
+        }
+        match self.answer_or_error(req) {
+            Ok(a) => msg.write(&a),
+            Err(e) => msg.write_text(STATUS_ERROR, &e, 0),
+        }
+    }
+
+    /// The answer, or the text of the error answer (status 1, serial 0).
+    fn answer_or_error<'a>(&'a self, req: &RequestView<'a>) -> Result<Answered<'a>, ErrorText<'a>> {
         let cs = self.cluster_serial;
-        let ok = |answer| Answered { status: STATUS_OK, answer, serial: cs };
+        let ok = |answer| Ok(Answered { status: STATUS_OK, answer, serial: cs });
         match (req.kind, &req.query) {
-            (RequestType::Ping, _) => Answered { status: STATUS_OK, answer: Answer::Int(self.version), serial: 0 },
+            (RequestType::Ping, _) => Ok(Answered { status: STATUS_OK, answer: Answer::Int(self.version), serial: 0 }),
             (RequestType::NodeRoleByName, QueryView::Plain(name)) => match self.node_role(name) {
                 Ok(role) => ok(Answer::Int(role)),
-                Err(e) => Reply::error(e.formatted()).into(),
+                Err(e) => Err(ErrorText::Formatted(e)),
             },
             (RequestType::ClusterMaster, QueryView::Empty) => match self.master_name() {
                 Ok(m) => ok(Answer::Str(m)),
-                Err(e) => Reply::error(e.formatted()).into(),
+                Err(e) => Err(ErrorText::Formatted(e)),
             },
             (RequestType::InstancesIpsList, QueryView::Plain(_) | QueryView::Empty) => {
                 let link = match req.query {
@@ -568,13 +539,13 @@ impl ConfigIndex {
                 };
                 ok(Answer::Json(self.link_ips_json.get(link).map_or("[]", String::as_str)))
             }
-            _ => self.answer_built(req).into(),
+            _ => self.answer_built(req).map(Answered::from),
         }
     }
 
     /// `NODE_ROLE_BYNAME`: master (0) only for the master's full name, then drained (3),
     /// offline (2), master candidate (1), regular (4).
-    fn node_role(&self, name: &str) -> Result<i64, NoEnt> {
+    fn node_role<'a>(&'a self, name: &'a str) -> Result<i64, NoEnt<'a>> {
         let master = self.master_name()?;
         let node = self.node(name)?;
         Ok(if master == name {
@@ -590,33 +561,31 @@ impl ConfigIndex {
         })
     }
 
-    /// The answers [`ConfigIndex::answer_view`] builds.
-    fn answer_built(&self, req: &RequestView<'_>) -> Reply {
+    /// The answers [`ConfigIndex::answer_view`] builds, or the text of an error answer.
+    fn answer_built<'a>(&'a self, req: &RequestView<'a>) -> Result<Reply, ErrorText<'a>> {
         let cs = self.cluster_serial;
-        match req.kind {
+        let invalid_query = |q: &QueryView<'a>| Err(ErrorText::InvalidQuery(*q));
+        Ok(match req.kind {
             RequestType::Ping => Reply::ok(self.version, 0),
             RequestType::NodeRoleByName => {
                 let QueryView::Plain(name) = req.query else { return invalid_query(&req.query) };
                 match self.node_role(name) {
                     Ok(role) => Reply::ok(role, cs),
-                    Err(e) => Reply::error(e.formatted()),
+                    Err(e) => return Err(ErrorText::Formatted(e)),
                 }
             }
             RequestType::NodePipByInstanceIp => {
-                let QueryView::Dict(q) = &req.query else { return Reply::error(ERROR_ARGUMENT) };
+                let QueryView::Dict(q) = &req.query else { return Ok(Reply::error(ERROR_ARGUMENT)) };
                 let link = q.link.unwrap_or(&self.default_link);
                 match q.ip {
-                    Some(ip) => {
-                        let (s, a, serial) = self.node_pip(link, ip);
-                        Reply::new(s, a, serial)
-                    }
+                    Some(ip) => self.node_pip(link, ip).to_reply(),
                     None => {
                         let list: Vec<Value> = q
                             .ip_list
                             .iter()
                             .map(|ip| {
-                                let (s, a, serial) = self.node_pip(link, ip);
-                                json!([s, a, serial])
+                                let a = self.node_pip(link, ip);
+                                json!([a.status, a.answer.to_value(), a.serial])
                             })
                             .collect();
                         Reply::ok(list, cs)
@@ -626,13 +595,13 @@ impl ConfigIndex {
             RequestType::ClusterMaster => match &req.query {
                 QueryView::Empty => match self.master_name() {
                     Ok(m) => Reply::ok(m, cs),
-                    Err(e) => Reply::error(e.formatted()),
+                    Err(e) => return Err(ErrorText::Formatted(e)),
                 },
                 QueryView::Plain(_) => Reply::error(ERROR_ARGUMENT),
                 QueryView::Dict(q) => {
                     let mnode = match self.node(&self.master_uuid) {
                         Ok(n) => n,
-                        Err(e) => return Reply::error(e.shown()),
+                        Err(e) => return Err(ErrorText::Shown("", e)),
                     };
                     let vals: Vec<&str> = q
                         .fields
@@ -659,7 +628,7 @@ impl ConfigIndex {
                 let link = match req.query {
                     QueryView::Plain(l) => l,
                     QueryView::Empty => &self.default_link,
-                    QueryView::Dict(_) => return Reply::error("Invalid query type"),
+                    QueryView::Dict(_) => return Err(ErrorText::Fixed("Invalid query type")),
                 };
                 let ips: Vec<&str> =
                     self.link_ips.get(link).map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
@@ -669,7 +638,7 @@ impl ConfigIndex {
                 let QueryView::Plain(name) = req.query else { return invalid_query(&req.query) };
                 let node = match self.node(name) {
                     Ok(n) => n,
-                    Err(e) => return Reply::error(e.shown()),
+                    Err(e) => return Err(ErrorText::Shown("", e)),
                 };
                 let mut rows = Vec::new();
                 for inst in self.instances.values() {
@@ -679,9 +648,9 @@ impl ConfigIndex {
                         let mut minors = Vec::new();
                         Self::drbd_minors(&node.uuid, disk, &mut minors);
                         for (minor, peer) in minors {
-                            let peer = match self.node(&peer) {
+                            let peer = match self.node(peer) {
                                 Ok(p) => p.name.clone(),
-                                Err(e) => return Reply::error(e.shown()),
+                                Err(e) => return Err(ErrorText::Shown("", e)),
                             };
                             rows.push(json!([
                                 node.name,
@@ -700,7 +669,7 @@ impl ConfigIndex {
                 let QueryView::Plain(name) = req.query else { return invalid_query(&req.query) };
                 let node = match self.node(name) {
                     Ok(n) => n,
-                    Err(e) => return Reply::error(format!("Node not found in the configuration: {}", e.shown())),
+                    Err(e) => return Err(ErrorText::Shown("Node not found in the configuration: ", e)),
                 };
                 let mut primary = Vec::new();
                 let mut secondary = Vec::new();
@@ -727,11 +696,11 @@ impl ConfigIndex {
                 let QueryView::Plain(name) = req.query else { return invalid_query(&req.query) };
                 let (_, inst) = match self.instance(name) {
                     Ok(i) => i,
-                    Err(e) => return Reply::error(format!("Instance not found in the configuration: {}", e.shown())),
+                    Err(e) => return Err(ErrorText::Shown("Instance not found in the configuration: ", e)),
                 };
                 match self.instance_disks(inst) {
                     Ok(disks) => Reply::ok(disks.into_iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(), inst.serial),
-                    Err(e) => Reply::error(format!("Could not retrieve disks: {}", e.shown())),
+                    Err(e) => return Err(ErrorText::Shown("Could not retrieve disks: ", e)),
                 }
             }
             RequestType::ConfigQuery => {
@@ -749,7 +718,7 @@ impl ConfigIndex {
             | RequestType::EngineCounters
             | RequestType::PoolNext
             | RequestType::PoolPoll => Reply::error(ERROR_ARGUMENT),
-        }
+        })
     }
 }
 
@@ -825,189 +794,5 @@ fn extract<'a>(v: &'a Value, tokens: &[String]) -> Option<&'a Value> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::confd::proto::{DictQuery, Query, ReplyMsg};
-
-    fn index() -> ConfigIndex {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/confd/config.data.json");
-        ConfigIndex::load(path).expect("test config loads")
-    }
-
-    fn ask(ix: &ConfigIndex, kind: RequestType, query: Query) -> (i64, Value, i64) {
-        let r = ix.answer(&Request::new(kind, query, "r"));
-        (r.status, r.answer, r.serial)
-    }
-
-    fn plain(s: &str) -> Query {
-        Query::Plain(s.to_owned())
-    }
-
-    #[test]
-    fn answers_observed_from_the_daemon() {
-        use RequestType::*;
-        let ix = index();
-        assert_eq!(ask(&ix, Ping, Query::Empty), (0, json!(3000000), 0));
-        assert_eq!(ask(&ix, NodeRoleByName, plain("node1.example.com")), (0, json!(0), 3189));
-        assert_eq!(ask(&ix, NodeRoleByName, plain("node1")), (0, json!(1), 3189));
-        assert_eq!(ask(&ix, NodeRoleByName, plain("2ae3d962-2dad-44f2-bdb1-85f77107f907")), (0, json!(1), 3189));
-        assert_eq!(
-            ask(&ix, NodeRoleByName, plain("node")),
-            (1, json!("Failure: prerequisites not met for this operation:\nerror type: ECodeNoEnt, error details:\nNode name node not found"), 0)
-        );
-        assert_eq!(ask(&ix, NodeRoleByName, Query::Empty), (1, json!("Invalid query type EmptyQuery"), 0));
-        let d = Query::Dict(DictQuery { link: Some("n\u{f6}de\n\\".into()), ..Default::default() });
-        assert_eq!(
-            ask(&ix, NodeRoleByName, d).1,
-            json!("Invalid query type DictQuery (ConfdReqQ {confdReqQIp = Nothing, confdReqQIpList = [], confdReqQLink = Just \"n\\246de\\n\\\\\", confdReqQFields = []})")
-        );
-        let q = Query::Dict(DictQuery {
-            ip_list: vec!["198.51.100.11".into(), "198.51.100.12".into(), "1.2.3.4".into()],
-            ..Default::default()
-        });
-        assert_eq!(
-            ask(&ix, NodePipByInstanceIp, q),
-            (0, json!([[0, "192.0.2.82", 3189], [0, "192.0.2.84", 3189], [1, 0, 0]]), 3189)
-        );
-        let q = Query::Dict(DictQuery { ip: Some("198.51.100.11".into()), ..Default::default() });
-        assert_eq!(ask(&ix, NodePipByInstanceIp, q), (0, json!("192.0.2.82"), 3189));
-        assert_eq!(ask(&ix, NodePipByInstanceIp, Query::Empty), (1, json!(2), 0));
-        let fields = Query::Dict(DictQuery {
-            fields: vec![ReqField::MNodePip, ReqField::Ip, ReqField::Name, ReqField::Name],
-            ..Default::default()
-        });
-        assert_eq!(
-            ask(&ix, ClusterMaster, fields),
-            (0, json!(["192.0.2.82", "192.0.2.87", "node1.example.com", "node1.example.com"]), 3189)
-        );
-        assert_eq!(ask(&ix, ClusterMaster, plain("x")), (1, json!(2), 0));
-        assert_eq!(ask(&ix, NodePipList, Query::Empty), (0, json!(["192.0.2.82", "192.0.2.84", "192.0.2.83"]), 3189));
-        assert_eq!(
-            ask(&ix, InstancesIpsList, Query::Empty),
-            (0, json!(["198.51.100.11", "198.51.100.12", "198.51.100.13"]), 3189)
-        );
-        assert_eq!(ask(&ix, InstancesIpsList, plain("br0")), (0, json!([]), 3189));
-        assert_eq!(
-            ask(&ix, NodeDrbd, plain("node1.example.com")),
-            (
-                0,
-                json!([["node1.example.com", 0, "instance1.example.com", "disk/0", "primary", "node3.example.com"]]),
-                197
-            )
-        );
-        assert_eq!(ask(&ix, NodeDrbd, plain("node2")), (0, json!([]), 6));
-        assert_eq!(
-            ask(&ix, NodeDrbd, plain("nope")),
-            (1, json!("OpPrereqError \"Node name nope not found\" ECodeNoEnt"), 0)
-        );
-        assert_eq!(
-            ask(&ix, NodeInstances, plain("nope")).1,
-            json!("Node not found in the configuration: OpPrereqError \"Node name nope not found\" ECodeNoEnt")
-        );
-        assert_eq!(
-            ask(&ix, InstanceDisks, plain("nope")).1,
-            json!("Instance not found in the configuration: OpPrereqError \"Instance name nope not found\" ECodeNoEnt")
-        );
-        let (s, disks, serial) = ask(&ix, InstanceDisks, plain("instance1"));
-        assert_eq!((s, serial), (0, 2));
-        assert_eq!(disks[0]["children"][0]["iv_name"], json!(""));
-        assert_eq!(disks[0]["children"][0]["children"], json!([]));
-        let (s, insts, serial) = ask(&ix, NodeInstances, plain("node3"));
-        assert_eq!((s, serial), (0, 2));
-        assert_eq!(insts[1][0]["name"], json!("instance1.example.com"));
-        assert_eq!(ask(&ix, ConfigQuery, plain("/cluster/cluster_name")), (0, json!("cluster.name.example.com"), 3189));
-        assert_eq!(ask(&ix, ConfigQuery, plain("/cluster//x")).1["cluster_name"], json!("cluster.name.example.com"));
-        for bad in [
-            "",
-            "/",
-            "//",
-            "/cluster/",
-            "cluster",
-            "/nope",
-            "/cluster/enabled_hypervisors/5",
-            "/cluster/enabled_hypervisors/-",
-        ] {
-            assert_eq!(ask(&ix, ConfigQuery, plain(bad)), (1, json!(2), 0), "{bad:?}");
-        }
-        assert_eq!(ask(&ix, ConfigQuery, plain("/cluster/enabled_hypervisors/00")).1, json!("xen-pvm"));
-        assert_eq!(ask(&ix, ConfigQuery, plain("/cluster/data_collectors/lv/interval")).1, json!(5000000));
-        let (_, dc, serial) = ask(&ix, DataCollectors, Query::Empty);
-        assert_eq!(serial, 3189);
-        assert_eq!(dc["cpu-avg-load"], json!({"active": true, "interval": 5000000}));
-    }
-
-    #[test]
-    fn timestamps_round_trip_through_picoseconds() {
-        let t = |s: &str| daemon_time(&serde_json::from_str(s).unwrap()).unwrap().to_string();
-        assert_eq!(t("1358348755.779906"), "1358348755.7799058");
-        assert_eq!(t("1343869205.934807"), "1343869205.9348073");
-        assert_eq!(t("1343869045.604884"), "1343869045.604884");
-        assert_eq!(t("0"), "0");
-        assert_eq!(t("1360000000.0"), "1360000000");
-        assert_eq!(daemon_time(&json!("x")), None);
-        let ix = index();
-        let nodes = ask(&ix, RequestType::ConfigQuery, plain("/nodes")).1;
-        assert!(nodes.as_object().unwrap().values().any(|n| n["mtime"] == json!(1358348755.7799058)));
-    }
-
-    #[test]
-    fn name_lookup_rules() {
-        let names = ["a.x", "a.y", "b.x", "bb.x"];
-        assert!(matches!(lookup_name(names.into_iter(), "a"), Lookup::Multiple));
-        assert!(matches!(lookup_name(names.into_iter(), "b"), Lookup::Found("b.x")));
-        assert!(matches!(lookup_name(names.into_iter(), "a.x"), Lookup::Found("a.x")));
-        assert!(matches!(lookup_name(names.into_iter(), "c"), Lookup::NotFound));
-    }
-
-    #[test]
-    fn bad_files_are_named() {
-        assert!(ConfigIndex::from_slice(b"not json").unwrap_err().reason.contains("not JSON"));
-        let e = ConfigIndex::from_slice(b"{\"version\": 3000000}").unwrap_err();
-        assert_eq!(e.reason, "missing serial_no");
-    }
-
-    /// The answers written in place are the bytes of the built ones, for every type.
-    #[test]
-    fn borrowed_answers_are_byte_identical_to_built_ones() {
-        use RequestType::*;
-        let ix = index();
-        let dict = |f: fn(&mut DictQuery)| {
-            let mut d = DictQuery::default();
-            f(&mut d);
-            Query::Dict(d)
-        };
-        let queries = [
-            Query::Empty,
-            plain(""),
-            plain("node1.example.com"),
-            plain("node1"),
-            plain("node2"),
-            plain("node"),
-            plain("2ae3d962-2dad-44f2-bdb1-85f77107f907"),
-            plain("instance1"),
-            plain("br0"),
-            plain("xen-br0"),
-            plain("/cluster/cluster_name"),
-            plain("n\u{f6}de\n\\"),
-            dict(|d| d.fields = vec![ReqField::Name, ReqField::Ip, ReqField::MNodePip]),
-            dict(|d| d.ip = Some("198.51.100.11".into())),
-            dict(|d| d.ip_list = vec!["198.51.100.11".into(), "1.2.3.4".into()]),
-            dict(|d| d.link = Some("xen-br0".into())),
-        ];
-        let (mut fast, mut built) = (ReplyMsg::default(), ReplyMsg::default());
-        for kind in RequestType::ALL {
-            for q in &queries {
-                let req = Request::new(kind, q.clone(), "r");
-                fast.write(&ix.answer_view(&req.view()));
-                built.write_reply(&ix.answer_built(&req.view()));
-                assert_eq!(fast.as_str(), built.as_str(), "{req:?}");
-            }
-        }
-        for link in ix.link_ips.keys() {
-            let req = Request::new(InstancesIpsList, plain(link), "r");
-            fast.write(&ix.answer_view(&req.view()));
-            built.write_reply(&ix.answer_built(&req.view()));
-            assert_eq!(fast.as_str(), built.as_str(), "{req:?}");
-        }
-    }
-}
+mod tests;
+mod write;

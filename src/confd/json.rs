@@ -566,6 +566,13 @@ fn put_unicode_escape<S: Sink + ?Sized>(out: &mut S, c: char) {
 /// Appends `s` as a JSON string: Text.JSON escaping for ASCII, `\uXXXX` for everything else.
 pub(crate) fn write_str<S: Sink + ?Sized>(out: &mut S, s: &str) {
     out.put("\"");
+    write_str_body(out, s);
+    out.put("\"");
+}
+
+/// [`write_str`] without the quotes: escaping is per character, so the body of a string may
+/// be written in pieces.
+fn write_str_body<S: Sink + ?Sized>(out: &mut S, s: &str) {
     let mut rest = s;
     loop {
         // A run of plain ASCII in one copy, then one character that may need escaping.
@@ -587,54 +594,100 @@ pub(crate) fn write_str<S: Sink + ?Sized>(out: &mut S, s: &str) {
             c => out.put(c.encode_utf8(&mut [0; 4])),
         }
     }
-    out.put("\"");
+}
+
+/// Formatted text written into a sink as the body of a JSON string (escaped as [`write_str`]
+/// escapes), without an intermediate `String`.
+pub(crate) struct JsonStrBody<'a, S: ?Sized>(pub &'a mut S);
+
+impl<S: Sink + ?Sized> std::fmt::Write for JsonStrBody<'_, S> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        write_str_body(self.0, s);
+        Ok(())
+    }
+}
+
+/// Text formatted into a fixed buffer on the stack (a number's digits); `Err` when full.
+struct StackStr {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl StackStr {
+    fn new() -> StackStr {
+        StackStr { buf: [0; 64], len: 0 }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for StackStr {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// Haskell's `show :: Double -> String` (shortest digits that read back, `FFGeneric`): fixed
 /// notation for `0.1 <= |x| < 10^7` (`5000000.0`, `0.5`), exponent notation otherwise
 /// (`1.0e7`, `1.343869045604884e9`, `5.0e-2`).
+#[cfg(test)]
 pub(crate) fn hs_show_double(x: f64) -> String {
+    let mut out = String::new();
+    let _ = hs_show_double_to(&mut out, x);
+    out
+}
+
+/// [`hs_show_double`] written into `out`, without allocating.
+fn hs_show_double_to<W: std::fmt::Write + ?Sized>(out: &mut W, x: f64) -> std::fmt::Result {
     if !x.is_finite() {
         // Not representable in JSON; serde_json never holds these.
-        return "null".to_owned();
+        return out.write_str("null");
     }
-    let mut out = String::new();
     if x.is_sign_negative() {
-        out.push('-');
+        out.write_char('-')?;
     }
     let a = x.abs();
     if a == 0.0 {
-        out.push_str("0.0");
-        return out;
+        return out.write_str("0.0");
     }
     // Rust's `{:e}` gives the shortest round-trip digits, like GHC's floatToDigits.
-    let sci = format!("{a:e}");
-    let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let ds: String = mant.chars().filter(char::is_ascii_digit).collect();
+    let mut sci = StackStr::new();
+    write!(sci, "{a:e}")?;
+    let sci = sci.as_str();
+    let (mant, exp) = sci.split_once('e').unwrap_or((sci, "0"));
+    let mut digits = StackStr::new();
+    for c in mant.chars().filter(char::is_ascii_digit) {
+        digits.write_char(c)?;
+    }
+    let ds = digits.as_str();
+    if ds.is_empty() {
+        return out.write_str("0.0");
+    }
     // x = 0.ds * 10^e
     let e = exp.parse::<i32>().unwrap_or(0) + 1;
     if !(0..=7).contains(&e) {
         let (first, rest) = ds.split_at(1);
-        out.push_str(first);
-        out.push('.');
-        out.push_str(if rest.is_empty() { "0" } else { rest });
-        let _ = write!(out, "e{}", e - 1);
+        write!(out, "{first}.{}e{}", if rest.is_empty() { "0" } else { rest }, e - 1)
     } else if e == 0 {
-        out.push_str("0.");
-        out.push_str(&ds);
+        write!(out, "0.{ds}")
     } else {
         let e = e as usize;
         if ds.len() <= e {
-            out.push_str(&ds);
-            out.extend(std::iter::repeat_n('0', e - ds.len()));
-            out.push_str(".0");
+            out.write_str(ds)?;
+            for _ in ds.len()..e {
+                out.write_char('0')?;
+            }
+            out.write_str(".0")
         } else {
-            out.push_str(&ds[..e]);
-            out.push('.');
-            out.push_str(&ds[e..]);
+            write!(out, "{}.{}", &ds[..e], &ds[e..])
         }
     }
-    out
 }
 
 /// `serde_json`'s compact output made the daemon's `encodeStrict` (see the module docs): every
@@ -662,7 +715,9 @@ impl serde_json::ser::Formatter for DaemonFormatter {
     }
 
     fn write_f64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, x: f64) -> std::io::Result<()> {
-        w.write_all(hs_show_double(x).as_bytes())
+        let mut text = StackStr::new();
+        let _ = hs_show_double_to(&mut text, x);
+        w.write_all(text.as_str().as_bytes())
     }
 
     fn write_f32<W: ?Sized + std::io::Write>(&mut self, w: &mut W, x: f32) -> std::io::Result<()> {
@@ -680,41 +735,64 @@ pub(crate) fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T)
     let _ = v.serialize(&mut ser);
 }
 
-/// Haskell's `show :: String -> String` (used by the daemon in some error answers, e.g.
-/// `OpPrereqError "Node name x not found" ECodeNoEnt`): `"` and `\` escaped, controls by their
-/// ASCII names (`\SOH`, `\DEL`, `\n`…), everything from U+007F by its decimal code, with `\&`
-/// where a digit (or `H` after `\SO`) would otherwise be read as part of the escape.
-pub(crate) fn hs_show_string(s: &str) -> String {
-    const NAMES: [&str; 32] = [
-        "NUL", "SOH", "STX", "ETX", "EOT", "ENQ", "ACK", "a", "b", "t", "n", "v", "f", "r", "SO", "SI", "DLE", "DC1",
-        "DC2", "DC3", "DC4", "NAK", "SYN", "ETB", "CAN", "EM", "SUB", "ESC", "FS", "GS", "RS", "US",
-    ];
-    let mut out = String::from("\"");
-    let chars: Vec<char> = s.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        let next = chars.get(i + 1).copied();
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 32 => {
-                out.push('\\');
-                out.push_str(NAMES[c as usize]);
-                if c == '\u{e}' && next == Some('H') {
-                    out.push_str("\\&");
-                }
-            }
-            '\u{7f}' => out.push_str("\\DEL"),
-            c if (c as u32) > 0x7f => {
-                let _ = write!(out, "\\{}", c as u32);
-                if next.is_some_and(|n| n.is_ascii_digit()) {
-                    out.push_str("\\&");
-                }
-            }
-            c => out.push(c),
-        }
+/// The items of an iterator as a JSON array (the iterator is cloned to be walked).
+pub(crate) struct Seq<I>(pub I);
+
+impl<I: Iterator + Clone> serde::Serialize for Seq<I>
+where
+    I::Item: serde::Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.clone())
     }
-    out.push('"');
-    out
+}
+
+/// Haskell's `show :: String -> String` of the characters of an iterator (pieces of a message
+/// chained), written by `Display` without allocating (used by the daemon in some error
+/// answers, e.g. `OpPrereqError "Node name x not found" ECodeNoEnt`): `"` and `\` escaped,
+/// controls by their ASCII names (`\SOH`, `\DEL`, `\n`…), everything from U+007F by its
+/// decimal code, with `\&` where a digit (or `H` after `\SO`) would otherwise be read as part
+/// of the escape.
+#[derive(Clone, Debug)]
+pub(crate) struct HsShow<I>(pub I);
+
+/// `HsShow` of a string, as a `String`.
+#[cfg(test)]
+pub(crate) fn hs_show_string(s: &str) -> String {
+    HsShow(s.chars()).to_string()
+}
+
+impl<I: Iterator<Item = char> + Clone> std::fmt::Display for HsShow<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const NAMES: [&str; 32] = [
+            "NUL", "SOH", "STX", "ETX", "EOT", "ENQ", "ACK", "a", "b", "t", "n", "v", "f", "r", "SO", "SI", "DLE",
+            "DC1", "DC2", "DC3", "DC4", "NAK", "SYN", "ETB", "CAN", "EM", "SUB", "ESC", "FS", "GS", "RS", "US",
+        ];
+        f.write_char('"')?;
+        let mut chars = self.0.clone().peekable();
+        while let Some(c) = chars.next() {
+            let next = chars.peek().copied();
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                c if (c as u32) < 32 => {
+                    write!(f, "\\{}", NAMES[c as usize])?;
+                    if c == '\u{e}' && next == Some('H') {
+                        f.write_str("\\&")?;
+                    }
+                }
+                '\u{7f}' => f.write_str("\\DEL")?,
+                c if (c as u32) > 0x7f => {
+                    write!(f, "\\{}", c as u32)?;
+                    if next.is_some_and(|n| n.is_ascii_digit()) {
+                        f.write_str("\\&")?;
+                    }
+                }
+                c => f.write_char(c)?,
+            }
+        }
+        f.write_char('"')
+    }
 }
 
 #[cfg(test)]
@@ -825,6 +903,110 @@ mod tests {
             (1.0, "1.0"),
         ] {
             assert_eq!(hs_show_double(x), want);
+        }
+    }
+
+    /// `hs_show_string` and `hs_show_double` as they were, allocating: the writers above must
+    /// give their bytes.
+    fn reference_show_string(s: &str) -> String {
+        const NAMES: [&str; 32] = [
+            "NUL", "SOH", "STX", "ETX", "EOT", "ENQ", "ACK", "a", "b", "t", "n", "v", "f", "r", "SO", "SI", "DLE",
+            "DC1", "DC2", "DC3", "DC4", "NAK", "SYN", "ETB", "CAN", "EM", "SUB", "ESC", "FS", "GS", "RS", "US",
+        ];
+        let mut out = String::from("\"");
+        let chars: Vec<char> = s.chars().collect();
+        for (i, &c) in chars.iter().enumerate() {
+            let next = chars.get(i + 1).copied();
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if (c as u32) < 32 => {
+                    out.push('\\');
+                    out.push_str(NAMES[c as usize]);
+                    if c == '\u{e}' && next == Some('H') {
+                        out.push_str("\\&");
+                    }
+                }
+                '\u{7f}' => out.push_str("\\DEL"),
+                c if (c as u32) > 0x7f => {
+                    let _ = write!(out, "\\{}", c as u32);
+                    if next.is_some_and(|n| n.is_ascii_digit()) {
+                        out.push_str("\\&");
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn reference_show_double(x: f64) -> String {
+        if !x.is_finite() {
+            return "null".to_owned();
+        }
+        let mut out = String::new();
+        if x.is_sign_negative() {
+            out.push('-');
+        }
+        let a = x.abs();
+        if a == 0.0 {
+            out.push_str("0.0");
+            return out;
+        }
+        let sci = format!("{a:e}");
+        let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+        let ds: String = mant.chars().filter(char::is_ascii_digit).collect();
+        let e = exp.parse::<i32>().unwrap_or(0) + 1;
+        if !(0..=7).contains(&e) {
+            let (first, rest) = ds.split_at(1);
+            out.push_str(first);
+            out.push('.');
+            out.push_str(if rest.is_empty() { "0" } else { rest });
+            let _ = write!(out, "e{}", e - 1);
+        } else if e == 0 {
+            out.push_str("0.");
+            out.push_str(&ds);
+        } else {
+            let e = e as usize;
+            if ds.len() <= e {
+                out.push_str(&ds);
+                out.extend(std::iter::repeat_n('0', e - ds.len()));
+                out.push_str(".0");
+            } else {
+                out.push_str(&ds[..e]);
+                out.push('.');
+                out.push_str(&ds[e..]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn writers_give_the_allocating_versions_bytes() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = ['a', '1', 'H', '"', '\\', '\u{0}', '\u{e}', '\u{7f}', '\u{e4}', '\u{20ac}', '\u{1f600}', ' '];
+        for _ in 0..2000 {
+            let len = (next() % 12) as usize;
+            let s: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            assert_eq!(hs_show_string(&s), reference_show_string(&s), "{s:?}");
+            let mut body = String::new();
+            let _ = write!(JsonStrBody(&mut body), "{s}{}", HsShow(s.chars()));
+            let mut whole = String::new();
+            write_str(&mut whole, &format!("{s}{}", reference_show_string(&s)));
+            assert_eq!(format!("\"{body}\""), whole, "{s:?}");
+            let d = f64::from_bits(next());
+            assert_eq!(hs_show_double(d), reference_show_double(d), "{d:e}");
+        }
+        for d in [0.0, -0.0, 1.0, 0.1, 0.05, 1e7, 9999999.0, 1e-300, f64::MAX, f64::MIN_POSITIVE, 5e-324, 123.456] {
+            assert_eq!(hs_show_double(d), reference_show_double(d), "{d:e}");
+            assert_eq!(hs_show_double(-d), reference_show_double(-d), "{d:e}");
         }
     }
 

@@ -12,7 +12,7 @@
 //! * [`heartsink`]: answers to heartsink's own types (100–105) from the control thread's snapshot.
 //!
 //! A server is: `RequestScratch::parse` (drop on error, count the label) →
-//! `ConfigIndex::answer_view` or `heartsink::answer_heartsink` into a `ReplyMsg` →
+//! `ConfigIndex::write_answer` or `heartsink::answer_heartsink` into a `ReplyMsg` →
 //! `encode_signed` with the request's `rsalt`, sent to the datagram's source address and port,
 //! from the address it was sent to ([`server::handle`]); the buffers are kept from one request
 //! to the next ([`server::ConfdScratch`]), so a steady stream of requests allocates nothing

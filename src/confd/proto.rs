@@ -430,6 +430,16 @@ impl ReplyMsg {
         });
     }
 
+    /// Writes a protocol-1 reply whose answer is the string `text` displays, escaped as it is
+    /// written (no intermediate `String`).
+    pub fn write_text(&mut self, status: i64, text: &dyn std::fmt::Display, serial: i64) {
+        self.write_with(PROTOCOL_VERSION, status, serial, |b| {
+            b.put("\"");
+            let _ = write!(json::JsonStrBody(b), "{text}");
+            b.put("\"");
+        });
+    }
+
     /// Writes `r`.
     pub fn write_reply(&mut self, r: &Reply) {
         self.write_with(r.protocol, r.status, r.serial, |b| json::write_json(b, &r.answer));

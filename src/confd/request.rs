@@ -201,7 +201,7 @@ enum Strs<'a> {
 
 impl<'a> StrList<'a> {
     /// The strings, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> + Clone + 'a {
         let (spans, owned) = match self.0 {
             Strs::Spans { text, spans } => (Some((text, spans)), None),
             Strs::Owned(o) => (None, Some(o)),

@@ -38,7 +38,7 @@ use arc_swap::ArcSwap;
 
 use super::budget::{ReplyBudget, ReplyLimits};
 use super::ganeti::ConfigIndex;
-pub use super::heartsink::{answer_heartsink, DOWN_PAGE, DOWN_REPLY_MAX};
+pub use super::heartsink::{answer_heartsink, HeartsinkScratch, DOWN_PAGE, DOWN_REPLY_MAX};
 use super::proto::{
     encode_signed, Answered, HmacKey, ParseOptions, Reply, ReplyMsg, Request, RequestError, RequestScratch,
     RequestView, ERROR_INTERNAL, STATUS_ERROR,
@@ -46,7 +46,6 @@ use super::proto::{
 use crate::control::{Published, Snapshot};
 use crate::engine::counters::bump;
 use crate::engine::{Batch, Clock, Lane, LaneFactory};
-use crate::proto::octavia::Uuid;
 
 use super::replay::{ReplayCache, Seen};
 
@@ -118,29 +117,30 @@ fn stamp_of(p: &std::path::Path) -> Option<(SystemTime, u64)> {
 
 /// The buffers a responder answers with, kept from one request to the next: once they have
 /// grown, [`handle`] allocates nothing for a dropped request, nor for the Ganeti types
-/// answered from the index without building a value (see [`ConfigIndex::answer_view`]), nor
-/// for heartsink's types 100–103 (see [`answer_heartsink`]).
+/// answered from the index without building a value (see [`ConfigIndex::write_answer`]), nor
+/// for heartsink's types (see [`answer_heartsink`]).
 #[derive(Clone, Debug, Default)]
 pub struct ConfdScratch {
     request: RequestScratch,
     msg: ReplyMsg,
-    page: Vec<Uuid>,
+    heartsink: HeartsinkScratch,
 }
 
 /// Writes the answer to a verified request into `msg`; heartsink's types from `snap` (`None`:
-/// a cluster member holding no view of the leader's yet). `page` is kept between calls.
+/// a cluster member holding no view of the leader's yet), computed in `scratch` (kept between
+/// calls).
 pub fn answer_into(
     req: &RequestView<'_>,
     state: &ConfdState,
     snap: Option<&Snapshot>,
     msg: &mut ReplyMsg,
-    page: &mut Vec<Uuid>,
+    scratch: &mut HeartsinkScratch,
 ) {
     if req.kind.is_heartsink() {
         // Cluster mode before a view of the leader's arrived: an error of serial 0, which any
         // member's real answer outranks.
         return match snap {
-            Some(snap) => answer_heartsink(req, snap, msg, page),
+            Some(snap) => answer_heartsink(req, snap, msg, scratch),
             None => msg.write(&Answered {
                 status: STATUS_ERROR,
                 answer: super::proto::Answer::Int(ERROR_INTERNAL),
@@ -149,7 +149,7 @@ pub fn answer_into(
         };
     }
     match &state.index {
-        Some(index) => msg.write(&index.answer_view(req)),
+        Some(index) => index.write_answer(req, msg),
         None => msg.write_reply(&Reply::error(ERROR_INTERNAL)),
     }
 }
@@ -157,7 +157,7 @@ pub fn answer_into(
 /// The answer to a verified request, as a value ([`answer_into`], read back: allocates).
 pub fn answer(req: &Request, state: &ConfdState, snap: Option<&Snapshot>) -> Reply {
     let mut msg = ReplyMsg::default();
-    answer_into(&req.view(), state, snap, &mut msg, &mut Vec::new());
+    answer_into(&req.view(), state, snap, &mut msg, &mut HeartsinkScratch::default());
     msg.to_reply().unwrap_or_else(|| Reply::error(ERROR_INTERNAL))
 }
 
@@ -173,14 +173,14 @@ pub fn handle(
     scratch: &mut ConfdScratch,
     out: &mut Vec<u8>,
 ) -> Result<(), RequestError> {
-    let ConfdScratch { request, msg, page } = scratch;
+    let ConfdScratch { request, msg, heartsink } = scratch;
     let v = request.parse(datagram, &state.keys, now, ParseOptions::default())?;
     if let Some(cache) = replay {
         if cache.check(&v.mac, v.timestamp, now) == Seen::Replay {
             return Err(RequestError::Replay);
         }
     }
-    answer_into(&v.request, state, snap, msg, page);
+    answer_into(&v.request, state, snap, msg, heartsink);
     if let Some(key) = state.keys.get(v.key_index) {
         encode_signed(out, msg, v.request.rsalt, key);
     }
@@ -357,6 +357,7 @@ mod tests {
     };
     use crate::control::liveness::Live;
     use crate::control::AmphoraHealth;
+    use crate::proto::octavia::Uuid;
     use crate::state::OperatingStatus;
     use serde_json::json;
 
@@ -661,7 +662,7 @@ mod tests {
             cases.push((RequestType::AmphoraHealth, plain(u)));
             cases.push((RequestType::LbStatus, plain(u)));
         }
-        let (mut msg, mut page, mut built) = (ReplyMsg::default(), Vec::new(), ReplyMsg::default());
+        let (mut msg, mut page, mut built) = (ReplyMsg::default(), HeartsinkScratch::default(), ReplyMsg::default());
         for (kind, query) in cases {
             let req = Request::new(kind, query, "salt");
             answer_heartsink(&req.view(), &s, &mut msg, &mut page);

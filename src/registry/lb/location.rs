@@ -75,9 +75,17 @@ pub fn abs_max_dist(max_location: u64) -> u32 {
 /// The slot name for an entry of `tag.slots`: entries already starting with the type are
 /// used as is, others become `<type>-<entry>`.
 pub fn slot_name(type_name: &str, entry: &str) -> String {
-    if entry.starts_with(type_name) {
-        entry.to_owned()
-    } else {
-        format!("{type_name}-{entry}")
+    let mut name = String::new();
+    slot_name_into(&mut name, type_name, entry);
+    name
+}
+
+/// [`slot_name`] into a reused `String` (cleared first).
+pub fn slot_name_into(out: &mut String, type_name: &str, entry: &str) {
+    out.clear();
+    if !entry.starts_with(type_name) {
+        out.push_str(type_name);
+        out.push('-');
     }
+    out.push_str(entry);
 }

@@ -37,8 +37,10 @@ mod poll;
 mod pool;
 mod world;
 
-pub use location::{abs_max_dist, djb2, find_min_dist, parse_location, slot_name, too_close, LEVELS};
-pub use poll::{next_instances, poll, LbError, Selected, Selection, ServiceRef};
+pub use location::{abs_max_dist, djb2, find_min_dist, parse_location, slot_name, slot_name_into, too_close, LEVELS};
+pub use poll::{
+    next_instances, poll, LbError, Picked, PollScratch, Refusal, Selected, SelectedRef, Selection, ServiceRef,
+};
 pub use pool::{Pool, PoolError, PoolOptions, Target, MAX_TARGETS};
 pub use world::{World, WorldEntry, WorldItem};
 

@@ -8,7 +8,7 @@ use std::fmt;
 use rand::Rng;
 use serde::Serialize;
 
-use super::location::{find_min_dist, slot_name, too_close, LEVELS};
+use super::location::{find_min_dist, slot_name, slot_name_into, too_close, LEVELS};
 use super::pool::{Pool, PoolError, PoolOptions, Target};
 use super::world::{Slot, World};
 
@@ -132,20 +132,6 @@ impl LbError {
     }
 }
 
-/// A known service: its location and, if named by id, its items.
-struct Known<'w> {
-    loc: u64,
-    items: &'w [u32],
-    used: bool,
-}
-
-impl Known<'_> {
-    fn in_slot(&self, world: &World, si: u32) -> bool {
-        self.items.iter().any(|&i| world.items[i as usize].slots.contains(&si))
-            || world.slots[si as usize].has_location(self.loc)
-    }
-}
-
 /// The state of one poll shared by its slot polls.
 struct Ctx<'a> {
     opts: &'a PoolOptions,
@@ -223,6 +209,7 @@ fn slot_poll<R: Rng + ?Sized>(
 
 /// Picks one service per target of `pool`, away from `avoid` (exact locations) and completing
 /// `known` (which occupy targets and constrain distance). See the module documentation.
+/// Allocates its [`Selection`]; [`PollScratch::poll`] is the same poll into reused buffers.
 pub fn poll<R: Rng + ?Sized>(
     world: &World,
     pool: &Pool,
@@ -230,123 +217,11 @@ pub fn poll<R: Rng + ?Sized>(
     known: &[ServiceRef<'_>],
     rng: &mut R,
 ) -> Result<Selection, LbError> {
-    let t_count = pool.target_count();
-    let mut knowns: Vec<Known<'_>> = Vec::with_capacity(known.len());
-    for r in known {
-        match *r {
-            ServiceRef::Id(id) => {
-                if let Some(items) = world.ids.get(id).filter(|v| !v.is_empty()) {
-                    knowns.push(Known { loc: world.items[items[0] as usize].location, items, used: false });
-                }
-            }
-            ServiceRef::Location(loc) => knowns.push(Known { loc, items: &[], used: false }),
-        }
+    let mut scratch = PollScratch::default();
+    match scratch.poll(world, pool, avoid.iter().copied(), known.iter().copied(), rng) {
+        Ok(picked) => Ok(picked.to_selection()),
+        Err(r) => Err(r.to_error(&pool.targets)),
     }
-    if knowns.len() >= t_count as usize {
-        return Err(LbError::TooManyKnown { known: knowns.len(), max: t_count });
-    }
-    let mut avoid_locs = Vec::with_capacity(avoid.len());
-    for r in avoid {
-        match *r {
-            ServiceRef::Id(id) => avoid_locs.extend(world.items_by_id(id).map(|i| i.location)),
-            ServiceRef::Location(loc) => avoid_locs.push(loc),
-        }
-    }
-    let opts = &pool.options;
-    let max_dist = world.abs_max_dist.min(opts.max_dist);
-
-    // 1. Strict match of known services against each target's primary slot.
-    let expanded = pool.targets.iter().flat_map(|t| std::iter::repeat_n(t, t.count as usize));
-    let mut unmatched: Vec<&Target> = Vec::with_capacity(t_count as usize);
-    for t in expanded {
-        let primary = t.slots.first().and_then(|s| world.slot_idx(s));
-        match primary.and_then(|si| knowns.iter_mut().find(|k| !k.used && k.in_slot(world, si))) {
-            Some(k) => k.used = true,
-            None => unmatched.push(t),
-        }
-    }
-
-    let mut polled: Vec<u64> = knowns.iter().map(|k| k.loc).collect();
-    let n_known = polled.len();
-    let mut out: Vec<Selected> = Vec::with_capacity(unmatched.len());
-    let mut fair_flags: Vec<bool> = Vec::with_capacity(unmatched.len());
-    let mut reached = max_dist;
-    let mut fallback_used = false;
-    'targets: for t in unmatched {
-        let primary_name = t.slots.first().map_or("", String::as_str);
-        // 2a. A known service in a fallback slot covers the target.
-        for s in t.slots.iter().skip(1).filter_map(|s| world.slot_idx(s)) {
-            if let Some(k) = knowns.iter_mut().find(|k| !k.used && k.in_slot(world, s)) {
-                k.used = true;
-                continue 'targets;
-            }
-        }
-        let n_same: u32 = pool
-            .targets
-            .iter()
-            .filter(|o| o.slots.first().map(String::as_str) == Some(primary_name))
-            .map(|o| o.count)
-            .sum();
-        // 2b. Distance outside, slot fallback inside.
-        let mut found = None;
-        // Downward from max_dist, or upward from min_dist in nearby mode.
-        let steps = (max_dist + 1).saturating_sub(opts.min_dist);
-        for step in 0..steps {
-            let dist = if opts.nearby_mode { opts.min_dist + step } else { max_dist - step };
-            let ctx = Ctx { opts, targets: t_count, avoid: &avoid_locs, polled: &polled };
-            for (n, name) in t.slots.iter().enumerate() {
-                let Some(slot) = world.slot(name) else { continue };
-                if let Some((k, fair)) = slot_poll(&ctx, slot, dist, n_same, rng) {
-                    found = Some((slot, k, fair, n > 0, dist));
-                    break;
-                }
-            }
-            if found.is_some() {
-                break;
-            }
-        }
-        let Some((slot, k, fair, fallback, dist)) = found else {
-            return Err(LbError::NotSatisfiable {
-                slot: primary_name.to_owned(),
-                polled: out.len(),
-                targets: t_count,
-                known: n_known,
-                in_slot: world.slot_len(primary_name),
-            });
-        };
-        reached = reached.min(dist);
-        fallback_used |= fallback;
-        let item = &world.items[slot.items[k] as usize];
-        polled.push(item.location);
-        fair_flags.push(fair);
-        out.push(Selected {
-            id: item.id.clone(),
-            addr: item.addr.clone(),
-            location: item.location,
-            expected_dist: max_dist,
-            final_dist: 0,
-            warn_dist: opts.warn_dist,
-            expected_slot: primary_name.to_owned(),
-            final_slot: slot.name.clone(),
-            flawed: fallback,
-        });
-    }
-
-    // 3. Quality: each pick's distance to everything else.
-    let mut flawed = fallback_used || reached <= opts.warn_dist;
-    for (j, s) in out.iter_mut().enumerate() {
-        let mine = n_known + j;
-        let mut d = max_dist;
-        for (m, &x) in polled.iter().enumerate() {
-            if m != mine {
-                d = d.min(find_min_dist(&[x], s.location, max_dist));
-            }
-        }
-        s.final_dist = d;
-        s.flawed |= d <= opts.warn_dist || fair_flags[j];
-        flawed |= s.flawed;
-    }
-    Ok(Selection { items: out, flawed })
 }
 
 /// `GET /lb/choose?type&size&slot`: `size` services of `type`, from `<type>-<slot>` first
@@ -367,4 +242,378 @@ pub fn next_instances<R: Rng + ?Sized>(
     let pool =
         Pool::new(type_name, vec![Target { count: size, slots }], PoolOptions::default()).map_err(LbError::BadPool)?;
     poll(world, &pool, &[], &[], rng)
+}
+
+/// Why a poll into a [`PollScratch`] failed: [`LbError`] without its strings (so that a
+/// refusal allocates nothing either); [`Refusal::to_error`] gives the [`LbError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The temporary pool of [`PollScratch::next_instances`] is invalid: a size of 0 or above
+    /// [`MAX_TARGETS`](super::MAX_TARGETS), or an empty type name ([`LbError::BadPool`]).
+    BadPool,
+    /// As many known services as targets, or more ([`LbError::TooManyKnown`]).
+    TooManyKnown {
+        /// Known services (after dropping unknown ids).
+        known: usize,
+        /// Targets of the pool.
+        max: u32,
+    },
+    /// A target could not be filled ([`LbError::NotSatisfiable`]).
+    NotSatisfiable {
+        /// The index of the target's kind in the pool's targets.
+        target: usize,
+        /// Targets filled before this one.
+        polled: usize,
+        /// Targets of the pool.
+        targets: u32,
+        /// Known services.
+        known: usize,
+        /// Pollable services in the primary slot.
+        in_slot: usize,
+    },
+}
+
+impl Refusal {
+    /// The [`LbError`] of a refused poll of `targets` (allocates). A [`Refusal::BadPool`]
+    /// becomes an empty-slot error naming no slot: [`next_instances`] reports the real cause.
+    pub fn to_error(self, targets: &[Target]) -> LbError {
+        match self {
+            Refusal::BadPool => LbError::BadPool(PoolError::EmptySlot(String::new())),
+            Refusal::TooManyKnown { known, max } => LbError::TooManyKnown { known, max },
+            Refusal::NotSatisfiable { target, polled, targets: n, known, in_slot } => LbError::NotSatisfiable {
+                slot: targets.get(target).and_then(|t| t.slots.first()).cloned().unwrap_or_default(),
+                polled,
+                targets: n,
+                known,
+                in_slot,
+            },
+        }
+    }
+}
+
+/// A known service in a [`PollScratch`]: its location and, if named by id, its items
+/// (`items` is a range of `known_items`).
+#[derive(Clone, Copy, Debug)]
+struct KnownAt {
+    loc: u64,
+    items: (usize, usize),
+    used: bool,
+}
+
+/// One pick of a poll: indices into the world and the pool's targets.
+#[derive(Clone, Copy, Debug)]
+struct Pick {
+    item: u32,
+    slot: u32,
+    target: u32,
+    final_dist: u32,
+    flawed: bool,
+    fair: bool,
+}
+
+/// The buffers of a poll, kept from one poll to the next: once they have grown,
+/// [`PollScratch::poll`] and [`PollScratch::next_instances`] allocate nothing, and their
+/// [`Picked`] borrows the world's strings.
+#[derive(Clone, Debug, Default)]
+pub struct PollScratch {
+    known_items: Vec<u32>,
+    knowns: Vec<KnownAt>,
+    avoid: Vec<u64>,
+    /// Unmatched targets, as indices into the pool's targets.
+    unmatched: Vec<u32>,
+    polled: Vec<u64>,
+    picks: Vec<Pick>,
+    /// The temporary target of [`PollScratch::next_instances`].
+    choose: Vec<Target>,
+    /// Slot names taken out of `choose`, kept for their buffers.
+    spare: Vec<String>,
+}
+
+/// The picks of a successful poll, borrowed from its [`PollScratch`], its world and its targets.
+#[derive(Clone, Copy, Debug)]
+pub struct Picked<'a> {
+    world: &'a World,
+    targets: &'a [Target],
+    picks: &'a [Pick],
+    max_dist: u32,
+    warn_dist: u32,
+    /// Any pick flawed, or the distance reached at or below `warn_dist`.
+    pub flawed: bool,
+}
+
+/// One pick of a [`Picked`]: a [`Selected`] whose strings are borrowed. Serialises as the
+/// [`Selected`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SelectedRef<'a> {
+    /// The logical id.
+    pub id: &'a str,
+    /// `ip:port`.
+    pub addr: &'a str,
+    /// Its location.
+    pub location: u64,
+    /// The distance the pool asked for.
+    pub expected_dist: u32,
+    /// Its distance to the other picks and the known services.
+    pub final_dist: u32,
+    /// The pool's `warn_dist`.
+    pub warn_dist: u32,
+    /// The target's primary slot.
+    pub expected_slot: &'a str,
+    /// The slot it came from.
+    pub final_slot: &'a str,
+    /// Picked from a fallback slot, at or below `warn_dist`, or beyond a fair constraint.
+    pub flawed: bool,
+}
+
+impl<'a> SelectedRef<'a> {
+    /// An owned copy.
+    pub fn to_owned(&self) -> Selected {
+        Selected {
+            id: self.id.to_owned(),
+            addr: self.addr.to_owned(),
+            location: self.location,
+            expected_dist: self.expected_dist,
+            final_dist: self.final_dist,
+            warn_dist: self.warn_dist,
+            expected_slot: self.expected_slot.to_owned(),
+            final_slot: self.final_slot.to_owned(),
+            flawed: self.flawed,
+        }
+    }
+}
+
+impl<'a> Picked<'a> {
+    /// The picks, in target order.
+    pub fn items(&self) -> impl ExactSizeIterator<Item = SelectedRef<'a>> + Clone + 'a {
+        let (world, targets, max_dist, warn_dist) = (self.world, self.targets, self.max_dist, self.warn_dist);
+        self.picks.iter().map(move |p| {
+            let item = &world.items[p.item as usize];
+            SelectedRef {
+                id: &item.id,
+                addr: &item.addr,
+                location: item.location,
+                expected_dist: max_dist,
+                final_dist: p.final_dist,
+                warn_dist,
+                expected_slot: targets[p.target as usize].slots.first().map_or("", String::as_str),
+                final_slot: &world.slots[p.slot as usize].name,
+                flawed: p.flawed,
+            }
+        })
+    }
+
+    /// As an owned [`Selection`] (allocates).
+    pub fn to_selection(&self) -> Selection {
+        Selection { items: self.items().map(|s| s.to_owned()).collect(), flawed: self.flawed }
+    }
+}
+
+impl PollScratch {
+    /// [`poll`] into these buffers: the same picks for the same random draws, borrowed.
+    pub fn poll<'s, 'r, R: Rng + ?Sized>(
+        &'s mut self,
+        world: &'s World,
+        pool: &'s Pool,
+        avoid: impl IntoIterator<Item = ServiceRef<'r>>,
+        known: impl IntoIterator<Item = ServiceRef<'r>>,
+        rng: &mut R,
+    ) -> Result<Picked<'s>, Refusal> {
+        self.split().0.run(world, &pool.targets, &pool.options, avoid, known, rng)
+    }
+
+    /// [`next_instances`] into these buffers (the temporary pool too): the same picks for the
+    /// same random draws, borrowed.
+    pub fn next_instances<'s, R: Rng + ?Sized>(
+        &'s mut self,
+        world: &'s World,
+        type_name: &str,
+        size: u32,
+        slot: Option<&str>,
+        rng: &mut R,
+    ) -> Result<Picked<'s>, Refusal> {
+        if size == 0 || size > super::MAX_TARGETS || type_name.is_empty() {
+            return Err(Refusal::BadPool);
+        }
+        let (work, choose, spare) = self.split();
+        choose.resize_with(1, || Target { count: 0, slots: Vec::new() });
+        let t = &mut choose[0];
+        t.count = size;
+        // Slot names dropped from the target wait in `spare`, so that their buffers are kept.
+        while t.slots.len() < 2 {
+            t.slots.push(spare.pop().unwrap_or_default());
+        }
+        let mut n = 0;
+        if let Some(s) = slot.filter(|s| !s.is_empty()) {
+            slot_name_into(&mut t.slots[0], type_name, s);
+            n = 1;
+        }
+        if n == 0 || t.slots[0] != type_name {
+            t.slots[n].clear();
+            t.slots[n].push_str(type_name);
+            n += 1;
+        }
+        while t.slots.len() > n {
+            spare.extend(t.slots.pop());
+        }
+        let choose: &'s [Target] = choose;
+        work.run(world, choose, &PoolOptions::default(), std::iter::empty(), std::iter::empty(), rng)
+    }
+
+    /// The buffers of a poll, the temporary target and the spare slot names.
+    fn split(&mut self) -> (Work<'_>, &mut Vec<Target>, &mut Vec<String>) {
+        let Self { known_items, knowns, avoid, unmatched, polled, picks, choose, spare } = self;
+        (Work { known_items, knowns, avoid, unmatched, polled, picks }, choose, spare)
+    }
+}
+
+/// The buffers of one poll, borrowed from a [`PollScratch`] (apart from its temporary target).
+struct Work<'s> {
+    known_items: &'s mut Vec<u32>,
+    knowns: &'s mut Vec<KnownAt>,
+    avoid: &'s mut Vec<u64>,
+    unmatched: &'s mut Vec<u32>,
+    polled: &'s mut Vec<u64>,
+    picks: &'s mut Vec<Pick>,
+}
+
+impl<'s> Work<'s> {
+    fn in_slot(known_items: &[u32], k: &KnownAt, world: &World, si: u32) -> bool {
+        known_items[k.items.0..k.items.1].iter().any(|&i| world.items[i as usize].slots.contains(&si))
+            || world.slots[si as usize].has_location(k.loc)
+    }
+
+    /// Marks the first unused known service in slot `si` used; whether there was one.
+    fn use_known(&mut self, world: &World, si: u32) -> bool {
+        let known_items = &*self.known_items;
+        match self.knowns.iter_mut().find(|k| !k.used && Self::in_slot(known_items, k, world, si)) {
+            Some(k) => {
+                k.used = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn run<'r, R: Rng + ?Sized>(
+        mut self,
+        world: &'s World,
+        targets: &'s [Target],
+        opts: &PoolOptions,
+        avoid: impl IntoIterator<Item = ServiceRef<'r>>,
+        known: impl IntoIterator<Item = ServiceRef<'r>>,
+        rng: &mut R,
+    ) -> Result<Picked<'s>, Refusal> {
+        let t_count: u32 = targets.iter().map(|t| t.count).sum();
+        self.known_items.clear();
+        self.knowns.clear();
+        for r in known {
+            match r {
+                ServiceRef::Id(id) => {
+                    if let Some(items) = world.ids.get(id).filter(|v| !v.is_empty()) {
+                        let start = self.known_items.len();
+                        self.known_items.extend_from_slice(items);
+                        let loc = world.items[items[0] as usize].location;
+                        self.knowns.push(KnownAt { loc, items: (start, self.known_items.len()), used: false });
+                    }
+                }
+                ServiceRef::Location(loc) => self.knowns.push(KnownAt { loc, items: (0, 0), used: false }),
+            }
+        }
+        if self.knowns.len() >= t_count as usize {
+            return Err(Refusal::TooManyKnown { known: self.knowns.len(), max: t_count });
+        }
+        self.avoid.clear();
+        for r in avoid {
+            match r {
+                ServiceRef::Id(id) => self.avoid.extend(world.items_by_id(id).map(|i| i.location)),
+                ServiceRef::Location(loc) => self.avoid.push(loc),
+            }
+        }
+        let max_dist = world.abs_max_dist.min(opts.max_dist);
+
+        // 1. Strict match of known services against each target's primary slot.
+        self.unmatched.clear();
+        for (ti, t) in targets.iter().enumerate() {
+            for _ in 0..t.count {
+                let primary = t.slots.first().and_then(|s| world.slot_idx(s));
+                if !primary.is_some_and(|si| self.use_known(world, si)) {
+                    self.unmatched.push(ti as u32);
+                }
+            }
+        }
+
+        self.polled.clear();
+        self.polled.extend(self.knowns.iter().map(|k| k.loc));
+        let n_known = self.polled.len();
+        self.picks.clear();
+        let mut reached = max_dist;
+        let mut fallback_used = false;
+        'targets: for u in 0..self.unmatched.len() {
+            let ti = self.unmatched[u];
+            let t = &targets[ti as usize];
+            let primary_name = t.slots.first().map_or("", String::as_str);
+            // 2a. A known service in a fallback slot covers the target.
+            for s in t.slots.iter().skip(1).filter_map(|s| world.slot_idx(s)) {
+                if self.use_known(world, s) {
+                    continue 'targets;
+                }
+            }
+            let n_same: u32 = targets
+                .iter()
+                .filter(|o| o.slots.first().map(String::as_str) == Some(primary_name))
+                .map(|o| o.count)
+                .sum();
+            // 2b. Distance outside, slot fallback inside.
+            let mut found = None;
+            // Downward from max_dist, or upward from min_dist in nearby mode.
+            let steps = (max_dist + 1).saturating_sub(opts.min_dist);
+            for step in 0..steps {
+                let dist = if opts.nearby_mode { opts.min_dist + step } else { max_dist - step };
+                let ctx = Ctx { opts, targets: t_count, avoid: self.avoid.as_slice(), polled: self.polled.as_slice() };
+                for (n, name) in t.slots.iter().enumerate() {
+                    let Some(si) = world.slot_idx(name) else { continue };
+                    if let Some((k, fair)) = slot_poll(&ctx, &world.slots[si as usize], dist, n_same, rng) {
+                        found = Some((si, k, fair, n > 0, dist));
+                        break;
+                    }
+                }
+                if found.is_some() {
+                    break;
+                }
+            }
+            let Some((si, k, fair, fallback, dist)) = found else {
+                return Err(Refusal::NotSatisfiable {
+                    target: ti as usize,
+                    polled: self.picks.len(),
+                    targets: t_count,
+                    known: n_known,
+                    in_slot: world.slot_len(primary_name),
+                });
+            };
+            reached = reached.min(dist);
+            fallback_used |= fallback;
+            let item = world.slots[si as usize].items[k];
+            self.polled.push(world.items[item as usize].location);
+            self.picks.push(Pick { item, slot: si, target: ti, final_dist: 0, flawed: fallback, fair });
+        }
+
+        // 3. Quality: each pick's distance to everything else.
+        let mut flawed = fallback_used || reached <= opts.warn_dist;
+        for (j, p) in self.picks.iter_mut().enumerate() {
+            let mine = n_known + j;
+            let location = world.items[p.item as usize].location;
+            let mut d = max_dist;
+            for (m, &x) in self.polled.iter().enumerate() {
+                if m != mine {
+                    d = d.min(find_min_dist(&[x], location, max_dist));
+                }
+            }
+            p.final_dist = d;
+            p.flawed |= d <= opts.warn_dist || p.fair;
+            flawed |= p.flawed;
+        }
+        let picks: &'s [Pick] = self.picks;
+        Ok(Picked { world, targets, picks, max_dist, warn_dist: opts.warn_dist, flawed })
+    }
 }

@@ -553,3 +553,47 @@ fn lb_error_labels_are_unique() {
     let labels: std::collections::BTreeSet<&str> = every.iter().map(LbError::label).collect();
     assert_eq!(labels.len(), every.len(), "{labels:?}");
 }
+
+/// A scratch kept across polls of different pools, and across `next_instances` with and
+/// without a slot, picks what a fresh poll picks from the same draws; a refusal names what the
+/// owned poll names.
+#[test]
+fn a_kept_scratch_polls_as_fresh_ones() {
+    let mut v = Vec::new();
+    for h in 0..6u64 {
+        for d in 0..3u64 {
+            let slots: &[&str] = if d == 0 { &["ssd"] } else { &[] };
+            v.push(entry("rawx", v.len(), loc(1 + h % 2, 1 + h % 3, h + 1, d + 1), 20 + 5 * d as i32, slots));
+        }
+    }
+    let w = World::from_entries(v);
+    let ids: Vec<String> = w.items().iter().map(|i| i.id.clone()).collect();
+    let mut scratch = PollScratch::default();
+    for round in 0..3u64 {
+        for (n, p) in
+            ["2,rawx", "3,rawx-ssd,rawx;warn_dist=2", "1,rawx-ssd;2,rawx", "4,rawx;min_dist=4"].iter().enumerate()
+        {
+            let p = pool(p);
+            let avoid = [ServiceRef::Id(&ids[n])];
+            let known = [ServiceRef::Id(&ids[n + 3]), ServiceRef::Location(loc(9, 9, 9, 9))];
+            let seed = round * 10 + n as u64;
+            let owned = poll(&w, &p, &avoid, &known, &mut StdRng::seed_from_u64(seed));
+            let kept = scratch
+                .poll(&w, &p, avoid, known, &mut StdRng::seed_from_u64(seed))
+                .map(|k| k.to_selection())
+                .map_err(|r| r.to_error(&p.targets));
+            assert_eq!(kept, owned, "{p:?}");
+        }
+        for (size, slot) in [(3, Some("ssd")), (2, None), (4, Some("rawx-ssd")), (1, Some(""))] {
+            let seed = round * 10 + u64::from(size);
+            let owned = next_instances(&w, "rawx", size, slot, &mut StdRng::seed_from_u64(seed));
+            let kept = scratch
+                .next_instances(&w, "rawx", size, slot, &mut StdRng::seed_from_u64(seed))
+                .map(|k| k.to_selection());
+            assert_eq!(kept.ok(), owned.ok(), "{size} {slot:?}");
+        }
+    }
+    assert_eq!(scratch.next_instances(&w, "rawx", 0, None, &mut rng()).err(), Some(Refusal::BadPool));
+    assert_eq!(scratch.next_instances(&w, "", 2, None, &mut rng()).err(), Some(Refusal::BadPool));
+    assert!(next_instances(&w, "", 2, None, &mut rng()).is_err());
+}
