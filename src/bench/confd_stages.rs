@@ -147,7 +147,8 @@ fn measure_n(
 
     let verified = requests.iter().map(|r| parse_request(r, &state.keys, now)).collect::<Result<Vec<_>, _>>()?;
     let views: Vec<_> = verified.iter().map(|v| v.request.view()).collect();
-    let (mut msg, mut page, mut out) = (ReplyMsg::default(), Vec::new(), Vec::new());
+    let (mut msg, mut page, mut out) =
+        (ReplyMsg::default(), crate::confd::server::HeartsinkScratch::default(), Vec::new());
     let answer_sign_ns = median3(|| {
         per_item(n, || {
             for v in &views {

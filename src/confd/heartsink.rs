@@ -1,15 +1,20 @@
 //! Answers to heartsink's own request types (100–105) from the control thread's [`Snapshot`]
 //! (the table is in [`super::server`]'s documentation), written straight into the reply's
-//! buffer: every type allocates nothing once the buffers of a [`HeartsinkScratch`] have grown.
+//! buffer: every type but one allocates nothing once the buffers of a [`HeartsinkScratch`] have
+//! grown.
 //!
-//! * `DOWN_SENDERS` pages through a sorted copy of the snapshot's `down` set kept in the
-//!   scratch and refreshed when the set changes (an `imbl` iterator allocates its path through
-//!   a tree of more than one level, so the set is walked once per change, not per request).
+//! * `DOWN_SENDERS` walks one page of the snapshot's `down` set from the request's cursor, so
+//!   its cost grows with the page, not with the fleet. `imbl`'s range iterator allocates its
+//!   path through a tree of more than one level: one allocation per request, which
+//!   `tests/alloc.rs` pins. (A sorted copy of the set kept per worker would avoid it, at the
+//!   price of copying the whole set, 16 MB at a million down, whenever it changes.)
 //! * The pools' answers (104, 105) parse the query by borrowing it (percent-decoding into the
 //!   scratch), poll into a [`PollScratch`] and write the picks from the world's strings.
 //!
 //! The bytes are those of the answers as `serde_json::Value` objects (whose members are sorted
 //! by key), so every structure below declares its fields in key order.
+
+use std::ops::Bound;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
@@ -129,35 +134,11 @@ struct CountersAnswer<'a, I> {
 /// The buffers heartsink's answers are computed in, kept from one request to the next.
 #[derive(Clone, Debug, Default)]
 pub struct HeartsinkScratch {
-    down: DownCopy,
+    /// A `DOWN_SENDERS` page (walked from the set: its cost grows with the page, not with the
+    /// fleet; imbl's range iterator allocates its path stack, one allocation per request).
+    down: Vec<Uuid>,
     query: PoolQuery,
     poll: PollScratch,
-}
-
-/// A sorted copy of a snapshot's `down` set, and the set it was copied from (held, so that a
-/// new set never takes the old one's address while compared).
-#[derive(Clone, Default)]
-struct DownCopy {
-    of: Option<imbl::OrdSet<Uuid>>,
-    ids: Vec<Uuid>,
-}
-
-impl std::fmt::Debug for DownCopy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DownCopy").field("ids", &self.ids.len()).finish_non_exhaustive()
-    }
-}
-
-impl DownCopy {
-    /// The ids of `down`, sorted: copied when `down` is not the set copied last.
-    fn of(&mut self, down: &imbl::OrdSet<Uuid>) -> &[Uuid] {
-        if !self.of.as_ref().is_some_and(|s| s.ptr_eq(down)) {
-            self.ids.clear();
-            self.ids.extend(down.iter().copied());
-            self.of = Some(down.clone());
-        }
-        &self.ids
-    }
 }
 
 /// Writes the answer to heartsink's request `req` from `snap` into `msg`, computed in
@@ -201,14 +182,13 @@ pub fn answer_heartsink(req: &RequestView<'_>, snap: &Snapshot, msg: &mut ReplyM
                     Err(r) => return msg.write(&r),
                 },
             };
-            let all = scratch.down.of(&snap.down);
-            let rest = match after {
-                Some(a) => &all[all.partition_point(|id| *id <= a)..],
-                None => all,
-            };
-            let next = if rest.len() > DOWN_PAGE { rest.get(DOWN_PAGE - 1).copied() } else { None };
-            let ids = &rest[..rest.len().min(DOWN_PAGE)];
-            msg.write_json(STATUS_OK, &DownAnswer { ids, next, total: snap.down.len() }, serial);
+            let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let page = &mut scratch.down;
+            page.clear();
+            page.extend(snap.down.range((lower, Bound::Unbounded)).take(DOWN_PAGE + 1).copied());
+            let next = if page.len() > DOWN_PAGE { page.get(DOWN_PAGE - 1).copied() } else { None };
+            page.truncate(DOWN_PAGE);
+            msg.write_json(STATUS_OK, &DownAnswer { ids: page, next, total: snap.down.len() }, serial);
         }
         RequestType::EngineCounters => {
             let t = &snap.totals;
