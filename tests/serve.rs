@@ -423,8 +423,10 @@ fn busy_polling_workers_keep_every_heartbeat_in_order_and_stop_promptly() {
 
 #[test]
 fn a_flood_does_not_hold_up_a_graceful_stop() {
-    // One worker on its own socket, heartbeats sent as fast as two threads can for 8 s: a
-    // SIGTERM one second in stops the daemon in about a second, not when the flood ends.
+    // One worker on its own socket, heartbeats sent as fast as two threads can for 14 s: a
+    // SIGTERM one second in stops the daemon in about a second (bounded at 6 s: the stop's
+    // last store commit waits for fsync, which a busy disk can hold up for seconds), not when
+    // the flood ends 13 s later.
     let mut d = Daemon::start(&["--key", "k", "--workers", "1", "--no-confd"]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let senders: Vec<_> = (0..2u64)
@@ -433,7 +435,7 @@ fn a_flood_does_not_hold_up_a_graceful_stop() {
             std::thread::spawn(move || {
                 let s = client();
                 let packets: Vec<Vec<u8>> = (0..64).map(|i| heartbeat(t * 100 + i, 1, 1, "k")).collect();
-                let until = std::time::Instant::now() + Duration::from_secs(8);
+                let until = std::time::Instant::now() + Duration::from_secs(14);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < until {
                     for p in &packets {
                         let _ = s.send_to(p, to);
@@ -445,14 +447,14 @@ fn a_flood_does_not_hold_up_a_graceful_stop() {
     std::thread::sleep(Duration::from_secs(1));
     let asked = std::time::Instant::now();
     d.signal(libc::SIGTERM);
-    let status = d.wait_exit(Duration::from_secs(6));
+    let status = d.wait_exit(Duration::from_secs(10));
     let took = asked.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for s in senders {
         s.join().unwrap();
     }
     assert!(status.success(), "{status:?}: {}", d.stderr_text());
-    assert!(took < Duration::from_secs(4), "the stop took {took:?} under a flood");
+    assert!(took < Duration::from_secs(6), "the stop took {took:?} under a flood: {}", d.stderr_text());
     assert!(d.stderr_text().contains("stopped"), "{}", d.stderr_text());
 }
 
