@@ -135,6 +135,11 @@ fn agent_registers_a_tcp_service_and_pools_stop_returning_it_when_it_dies() {
     assert_eq!(v["services"][0]["id"], "echo-1", "echo-2 known: the other one is picked");
 
     drop(up);
+    // Hold the port, bound without SO_REUSEADDR and not listening: the checks are refused, and
+    // no other process of the test run (which binds port 0 all the time) can take the port and
+    // answer them (a full run once saw echo-1 come back up that way).
+    let hold = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    hold.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into()).unwrap();
     // Down after `fall` (2) failed checks: score 0, still listed, no longer polled.
     wait_until("echo-1 down at score 0", Duration::from_secs(10), || {
         let (_, v) = d.get("/v1/services?type=echo");
