@@ -8,23 +8,19 @@
 //! For both types, on a snapshot with a world of services and a few pools, in both modes of
 //! the generator (the thread's, and a cluster view's seeded one): no panic, and the reply is
 //! valid JSON. In the seeded mode the answer must also be byte for byte the one the owned API
-//! gives (`form_urlencoded` parsing, `registry::lb::poll` / `next_instances`, a
-//! `serde_json::Value` reply), as the code before the in-place rewrite built it.
+//! gives (`pool_answer_built`: `form_urlencoded` parsing, `registry::lb::poll` /
+//! `next_instances`, a `serde_json::Value` reply), as the code before the in-place rewrite
+//! built it.
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 
-use heartsink::confd::heartsink::{answer_heartsink, HeartsinkScratch};
-use heartsink::confd::proto::{
-    Query, Reply, ReplyMsg, Request, RequestType, ERROR_ARGUMENT, ERROR_INTERNAL, ERROR_UNKNOWN_ENTRY, STATUS_ERROR,
-};
+use heartsink::confd::heartsink::{answer_heartsink, pool_answer_built, HeartsinkScratch};
+use heartsink::confd::proto::{Query, ReplyMsg, Request, RequestType};
 use heartsink::control::Snapshot;
-use heartsink::registry::lb::{next_instances, poll, LbError, Pool, ServiceRef, World, WorldEntry};
+use heartsink::registry::lb::{Pool, World, WorldEntry};
 use libfuzzer_sys::fuzz_target;
-use rand::SeedableRng;
-use serde_json::json;
 
 /// 24 services of type `rawx` over 2 DCs, 3 racks, 2 hosts, 2 volumes, half also in slot
 /// `rawx-ssd`, one of score 0; 3 of type `meta2`; and pools, one named like a type.
@@ -60,46 +56,6 @@ fn snapshot(cluster_view: bool) -> Snapshot {
     Snapshot { generation: 9 << 32 | 4, cluster_view, world, pools: Arc::new(pools), ..Snapshot::default() }
 }
 
-/// The pools' answer as the owned API gives it (the code before the in-place rewrite; the
-/// same as the unit tests' `built_pool_answer`), for a cluster view (seeded generator).
-fn built_pool_answer(req: &Request, snap: &Snapshot) -> Reply {
-    let serial = snap.generation as i64;
-    let Query::Plain(q) = &req.query else { return Reply::error(ERROR_ARGUMENT) };
-    let (name, params) = q.split_once('?').unwrap_or((q, ""));
-    let mut size = 1u32;
-    let mut slot = None;
-    let mut avoid = Vec::new();
-    let mut known = Vec::new();
-    for (k, v) in form_urlencoded::parse(params.as_bytes()) {
-        match &*k {
-            "size" => match v.parse::<u32>() {
-                Ok(n) if n > 0 => size = n,
-                _ => return Reply::error(ERROR_ARGUMENT),
-            },
-            "slot" => slot = Some(v.into_owned()),
-            "avoid" => avoid.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_owned)),
-            "known" => known.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_owned)),
-            _ => return Reply::error(ERROR_ARGUMENT),
-        }
-    }
-    let avoid: Vec<ServiceRef> = avoid.iter().map(|s| ServiceRef::Id(s)).collect();
-    let known: Vec<ServiceRef> = known.iter().map(|s| ServiceRef::Id(s)).collect();
-    // The cluster view's seed (src/confd/heartsink.rs, with_pool_rng).
-    let seed = rustc_hash::FxBuildHasher.hash_one((snap.generation, q.as_str(), req.rsalt.as_str()));
-    let rng = &mut rand::rngs::StdRng::seed_from_u64(seed);
-    let r = match (req.kind, snap.pools.get(name)) {
-        (_, Some(pool)) => poll(&snap.world, pool, &avoid, &known, rng),
-        (RequestType::PoolNext, None) => next_instances(&snap.world, name, size, slot.as_deref(), rng),
-        (_, None) => Err(LbError::UnknownPool(name.to_owned())),
-    };
-    match r {
-        Ok(sel) => Reply::ok(json!({"services": sel.items, "flawed": sel.flawed}), serial),
-        Err(LbError::UnknownPool(_)) => Reply::new(STATUS_ERROR, json!(ERROR_UNKNOWN_ENTRY), serial),
-        Err(LbError::BadPool(_) | LbError::TooManyKnown { .. }) => Reply::error(ERROR_ARGUMENT),
-        Err(_) => Reply::new(STATUS_ERROR, json!(ERROR_INTERNAL), serial),
-    }
-}
-
 struct Fixture {
     seeded: Snapshot,
     thread: Snapshot,
@@ -127,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
             if let Err(e) = serde_json::from_str::<serde_json::Value>(msg.as_str()) {
                 panic!("seeded mode: {kind:?} {q:?}: not JSON ({e}): {}", msg.as_str());
             }
-            built.write_reply(&built_pool_answer(&req, &f.seeded));
+            built.write_reply(&pool_answer_built(&req.view(), &f.seeded));
             assert_eq!(msg.as_str(), built.as_str(), "in place vs owned: {kind:?} {q:?} salt {rsalt}");
         }
     }
