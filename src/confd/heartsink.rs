@@ -20,7 +20,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::json::Seq;
 use super::proto::{
-    Answer, Answered, QueryView, ReplyMsg, RequestType, RequestView, ERROR_ARGUMENT, ERROR_INTERNAL,
+    Answer, Answered, QueryView, Reply, ReplyMsg, RequestType, RequestView, ERROR_ARGUMENT, ERROR_INTERNAL,
     ERROR_UNKNOWN_ENTRY, STATUS_ERROR, STATUS_OK,
 };
 use crate::control::liveness::Live;
@@ -386,52 +386,55 @@ fn pool_answer(req: &RequestView<'_>, snap: &Snapshot, msg: &mut ReplyMsg, scrat
     }
 }
 
+/// The pools' answer (104, 105) as the owned API gives it, as it was built before it was
+/// written in place: the query parsed by `form_urlencoded`, the picks of `registry::lb::poll`
+/// or `next_instances` (owned, allocating), a built reply. The reference that
+/// [`answer_heartsink`] is checked against (its unit tests, the `confd_pool` fuzz target): for
+/// a cluster view (seeded picks) both write the same bytes.
+pub fn pool_answer_built(req: &RequestView<'_>, snap: &Snapshot) -> Reply {
+    use crate::registry::lb::{next_instances, poll, LbError};
+    use serde_json::json;
+    let serial = snap.generation as i64;
+    let QueryView::Plain(q) = req.query else { return Reply::error(ERROR_ARGUMENT) };
+    let (name, params) = q.split_once('?').unwrap_or((q, ""));
+    let mut size = 1u32;
+    let mut slot = None;
+    let mut avoid = Vec::new();
+    let mut known = Vec::new();
+    for (k, v) in form_urlencoded::parse(params.as_bytes()) {
+        match &*k {
+            "size" => match v.parse::<u32>() {
+                Ok(n) if n > 0 => size = n,
+                _ => return Reply::error(ERROR_ARGUMENT),
+            },
+            "slot" => slot = Some(v.into_owned()),
+            "avoid" => avoid.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_owned)),
+            "known" => known.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_owned)),
+            _ => return Reply::error(ERROR_ARGUMENT),
+        }
+    }
+    let avoid: Vec<ServiceRef> = avoid.iter().map(|s| ServiceRef::Id(s)).collect();
+    let known: Vec<ServiceRef> = known.iter().map(|s| ServiceRef::Id(s)).collect();
+    let r = with_pool_rng(snap, q, req.rsalt, |rng| match (req.kind, snap.pools.get(name)) {
+        (_, Some(pool)) => poll(&snap.world, pool, &avoid, &known, rng),
+        (RequestType::PoolNext, None) => next_instances(&snap.world, name, size, slot.as_deref(), rng),
+        (_, None) => Err(LbError::UnknownPool(name.to_owned())),
+    });
+    match r {
+        Ok(sel) => Reply::ok(json!({"services": sel.items, "flawed": sel.flawed}), serial),
+        Err(LbError::UnknownPool(_)) => Reply::new(STATUS_ERROR, json!(ERROR_UNKNOWN_ENTRY), serial),
+        Err(LbError::BadPool(_) | LbError::TooManyKnown { .. }) => Reply::error(ERROR_ARGUMENT),
+        Err(_) => Reply::new(STATUS_ERROR, json!(ERROR_INTERNAL), serial),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::confd::proto::{Query, Reply, Request, ERROR_INTERNAL};
+    use crate::confd::proto::{Query, Request};
     use crate::registry::lb::{Pool, World, WorldEntry};
-    use serde_json::json;
     use std::collections::BTreeMap;
     use std::sync::Arc;
-
-    /// The pools' answer as it was built before it was written in place (a `serde_json::Value`
-    /// from an owned `Selection`): the bytes must not change.
-    fn built_pool_answer(req: &RequestView<'_>, snap: &Snapshot) -> Reply {
-        use crate::registry::lb::{next_instances, poll, LbError};
-        let serial = snap.generation as i64;
-        let QueryView::Plain(q) = req.query else { return Reply::error(ERROR_ARGUMENT) };
-        let (name, params) = q.split_once('?').unwrap_or((q, ""));
-        let mut size = 1u32;
-        let mut slot = None;
-        let mut avoid = Vec::new();
-        let mut known = Vec::new();
-        for (k, v) in form_urlencoded::parse(params.as_bytes()) {
-            match &*k {
-                "size" => match v.parse::<u32>() {
-                    Ok(n) if n > 0 => size = n,
-                    _ => return Reply::error(ERROR_ARGUMENT),
-                },
-                "slot" => slot = Some(v.into_owned()),
-                "avoid" => avoid.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_owned)),
-                "known" => known.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_owned)),
-                _ => return Reply::error(ERROR_ARGUMENT),
-            }
-        }
-        let avoid: Vec<ServiceRef> = avoid.iter().map(|s| ServiceRef::Id(s)).collect();
-        let known: Vec<ServiceRef> = known.iter().map(|s| ServiceRef::Id(s)).collect();
-        let r = with_pool_rng(snap, q, req.rsalt, |rng| match (req.kind, snap.pools.get(name)) {
-            (_, Some(pool)) => poll(&snap.world, pool, &avoid, &known, rng),
-            (RequestType::PoolNext, None) => next_instances(&snap.world, name, size, slot.as_deref(), rng),
-            (_, None) => Err(LbError::UnknownPool(name.to_owned())),
-        });
-        match r {
-            Ok(sel) => Reply::ok(json!({"services": sel.items, "flawed": sel.flawed}), serial),
-            Err(LbError::UnknownPool(_)) => Reply::new(STATUS_ERROR, json!(ERROR_UNKNOWN_ENTRY), serial),
-            Err(LbError::BadPool(_) | LbError::TooManyKnown { .. }) => Reply::error(ERROR_ARGUMENT),
-            Err(_) => Reply::new(STATUS_ERROR, json!(ERROR_INTERNAL), serial),
-        }
-    }
 
     /// A cluster view (seeded picks) of 24 services over 2 DCs, 3 racks, 2 hosts, 2 volumes,
     /// half in slot `rawx-ssd`, one of weight 0, and a few pools.
@@ -493,7 +496,7 @@ mod tests {
                 for salt in ["a", "b", "c"] {
                     let req = Request::new(kind, Query::Plain((*q).to_owned()), format!("{salt}{i}"));
                     answer_heartsink(&req.view(), &snap, &mut msg, &mut scratch);
-                    built.write_reply(&built_pool_answer(&req.view(), &snap));
+                    built.write_reply(&pool_answer_built(&req.view(), &snap));
                     assert_eq!(msg.as_str(), built.as_str(), "{req:?}");
                     seen_ok += usize::from(msg.as_str().contains("\"status\":0"));
                 }
@@ -501,7 +504,7 @@ mod tests {
             for query in [Query::Empty, Query::Dict(Default::default())] {
                 let req = Request::new(kind, query, "s");
                 answer_heartsink(&req.view(), &snap, &mut msg, &mut scratch);
-                built.write_reply(&built_pool_answer(&req.view(), &snap));
+                built.write_reply(&pool_answer_built(&req.view(), &snap));
                 assert_eq!(msg.as_str(), built.as_str(), "{req:?}");
             }
         }
