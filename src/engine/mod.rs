@@ -72,8 +72,9 @@ pub struct EngineConfig {
     pub recv_batch: usize,
     /// Microseconds a worker reading its own socket (`rx_threads = 0`) that finds the socket
     /// empty keeps asking again (non-blocking `recvmmsg`) before it sleeps in `epoll`; 0: it
-    /// sleeps at once. Trades CPU for fewer wake-ups and a shorter tail at moderate load (see the
-    /// README's side-by-side figures).
+    /// sleeps at once. The bound is per empty spell, not on CPU: a datagram starts a new
+    /// spell, so at a trickle of one per spell a worker never sleeps. Trades CPU for fewer
+    /// wake-ups (see the README's side-by-side figures).
     pub busy_poll_us: u32,
     /// `SO_BUSY_POLL` of every heartbeat socket, microseconds (0: not set): the kernel polls the
     /// device's queue on a read instead of waiting for its interrupt. It acts only on packets

@@ -67,19 +67,19 @@ impl OwnSocket {
         Ok((OwnSocket { poll, socket, recv, counters, clock, stopping, busy_poll }, waker))
     }
 
-    /// One `recvmmsg` into the pipeline; returns how many datagrams it got (0: the socket is
-    /// empty, or failed and was logged).
-    fn drain_once(&mut self, pipeline: &mut Pipeline) -> usize {
+    /// One `recvmmsg` into the pipeline; returns how many datagrams it got (`Some(0)`: the
+    /// socket is empty; `None`: it failed, which was logged).
+    fn drain_once(&mut self, pipeline: &mut Pipeline) -> Option<usize> {
         let n = match self.recv.recv(&self.socket) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return 1,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Some(1),
             Err(e) => {
                 tracing::warn!(error = %e, "recvmmsg failed");
-                return 0;
+                return None;
             }
         };
         if n == 0 {
-            return 0;
+            return Some(0);
         }
         let now = self.clock.now_ns();
         let mut bytes = 0u64;
@@ -107,7 +107,7 @@ impl OwnSocket {
         if let Some(k) = self.recv.kernel_drops() {
             c.kernel_drops.store(u64::from(k), Ordering::Relaxed);
         }
-        n
+        Some(n)
     }
 
     /// The socket is empty: publishes the kernel's drop count (read from the kernel at most
@@ -167,12 +167,16 @@ pub(super) fn spawn(
                         *left -= 1;
                     }
                     // Edge-triggered: read until the socket is empty before waiting again.
-                    if own.drain_once(&mut pipeline) > 0 {
+                    let drained = own.drain_once(&mut pipeline);
+                    if drained.is_some_and(|n| n > 0) {
                         continue;
                     }
-                    if !own.busy_poll.is_zero() && !own.stopping.load(Ordering::Relaxed) {
+                    if drained.is_some() && !own.busy_poll.is_zero() && !own.stopping.load(Ordering::Relaxed) {
                         // Bounded busy-polling: ask again for a while before sleeping (real
-                        // time, not the engine's clock: it bounds the CPU spent spinning).
+                        // time, not the engine's clock). Each empty spell spins at most this
+                        // long, and a datagram starts a new one: at a trickle of one per spell
+                        // the worker never sleeps. A failed read ends the spell (it was logged
+                        // once; the poll below waits as it would have).
                         let until = std::time::Instant::now() + own.busy_poll;
                         let mut got = false;
                         while !got && std::time::Instant::now() < until {
@@ -181,7 +185,11 @@ pub(super) fn spawn(
                                 process(batch, &mut pipeline);
                                 got = true;
                             } else {
-                                got = own.drain_once(&mut pipeline) > 0;
+                                match own.drain_once(&mut pipeline) {
+                                    Some(0) => {}
+                                    Some(_) => got = true,
+                                    None => break,
+                                }
                             }
                         }
                         if got {
