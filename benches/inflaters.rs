@@ -19,7 +19,7 @@
 //!
 //! | candidate                                         | ns          | instr  |
 //! |---------------------------------------------------|-------------|--------|
-//! | heartsink `small` (default back-end), reused      | 1,404–1,451 | 18,284 |
+//! | heartsink `small` (default back-end), reused      | 1,404–1,451 | 18,103 |
 //! | libdeflate (libdeflater 1.26), reused             | 1,967–2,179 | 16,034 |
 //! | zlib-rs 0.6 (flate2), reused                      | 2,167–2,290 | 33,712 |
 //! | zlib 1.3 (libz-sys, `inflateReset`)               | 2,594–2,670 | 26,695 |
