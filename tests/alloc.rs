@@ -7,7 +7,7 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -21,11 +21,37 @@ static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 /// The counter is global: tests that count take this lock so that they do not count each other.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// The one thread whose allocations are counted (its mark's address), or 0: every thread. The
+/// test harness's own threads allocate whenever a test ends or starts (its report, the next
+/// test's thread), which a test counting on its own thread must not see.
+static ONLY_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// A per-thread address (const-initialised, no destructor: reading it never allocates).
+    static MARK: u8 = const { 0 };
+}
+
+fn this_thread() -> usize {
+    MARK.try_with(|m| std::ptr::from_ref(m) as usize).unwrap_or(usize::MAX)
+}
+
+fn counted() -> bool {
+    COUNTING.load(Ordering::Relaxed) && {
+        let only = ONLY_THREAD.load(Ordering::Relaxed);
+        only == 0 || only == this_thread()
+    }
+}
+
+/// Counts the calling thread's allocations (`true`) or stops counting.
+fn count_here(on: bool) {
+    ONLY_THREAD.store(if on { this_thread() } else { 0 }, Ordering::SeqCst);
+    COUNTING.store(on, Ordering::SeqCst);
+}
 
 // SAFETY: forwards to the system allocator unchanged; only counts calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counted() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as the caller's.
@@ -36,7 +62,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counted() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as the caller's.
@@ -73,12 +99,12 @@ fn steady_state_pipeline_allocates_nothing() {
             p.process(b.iter().map(|x| &x[..]), r as u64 * 1_000_000_000);
             p.take_changes();
         }
-        COUNTING.store(true, Ordering::SeqCst);
+        count_here(true);
         let mut accepted = 0;
         for (r, b) in batches.iter().enumerate().skip(5) {
             accepted += p.process(b.iter().map(|x| &x[..]), r as u64 * 1_000_000_000).accepted;
         }
-        COUNTING.store(false, Ordering::SeqCst);
+        count_here(false);
         assert_eq!(accepted, (rounds - 5) * amphorae, "{backend:?}: every steady-state heartbeat applied");
         assert_eq!(ALLOCS.swap(0, Ordering::SeqCst), 0, "{backend:?}: allocations in steady state");
     }
@@ -107,12 +133,12 @@ fn service_beat_reparse_allocates_nothing() {
     for d in docs.iter().take(2) {
         beat.parse(d).unwrap();
     }
-    COUNTING.store(true, Ordering::SeqCst);
+    count_here(true);
     let mut ok = 0;
     for d in &docs {
         ok += usize::from(beat.parse(d).is_ok());
     }
-    COUNTING.store(false, Ordering::SeqCst);
+    count_here(false);
     assert_eq!(ok, docs.len());
     assert_eq!(beat.tags().len(), 6);
     assert_eq!(beat.ignored_tags, 1);
@@ -154,11 +180,11 @@ fn relayed_service_beat_allocates_nothing() {
     for i in 0..2 {
         round(&mut host, &mut buf, i);
     }
-    COUNTING.store(true, Ordering::SeqCst);
+    count_here(true);
     for i in 2..beats.len() {
         round(&mut host, &mut buf, i);
     }
-    COUNTING.store(false, Ordering::SeqCst);
+    count_here(false);
     assert_eq!(buf.heard.len(), 1);
     let (at, r) = buf.heard.values().next().unwrap();
     assert_eq!((*at, r.tags.len() >= 4), (39, true), "{r:?}");
@@ -368,14 +394,14 @@ fn confd_requests_allocate_nothing() {
     assert_eq!(run(&warm, None, &snap), (warm.len(), 0));
     assert_eq!(run(&warm, None, &view), (warm.len(), 0));
 
-    COUNTING.store(true, Ordering::SeqCst);
+    count_here(true);
     let answered = run(&fresh, None, &snap);
     let answered_view = run(&viewed, None, &view);
     let answered_cached = run(&cached, Some(&cache), &snap);
     let replayed = run(&cached, Some(&cache), &snap);
     let forged_out = run(&forged, Some(&cache), &snap);
     let stale_out = run(&stale, Some(&cache), &snap);
-    COUNTING.store(false, Ordering::SeqCst);
+    count_here(false);
     let allocs = ALLOCS.swap(0, Ordering::SeqCst);
 
     assert_eq!(answered, (fresh.len(), 0));
@@ -397,10 +423,10 @@ fn confd_requests_allocate_nothing() {
     assert_eq!(allocs, down_allocs, "allocations outside the per-request counts");
 
     // The counter sees this path: a responder's buffers allocate as they grow.
-    COUNTING.store(true, Ordering::SeqCst);
+    count_here(true);
     out.clear();
     let first = handle(&fresh[0], now, &state, Some(&snap), None, &mut ConfdScratch::default(), &mut out);
-    COUNTING.store(false, Ordering::SeqCst);
+    count_here(false);
     assert_eq!(first, Ok(()));
     assert!(ALLOCS.swap(0, Ordering::SeqCst) > 0, "the counting allocator counts the confd path");
 

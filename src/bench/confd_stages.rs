@@ -36,7 +36,7 @@ use crate::confd::proto::{
     encode_signed, parse_request, HmacKey, ParseOptions, Query, ReplyMsg, RequestScratch, RequestType, HMAC_LEN,
 };
 use crate::confd::replay::ReplayCache;
-use crate::confd::server::{answer_into, handle, ConfdScratch, ConfdState};
+use crate::confd::server::{answer_into, handle, ConfdScratch, ConfdState, HeartsinkScratch};
 use crate::io::{RecvBatch, SendBatch};
 
 /// Requests measured (about 20 rounds of one load thread's pool at the default window).
@@ -147,12 +147,11 @@ fn measure_n(
 
     let verified = requests.iter().map(|r| parse_request(r, &state.keys, now)).collect::<Result<Vec<_>, _>>()?;
     let views: Vec<_> = verified.iter().map(|v| v.request.view()).collect();
-    let (mut msg, mut page, mut out) =
-        (ReplyMsg::default(), crate::confd::server::HeartsinkScratch::default(), Vec::new());
+    let (mut msg, mut heartsink, mut out) = (ReplyMsg::default(), HeartsinkScratch::default(), Vec::new());
     let answer_sign_ns = median3(|| {
         per_item(n, || {
             for v in &views {
-                answer_into(v, &state, None, &mut msg, &mut page);
+                answer_into(v, &state, None, &mut msg, &mut heartsink);
                 encode_signed(&mut out, &msg, v.rsalt, key);
                 std::hint::black_box(out.len());
             }

@@ -7,7 +7,9 @@
 //!    percentiles. The generator pre-builds its packets (real level-9 envelopes) so that
 //!    sending costs only `sendmmsg` on this small machine; latency is then the daemon's
 //!    receive-to-applied histogram, from kernel receive timestamps, which on loopback are taken
-//!    inside the sender's `sendmmsg`: send-to-applied;
+//!    inside the sender's `sendmmsg`: send-to-applied. Side by side: one receive thread
+//!    (`--rx-threads 1`) at the maximum rate, and fresh daemons with `busy_poll_us = 50` and
+//!    `so_busy_poll_us = 50` at the maximum rate and at 5 % and 80 % (`busy_poll_variants`);
 //! 3. **Octavia 19.0.0's receive path** on the same kind of packets from the same generator
 //!    (built at send time, carrying `hs_sent_ns` for the script's latency):
 //!    `UDPStatusGetter.check()` with no-op update workers, and the bare `dorecv()`

@@ -643,7 +643,7 @@ pub(crate) fn hs_show_double(x: f64) -> String {
     out
 }
 
-/// [`hs_show_double`] written into `out`, without allocating.
+/// `hs_show_double` written into `out`, without allocating.
 fn hs_show_double_to<W: std::fmt::Write + ?Sized>(out: &mut W, x: f64) -> std::fmt::Result {
     if !x.is_finite() {
         // Not representable in JSON; serde_json never holds these.

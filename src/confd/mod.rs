@@ -16,7 +16,7 @@
 //! `encode_signed` with the request's `rsalt`, sent to the datagram's source address and port,
 //! from the address it was sent to ([`server::handle`]); the buffers are kept from one request
 //! to the next ([`server::ConfdScratch`]), so a steady stream of requests allocates nothing
-//! (`tests/alloc.rs`). `parse_request`, `ConfigIndex::answer` and `encode_reply` are the same
+//! but `DOWN_SENDERS`'s one allocation per request (`imbl`'s range iterator; `tests/alloc.rs`). `parse_request`, `ConfigIndex::answer` and `encode_reply` are the same
 //! with owned values, for clients and tests.
 #![forbid(unsafe_code)]
 

@@ -118,7 +118,8 @@ fn stamp_of(p: &std::path::Path) -> Option<(SystemTime, u64)> {
 /// The buffers a responder answers with, kept from one request to the next: once they have
 /// grown, [`handle`] allocates nothing for a dropped request, nor for the Ganeti types
 /// answered from the index without building a value (see [`ConfigIndex::write_answer`]), nor
-/// for heartsink's types (see [`answer_heartsink`]).
+/// for heartsink's types (see [`answer_heartsink`]) but `DOWN_SENDERS`, which makes one
+/// allocation per request (`imbl`'s range iterator).
 #[derive(Clone, Debug, Default)]
 pub struct ConfdScratch {
     request: RequestScratch,
