@@ -239,7 +239,6 @@ fn confd_requests_allocate_nothing() {
     use heartsink::control::liveness::Live;
     use heartsink::control::{AmphoraHealth, Snapshot};
     use heartsink::proto::octavia::Uuid;
-    use heartsink::registry::lb::{Pool, World, WorldEntry};
     use heartsink::state::OperatingStatus;
     use RequestType as T;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -280,17 +279,8 @@ fn confd_requests_allocate_nothing() {
         snap.down.insert(many(i));
     }
     snap.totals.received = 1000;
-    let entries = (0..24u64).map(|i| WorldEntry {
-        type_name: "rawx".into(),
-        addr: format!("10.0.{}.{}:6000", i / 8, i % 8),
-        id: format!("rawx-{i}"),
-        score: 10 + i as i32 * 3,
-        location: ((i % 2) << 48) | ((i / 2 % 3) << 32) | ((i / 6 % 2) << 16) | (i / 12),
-        slots: if i % 2 == 0 { vec!["ssd".into()] } else { vec![] },
-    });
-    snap.world = Arc::new(World::from_entries(entries));
-    let pools = [("two", "2,rawx"), ("ssd", "3,rawx-ssd,rawx;warn_dist=2"), ("far", "3,rawx;min_dist=4")];
-    snap.pools = Arc::new(pools.into_iter().map(|(n, t)| (n.to_owned(), Pool::parse(n, t).unwrap())).collect());
+    let fixture = common::pools::snapshot(common::pools::rawx(), &common::pools::POOLS, false);
+    (snap.world, snap.pools) = (fixture.world, fixture.pools);
     let view = Snapshot { cluster_view: true, generation: 7 << 32 | 42, ..snap.clone() };
 
     let plain = |s: &str| Query::Plain(s.to_owned());

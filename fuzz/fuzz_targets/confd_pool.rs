@@ -13,26 +13,20 @@
 //! built it.
 #![no_main]
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use heartsink::confd::heartsink::{answer_heartsink, pool_answer_built, HeartsinkScratch};
 use heartsink::confd::proto::{Query, ReplyMsg, Request, RequestType};
 use heartsink::control::Snapshot;
-use heartsink::registry::lb::{Pool, World, WorldEntry};
+use heartsink::registry::lb::WorldEntry;
 use libfuzzer_sys::fuzz_target;
 
-/// 24 services of type `rawx` over 2 DCs, 3 racks, 2 hosts, 2 volumes, half also in slot
-/// `rawx-ssd`, one of score 0; 3 of type `meta2`; and pools, one named like a type.
+#[path = "../../tests/common/pools.rs"]
+mod pools;
+
+/// The fixture's `rawx` services and pools, 3 services of type `meta2` in a slot of non-ASCII
+/// and quote characters, and two more pools, one named like a type.
 fn snapshot(cluster_view: bool) -> Snapshot {
-    let rawx = (0..24u64).map(|i| WorldEntry {
-        type_name: "rawx".into(),
-        addr: format!("10.0.{}.{}:6000", i / 8, i % 8),
-        id: format!("rawx-{i}"),
-        score: if i == 5 { 0 } else { 10 + i as i32 * 3 },
-        location: ((i % 2) << 48) | ((i / 2 % 3) << 32) | ((i / 6 % 2) << 16) | (i / 12),
-        slots: if i % 2 == 0 { vec!["ssd".into()] } else { vec![] },
-    });
     let meta2 = (0..3u64).map(|i| WorldEntry {
         type_name: "meta2".into(),
         addr: format!("10.1.0.{i}:6120"),
@@ -41,19 +35,9 @@ fn snapshot(cluster_view: bool) -> Snapshot {
         location: i << 48,
         slots: vec!["é \"x\\".into()],
     });
-    let world = Arc::new(World::from_entries(rawx.chain(meta2)));
-    let pools: BTreeMap<String, Pool> = [
-        ("two", "2,rawx"),
-        ("ssd", "3,rawx-ssd,rawx;warn_dist=2"),
-        ("far", "3,rawx;min_dist=4"),
-        ("mix", "1,rawx-ssd;2,rawx;fair_location_constraint=0.0.1.1"),
-        ("meta2", "2,meta2"),
-        ("big", "9,rawx;strict_location_constraint=0.0.2.3"),
-    ]
-    .into_iter()
-    .map(|(n, t)| (n.to_owned(), Pool::parse(n, t).expect("fuzz pool")))
-    .collect();
-    Snapshot { generation: 9 << 32 | 4, cluster_view, world, pools: Arc::new(pools), ..Snapshot::default() }
+    let mut specs = pools::POOLS.to_vec();
+    specs.extend([("meta2", "2,meta2"), ("big", "9,rawx;strict_location_constraint=0.0.2.3")]);
+    pools::snapshot(pools::rawx().chain(meta2), &specs, cluster_view)
 }
 
 struct Fixture {

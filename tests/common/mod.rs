@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod confd;
 pub mod etcd;
+pub mod pools;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
